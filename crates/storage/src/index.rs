@@ -1,0 +1,409 @@
+//! Sparse, fixed-width, memory-mapped indexes of a segment.
+//!
+//! Offset index (`.index`), 8 bytes an entry, little-endian:
+//!
+//! | offset | size | field             | type |
+//! |-------:|-----:|-------------------|------|
+//! | 0      | 4    | `relative_offset` | u32  |
+//! | 4      | 4    | `position`        | u32  |
+//!
+//! Time index (`.timeindex`), 12 bytes an entry, little-endian:
+//!
+//! | offset | size | field             | type |
+//! |-------:|-----:|-------------------|------|
+//! | 0      | 8    | `timestamp`       | i64  |
+//! | 8      | 4    | `relative_offset` | u32  |
+//!
+//! The active segment's index files are preallocated and zero-filled; written entries are
+//! never all-zero (see `docs/storage-format.md`), so the number of entries is found by binary
+//! search. The last slot is never used, so a preallocated file always ends in a zero slot and
+//! can be told apart from a sealed (trimmed) one.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::error::{Error, Result};
+
+/// A fixed-width index entry.
+pub(crate) trait Entry: Copy + std::fmt::Debug {
+    /// Encoded size in bytes.
+    const SIZE: usize;
+    fn encode(&self, out: &mut [u8]);
+    fn decode(buf: &[u8]) -> Self;
+    /// True for the all-zero slot of a preallocated file.
+    fn is_vacant(&self) -> bool;
+}
+
+/// Offset index entry: a batch's offset relative to the segment base, and its byte position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+impl Entry for OffsetEntry {
+    const SIZE: usize = 8;
+
+    fn encode(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&self.relative_offset.to_le_bytes());
+        out[4..8].copy_from_slice(&self.position.to_le_bytes());
+    }
+
+    fn decode(buf: &[u8]) -> Self {
+        OffsetEntry {
+            relative_offset: u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            position: u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.position == 0
+    }
+}
+
+/// Time index entry: the segment's largest timestamp so far, and the batch that raised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+impl Entry for TimeEntry {
+    const SIZE: usize = 12;
+
+    fn encode(&self, out: &mut [u8]) {
+        out[0..8].copy_from_slice(&self.timestamp.to_le_bytes());
+        out[8..12].copy_from_slice(&self.relative_offset.to_le_bytes());
+    }
+
+    fn decode(buf: &[u8]) -> Self {
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&buf[0..8]);
+        TimeEntry {
+            timestamp: i64::from_le_bytes(ts),
+            relative_offset: u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.relative_offset == 0
+    }
+}
+
+enum Map {
+    /// Zero-length file: nothing to map.
+    Empty,
+    Writable(MmapMut),
+    ReadOnly(Mmap),
+}
+
+impl Map {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Map::Empty => &[],
+            Map::Writable(m) => m,
+            Map::ReadOnly(m) => m,
+        }
+    }
+}
+
+/// One index file.
+pub(crate) struct Index<E: Entry> {
+    path: PathBuf,
+    file: File,
+    map: Map,
+    entries: usize,
+    _entry: std::marker::PhantomData<E>,
+}
+
+fn map_writable(file: &File, path: &Path) -> Result<Map> {
+    // SAFETY: the data directory belongs to this process (docs/operations.md); nothing else
+    // truncates or writes the file while it is mapped, and we drop the map before we truncate.
+    let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| Error::io("mmap", path, e))?;
+    Ok(Map::Writable(map))
+}
+
+fn map_read_only(file: &File, path: &Path, len: u64) -> Result<Map> {
+    if len == 0 {
+        return Ok(Map::Empty);
+    }
+    // SAFETY: as in `map_writable`; a sealed index file is never written again.
+    let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io("mmap", path, e))?;
+    Ok(Map::ReadOnly(map))
+}
+
+impl<E: Entry> Index<E> {
+    /// Creates (or empties) the index file of an active segment, preallocated to
+    /// `prealloc_bytes` rounded down to whole entries.
+    pub fn create(path: &Path, prealloc_bytes: u32) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create index", path, e))?;
+        let len = (prealloc_bytes as usize / E::SIZE).max(2) * E::SIZE;
+        file.set_len(len as u64)
+            .map_err(|e| Error::io("preallocate index", path, e))?;
+        let map = map_writable(&file, path)?;
+        Ok(Index {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entries: 0,
+            _entry: std::marker::PhantomData,
+        })
+    }
+
+    /// Opens the index of the active segment after a clean shutdown. Returns `None` if the
+    /// file's shape is not that of a preallocated index (missing, wrong length, trimmed),
+    /// in which case the caller rebuilds it.
+    pub fn open_active(path: &Path) -> Result<Option<Self>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open index", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat index", path, e))?
+            .len();
+        if len == 0 || len % E::SIZE as u64 != 0 {
+            return Ok(None);
+        }
+        let map = map_writable(&file, path)?;
+        let mut index = Index::<E> {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entries: 0,
+            _entry: std::marker::PhantomData,
+        };
+        let slots = index.slots();
+        // Written entries form a prefix; the rest is zero.
+        let mut lo = 0usize;
+        let mut hi = slots;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if index.slot(mid).is_vacant() {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        if lo == slots {
+            // No vacant slot: this is a trimmed (sealed) file, not a preallocated one.
+            return Ok(None);
+        }
+        index.entries = lo;
+        Ok(Some(index))
+    }
+
+    /// Opens a sealed index read-only. Returns `None` if it is missing or its length is not a
+    /// whole number of entries, or if it still looks preallocated (ends in a vacant slot):
+    /// the segment's sealing did not finish.
+    pub fn open_sealed(path: &Path) -> Result<Option<Self>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open index", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat index", path, e))?
+            .len();
+        if len % E::SIZE as u64 != 0 {
+            return Ok(None);
+        }
+        let map = map_read_only(&file, path, len)?;
+        let entries = len as usize / E::SIZE;
+        let index = Index::<E> {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entries,
+            _entry: std::marker::PhantomData,
+        };
+        // A preallocated file has at least two slots, so a one-entry file is a trimmed one
+        // even if its entry reads as vacant: the final time entry that sealing writes for a
+        // segment holding a single record has relative offset 0.
+        if entries > 1 && index.slot(entries - 1).is_vacant() {
+            return Ok(None);
+        }
+        Ok(Some(index))
+    }
+
+    fn slots(&self) -> usize {
+        self.map.bytes().len() / E::SIZE
+    }
+
+    fn slot(&self, i: usize) -> E {
+        E::decode(&self.map.bytes()[i * E::SIZE..(i + 1) * E::SIZE])
+    }
+
+    /// Number of entries.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// All entries, in order.
+    pub fn entries(&self) -> impl Iterator<Item = E> + '_ {
+        (0..self.entries).map(|i| self.slot(i))
+    }
+
+    /// The last entry.
+    pub fn last(&self) -> Option<E> {
+        self.entries.checked_sub(1).map(|i| self.slot(i))
+    }
+
+    /// True if another entry fits (the last slot of a preallocated file stays vacant).
+    pub fn has_room(&self) -> bool {
+        matches!(self.map, Map::Writable(_)) && self.entries + 1 < self.slots()
+    }
+
+    /// Appends an entry. The caller checks [`Index::has_room`] first.
+    pub fn push(&mut self, entry: E) {
+        let at = self.entries * E::SIZE;
+        if let Map::Writable(m) = &mut self.map
+            && at + E::SIZE <= m.len()
+        {
+            entry.encode(&mut m[at..at + E::SIZE]);
+            self.entries += 1;
+        }
+    }
+
+    /// Index of the last entry for which `is_at_or_before` holds, given that it holds for a
+    /// prefix of the entries.
+    pub fn last_where(&self, is_at_or_before: impl Fn(&E) -> bool) -> Option<E> {
+        let mut lo = 0usize;
+        let mut hi = self.entries;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if is_at_or_before(&self.slot(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1).map(|i| self.slot(i))
+    }
+
+    /// Writes the mapped entries back to the file (msync).
+    pub fn flush(&self) -> Result<()> {
+        if let Map::Writable(m) = &self.map {
+            m.flush()
+                .map_err(|e| Error::io("flush index", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Seals the index: flush, trim the file to its entries, fsync, and map it read-only.
+    pub fn seal(&mut self) -> Result<()> {
+        if !matches!(self.map, Map::Writable(_)) {
+            return Ok(());
+        }
+        self.flush()?;
+        // Unmap before the file shrinks under the mapping.
+        self.map = Map::Empty;
+        let len = (self.entries * E::SIZE) as u64;
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io("trim index", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("fsync index", &self.path, e))?;
+        self.map = map_read_only(&self.file, &self.path, len)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopen_and_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        let mut idx = Index::<OffsetEntry>::create(&path, 1024).unwrap();
+        for i in 1..=10u32 {
+            assert!(idx.has_room());
+            idx.push(OffsetEntry {
+                relative_offset: i * 10,
+                position: i * 4096,
+            });
+        }
+        idx.flush().unwrap();
+        drop(idx);
+
+        let idx = Index::<OffsetEntry>::open_active(&path).unwrap().unwrap();
+        assert_eq!(idx.len(), 10);
+        let e = idx.last_where(|e| e.relative_offset <= 55).unwrap();
+        assert_eq!(
+            e,
+            OffsetEntry {
+                relative_offset: 50,
+                position: 5 * 4096
+            }
+        );
+        assert!(idx.last_where(|e| e.relative_offset <= 5).is_none());
+        assert!(
+            Index::<OffsetEntry>::open_sealed(&path).unwrap().is_none(),
+            "still preallocated"
+        );
+
+        let mut idx = idx;
+        idx.seal().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 80);
+        drop(idx);
+        let idx = Index::<OffsetEntry>::open_sealed(&path).unwrap().unwrap();
+        assert_eq!(idx.len(), 10);
+        assert!(
+            Index::<OffsetEntry>::open_active(&path).unwrap().is_none(),
+            "trimmed"
+        );
+    }
+
+    #[test]
+    fn the_last_slot_stays_vacant() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.timeindex");
+        let mut idx = Index::<TimeEntry>::create(&path, 48).unwrap();
+        let mut n = 0;
+        while idx.has_room() {
+            n += 1;
+            idx.push(TimeEntry {
+                timestamp: n,
+                relative_offset: n as u32,
+            });
+        }
+        assert_eq!(n, 3);
+        idx.flush().unwrap();
+        drop(idx);
+        assert_eq!(
+            Index::<TimeEntry>::open_active(&path)
+                .unwrap()
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_torn_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        std::fs::write(&path, [1u8; 13]).unwrap();
+        assert!(Index::<OffsetEntry>::open_sealed(&path).unwrap().is_none());
+        assert!(Index::<OffsetEntry>::open_active(&path).unwrap().is_none());
+        assert!(
+            Index::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

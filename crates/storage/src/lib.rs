@@ -1,0 +1,52 @@
+//! Runnel's storage engine: partitioned, append-only logs of record batches on disk.
+//!
+//! A synchronous library with no network and no async runtime: the broker drives it from
+//! its own threads. The on-disk format is specified in `docs/storage-format.md`; each module
+//! repeats the byte table of what it encodes.
+//!
+//! - [`batch`]: the record batch format, validation, and a builder.
+//! - [`Log`]: one partition: append, read, seek by time, roll, retention, durability,
+//!   recovery on open.
+//! - [`Flusher`]: the background fsync thread of the `interval` policy.
+//!
+//! ```
+//! use runnel_storage::{Log, LogConfig, batch::BatchBuilder};
+//! let dir = tempfile::tempdir().unwrap();
+//! let log = Log::open(dir.path().join("orders/0"), LogConfig::default()).unwrap();
+//! let mut b = BatchBuilder::new();
+//! b.push(Some(b"order-42"), Some(b"created"), &[], 1_700_000_000_000);
+//! let appended = log.append(b.build()).unwrap();
+//! assert_eq!(appended.base_offsets, vec![0]);
+//! let read = log.read(0, 1 << 20).unwrap();
+//! assert_eq!(read.next_offset, 1);
+//! log.close().unwrap();
+//! ```
+
+pub mod batch;
+mod config;
+mod env;
+mod error;
+mod flusher;
+mod index;
+mod log;
+mod producer;
+mod recovery;
+mod segment;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
+pub use env::{Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, SystemClock};
+pub use error::{Error, Result};
+pub use flusher::Flusher;
+pub use log::{Appended, Log, ReadResult, RetentionOutcome};
+pub use producer::REMEMBERED_BATCHES;
+pub use recovery::CLEAN_SHUTDOWN_MARKER;
+
+/// The directory of a partition's log: `<data_dir>/topics/<topic>/<partition>`.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string())
+}

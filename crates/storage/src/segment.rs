@@ -1,0 +1,613 @@
+//! A segment: one `.log` file of back-to-back record batches and its two sparse indexes.
+//!
+//! ```text
+//! <base offset, 20 digits>.log        batches (format in batch.rs), back to back, no padding
+//! <base offset, 20 digits>.index      offset -> position (index.rs)
+//! <base offset, 20 digits>.timeindex  time -> offset (index.rs)
+//! ```
+//!
+//! Only the active segment is written, by the log's single writer. Readers read any segment
+//! concurrently with `pread`, up to the segment's published size, which the writer advances
+//! only after a batch is completely written; so no reader ever sees part of a batch.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BatchHeader, Compression, HEADER_LEN, LENGTH_PREFIX_LEN, Records};
+use crate::error::{Error, Result};
+use crate::index::{Index, OffsetEntry, TimeEntry};
+
+/// File name stem of the segment starting at `base_offset`.
+pub(crate) fn file_stem(base_offset: u64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// Parses a segment file name (`00000000000000000042.log`) into base offset and extension.
+pub(crate) fn parse_file_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, ext))
+}
+
+/// The indexes of a segment and the state that decides when to add an entry.
+pub(crate) struct SegmentIndexes {
+    pub offset: Index<OffsetEntry>,
+    pub time: Index<TimeEntry>,
+    /// Bytes of batches written since the last index entry.
+    pub bytes_since_entry: u64,
+    /// Largest (effective) timestamp of the batches indexed so far.
+    pub max_timestamp: i64,
+}
+
+impl SegmentIndexes {
+    /// Records that a batch of `len` bytes with relative offset `rel` starts at `position`,
+    /// adding index entries when `interval` bytes passed since the last ones.
+    pub fn on_batch(&mut self, position: u64, rel: u32, len: u64, max_ts: i64, interval: u64) {
+        self.max_timestamp = self.max_timestamp.max(max_ts);
+        if position > 0
+            && self.bytes_since_entry >= interval
+            && self.offset.has_room()
+            && self.time.has_room()
+        {
+            // Segments are capped below 4 GiB, so the position fits in u32.
+            self.offset.push(OffsetEntry {
+                relative_offset: rel,
+                position: position as u32,
+            });
+            if self
+                .time
+                .last()
+                .is_none_or(|e| e.timestamp < self.max_timestamp)
+            {
+                self.time.push(TimeEntry {
+                    timestamp: self.max_timestamp,
+                    relative_offset: rel,
+                });
+            }
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += len;
+    }
+
+    /// True if both indexes can take another entry.
+    pub fn has_room(&self) -> bool {
+        self.offset.has_room() && self.time.has_room()
+    }
+}
+
+/// One segment of a partition log.
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    pub log_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_index_path: PathBuf,
+    file: File,
+    /// Readable length of the `.log` file: everything before it is whole batches.
+    size: AtomicU64,
+    /// Offset after the last record in this segment.
+    next_offset: AtomicU64,
+    /// Largest effective timestamp in the segment, `i64::MIN` while empty.
+    max_timestamp: AtomicI64,
+    /// Append time of the first batch, `i64::MIN` while empty; drives age-based rolling.
+    first_append_time: AtomicI64,
+    sealed: AtomicBool,
+    indexes: Mutex<SegmentIndexes>,
+}
+
+/// What a scan of a segment's batches found.
+#[derive(Debug)]
+pub(crate) struct ScanOutcome {
+    /// Position after the last valid batch.
+    pub valid_len: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+    /// Largest effective timestamp among the valid batches.
+    pub max_timestamp: i64,
+    /// Append time of the first batch.
+    pub first_append_time: i64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped: Option<String>,
+}
+
+impl Segment {
+    fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf, PathBuf) {
+        let stem = file_stem(base_offset);
+        (
+            dir.join(format!("{stem}.log")),
+            dir.join(format!("{stem}.index")),
+            dir.join(format!("{stem}.timeindex")),
+        )
+    }
+
+    fn open_log_file(path: &Path, create: bool) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                Error::io(
+                    if create {
+                        "create segment"
+                    } else {
+                        "open segment"
+                    },
+                    path,
+                    e,
+                )
+            })
+    }
+
+    /// Creates a new, empty active segment (any leftover files with its name are emptied).
+    pub fn create(dir: &Path, base_offset: u64, max_index_bytes: u32) -> Result<Self> {
+        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        let file = Self::open_log_file(&log_path, true)?;
+        file.set_len(0)
+            .map_err(|e| Error::io("truncate segment", &log_path, e))?;
+        let indexes = SegmentIndexes {
+            offset: Index::create(&index_path, max_index_bytes)?,
+            time: Index::create(&time_index_path, max_index_bytes)?,
+            bytes_since_entry: 0,
+            max_timestamp: i64::MIN,
+        };
+        Ok(Segment {
+            base_offset,
+            log_path,
+            index_path,
+            time_index_path,
+            file,
+            size: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            first_append_time: AtomicI64::new(i64::MIN),
+            sealed: AtomicBool::new(false),
+            indexes: Mutex::new(indexes),
+        })
+    }
+
+    /// Opens an existing segment with the given indexes and known state.
+    pub fn from_parts(
+        dir: &Path,
+        base_offset: u64,
+        indexes: SegmentIndexes,
+        outcome: &ScanOutcome,
+        sealed: bool,
+    ) -> Result<Self> {
+        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        let file = Self::open_log_file(&log_path, false)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            index_path,
+            time_index_path,
+            file,
+            size: AtomicU64::new(outcome.valid_len),
+            next_offset: AtomicU64::new(outcome.next_offset),
+            max_timestamp: AtomicI64::new(outcome.max_timestamp),
+            first_append_time: AtomicI64::new(outcome.first_append_time),
+            sealed: AtomicBool::new(sealed),
+            indexes: Mutex::new(indexes),
+        })
+    }
+
+    /// Paths of the three files, for the directory scan.
+    pub fn file_paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf, PathBuf) {
+        Self::paths(dir, base_offset)
+    }
+
+    /// Published readable size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Offset after the segment's last record.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    /// Largest effective timestamp, `i64::MIN` if empty.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    /// Append time of the first batch, `None` if empty.
+    pub fn first_append_time(&self) -> Option<i64> {
+        let t = self.first_append_time.load(Ordering::Acquire);
+        (t != i64::MIN).then_some(t)
+    }
+
+    /// True once sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Locks the indexes. A poisoned lock only means a panic elsewhere while it was held;
+    /// the indexes are plain data, so we go on with them.
+    pub fn indexes(&self) -> MutexGuard<'_, SegmentIndexes> {
+        self.indexes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes all `bufs` at the end of the file. Called by the log's single writer only.
+    ///
+    /// On error the file is truncated back to its published size; if that fails too, the
+    /// returned flag is false and the caller must stop writing to this log.
+    pub fn write(&self, bufs: &mut [IoSlice<'_>]) -> (io::Result<()>, bool) {
+        let res = write_all_vectored(&self.file, bufs);
+        if res.is_err() {
+            let rolled_back = self.file.set_len(self.size()).is_ok();
+            return (res, rolled_back);
+        }
+        (res, true)
+    }
+
+    /// Publishes a completed write: readers may now read up to `size`.
+    pub fn publish(&self, size: u64, next_offset: u64, max_ts: i64, append_time: i64) {
+        if self.first_append_time.load(Ordering::Relaxed) == i64::MIN {
+            self.first_append_time.store(append_time, Ordering::Release);
+        }
+        self.max_timestamp.fetch_max(max_ts, Ordering::AcqRel);
+        self.next_offset.store(next_offset, Ordering::Release);
+        self.size.store(size, Ordering::Release);
+    }
+
+    /// fdatasync of the `.log` file.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync segment", &self.log_path, e))
+    }
+
+    /// msync of the active indexes (before a clean close).
+    pub fn flush_indexes(&self) -> Result<()> {
+        let idx = self.indexes();
+        idx.offset.flush()?;
+        idx.time.flush()
+    }
+
+    /// Seals the segment: fsync the log, record its largest timestamp in the time index, trim
+    /// and fsync the time index, then the offset index (whose trimmed shape marks the segment
+    /// sealed on disk). Idempotent.
+    pub fn seal(&self) -> Result<()> {
+        if self.is_sealed() {
+            return Ok(());
+        }
+        self.sync()?;
+        let mut idx = self.indexes();
+        let max_ts = self.max_timestamp();
+        let next = self.next_offset();
+        if next > self.base_offset && idx.time.last().is_none_or(|e| e.timestamp < max_ts) {
+            // Offsets in a segment fit in u32 (the log rolls before they would not).
+            let rel = (next - 1 - self.base_offset) as u32;
+            let rel = idx.time.last().map_or(rel, |e| rel.max(e.relative_offset));
+            idx.time.push(TimeEntry {
+                timestamp: max_ts,
+                relative_offset: rel,
+            });
+        }
+        idx.time.seal()?;
+        idx.offset.seal()?;
+        self.sealed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads exactly `len` bytes at `pos`.
+    pub fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("read segment", &self.log_path, e))?;
+        Ok(buf.freeze())
+    }
+
+    /// Reads and checks the shape of the batch header at `pos`, which must lie below `size`.
+    fn header_at(&self, pos: u64, size: u64) -> Result<BatchHeader> {
+        let corrupt = |reason: String| Error::CorruptSegment {
+            path: self.log_path.clone(),
+            position: pos,
+            reason,
+        };
+        if pos + HEADER_LEN as u64 > size {
+            return Err(corrupt(format!(
+                "batch header runs past the readable end {size}"
+            )));
+        }
+        let mut buf = [0u8; HEADER_LEN];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("read segment", &self.log_path, e))?;
+        let header = BatchHeader::decode(&buf)?;
+        if header.total_len() < HEADER_LEN || pos + header.total_len() as u64 > size {
+            return Err(corrupt(format!(
+                "batch_length {} does not fit the segment's {size} bytes",
+                header.batch_length
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Finds the batch containing `offset`: its position and header. `None` if the segment
+    /// (up to `size`) ends before it.
+    fn locate(&self, offset: u64, size: u64) -> Result<Option<(u64, BatchHeader)>> {
+        let rel = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        let mut pos = self
+            .indexes()
+            .offset
+            .last_where(|e| e.relative_offset <= rel)
+            .map_or(0, |e| u64::from(e.position));
+        while pos < size {
+            let header = self.header_at(pos, size)?;
+            if header.next_offset() > offset {
+                return Ok(Some((pos, header)));
+            }
+            pos += header.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Byte position of the batch containing `offset`, or the readable end if none does.
+    pub fn position_of(&self, offset: u64) -> Result<u64> {
+        let size = self.size();
+        Ok(self.locate(offset, size)?.map_or(size, |(pos, _)| pos))
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, about `max_bytes`
+    /// of them; the first batch is returned whole even if it is larger. `None` if the segment
+    /// has nothing at or after `offset`.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+        let size = self.size();
+        let Some((pos, first)) = self.locate(offset, size)? else {
+            return Ok(None);
+        };
+        let available = (size - pos) as usize;
+        let want = max_bytes.min(available).max(first.total_len());
+        let buf = self.read_at(pos, want)?;
+        let mut end = 0usize;
+        while let Some(total) = batch::batch_total_len(&buf[end..]) {
+            if total < HEADER_LEN || end + total > buf.len() {
+                break;
+            }
+            end += total;
+        }
+        Ok(Some(buf.slice(..end)))
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every
+    /// record in the segment is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        if self.max_timestamp() < timestamp {
+            return Ok(None);
+        }
+        let size = self.size();
+        let start_rel = self
+            .indexes()
+            .time
+            .last_where(|e| e.timestamp < timestamp)
+            .map_or(0, |e| e.relative_offset);
+        let Some((mut pos, _)) = self.locate(self.base_offset + u64::from(start_rel), size)? else {
+            return Ok(None);
+        };
+        while pos < size {
+            let header = self.header_at(pos, size)?;
+            if header.effective_max_timestamp() >= timestamp {
+                return self
+                    .first_record_at_or_after(pos, &header, timestamp)
+                    .map(Some);
+            }
+            pos += header.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Within an uncompressed batch, the offset of the first record at or after `timestamp`;
+    /// for a compressed one (whose records the storage engine never decodes), its base offset.
+    fn first_record_at_or_after(&self, pos: u64, header: &BatchHeader, ts: i64) -> Result<u64> {
+        if header.compression() != Some(Compression::None)
+            || header.timestamp_type() == batch::TimestampType::LogAppendTime
+        {
+            return Ok(header.base_offset);
+        }
+        let bytes = self.read_at(pos, header.total_len())?;
+        for record in Records::new(bytes.slice(HEADER_LEN..), header) {
+            match record {
+                Ok(r) if r.timestamp >= ts => return Ok(r.offset),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(header.base_offset)
+    }
+
+    /// Checks that the indexes agree with the batches: every offset index entry points at
+    /// the start of the batch with its relative offset, both indexes strictly increase, and
+    /// no time entry claims a timestamp above the segment's largest.
+    pub fn verify_indexes(&self) -> Result<()> {
+        let size = self.size();
+        let corrupt = |reason: String| Error::CorruptSegment {
+            path: self.index_path.clone(),
+            position: 0,
+            reason,
+        };
+        let mut starts = std::collections::HashMap::new();
+        let mut pos = 0;
+        while pos < size {
+            let h = self.header_at(pos, size)?;
+            starts.insert(pos, h.base_offset - self.base_offset);
+            pos += h.total_len() as u64;
+        }
+        let idx = self.indexes();
+        let mut prev: Option<OffsetEntry> = None;
+        for e in idx.offset.entries() {
+            if starts.get(&u64::from(e.position)) != Some(&u64::from(e.relative_offset)) {
+                return Err(corrupt(format!("offset entry {e:?} is not a batch start")));
+            }
+            if prev.is_some_and(|p| p.relative_offset >= e.relative_offset) {
+                return Err(corrupt(format!("offset entry {e:?} does not increase")));
+            }
+            prev = Some(e);
+        }
+        let mut prev: Option<TimeEntry> = None;
+        for e in idx.time.entries() {
+            let increases = prev.is_none_or(|p| {
+                p.timestamp < e.timestamp && p.relative_offset <= e.relative_offset
+            });
+            if !increases || e.timestamp > self.max_timestamp() {
+                return Err(corrupt(format!("time entry {e:?} out of order")));
+            }
+            prev = Some(e);
+        }
+        Ok(())
+    }
+
+    /// Reads the batches from `from_pos` to the end of the file in order, checking each one
+    /// (CRC and offsets too when `verify` is set), and calls `on_batch` with the position and
+    /// header of every valid one. Stops at the first batch that is torn or fails a check.
+    pub fn scan(
+        path: &Path,
+        from_pos: u64,
+        expected_next: u64,
+        verify: bool,
+        mut on_batch: impl FnMut(u64, &BatchHeader),
+    ) -> Result<ScanOutcome> {
+        let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat segment", path, e))?
+            .len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        if from_pos > 0 {
+            io::Seek::seek(&mut reader, io::SeekFrom::Start(from_pos))
+                .map_err(|e| Error::io("seek segment", path, e))?;
+        }
+        let mut out = ScanOutcome {
+            valid_len: from_pos,
+            next_offset: expected_next,
+            max_timestamp: i64::MIN,
+            first_append_time: i64::MIN,
+            stopped: None,
+        };
+        let mut buf = vec![0u8; HEADER_LEN];
+        let mut pos = from_pos;
+        while pos < file_len {
+            let stop = |why: String| Some(format!("at byte {pos}: {why}"));
+            if file_len - pos < HEADER_LEN as u64 {
+                out.stopped = stop(format!(
+                    "{} bytes, less than a batch header",
+                    file_len - pos
+                ));
+                break;
+            }
+            buf.resize(HEADER_LEN, 0);
+            reader
+                .read_exact(&mut buf)
+                .map_err(|e| Error::io("read segment", path, e))?;
+            let header = BatchHeader::decode(&buf)?;
+            let total = header.total_len() as u64;
+            if total < HEADER_LEN as u64 || pos + total > file_len {
+                out.stopped = stop(format!("batch of {total} bytes runs past the end"));
+                break;
+            }
+            if verify {
+                if header.base_offset != out.next_offset {
+                    out.stopped = stop(format!(
+                        "base offset {} where {} was expected",
+                        header.base_offset, out.next_offset
+                    ));
+                    break;
+                }
+                buf.resize(total as usize, 0);
+                reader
+                    .read_exact(&mut buf[HEADER_LEN..])
+                    .map_err(|e| Error::io("read segment", path, e))?;
+                if let Err(e) = batch::validate_stored(&buf, &header) {
+                    out.stopped = stop(e.to_string());
+                    break;
+                }
+            } else {
+                reader
+                    .seek_relative((total - HEADER_LEN as u64) as i64)
+                    .map_err(|e| Error::io("seek segment", path, e))?;
+            }
+            on_batch(pos, &header);
+            if out.first_append_time == i64::MIN && pos == 0 {
+                out.first_append_time = header.append_time;
+            }
+            out.max_timestamp = out.max_timestamp.max(header.effective_max_timestamp());
+            out.next_offset = header.next_offset();
+            pos += total;
+            out.valid_len = pos;
+        }
+        Ok(out)
+    }
+
+    /// Truncates the `.log` file to `len` bytes and fsyncs it (recovery only, before the
+    /// segment is shared).
+    pub fn truncate_file(path: &Path, len: u64) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        file.set_len(len)
+            .map_err(|e| Error::io("truncate segment", path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync segment", path, e))
+    }
+
+    /// Reads the `append_time` of the batch at position 0, if there is one.
+    pub fn read_first_append_time(path: &Path) -> Result<Option<i64>> {
+        let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+        let mut buf = [0u8; LENGTH_PREFIX_LEN + 8];
+        match file.read_exact_at(&mut buf, 0) {
+            Ok(()) => {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&buf[12..20]);
+                Ok(Some(i64::from_le_bytes(t)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(Error::io("read segment", path, e)),
+        }
+    }
+}
+
+/// `write_all` for a list of buffers: one `writev` per call where the kernel takes it all.
+fn write_all_vectored(mut file: &File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_twenty_digits() {
+        assert_eq!(file_stem(42), "00000000000000000042");
+        assert_eq!(
+            parse_file_name("00000000000000000042.log"),
+            Some((42, "log"))
+        );
+        assert_eq!(
+            parse_file_name("00000000000000000042.timeindex"),
+            Some((42, "timeindex"))
+        );
+        assert_eq!(parse_file_name("42.log"), None);
+        assert_eq!(parse_file_name(".clean-shutdown"), None);
+        assert_eq!(parse_file_name("0000000000000000004x.log"), None);
+    }
+}

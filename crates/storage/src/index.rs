@@ -14,6 +14,11 @@
 //! | 0      | 8    | `timestamp`       | i64  |
 //! | 8      | 4    | `relative_offset` | u32  |
 //!
+//! Entries are appended with `pwrite` and looked up through a read-only shared map (the two
+//! see the same page cache). Writing through a writable map would turn a full disk into a
+//! SIGBUS when the kernel allocates a page of the sparse preallocated file; `pwrite` turns it
+//! into an `ENOSPC` error instead.
+//!
 //! The active segment's index files are preallocated and zero-filled; written entries are
 //! never all-zero (see `docs/storage-format.md`), so the number of entries is found by binary
 //! search. The last slot is never used, so a preallocated file always ends in a zero slot and
@@ -22,7 +27,9 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut};
+use std::os::unix::fs::FileExt;
+
+use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
@@ -95,16 +102,14 @@ impl Entry for TimeEntry {
 enum Map {
     /// Zero-length file: nothing to map.
     Empty,
-    Writable(MmapMut),
-    ReadOnly(Mmap),
+    Mapped(Mmap),
 }
 
 impl Map {
     fn bytes(&self) -> &[u8] {
         match self {
             Map::Empty => &[],
-            Map::Writable(m) => m,
-            Map::ReadOnly(m) => m,
+            Map::Mapped(m) => m,
         }
     }
 }
@@ -115,23 +120,20 @@ pub(crate) struct Index<E: Entry> {
     file: File,
     map: Map,
     entries: usize,
+    /// False once sealed, or after a failed write: no more entries are added.
+    writable: bool,
     _entry: std::marker::PhantomData<E>,
 }
 
-fn map_writable(file: &File, path: &Path) -> Result<Map> {
-    // SAFETY: the data directory belongs to this process (docs/operations.md); nothing else
-    // truncates or writes the file while it is mapped, and we drop the map before we truncate.
-    let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| Error::io("mmap", path, e))?;
-    Ok(Map::Writable(map))
-}
-
-fn map_read_only(file: &File, path: &Path, len: u64) -> Result<Map> {
+fn map_file(file: &File, path: &Path, len: u64) -> Result<Map> {
     if len == 0 {
         return Ok(Map::Empty);
     }
-    // SAFETY: as in `map_writable`; a sealed index file is never written again.
+    // SAFETY: the data directory belongs to this process (docs/operations.md): nothing else
+    // truncates the file while it is mapped, and we drop the map before we truncate it. We
+    // only write entries past the ones readers look at, with pwrite, never through the map.
     let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io("mmap", path, e))?;
-    Ok(Map::ReadOnly(map))
+    Ok(Map::Mapped(map))
 }
 
 impl<E: Entry> Index<E> {
@@ -148,12 +150,13 @@ impl<E: Entry> Index<E> {
         let len = (prealloc_bytes as usize / E::SIZE).max(2) * E::SIZE;
         file.set_len(len as u64)
             .map_err(|e| Error::io("preallocate index", path, e))?;
-        let map = map_writable(&file, path)?;
+        let map = map_file(&file, path, len as u64)?;
         Ok(Index {
             path: path.to_path_buf(),
             file,
             map,
             entries: 0,
+            writable: true,
             _entry: std::marker::PhantomData,
         })
     }
@@ -174,12 +177,13 @@ impl<E: Entry> Index<E> {
         if len == 0 || len % E::SIZE as u64 != 0 {
             return Ok(None);
         }
-        let map = map_writable(&file, path)?;
+        let map = map_file(&file, path, len)?;
         let mut index = Index::<E> {
             path: path.to_path_buf(),
             file,
             map,
             entries: 0,
+            writable: true,
             _entry: std::marker::PhantomData,
         };
         let slots = index.slots();
@@ -218,13 +222,14 @@ impl<E: Entry> Index<E> {
         if len % E::SIZE as u64 != 0 {
             return Ok(None);
         }
-        let map = map_read_only(&file, path, len)?;
+        let map = map_file(&file, path, len)?;
         let entries = len as usize / E::SIZE;
         let index = Index::<E> {
             path: path.to_path_buf(),
             file,
             map,
             entries,
+            writable: false,
             _entry: std::marker::PhantomData,
         };
         // A preallocated file has at least two slots, so a one-entry file is a trimmed one
@@ -262,18 +267,25 @@ impl<E: Entry> Index<E> {
 
     /// True if another entry fits (the last slot of a preallocated file stays vacant).
     pub fn has_room(&self) -> bool {
-        matches!(self.map, Map::Writable(_)) && self.entries + 1 < self.slots()
+        self.writable && self.entries + 1 < self.slots()
     }
 
-    /// Appends an entry. The caller checks [`Index::has_room`] first.
-    pub fn push(&mut self, entry: E) {
-        let at = self.entries * E::SIZE;
-        if let Map::Writable(m) = &mut self.map
-            && at + E::SIZE <= m.len()
-        {
-            entry.encode(&mut m[at..at + E::SIZE]);
-            self.entries += 1;
+    /// Appends an entry. The caller checks [`Index::has_room`] first. After a failed write
+    /// (typically a full disk) the index takes no more entries; it stays correct, only
+    /// sparser.
+    pub fn push(&mut self, entry: E) -> Result<()> {
+        if self.entries >= self.slots() {
+            return Ok(());
         }
+        let mut buf = [0u8; 16];
+        entry.encode(&mut buf[..E::SIZE]);
+        let at = (self.entries * E::SIZE) as u64;
+        if let Err(e) = self.file.write_all_at(&buf[..E::SIZE], at) {
+            self.writable = false;
+            return Err(Error::io("write index", &self.path, e));
+        }
+        self.entries += 1;
+        Ok(())
     }
 
     /// Index of the last entry for which `is_at_or_before` holds, given that it holds for a
@@ -292,21 +304,19 @@ impl<E: Entry> Index<E> {
         lo.checked_sub(1).map(|i| self.slot(i))
     }
 
-    /// Writes the mapped entries back to the file (msync).
+    /// fdatasync of the index file.
     pub fn flush(&self) -> Result<()> {
-        if let Map::Writable(m) = &self.map {
-            m.flush()
-                .map_err(|e| Error::io("flush index", &self.path, e))?;
-        }
-        Ok(())
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync index", &self.path, e))
     }
 
-    /// Seals the index: flush, trim the file to its entries, fsync, and map it read-only.
+    /// Seals the index: trim the file to its entries, fsync, and map the trimmed file.
     pub fn seal(&mut self) -> Result<()> {
-        if !matches!(self.map, Map::Writable(_)) {
+        if matches!(self.map, Map::Mapped(_)) && self.slots() == self.entries {
             return Ok(());
         }
-        self.flush()?;
+        self.writable = false;
         // Unmap before the file shrinks under the mapping.
         self.map = Map::Empty;
         let len = (self.entries * E::SIZE) as u64;
@@ -316,7 +326,7 @@ impl<E: Entry> Index<E> {
         self.file
             .sync_all()
             .map_err(|e| Error::io("fsync index", &self.path, e))?;
-        self.map = map_read_only(&self.file, &self.path, len)?;
+        self.map = map_file(&self.file, &self.path, len)?;
         Ok(())
     }
 }
@@ -335,7 +345,8 @@ mod tests {
             idx.push(OffsetEntry {
                 relative_offset: i * 10,
                 position: i * 4096,
-            });
+            })
+            .unwrap();
         }
         idx.flush().unwrap();
         drop(idx);
@@ -379,7 +390,8 @@ mod tests {
             idx.push(TimeEntry {
                 timestamp: n,
                 relative_offset: n as u32,
-            });
+            })
+            .unwrap();
         }
         assert_eq!(n, 3);
         idx.flush().unwrap();

@@ -1218,4 +1218,42 @@ mod tests {
             "{snapshots:?}"
         );
     }
+
+    #[test]
+    fn a_failed_fsync_is_returned_and_fails_the_log_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Always,
+            ..small()
+        };
+        let log = Log::open(dir.path(), config.clone()).unwrap();
+        log.append(batch(1, 1, 10)).unwrap();
+        crate::segment::fault::FAIL_NEXT_FSYNC.with(|f| f.set(true));
+        let err = log.append(batch(1, 2, 10)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    op: "fsync segment",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(log.has_failed());
+        assert!(matches!(
+            log.append(batch(1, 3, 10)),
+            Err(Error::LogFailed { .. })
+        ));
+        assert!(matches!(log.sync_to(2), Err(Error::LogFailed { .. })));
+        // Reads keep working.
+        assert_eq!(offsets_in(log.read(0, 1 << 20).unwrap().data), vec![0, 1]);
+        // Closing a failed log leaves no clean-shutdown marker, so the next open recovers.
+        assert!(log.close().is_err());
+        assert!(!dir.path().join(CLEAN_SHUTDOWN_MARKER).exists());
+        drop(log);
+        let log = Log::open(dir.path(), config).unwrap();
+        assert!(!log.has_failed());
+        assert_eq!(log.append(batch(1, 3, 10)).unwrap().base_offsets, vec![2]);
+    }
 }

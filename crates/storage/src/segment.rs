@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
+use tracing::warn;
 
 use crate::batch::{self, BatchHeader, Compression, HEADER_LEN, LENGTH_PREFIX_LEN, Records};
 use crate::error::{Error, Result};
@@ -58,19 +59,27 @@ impl SegmentIndexes {
             && self.time.has_room()
         {
             // Segments are capped below 4 GiB, so the position fits in u32.
-            self.offset.push(OffsetEntry {
+            let entry = OffsetEntry {
                 relative_offset: rel,
                 position: position as u32,
-            });
-            if self
-                .time
-                .last()
-                .is_none_or(|e| e.timestamp < self.max_timestamp)
+            };
+            let mut written = self.offset.push(entry);
+            if written.is_ok()
+                && self
+                    .time
+                    .last()
+                    .is_none_or(|e| e.timestamp < self.max_timestamp)
             {
-                self.time.push(TimeEntry {
+                let entry = TimeEntry {
                     timestamp: self.max_timestamp,
                     relative_offset: rel,
-                });
+                };
+                written = self.time.push(entry);
+            }
+            if let Err(e) = written {
+                // The indexes are sparse: a missing entry only makes lookups scan further.
+                // has_room() is now false, so the log rolls at the next append.
+                warn!(error = %e, "index entry not written; the segment will roll");
             }
             self.bytes_since_entry = 0;
         }
@@ -261,12 +270,17 @@ impl Segment {
 
     /// fdatasync of the `.log` file.
     pub fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if fault::FAIL_NEXT_FSYNC.with(|f| f.replace(false)) {
+            let e = io::Error::from_raw_os_error(5); // EIO
+            return Err(Error::io("fsync segment", &self.log_path, e));
+        }
         self.file
             .sync_data()
             .map_err(|e| Error::io("fsync segment", &self.log_path, e))
     }
 
-    /// msync of the active indexes (before a clean close).
+    /// fdatasync of the active indexes (before a clean close).
     pub fn flush_indexes(&self) -> Result<()> {
         let idx = self.indexes();
         idx.offset.flush()?;
@@ -288,10 +302,14 @@ impl Segment {
             // Offsets in a segment fit in u32 (the log rolls before they would not).
             let rel = (next - 1 - self.base_offset) as u32;
             let rel = idx.time.last().map_or(rel, |e| rel.max(e.relative_offset));
-            idx.time.push(TimeEntry {
+            let entry = TimeEntry {
                 timestamp: max_ts,
                 relative_offset: rel,
-            });
+            };
+            if let Err(e) = idx.time.push(entry) {
+                // Retention then goes by the last entry written: a little earlier than the truth.
+                warn!(error = %e, "final time index entry not written");
+            }
         }
         idx.time.seal()?;
         idx.offset.seal()?;
@@ -574,6 +592,15 @@ impl Segment {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(Error::io("read segment", path, e)),
         }
+    }
+}
+
+/// Fault injection for unit tests: the kernel's fsync errors cannot be provoked portably.
+#[cfg(test)]
+pub(crate) mod fault {
+    thread_local! {
+        /// Makes this thread's next segment fsync fail with EIO.
+        pub static FAIL_NEXT_FSYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 }
 

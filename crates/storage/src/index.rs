@@ -241,6 +241,28 @@ impl<E: Entry> Index<E> {
         Ok(Some(index))
     }
 
+    /// True if the file has the shape of an active segment's preallocated index: at least two
+    /// whole slots, the last one vacant. That is what a crash between roll and seal leaves;
+    /// a missing file or any other shape is damage, not an interrupted seal.
+    pub fn looks_preallocated(path: &Path) -> Result<bool> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("open index", path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat index", path, e))?
+            .len();
+        if len % E::SIZE as u64 != 0 || len < 2 * E::SIZE as u64 {
+            return Ok(false);
+        }
+        let mut last = vec![0u8; E::SIZE];
+        file.read_exact_at(&mut last, len - E::SIZE as u64)
+            .map_err(|e| Error::io("read index", path, e))?;
+        Ok(E::decode(&last).is_vacant())
+    }
+
     fn slots(&self) -> usize {
         self.map.bytes().len() / E::SIZE
     }

@@ -336,9 +336,11 @@ fn open_sealed(
         let offset_ok = offset
             .last()
             .is_none_or(|e| u64::from(e.position) < len && u64::from(e.relative_offset) < span);
+        // Sealing always leaves a time entry for a non-empty segment; without one the
+        // segment's largest timestamp (seek by time, retention) would be lost.
         let time_ok = time
             .last()
-            .is_none_or(|e| u64::from(e.relative_offset) < span);
+            .map_or(len == 0, |e| u64::from(e.relative_offset) < span);
         if offset_ok && time_ok {
             let max_timestamp = time.last().map_or(i64::MIN, |e| e.timestamp);
             let outcome = ScanOutcome {
@@ -361,7 +363,14 @@ fn open_sealed(
         }
     }
 
-    if sealed_on_disk || clean {
+    // Only index files still in their preallocated shape mean that a crash interrupted the
+    // sealing. Missing ones, or ones of any other bad shape, are damage to a segment whose
+    // data was complete and acknowledged: it must not be cut.
+    let interrupted = !sealed_on_disk
+        && !clean
+        && (Index::<OffsetEntry>::looks_preallocated(&index_path)?
+            || Index::<TimeEntry>::looks_preallocated(&time_path)?);
+    if !interrupted {
         // The data was complete when sealed; only an index is bad. Rebuild it, and treat a
         // batch that does not check as corruption of acknowledged data.
         let (indexes, outcome, log) = rebuild(dir, base, config)?;

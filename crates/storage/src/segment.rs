@@ -356,13 +356,29 @@ impl Segment {
     /// (up to `size`) ends before it.
     fn locate(&self, offset: u64, size: u64) -> Result<Option<(u64, BatchHeader)>> {
         let rel = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-        let mut pos = self
+        let entry = self
             .indexes()
             .offset
-            .last_where(|e| e.relative_offset <= rel)
-            .map_or(0, |e| u64::from(e.position));
+            .last_where(|e| e.relative_offset <= rel);
+        let mut pos = entry.map_or(0, |e| u64::from(e.position));
+        // A sealed index is checked only for its shape at open: make sure the entry points at
+        // the batch it names, or a damaged entry would silently skip or repeat batches.
+        let mut expected = entry.map(|e| self.base_offset + u64::from(e.relative_offset));
         while pos < size {
             let header = self.header_at(pos, size)?;
+            if let Some(expected) = expected.take()
+                && header.base_offset != expected
+            {
+                return Err(Error::CorruptSegment {
+                    path: self.index_path.clone(),
+                    position: 0,
+                    reason: format!(
+                        "entry for offset {expected} points at byte {pos} of the segment, where \
+                         the batch at offset {} starts",
+                        header.base_offset
+                    ),
+                });
+            }
             if header.next_offset() > offset {
                 return Ok(Some((pos, header)));
             }

@@ -1,9 +1,19 @@
 //! Runnel's end-to-end suite: one test binary, one module per area.
 //!
-//! It will start the real `runneld` binary on free local ports with a temporary data
-//! directory and drive it over gRPC through `runnel-client` and the `runnel` CLI: admin,
-//! produce, consume, idempotence, restart and recovery (SIGTERM, kill -9), disk-full and CLI
-//! exit codes. Those modules arrive with the broker, client and CLI issues; until then only
-//! the protocol contract can be checked end to end.
+//! It starts the real `runneld` binary on free local ports with a temporary data directory
+//! (`harness`) and drives it over gRPC with the generated clients: lifecycle (100,000 records,
+//! restarts, SIGTERM under load, kill -9), streaming (long poll, Subscribe, a stalled
+//! subscriber's memory), errors (every documented status, random input, a full disk),
+//! idempotence, reflection and operations (config errors, exit codes, logs, metrics). The
+//! `protocol` module checks the contract the descriptors carry. Client-library and CLI tests
+//! arrive with their issues.
 
+mod harness;
+
+mod errors;
+mod idempotence;
+mod lifecycle;
+mod operations;
 mod protocol;
+mod reflection;
+mod streaming;

@@ -1,9 +1,166 @@
-//! `runneld`, the Runnel broker daemon. Not built yet: it only says so and exits with code 2,
-//! so that nothing mistakes it for a working broker. The broker issue (issue 3) replaces it.
+//! `runneld`, the Runnel broker daemon: parses flags, loads the configuration, sets up logging,
+//! binds the gRPC listener, and runs the broker until SIGINT or SIGTERM.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for invalid configuration or flags, 1 for any other
+//! failure (data directory unusable or locked, port in use, a partition that cannot be opened).
 
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use clap::Parser;
+use runnel_broker::config::{Config, ConfigError, LogFormat, Override};
+use tracing_subscriber::EnvFilter;
+
+/// The Runnel event streaming broker.
+///
+/// Configuration is layered: built-in defaults, then the TOML file given with --config, then
+/// RUNNEL_* environment variables (a key `section.name` is RUNNEL_SECTION_NAME), then flags.
+/// See docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(name = "runneld", version)]
+struct Args {
+    /// The TOML configuration file (config/runneld.toml lists every key).
+    #[arg(long, env = "RUNNEL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where topics and broker metadata are stored [key: data_dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// The gRPC listen address [key: listen].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The Prometheus metrics listen address [key: metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Log line format, human or json [key: log.format].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, RUST_LOG syntax [key: log.filter].
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
+    /// Sets any config key, for example --set limits.max_topics=100 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Prints the effective configuration as TOML and exits.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Args {
+    fn overrides(&self) -> Result<Vec<Override>, ConfigError> {
+        let mut out = Vec::new();
+        let named = [
+            ("data_dir", "--data-dir", &self.data_dir),
+            ("listen", "--listen", &self.listen),
+            ("metrics_listen", "--metrics-listen", &self.metrics_listen),
+            ("log.format", "--log-format", &self.log_format),
+            ("log.filter", "--log-filter", &self.log_filter),
+        ];
+        for (key, flag, value) in named {
+            if let Some(value) = value {
+                out.push(Override {
+                    key: key.into(),
+                    value: value.clone(),
+                    origin: format!("flag {flag}"),
+                });
+            }
+        }
+        for s in &self.set {
+            let Some((key, value)) = s.split_once('=') else {
+                return Err(ConfigError::Invalid {
+                    key: s.clone(),
+                    origin: "flag --set".into(),
+                    reason: "expected KEY=VALUE".into(),
+                });
+            };
+            out.push(Override {
+                key: key.trim().into(),
+                value: value.into(),
+                origin: "flag --set".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn main() -> ExitCode {
-    eprintln!("runneld: the broker is not built yet (see README.md, \"Status\")");
-    ExitCode::from(2)
+    let args = Args::parse();
+    let config = match args
+        .overrides()
+        .and_then(|flags| Config::load(args.config.as_deref(), utf8_env(), &flags))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runneld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "runneld failed");
+            eprintln!("runneld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment's UTF-8 variables (a config value is never anything else; others are
+/// skipped rather than aborting as `std::env::vars` would).
+fn utf8_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
+fn init_tracing(config: &Config) {
+    // validate() checked the filter's syntax; fall back to `info` if the subscriber disagrees.
+    let filter = EnvFilter::try_new(&config.log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("runneld")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+        runnel_broker::run(config, listener, signal()).await?;
+        Ok(())
+    });
+    // Every log is closed by now; do not wait long for background file removal.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "received shutdown signal");
 }

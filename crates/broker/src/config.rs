@@ -1,0 +1,952 @@
+//! The broker's configuration: one typed tree, layered as defaults, then the TOML file, then
+//! `RUNNEL_*` environment variables, then command-line flags.
+//!
+//! Every key has a default that works (`Config::default()`), and `config/runneld.toml` lists
+//! every key with its default and meaning; `docs/configuration.md` adds the environment
+//! variable and flag of each. A key `section.name` maps to the environment variable
+//! `RUNNEL_SECTION_NAME` (upper case, dots become underscores), for example
+//! `limits.max_topics` is `RUNNEL_LIMITS_MAX_TOPICS`.
+//!
+//! Loading works on the TOML tree of the defaults: the file and every override are merged into
+//! it key by key, so an unknown key or a value of the wrong type is reported with its full key
+//! and where it came from, before the tree is turned into [`Config`] and [`Config::validate`]
+//! checks the ranges.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that set config keys.
+pub const ENV_PREFIX: &str = "RUNNEL_";
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where topics, partitions and broker metadata are stored.
+    pub data_dir: PathBuf,
+    /// The gRPC listener address (used by `runneld`; `run` takes an already bound listener).
+    pub listen: SocketAddr,
+    /// The Prometheus metrics listener address (`GET /metrics`).
+    pub metrics_listen: SocketAddr,
+    /// Logging.
+    pub log: LogSettings,
+    /// Metrics.
+    pub metrics: MetricsSettings,
+    /// Config of topics that do not override a field (`TopicConfig` in the protocol).
+    pub topic_defaults: TopicDefaults,
+    /// Storage engine settings that are not per topic.
+    pub storage: StorageSettings,
+    /// Limits on what clients may ask of the broker.
+    pub limits: Limits,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7172)),
+            log: LogSettings::default(),
+            metrics: MetricsSettings::default(),
+            topic_defaults: TopicDefaults::default(),
+            storage: StorageSettings::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownSettings::default(),
+        }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `RUST_LOG`-style filter, for example `info` or `info,runnel_storage=debug`.
+    pub filter: String,
+    /// The line format.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            filter: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable text, one event per line.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Whether to serve metrics on `metrics_listen`.
+    pub enabled: bool,
+    /// Bucket upper bounds, in seconds, of every `*_seconds` histogram.
+    pub duration_buckets_seconds: Vec<f64>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            duration_buckets_seconds: vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        }
+    }
+}
+
+/// The `[topic_defaults]` section: the value of each `TopicConfig` field for topics that do
+/// not set it. Ranges are those of `docs/protocol.md`, "Topic config".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// How long data is kept, ms; 0 means no time limit.
+    pub retention_ms: u64,
+    /// Most bytes kept per partition; 0 means no size limit.
+    pub retention_bytes: u64,
+    /// Size at which a segment is sealed.
+    pub segment_bytes: u64,
+    /// Age at which a segment is sealed, ms; 0 means no age limit.
+    pub segment_ms: u64,
+    /// Largest batch accepted.
+    pub max_batch_bytes: u32,
+    /// When logs are fsynced.
+    pub durability: DurabilitySetting,
+    /// The flush interval of the `interval` policy, ms.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            max_batch_bytes: 1 << 20,
+            durability: DurabilitySetting::Interval,
+            flush_interval_ms: 100,
+        }
+    }
+}
+
+/// A durability policy as written in the config file and in topic metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// fsync before answering every append.
+    Always,
+    /// A background flusher fsyncs every `flush_interval_ms`.
+    Interval,
+    /// The OS writes back when it likes.
+    Never,
+}
+
+/// The `[storage]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Bytes of batches between two sparse index entries.
+    pub index_interval_bytes: u32,
+    /// Preallocated size of each index file of an active segment.
+    pub max_index_bytes: u32,
+    /// Idempotent producers idle longer than this are forgotten by a partition, ms.
+    pub producer_expiry_ms: u64,
+    /// How often the background flusher checks logs under the `interval` policy, ms.
+    pub flush_check_interval_ms: u64,
+    /// How often retention runs over every partition, ms.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            index_interval_bytes: 4096,
+            max_index_bytes: 10 << 20,
+            producer_expiry_ms: 7 * 24 * 3600 * 1000,
+            flush_check_interval_ms: 20,
+            retention_check_interval_ms: 300_000,
+        }
+    }
+}
+
+/// The `[limits]` section (`docs/protocol.md`, "Limits").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open client connections; more wait in the listen backlog.
+    pub max_connections: u32,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest gRPC message accepted.
+    pub max_request_bytes: u64,
+    /// Topics.
+    pub max_topics: u32,
+    /// Partitions of one topic.
+    pub max_partitions_per_topic: u32,
+    /// Partitions of all topics together.
+    pub max_partitions: u32,
+    /// Longest `Fetch` long poll, ms.
+    pub fetch_max_wait_ms: u32,
+    /// Default and cap of `FetchRequest.max_bytes`.
+    pub fetch_max_bytes: u32,
+    /// Default and cap of `FetchPartition.max_bytes`.
+    pub fetch_partition_max_bytes: u32,
+    /// Entries in one `Fetch` or `ListOffsets`.
+    pub fetch_max_partitions: u32,
+    /// Default and cap of `SubscribeRequest.max_bytes`.
+    pub subscribe_max_bytes: u32,
+    /// Responses queued per subscription.
+    pub subscribe_queue_depth: u32,
+    /// Open `Subscribe` streams.
+    pub max_subscriptions: u32,
+    /// Requests read but not answered per `ProduceStream`.
+    pub produce_stream_max_in_flight: u32,
+    /// Batch bytes read but not answered per `ProduceStream`.
+    pub produce_stream_max_in_flight_bytes: u64,
+    /// Batch bytes being appended, all produce requests together.
+    pub produce_max_in_flight_bytes: u64,
+    /// How long a produce request waits for room under `produce_max_in_flight_bytes`
+    /// before it fails with `LIMIT_EXCEEDED`, ms.
+    pub produce_in_flight_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_concurrent_streams: 1024,
+            max_request_bytes: 64 << 20,
+            max_topics: 10_000,
+            max_partitions_per_topic: 1024,
+            max_partitions: 4096,
+            fetch_max_wait_ms: 30_000,
+            fetch_max_bytes: 3 << 20,
+            fetch_partition_max_bytes: 1 << 20,
+            fetch_max_partitions: 1024,
+            subscribe_max_bytes: 1 << 20,
+            subscribe_queue_depth: 2,
+            max_subscriptions: 1024,
+            produce_stream_max_in_flight: 64,
+            produce_stream_max_in_flight_bytes: 64 << 20,
+            produce_max_in_flight_bytes: 256 << 20,
+            produce_in_flight_wait_ms: 5_000,
+        }
+    }
+}
+
+/// The `[shutdown]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long in-flight requests get to finish after a shutdown signal before the broker
+    /// drops them, ms. Logs are closed (fsynced, marked clean) after that either way.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            deadline_ms: 30_000,
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is out of range.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {} is not valid TOML: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key that the broker does not know.
+    #[error("unknown config key {key} (from {origin})")]
+    UnknownKey {
+        /// The full key, for example `limits.max_topic`.
+        key: String,
+        /// Where it was set.
+        origin: String,
+    },
+    /// A value of the wrong type or out of range.
+    #[error("invalid config key {key} (from {origin}): {reason}")]
+    Invalid {
+        /// The full key, for example `limits.max_topics`.
+        key: String,
+        /// Where the value was set: `default`, the file, an environment variable or a flag.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A value for one key from outside the file: an environment variable or a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The full key, for example `limits.max_topics`.
+    pub key: String,
+    /// The value as text: TOML syntax, except that a string needs no quotes.
+    pub value: String,
+    /// Where it came from, for error messages (`environment variable RUNNEL_X`, `flag --x`).
+    pub origin: String,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then `env` (every
+    /// `RUNNEL_*` variable that names a key, plus `RUST_LOG` for `log.filter`), then `flags`;
+    /// then validates it.
+    ///
+    /// `RUNNEL_*` variables that name no key are ignored (other Runnel tools use the prefix
+    /// too).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key, the value's origin and the problem.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[Override],
+    ) -> Result<Config, ConfigError> {
+        let mut tree = Tree::defaults();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?;
+            tree.merge_file(table, &format!("config file {}", path.display()))?;
+        }
+        let env: HashMap<String, String> = env.into_iter().collect();
+        if let Some(filter) = env.get("RUST_LOG") {
+            tree.set(&Override {
+                key: "log.filter".into(),
+                value: filter.clone(),
+                origin: "environment variable RUST_LOG".into(),
+            })?;
+        }
+        for key in tree.leaf_keys() {
+            let var = env_var_name(&key);
+            if let Some(value) = env.get(&var) {
+                tree.set(&Override {
+                    key,
+                    value: value.clone(),
+                    origin: format!("environment variable {var}"),
+                })?;
+            }
+        }
+        for flag in flags {
+            tree.set(flag)?;
+        }
+        tree.finish()
+    }
+
+    /// Checks every value against its range.
+    ///
+    /// # Errors
+    /// The first bad key and the reason, as `(key, reason)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), (String, String)> {
+            if value < min || value > max {
+                Err((key.into(), format!("{value} is outside [{min}, {max}]")))
+            } else {
+                Ok(())
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir".into(), "must not be empty".into()));
+        }
+        if self.metrics.enabled && self.metrics_listen == self.listen && self.listen.port() != 0 {
+            return Err((
+                "metrics_listen".into(),
+                format!("{} is also the gRPC listen address", self.metrics_listen),
+            ));
+        }
+        if let Err(e) = self.log.filter.parse::<FilterCheck>() {
+            return Err(("log.filter".into(), e.0));
+        }
+        let buckets = &self.metrics.duration_buckets_seconds;
+        if buckets.is_empty()
+            || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+            || buckets.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err((
+                "metrics.duration_buckets_seconds".into(),
+                "must be a non-empty list of positive numbers in increasing order".into(),
+            ));
+        }
+        crate::topics::validate_defaults(&self.topic_defaults)
+            .map_err(|(k, r)| (format!("topic_defaults.{k}"), r))?;
+        let s = &self.storage;
+        range(
+            "storage.index_interval_bytes",
+            s.index_interval_bytes,
+            1,
+            u32::MAX,
+        )?;
+        range("storage.max_index_bytes", s.max_index_bytes, 1024, 1 << 30)?;
+        range(
+            "storage.producer_expiry_ms",
+            s.producer_expiry_ms,
+            1000,
+            u64::MAX >> 1,
+        )?;
+        range(
+            "storage.flush_check_interval_ms",
+            s.flush_check_interval_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "storage.retention_check_interval_ms",
+            s.retention_check_interval_ms,
+            10,
+            u64::MAX >> 1,
+        )?;
+        let l = &self.limits;
+        range("limits.max_connections", l.max_connections, 1, 1 << 20)?;
+        range(
+            "limits.max_concurrent_streams",
+            l.max_concurrent_streams,
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.max_request_bytes",
+            l.max_request_bytes,
+            64 << 10,
+            1 << 31,
+        )?;
+        range("limits.max_topics", l.max_topics, 1, 1 << 24)?;
+        range(
+            "limits.max_partitions_per_topic",
+            l.max_partitions_per_topic,
+            1,
+            1 << 20,
+        )?;
+        range("limits.max_partitions", l.max_partitions, 1, 1 << 24)?;
+        range(
+            "limits.fetch_max_wait_ms",
+            l.fetch_max_wait_ms,
+            0,
+            3_600_000,
+        )?;
+        range("limits.fetch_max_bytes", l.fetch_max_bytes, 1, 1 << 30)?;
+        range(
+            "limits.fetch_partition_max_bytes",
+            l.fetch_partition_max_bytes,
+            1,
+            1 << 30,
+        )?;
+        range(
+            "limits.fetch_max_partitions",
+            l.fetch_max_partitions,
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.subscribe_max_bytes",
+            l.subscribe_max_bytes,
+            1,
+            1 << 30,
+        )?;
+        range(
+            "limits.subscribe_queue_depth",
+            l.subscribe_queue_depth,
+            1,
+            1024,
+        )?;
+        range("limits.max_subscriptions", l.max_subscriptions, 1, 1 << 20)?;
+        range(
+            "limits.produce_stream_max_in_flight",
+            l.produce_stream_max_in_flight,
+            1,
+            1 << 16,
+        )?;
+        range(
+            "limits.produce_stream_max_in_flight_bytes",
+            l.produce_stream_max_in_flight_bytes,
+            1,
+            1 << 40,
+        )?;
+        range(
+            "limits.produce_max_in_flight_bytes",
+            l.produce_max_in_flight_bytes,
+            1,
+            1 << 40,
+        )?;
+        range(
+            "limits.produce_in_flight_wait_ms",
+            l.produce_in_flight_wait_ms,
+            0,
+            3_600_000,
+        )?;
+        range(
+            "shutdown.deadline_ms",
+            self.shutdown.deadline_ms,
+            0,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+
+    /// The shutdown deadline.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown.deadline_ms)
+    }
+
+    /// Every key of the tree, dotted, in file order (for docs and tests).
+    pub fn keys() -> Vec<String> {
+        Tree::defaults().leaf_keys()
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        // Every field serializes (no maps with non-string keys, no NaN defaults).
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The environment variable for a dotted key.
+pub fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Checks a tracing filter's syntax without depending on tracing-subscriber in the library:
+/// directives are comma-separated `target=level`, `target` or `level`.
+struct FilterCheck;
+
+#[derive(Debug)]
+struct FilterError(String);
+
+impl std::str::FromStr for FilterCheck {
+    type Err = FilterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            // Span filters (`target[span{field=value}]=level`) are passed through unchecked.
+            if directive.contains('[') {
+                continue;
+            }
+            if let Some((_, level)) = directive.rsplit_once('=')
+                && !LEVELS.contains(&level.to_ascii_lowercase().as_str())
+            {
+                return Err(FilterError(format!(
+                    "directive {directive:?} has level {level:?}; expected one of {}",
+                    LEVELS.join(", ")
+                )));
+            }
+        }
+        Ok(FilterCheck)
+    }
+}
+
+/// The configuration as a TOML tree during loading, with the origin of every value.
+struct Tree {
+    root: toml::Table,
+    origins: HashMap<String, String>,
+}
+
+impl Tree {
+    fn defaults() -> Self {
+        // The defaults are plain data that always serializes to a table.
+        let root = toml::Table::try_from(Config::default()).unwrap_or_default();
+        Tree {
+            root,
+            origins: HashMap::new(),
+        }
+    }
+
+    fn leaf_keys(&self) -> Vec<String> {
+        fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) => walk(&key, t, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &self.root, &mut out);
+        out
+    }
+
+    fn merge_file(&mut self, file: toml::Table, origin: &str) -> Result<(), ConfigError> {
+        fn merge(
+            prefix: &str,
+            into: &mut toml::Table,
+            from: toml::Table,
+            origin: &str,
+            origins: &mut HashMap<String, String>,
+        ) -> Result<(), ConfigError> {
+            for (k, v) in from {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let Some(slot) = into.get_mut(&k) else {
+                    return Err(ConfigError::UnknownKey {
+                        key,
+                        origin: origin.into(),
+                    });
+                };
+                match (slot, v) {
+                    (toml::Value::Table(into), toml::Value::Table(from)) => {
+                        merge(&key, into, from, origin, origins)?;
+                    }
+                    (slot, v) => {
+                        let v = coerce(slot, v).map_err(|reason| ConfigError::Invalid {
+                            key: key.clone(),
+                            origin: origin.into(),
+                            reason,
+                        })?;
+                        *slot = v;
+                        origins.insert(key, origin.into());
+                    }
+                }
+            }
+            Ok(())
+        }
+        merge("", &mut self.root, file, origin, &mut self.origins)
+    }
+
+    fn set(&mut self, o: &Override) -> Result<(), ConfigError> {
+        let unknown = || ConfigError::UnknownKey {
+            key: o.key.clone(),
+            origin: o.origin.clone(),
+        };
+        let mut parts = o.key.split('.').peekable();
+        let mut table = &mut self.root;
+        let slot = loop {
+            let part = parts.next().ok_or_else(unknown)?;
+            let value = table.get_mut(part).ok_or_else(unknown)?;
+            if parts.peek().is_none() {
+                break value;
+            }
+            table = value.as_table_mut().ok_or_else(unknown)?;
+        };
+        if slot.is_table() {
+            return Err(unknown());
+        }
+        let parsed = if slot.is_str() {
+            toml::Value::String(o.value.clone())
+        } else {
+            let doc: toml::Table =
+                format!("v = {}", o.value)
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid {
+                        key: o.key.clone(),
+                        origin: o.origin.clone(),
+                        reason: format!("{:?} is not a {}", o.value, slot.type_str()),
+                    })?;
+            doc.get("v").cloned().ok_or_else(unknown)?
+        };
+        *slot = coerce(slot, parsed).map_err(|reason| ConfigError::Invalid {
+            key: o.key.clone(),
+            origin: o.origin.clone(),
+            reason,
+        })?;
+        self.origins.insert(o.key.clone(), o.origin.clone());
+        Ok(())
+    }
+
+    fn origin(&self, key: &str) -> String {
+        self.origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "default".into())
+    }
+
+    fn finish(self) -> Result<Config, ConfigError> {
+        // Re-read the merged tree as text, so that a value that fails to convert (an address,
+        // an enum name) comes with a span from which the key is recovered.
+        let text = toml::to_string(&self.root).unwrap_or_default();
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|span| key_at(&text, span.start))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                origin: self.origin(&key),
+                key,
+                reason: e.message().to_string(),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                origin: self.origin(&key),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+}
+
+/// Makes `v` fit the type of the default `slot`: integers are accepted where floats are
+/// expected, every other mismatch is an error.
+fn coerce(slot: &toml::Value, v: toml::Value) -> Result<toml::Value, String> {
+    use toml::Value as V;
+    match (slot, v) {
+        (V::Float(_), V::Integer(i)) => Ok(V::Float(i as f64)),
+        (V::Array(_), V::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                V::Integer(i) => Ok(V::Float(i as f64)),
+                V::Float(f) => Ok(V::Float(f)),
+                other => Err(format!("expected numbers, found a {}", other.type_str())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(V::Array),
+        (V::Integer(_), V::Integer(i)) if i < 0 => Err(format!("{i} is negative")),
+        (slot, v) if slot.same_type(&v) => Ok(v),
+        (slot, v) => Err(format!(
+            "expected a {}, found a {}",
+            slot.type_str(),
+            v.type_str()
+        )),
+    }
+}
+
+/// The dotted key of the `key = value` line that contains byte `pos` of a TOML text written
+/// by `toml::to_string` (plain `[section]` headers, one key per line).
+fn key_at(text: &str, pos: usize) -> String {
+    let before = &text[..pos.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let name = line.split('=').next().unwrap_or("").trim();
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    if section.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{section}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn flag(key: &str, value: &str) -> Override {
+        Override {
+            key: key.into(),
+            value: value.into(),
+            origin: format!("flag --{key}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_ones() {
+        let c = Config::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7171");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:7172");
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runneld.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\n[limits]\nmax_topics = 5\nfetch_max_bytes = 100\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("RUNNEL_LIMITS_MAX_TOPICS", "6"),
+                ("RUNNEL_DATA_DIR", "/from/env"),
+                ("RUNNEL_SOMETHING_ELSE", "ignored"),
+                ("RUST_LOG", "debug"),
+            ]),
+            &[flag("data_dir", "/from/flag")],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.limits.max_topics, 6);
+        assert_eq!(c.limits.fetch_max_bytes, 100);
+        assert_eq!(c.log.filter, "debug");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runneld.toml");
+        std::fs::write(&path, "[limits]\nmax_topic = 5\n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::UnknownKey { key, .. } if key == "limits.max_topic"),
+            "{e}"
+        );
+
+        std::fs::write(&path, "[limits]\nmax_topics = \"many\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("limits.max_topics") && e.to_string().contains("string"),
+            "{e}"
+        );
+
+        let e = Config::load(None, env(&[("RUNNEL_LISTEN", "nowhere")]), &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("key listen") && msg.contains("RUNNEL_LISTEN"),
+            "{msg}"
+        );
+
+        let e = Config::load(None, env(&[]), &[flag("log.format", "xml")]).unwrap_err();
+        assert!(e.to_string().contains("log.format"), "{e}");
+
+        let e = Config::load(None, env(&[]), &[flag("limits.max_topics", "0")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("limits.max_topics") && msg.contains("outside [1,"),
+            "{msg}"
+        );
+
+        let e = Config::load(
+            None,
+            env(&[("RUNNEL_TOPIC_DEFAULTS_SEGMENT_BYTES", "1000")]),
+            &[],
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("topic_defaults.segment_bytes")
+                && msg.contains("RUNNEL_TOPIC_DEFAULTS_SEGMENT_BYTES"),
+            "{msg}"
+        );
+
+        let e = Config::load(None, env(&[("RUNNEL_LIMITS_MAX_TOPICS", "-3")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("negative"), "{e}");
+
+        let e = Config::load(None, env(&[]), &[flag("limits.nope", "1")]).unwrap_err();
+        assert!(matches!(e, ConfigError::UnknownKey { .. }));
+
+        let e = Config::load(None, env(&[]), &[flag("log.filter", "info,foo=loud")]).unwrap_err();
+        assert!(e.to_string().contains("log.filter"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_file_lists_every_key_with_its_default() {
+        let sample = include_str!("../../../config/runneld.toml");
+        // Uncommenting every `# key = value` line must give exactly the defaults.
+        let mut text = String::new();
+        for line in sample.lines() {
+            let t = line.trim_start();
+            if let Some(rest) = t.strip_prefix("# ")
+                && rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k.starts_with(|c: char| c.is_ascii_lowercase())
+                        && k.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                })
+            {
+                text.push_str(rest);
+            } else if t.starts_with('[') {
+                text.push_str(t);
+            }
+            text.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all.toml");
+        std::fs::write(&path, &text).unwrap();
+        let loaded = Config::load(Some(&path), env(&[]), &[]).unwrap();
+        assert_eq!(loaded, Config::default());
+        let table: toml::Table = text.parse().unwrap();
+        let mut listed = Vec::new();
+        for (k, v) in &table {
+            match v {
+                toml::Value::Table(t) => listed.extend(t.keys().map(|n| format!("{k}.{n}"))),
+                _ => listed.push(k.clone()),
+            }
+        }
+        let mut all = Config::keys();
+        all.sort();
+        listed.sort();
+        assert_eq!(listed, all, "config/runneld.toml must list every key");
+    }
+
+    #[test]
+    fn the_configuration_doc_lists_every_key() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for key in Config::keys() {
+            assert!(doc.contains(&format!("| `{key}` |")), "{key} missing");
+            assert!(
+                doc.contains(&env_var_name(&key)),
+                "{key}'s variable missing"
+            );
+        }
+    }
+
+    #[test]
+    fn env_var_names_follow_the_key() {
+        assert_eq!(
+            env_var_name("limits.max_topics"),
+            "RUNNEL_LIMITS_MAX_TOPICS"
+        );
+        assert_eq!(env_var_name("data_dir"), "RUNNEL_DATA_DIR");
+    }
+}

@@ -1,0 +1,656 @@
+//! `runnel.v1.ProduceService`: `Produce`, `ProduceStream` and `InitProducer`.
+//!
+//! A produce request goes through two stages. The **write** stage resolves each entry's
+//! partition, checks idempotent producers' epochs against the global registry, and appends
+//! the entries in request order with `Log::write_batches`, which never waits for an fsync.
+//! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
+//! (`Log::sync_to`, group commit) and builds the response. A unary `Produce` runs both in turn;
+//! a `ProduceStream` writes requests in the order received and finishes them in that order on
+//! a second task, so appends of later requests overlap the fsyncs of earlier ones.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_proto::pb::{self, Acks, ErrorCode, produce_service_server::ProduceService};
+use runnel_storage::batch::{self, BatchHeader};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{blocking, finish};
+use crate::config::DurabilitySetting;
+use crate::error::{At, RpcError};
+use crate::metrics;
+use crate::partition::Partition;
+use crate::server::Broker;
+use crate::topics::Topic;
+
+/// The produce service.
+#[derive(Debug, Clone)]
+pub struct Produce {
+    broker: Arc<Broker>,
+}
+
+impl Produce {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+        Produce { broker }
+    }
+}
+
+/// An entry ready to append.
+struct Planned {
+    field: String,
+    partition: Arc<Partition>,
+    batches: Vec<Bytes>,
+    headers: Vec<BatchHeader>,
+}
+
+/// A request after the write stage.
+pub(crate) struct Written {
+    request_id: u64,
+    results: Vec<pb::ProducePartitionResult>,
+    /// Partitions to fsync up to an offset before answering, with the entries that wait.
+    syncs: Vec<(Arc<Partition>, u64, Vec<usize>)>,
+    _in_flight: InFlight,
+}
+
+/// Bytes counted against `produce_max_in_flight_bytes` until the request is answered.
+pub(crate) struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::plain_gauge(metrics::PRODUCE_IN_FLIGHT).decrement(self.bytes as f64);
+    }
+}
+
+/// Permits count KiB, so that the limit fits a semaphore's `u32` acquisitions.
+pub(crate) fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024).max(1)
+}
+
+/// The broker-wide budget of produce batch bytes being appended
+/// (`limits.produce_max_in_flight_bytes`): a request takes its size from it for as long as it
+/// is being appended and answered, waiting up to `limits.produce_in_flight_wait_ms` for room.
+#[derive(Debug)]
+pub(crate) struct ProduceBudget {
+    kib: Arc<Semaphore>,
+    limit_bytes: u64,
+    wait: Duration,
+}
+
+impl ProduceBudget {
+    /// A budget of `limit_bytes` (below 2^40, as `Config::validate` ensures).
+    pub(crate) fn new(limit_bytes: u64, wait: Duration) -> Self {
+        ProduceBudget {
+            kib: Arc::new(Semaphore::new(kib(limit_bytes) as usize)),
+            limit_bytes,
+            wait,
+        }
+    }
+
+    /// Takes `bytes` from the budget (all of it if the request alone is larger), waiting for
+    /// room at most the configured time.
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` naming the limit if no room was made in time.
+    pub(crate) async fn acquire(&self, bytes: u64) -> Result<InFlight, RpcError> {
+        // At most the whole budget, which fits a u32 count of KiB.
+        let want = kib(bytes).min(kib(self.limit_bytes)) as u32;
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(want)).await {
+            Ok(Ok(permit)) => {
+                metrics::plain_gauge(metrics::PRODUCE_IN_FLIGHT).increment(bytes as f64);
+                Ok(InFlight {
+                    _permit: permit,
+                    bytes,
+                })
+            }
+            Ok(Err(_)) => Err(RpcError::shutting_down()),
+            Err(_) => {
+                metrics::limit_rejected("produce_max_in_flight_bytes");
+                Err(RpcError::limit(format!(
+                    "produce_max_in_flight_bytes ({}) stayed full for produce_in_flight_wait_ms ({} ms); retry with backoff",
+                    self.limit_bytes,
+                    self.wait.as_millis()
+                )))
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Checks a request as a whole, resolves its entries and appends them in order.
+    ///
+    /// # Errors
+    /// The request-level errors of `docs/protocol.md` (malformed request, unknown topic,
+    /// in-flight limit, shutdown); entry errors are inline in the result.
+    pub(crate) async fn produce_write(
+        self: &Arc<Self>,
+        req: pb::ProduceRequest,
+    ) -> Result<Written, RpcError> {
+        self.check_running()?;
+        let acks = Acks::try_from(req.acks).map_err(|_| {
+            RpcError::invalid(format!(
+                "acks {} is not a known value (0 ACKS_UNSPECIFIED, 1 ACKS_WRITTEN, 2 ACKS_DURABLE)",
+                req.acks
+            ))
+        })?;
+        let topic = self.topics.get(&req.topic)?;
+        if req.partitions.is_empty() {
+            return Err(RpcError::invalid(
+                "partitions: at least one entry is required",
+            ));
+        }
+        if let Some(i) = req.partitions.iter().position(|e| e.batches.is_empty()) {
+            return Err(RpcError::invalid(format!(
+                "partitions[{i}].batches: at least one batch is required"
+            )));
+        }
+        let bytes: u64 = req
+            .partitions
+            .iter()
+            .flat_map(|e| e.batches.iter())
+            .map(|b| b.len() as u64)
+            .sum();
+        let in_flight = self.produce_budget.acquire(bytes).await?;
+        let effective = self.topics.effective(&topic);
+        let always = effective.durability == DurabilitySetting::Always;
+        let sync = acks == Acks::Durable || always;
+
+        let plans: Vec<Result<Planned, (u32, RpcError)>> = req
+            .partitions
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| self.plan(&topic, i, entry))
+            .collect();
+
+        let topic_for_write = topic.clone();
+        let (results, syncs) =
+            blocking(move || Ok(write_all(&topic_for_write, plans, sync))).await?;
+        Ok(Written {
+            request_id: req.request_id,
+            results,
+            syncs,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Resolves one entry's partition and checks its batches' producer fields.
+    fn plan(
+        &self,
+        topic: &Topic,
+        i: usize,
+        entry: pb::ProducePartition,
+    ) -> Result<Planned, (u32, RpcError)> {
+        let field = format!("partitions[{i}]");
+        let index = match (entry.partition, &entry.partition_key) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    0,
+                    RpcError::invalid("partition and partition_key are both set; set one")
+                        .at(&field),
+                ));
+            }
+            (Some(p), None) => p,
+            (None, Some(key)) => {
+                let count = NonZeroU32::new(topic.partition_count())
+                    .ok_or_else(|| (0, RpcError::internal("topic has no partitions")))?;
+                runnel_proto::partition_for_key(key, count)
+            }
+            (None, None) => topic.next_round_robin(),
+        };
+        let partition = topic.partition(index).map_err(|e| (0, e.at(&field)))?;
+        let max_batch = partition.log.config().max_batch_bytes as usize;
+        let mut headers = Vec::with_capacity(entry.batches.len());
+        for (j, b) in entry.batches.iter().enumerate() {
+            let bfield = format!("{field}.batches[{j}]");
+            let header = match BatchHeader::decode(b) {
+                Ok(h) => h,
+                Err(e) => {
+                    return Err((index, storage_error(&e, &partition, None).at(&bfield)));
+                }
+            };
+            if let Err(e) = self.check_producer(&header, &partition) {
+                // A corrupt batch's producer fields mean nothing: report the corruption.
+                let e = match batch::validate(b, max_batch) {
+                    Err(bad) => storage_error(&bad, &partition, None),
+                    Ok(_) => e,
+                };
+                return Err((index, e.at(&bfield)));
+            }
+            headers.push(header);
+        }
+        Ok(Planned {
+            field,
+            partition,
+            batches: entry.batches,
+            headers,
+        })
+    }
+
+    fn check_producer(&self, h: &BatchHeader, p: &Partition) -> Result<(), RpcError> {
+        let (id, epoch, seq) = (h.producer_id, h.producer_epoch, h.base_sequence);
+        if id == -1 && epoch == -1 && seq == -1 {
+            return Ok(());
+        }
+        if id < 0 || epoch < 0 || seq < 0 {
+            return Err(RpcError::invalid(format!(
+                "producer_id {id}, producer_epoch {epoch}, base_sequence {seq}: a batch is idempotent with all three 0 or more, or not with all three -1"
+            )));
+        }
+        self.producers.check(id, epoch).map_err(|e| {
+            if e.code == ErrorCode::UnknownProducer {
+                RpcError::new(
+                    e.code,
+                    format!("{} (on {}/{})", e.message, p.topic, p.index),
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Waits for the fsyncs a written request needs and builds its response.
+    pub(crate) async fn produce_finish(self: &Arc<Self>, written: Written) -> pb::ProduceResponse {
+        let Written {
+            request_id,
+            mut results,
+            syncs,
+            _in_flight,
+        } = written;
+        if !syncs.is_empty() {
+            let outcomes = blocking(move || {
+                Ok(syncs
+                    .into_iter()
+                    .map(|(p, offset, entries)| {
+                        let r = p
+                            .log
+                            .sync_to(offset)
+                            .map_err(|e| storage_error(&e, &p, None));
+                        (r, entries)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await;
+            match outcomes {
+                Ok(outcomes) => {
+                    for (r, entries) in outcomes {
+                        if let Err(e) = r {
+                            for i in entries {
+                                results[i].batches.clear();
+                                results[i].error = Some(e.to_pb());
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for r in &mut results {
+                        r.batches.clear();
+                        r.error = Some(e.to_pb());
+                    }
+                }
+            }
+        }
+        pb::ProduceResponse {
+            request_id,
+            results,
+            error: None,
+        }
+    }
+}
+
+type SyncPlan = Vec<(Arc<Partition>, u64, Vec<usize>)>;
+
+/// Appends every planned entry in order. Blocking.
+fn write_all(
+    topic: &Topic,
+    plans: Vec<Result<Planned, (u32, RpcError)>>,
+    sync: bool,
+) -> (Vec<pb::ProducePartitionResult>, SyncPlan) {
+    let mut results = Vec::with_capacity(plans.len());
+    let mut syncs: SyncPlan = Vec::new();
+    let mut sync_slot: HashMap<*const Partition, usize> = HashMap::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        let plan = match plan {
+            Ok(p) => p,
+            Err((partition, e)) => {
+                results.push(failed(partition, &e));
+                continue;
+            }
+        };
+        let p = &plan.partition;
+        if p.is_deleted() {
+            results.push(failed(p.index, &RpcError::unknown_topic(&p.topic)));
+            continue;
+        }
+        match p.log.write_batches(&plan.batches) {
+            Ok(appended) => {
+                p.appended();
+                let mut records = 0u64;
+                let mut bytes = 0u64;
+                for ((h, b), dup) in plan
+                    .headers
+                    .iter()
+                    .zip(&plan.batches)
+                    .zip(&appended.duplicates)
+                {
+                    if !dup {
+                        records += u64::from(h.record_count);
+                        bytes += b.len() as u64;
+                    }
+                }
+                topic.metrics.records_in.increment(records);
+                topic.metrics.bytes_in.increment(bytes);
+                results.push(pb::ProducePartitionResult {
+                    partition: p.index,
+                    error: None,
+                    batches: appended
+                        .base_offsets
+                        .iter()
+                        .zip(&appended.append_times)
+                        .zip(&appended.duplicates)
+                        .map(|((base, time), dup)| pb::BatchResult {
+                            base_offset: *base,
+                            append_time_ms: *time,
+                            duplicate: *dup,
+                        })
+                        .collect(),
+                });
+                if sync {
+                    let key = Arc::as_ptr(p);
+                    match sync_slot.get(&key) {
+                        Some(&slot) => {
+                            let s = &mut syncs[slot];
+                            s.1 = s.1.max(appended.next_offset);
+                            s.2.push(i);
+                        }
+                        None => {
+                            sync_slot.insert(key, syncs.len());
+                            syncs.push((p.clone(), appended.next_offset, vec![i]));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let e = if p.is_deleted() && matches!(e, runnel_storage::Error::Closed { .. }) {
+                    RpcError::unknown_topic(&p.topic)
+                } else {
+                    entry_error(&e, &plan)
+                };
+                results.push(failed(p.index, &e));
+            }
+        }
+    }
+    (results, syncs)
+}
+
+fn failed(partition: u32, e: &RpcError) -> pb::ProducePartitionResult {
+    pb::ProducePartitionResult {
+        partition,
+        error: Some(e.to_pb()),
+        batches: Vec::new(),
+    }
+}
+
+fn storage_error(e: &runnel_storage::Error, p: &Partition, epoch: Option<i16>) -> RpcError {
+    RpcError::storage(
+        e,
+        At {
+            topic: &p.topic,
+            partition: p.index,
+            epoch,
+        },
+    )
+}
+
+/// Maps an append error to the batch it concerns, named in the message.
+fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
+    use runnel_storage::Error as S;
+    let p = &plan.partition;
+    if e.is_bad_batch() {
+        // Find the batch at fault; validation is repeated only on this failure path.
+        let max = p.log.config().max_batch_bytes as usize;
+        for (j, b) in plan.batches.iter().enumerate() {
+            if let Err(bad) = batch::validate(b, max) {
+                return storage_error(&bad, p, None).at(&format!("{}.batches[{j}]", plan.field));
+            }
+        }
+        return storage_error(e, p, None).at(&plan.field);
+    }
+    let sequence_of = match e {
+        S::OutOfOrderSequence {
+            producer_id,
+            received,
+            ..
+        } => Some((*producer_id, *received)),
+        S::UnknownProducer {
+            producer_id,
+            sequence,
+        }
+        | S::DuplicateSequence {
+            producer_id,
+            sequence,
+        } => Some((*producer_id, *sequence)),
+        S::ProducerFenced { producer_id, .. } => Some((*producer_id, i32::MIN)),
+        _ => None,
+    };
+    if let Some((pid, seq)) = sequence_of {
+        let found = plan
+            .headers
+            .iter()
+            .position(|h| h.producer_id == pid && (seq == i32::MIN || h.base_sequence == seq));
+        if let Some(j) = found {
+            let epoch = plan.headers[j].producer_epoch;
+            return storage_error(e, p, Some(epoch)).at(&format!("{}.batches[{j}]", plan.field));
+        }
+    }
+    storage_error(e, p, None).at(&plan.field)
+}
+
+/// What the reader of a `ProduceStream` hands to its responder, in stream order.
+enum Step {
+    /// A request that went through the write stage (or failed as a whole).
+    Request(Result<Written, (u64, RpcError)>, StreamPermits),
+    /// The stream must end with this status after the answers before it.
+    End(Status),
+}
+
+/// The per-stream in-flight permits of one request, released once it is answered.
+struct StreamPermits {
+    _count: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ProduceService for Produce {
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let started = Instant::now();
+        let b = &self.broker;
+        let result = match b.produce_write(request.into_inner()).await {
+            Ok(written) => Ok(b.produce_finish(written).await),
+            Err(e) => Err(e),
+        };
+        finish("Produce", started, result)
+    }
+
+    type ProduceStreamStream = ResponseStream;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let started = Instant::now();
+        let broker = self.broker.clone();
+        if let Err(e) = broker.check_running() {
+            return finish("ProduceStream", started, Err(e));
+        }
+        let limits = &broker.config.limits;
+        let max_in_flight = limits.produce_stream_max_in_flight as usize;
+        let max_kib = kib(limits.produce_stream_max_in_flight_bytes);
+        let count = Arc::new(Semaphore::new(max_in_flight));
+        // validate() keeps the byte limit below 2^40, so KiB fit a semaphore.
+        let bytes = Arc::new(Semaphore::new(max_kib as usize));
+        let (steps_tx, mut steps_rx) = mpsc::channel::<Step>(max_in_flight);
+        let (out_tx, out_rx) = mpsc::channel(max_in_flight);
+        let mut inbound = request.into_inner();
+
+        // Reader: reads a request only while fewer than the limits are unanswered, and runs
+        // the write stage in stream order.
+        let reader_broker = broker.clone();
+        tokio::spawn(async move {
+            let b = reader_broker;
+            let shutdown = b.shutdown.clone();
+            loop {
+                let count_permit = tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    p = count.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let message = tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    m = inbound.message() => m,
+                };
+                let req = match message {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = steps_tx.send(Step::End(status)).await;
+                        return;
+                    }
+                };
+                let size: u64 = req
+                    .partitions
+                    .iter()
+                    .flat_map(|e| e.batches.iter())
+                    .map(|b| b.len() as u64)
+                    .sum();
+                let want = kib(size).min(max_kib) as u32;
+                let bytes_permit = tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    p = bytes.clone().acquire_many_owned(want) => p.ok(),
+                };
+                let id = req.request_id;
+                let written = b.produce_write(req).await.map_err(|e| (id, e));
+                let permits = StreamPermits {
+                    _count: count_permit,
+                    _bytes: bytes_permit,
+                };
+                if steps_tx
+                    .send(Step::Request(written, permits))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Shutdown: stop reading; the requests already read are answered first.
+            let _ = steps_tx
+                .send(Step::End(RpcError::shutting_down().status()))
+                .await;
+        });
+
+        // Responder: finishes requests in stream order and sends their responses.
+        tokio::spawn(async move {
+            let b = broker;
+            let mut code = Code::Ok;
+            while let Some(step) = steps_rx.recv().await {
+                match step {
+                    Step::Request(written, permits) => {
+                        let response = match written {
+                            Ok(w) => b.produce_finish(w).await,
+                            Err((request_id, e)) => pb::ProduceResponse {
+                                request_id,
+                                results: Vec::new(),
+                                error: Some(e.to_pb()),
+                            },
+                        };
+                        if out_tx.send(Ok(response)).await.is_err() {
+                            code = Code::Cancelled;
+                            break;
+                        }
+                        drop(permits);
+                    }
+                    Step::End(status) => {
+                        code = status.code();
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+            metrics::rpc_done("ProduceStream", code, started);
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(out_rx)) as ResponseStream
+        ))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let b = self.broker.clone();
+        let result = async {
+            b.check_running()?;
+            let (id, epoch) =
+                blocking(move || b.producers.init(req.producer_id, req.producer_epoch)).await?;
+            Ok(pb::InitProducerResponse {
+                producer_id: id,
+                producer_epoch: i32::from(epoch),
+            })
+        }
+        .await;
+        finish("InitProducer", started, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_produce_budget_waits_then_refuses_naming_the_limit() {
+        let budget = ProduceBudget::new(4096, Duration::from_millis(50));
+        let held = budget.acquire(4096).await.unwrap();
+        let e = budget.acquire(1).await.err().unwrap();
+        assert_eq!(e.code, ErrorCode::LimitExceeded);
+        assert!(
+            e.message
+                .contains("produce_max_in_flight_bytes (4096) stayed full for produce_in_flight_wait_ms (50 ms)"),
+            "{}",
+            e.message
+        );
+        // A waiting request gets in once room is made.
+        let budget = Arc::new(ProduceBudget::new(4096, Duration::from_secs(30)));
+        let b = budget.clone();
+        let waiter = tokio::spawn(async move { b.acquire(2048).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        drop(held);
+        let held = budget.acquire(4096).await.unwrap();
+        drop(held);
+        waiter.await.unwrap().unwrap();
+        // A request larger than the whole budget takes all of it rather than waiting forever.
+        let big = budget.acquire(1 << 20).await.unwrap();
+        assert!(budget.kib.available_permits() == 0);
+        drop(big);
+        assert_eq!(budget.kib.available_permits(), 4);
+    }
+}

@@ -1,0 +1,158 @@
+//! Long polls and subscriptions against the real broker, and the memory bound of a
+//! subscriber that stops reading.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_proto::pb::{
+    self, OffsetBoundary, consume_service_client::ConsumeServiceClient, start_position::Position,
+};
+use tokio_stream::StreamExt as _;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn a_long_poll_wakes_on_new_data() {
+    let b = Broker::start().await;
+    create_topic(&b, "t", 1).await;
+    let mut consume = b.consume();
+    let poll = tokio::spawn(async move {
+        consume
+            .fetch(pb::FetchRequest {
+                partitions: vec![pb::FetchPartition {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                    max_bytes: 0,
+                }],
+                max_wait_ms: 30_000,
+                min_bytes: 1,
+                max_bytes: 0,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished(), "the poll waits for data");
+    produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("x", 0, 3)]).await;
+    let started = Instant::now();
+    let r = within(poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .results
+        .remove(0);
+    assert_eq!(values(&r.batches, 0), ["x-0", "x-1", "x-2"]);
+    eprintln!(
+        "long poll answered {:?} after the append",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn subscribe_delivers_a_new_record_promptly() {
+    let b = Broker::start().await;
+    create_topic(&b, "t", 1).await;
+    let mut s = b
+        .consume()
+        .subscribe(pb::SubscribeRequest {
+            topic: "t".into(),
+            partition: 0,
+            start: None,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(within(s.next()).await.unwrap().unwrap().next_offset, 0);
+    let sent = Instant::now();
+    produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("new", 0, 1)]).await;
+    let r = within(s.next()).await.unwrap().unwrap();
+    eprintln!(
+        "subscription delivered {:?} after the produce started",
+        sent.elapsed()
+    );
+    assert_eq!(values(&r.batches, 0), ["new-0"]);
+    assert_eq!((r.next_offset, r.log_end_offset), (1, 1));
+}
+
+/// A batch of about 1000 KB (under the default max_batch_bytes of 1 MiB).
+fn big_batch(i: u64) -> Bytes {
+    let mut b = runnel_storage::batch::BatchBuilder::new();
+    let value = vec![b'v'; 100_000];
+    for j in 0..10 {
+        b.push(
+            Some(format!("{i}-{j}").as_bytes()),
+            Some(&value),
+            &[],
+            1_700_000_000_000,
+        );
+    }
+    b.build()
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_does_not_grow_broker_memory() {
+    let b = Broker::start().await;
+    create_topic(&b, "t", 1).await;
+    let producer =
+        |b: &Broker| pb::produce_service_client::ProduceServiceClient::new(b.new_channel());
+    let mut prod = producer(&b);
+    let mut send = async |i: u64| {
+        let r = prod
+            .produce(pb::ProduceRequest {
+                request_id: i,
+                topic: "t".into(),
+                acks: pb::Acks::Written as i32,
+                partitions: vec![entry(0, vec![big_batch(i)])],
+            })
+            .await
+            .expect("produce")
+            .into_inner();
+        assert!(r.results[0].error.is_none(), "{r:?}");
+    };
+    // Warm up the broker's allocator with the same traffic as the measured phase.
+    for i in 0..16 {
+        send(i).await;
+    }
+    // The subscriber, on a connection of its own, reads one response from the start of the
+    // log and then stops reading while producers keep writing.
+    let mut s = ConsumeServiceClient::new(b.new_channel())
+        .subscribe(pb::SubscribeRequest {
+            topic: "t".into(),
+            partition: 0,
+            start: Some(pb::StartPosition {
+                position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
+            }),
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    within(s.next()).await.unwrap().unwrap();
+    within(s.next()).await.unwrap().unwrap();
+    for i in 16..32 {
+        send(i).await;
+    }
+    let before = b.rss_kib();
+    // 128 batches of ~1 MB: a broker that buffered for the stalled subscriber would grow by
+    // about that much.
+    for i in 32..160 {
+        send(i).await;
+    }
+    let after = b.rss_kib();
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!("broker RSS {before} KiB -> {after} KiB while a subscriber stalled");
+    assert!(
+        grown_mib < 48,
+        "broker memory grew by {grown_mib} MiB while a subscriber stalled ({before} -> {after} KiB)"
+    );
+
+    // Nothing was dropped: the subscriber resumes where it stopped and sees every batch.
+    let mut last = 0;
+    while last < 1600 {
+        let r = within(s.next()).await.unwrap().unwrap();
+        last = r.next_offset;
+    }
+    assert_eq!(last, 1600);
+}

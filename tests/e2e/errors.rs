@@ -189,7 +189,7 @@ async fn every_bad_input_returns_its_documented_status() {
         batches: vec![batch_of("x", 0, 1)],
     };
     let big = {
-        let mut bb = runnel_storage::batch::BatchBuilder::new();
+        let mut bb = runnel_format::BatchBuilder::new();
         bb.push(None, Some(&vec![0u8; 70_000]), &[], 0);
         bb.build()
     };
@@ -542,7 +542,7 @@ async fn a_full_disk_fails_writes_with_disk_full_and_reads_keep_working() {
     create_topic(&b, "filler", 1).await;
     create_topic(&b, "t", 1).await;
     let chunk = |tag: &str| {
-        let mut bb = runnel_storage::batch::BatchBuilder::new();
+        let mut bb = runnel_format::BatchBuilder::new();
         bb.push(
             None,
             Some(format!("{tag}{}", "x".repeat(100_000)).as_bytes()),

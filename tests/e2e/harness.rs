@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use runnel_format::{BatchBuilder, RecordBatch};
 use runnel_proto::pb::{
     self, admin_service_client::AdminServiceClient, consume_service_client::ConsumeServiceClient,
     produce_service_client::ProduceServiceClient,
 };
-use runnel_storage::batch::{BatchBuilder, RecordBatch};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{

@@ -78,7 +78,7 @@ async fn subscribe_delivers_a_new_record_promptly() {
 
 /// A batch of about 1000 KB (under the default max_batch_bytes of 1 MiB).
 fn big_batch(i: u64) -> Bytes {
-    let mut b = runnel_storage::batch::BatchBuilder::new();
+    let mut b = runnel_format::BatchBuilder::new();
     let value = vec![b'v'; 100_000];
     for j in 0..10 {
         b.push(

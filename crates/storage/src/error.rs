@@ -163,6 +163,29 @@ pub enum Error {
     },
 }
 
+impl From<runnel_format::Error> for Error {
+    fn from(e: runnel_format::Error) -> Self {
+        match e {
+            runnel_format::Error::BatchTooLarge { size, limit } => {
+                Error::BatchTooLarge { size, limit }
+            }
+            runnel_format::Error::CrcMismatch { stored, computed } => {
+                Error::CrcMismatch { stored, computed }
+            }
+            runnel_format::Error::UnsupportedVersion { version } => {
+                Error::UnsupportedVersion { version }
+            }
+            runnel_format::Error::MalformedBatch { field, reason } => {
+                Error::MalformedBatch { field, reason }
+            }
+            other => Error::MalformedBatch {
+                field: "batch",
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the operation and path, turning `ENOSPC` into [`Error::DiskFull`].
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {

@@ -4,7 +4,8 @@
 //! its own threads. The on-disk format is specified in `docs/storage-format.md`; each module
 //! repeats the byte table of what it encodes.
 //!
-//! - [`batch`]: the record batch format, validation, and a builder.
+//! - [`batch`]: the record batch format (the `runnel-format` crate): validation, a builder,
+//!   record decoding.
 //! - [`Log`]: one partition: append, read, seek by time, roll, retention, durability,
 //!   recovery on open.
 //! - [`Flusher`]: the background fsync thread of the `interval` policy.
@@ -22,7 +23,6 @@
 //! log.close().unwrap();
 //! ```
 
-pub mod batch;
 mod config;
 mod env;
 mod error;
@@ -34,6 +34,9 @@ mod recovery;
 mod segment;
 
 use std::path::{Path, PathBuf};
+
+/// The record batch format, from `runnel-format` (shared with the client).
+pub use runnel_format as batch;
 
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
 pub use env::{Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, SystemClock};

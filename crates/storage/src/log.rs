@@ -300,7 +300,7 @@ impl Log {
         let headers = batches
             .iter()
             .map(|b| batch::validate(b, max))
-            .collect::<Result<Vec<BatchHeader>>>()?;
+            .collect::<Result<Vec<BatchHeader>, _>>()?;
         let total_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
         let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
 
@@ -554,7 +554,7 @@ impl Log {
             (w.active.clone(), w.unsynced.clone(), dirty, w.next_offset)
         };
         let started = Instant::now();
-        let result = (|| {
+        let result = (|| -> Result<()> {
             for s in &unsynced {
                 s.sync()?;
             }

@@ -1,7 +1,7 @@
 //! A segment: one `.log` file of back-to-back record batches and its two sparse indexes.
 //!
 //! ```text
-//! <base offset, 20 digits>.log        batches (format in batch.rs), back to back, no padding
+//! <base offset, 20 digits>.log        batches (format in runnel-format), back to back, no padding
 //! <base offset, 20 digits>.index      offset -> position (index.rs)
 //! <base offset, 20 digits>.timeindex  time -> offset (index.rs)
 //! ```

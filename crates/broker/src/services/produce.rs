@@ -214,13 +214,14 @@ impl Broker {
             let header = match BatchHeader::decode(b) {
                 Ok(h) => h,
                 Err(e) => {
+                    let e = runnel_storage::Error::from(e);
                     return Err((index, storage_error(&e, &partition, None).at(&bfield)));
                 }
             };
             if let Err(e) = self.check_producer(&header, &partition) {
                 // A corrupt batch's producer fields mean nothing: report the corruption.
                 let e = match batch::validate(b, max_batch) {
-                    Err(bad) => storage_error(&bad, &partition, None),
+                    Err(bad) => storage_error(&bad.into(), &partition, None),
                     Ok(_) => e,
                 };
                 return Err((index, e.at(&bfield)));
@@ -419,7 +420,8 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
         let max = p.log.config().max_batch_bytes as usize;
         for (j, b) in plan.batches.iter().enumerate() {
             if let Err(bad) = batch::validate(b, max) {
-                return storage_error(&bad, p, None).at(&format!("{}.batches[{j}]", plan.field));
+                return storage_error(&bad.into(), p, None)
+                    .at(&format!("{}.batches[{j}]", plan.field));
             }
         }
         return storage_error(e, p, None).at(&plan.field);

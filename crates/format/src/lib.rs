@@ -1,4 +1,10 @@
-//! Record batches: the unit that is produced, stored and consumed.
+//! Runnel's record batch format: the unit that is produced, stored and consumed.
+//!
+//! The same bytes travel from the producer over gRPC to the broker's disk and back to the
+//! consumer, so this crate is shared by the storage engine (which validates and stores
+//! batches) and the client (which builds and decodes them). It has no dependency beyond
+//! `bytes`, `crc32fast` and `thiserror`. Compression codecs are the client's business: this
+//! crate stores and returns the compressed records section as it is.
 //!
 //! A batch is a 65-byte header followed by its records (see `docs/storage-format.md`).
 //! All integers little-endian:
@@ -27,7 +33,57 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, Result};
+/// What is wrong with a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A batch is larger than the limit it was checked against.
+    #[error("batch of {size} bytes exceeds max_batch_bytes ({limit} bytes)")]
+    BatchTooLarge {
+        /// Size of the rejected batch in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+
+    /// A batch's CRC does not match its contents.
+    #[error("batch CRC mismatch: header says {stored:#010x}, contents give {computed:#010x}")]
+    CrcMismatch {
+        /// CRC stored in the batch header.
+        stored: u32,
+        /// CRC computed over the batch.
+        computed: u32,
+    },
+
+    /// A batch violates the format in some other way.
+    #[error("malformed batch: {field}: {reason}")]
+    MalformedBatch {
+        /// The header field or part of the batch at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A batch declares a format version this build does not know.
+    #[error("unsupported batch format version {version} (this build reads version 1)")]
+    UnsupportedVersion {
+        /// The version byte found.
+        version: u8,
+    },
+}
+
+impl Error {
+    /// A [`Error::MalformedBatch`] for `field`.
+    pub fn malformed(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::MalformedBatch {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result of the functions of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Length of the batch header in bytes.
 pub const HEADER_LEN: usize = 65;
@@ -272,8 +328,11 @@ pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader> {
 }
 
 /// Checks the parts of a batch that recovery and readers check: version, CRC, attributes and
-/// record count. `buf` must hold exactly the batch.
-pub(crate) fn validate_stored(buf: &[u8], header: &BatchHeader) -> Result<()> {
+/// record count. `buf` must hold exactly the batch described by `header`.
+///
+/// # Errors
+/// [`Error::UnsupportedVersion`], [`Error::CrcMismatch`] or [`Error::MalformedBatch`].
+pub fn validate_stored(buf: &[u8], header: &BatchHeader) -> Result<()> {
     if header.version != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             version: header.version,
@@ -351,8 +410,9 @@ fn walk_records(records: &[u8], count: u32) -> Result<()> {
 }
 
 /// Writes the broker-owned fields (`base_offset`, `batch_length`, `append_time`) for a batch
-/// whose header is `header` into a 20-byte prefix.
-pub(crate) fn rewritten_prefix(
+/// whose header is `header` into a 20-byte prefix, which replaces the batch's first 20 bytes
+/// on append (outside the CRC).
+pub fn rewritten_prefix(
     header: &BatchHeader,
     base_offset: u64,
     append_time: i64,
@@ -618,7 +678,7 @@ impl Iterator for Records {
 /// Builds an uncompressed batch, or the records section for a caller that compresses it.
 ///
 /// ```
-/// use runnel_storage::batch::{BatchBuilder, RecordBatch};
+/// use runnel_format::{BatchBuilder, RecordBatch};
 /// let mut b = BatchBuilder::new();
 /// b.push(Some(b"order-42"), Some(b"created"), &[], 1_700_000_000_000);
 /// let batch = RecordBatch::new(b.build(), 1 << 20).unwrap();

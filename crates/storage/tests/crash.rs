@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use runnel_storage::batch::{BatchHeader, Record};
-use runnel_storage::{CLEAN_SHUTDOWN_MARKER, Error, Log, LogConfig, RepairKind};
+use runnel_storage::batch::{BatchBuilder, BatchHeader, Record};
+use runnel_storage::{CLEAN_SHUTDOWN_MARKER, Durability, Error, Log, LogConfig, RepairKind};
 
 use common::{Rng, batch, read_all, seg_file, small_config};
 
@@ -685,4 +685,55 @@ fn a_damaged_entry_inside_a_sealed_index_never_returns_wrong_batches() {
         }
     }
     assert!(caught > 0, "no read ever used a damaged entry");
+}
+
+/// Opening after a clean close reads no sealed data and only the active segment's tail after
+/// its last index entry: damage planted before that tail goes unnoticed by the open (it is
+/// caught later by the consumer's CRC check), while an unclean open, which verifies the whole
+/// active segment, finds it.
+#[test]
+fn a_clean_open_reads_only_the_tail_after_the_last_index_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 512,
+        max_batch_bytes: 16 * 1024,
+        durability: Durability::Never,
+        retention_age: None,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    let mut b = BatchBuilder::new();
+    b.push(Some(b"k"), Some(&[7u8; 900]), &[], 1);
+    let one = b.build();
+    // 1 KiB batches: 64 per sealed segment, and an active segment with several index entries.
+    while log.segment_count() < 3 || log.size_bytes() % (64 * 1024) < 20 * 1024 {
+        log.append(one.clone()).unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    log.close().unwrap();
+    drop(log);
+
+    // Damage the value of the first batch of a sealed segment and of the active segment.
+    let sealed = dir.path().join(format!("{:020}.log", bases[0]));
+    let active = dir
+        .path()
+        .join(format!("{:020}.log", bases[bases.len() - 1]));
+    flip(&sealed, 500, 0xff);
+    flip(&active, 500, 0xff);
+
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    assert!(log.repairs().is_empty(), "{:?}", log.repairs());
+    let end = log.end_offset();
+    drop(log); // a crash: no marker this time
+
+    let log = Log::open(dir.path(), config).unwrap();
+    let cut: Vec<_> = log.repairs().iter().filter(|r| r.path == active).collect();
+    assert_eq!(cut.len(), 1, "{:?}", log.repairs());
+    assert_eq!(
+        cut[0].position, 0,
+        "the damaged first batch and all after it are cut"
+    );
+    assert!(log.end_offset() < end);
+    assert_eq!(log.end_offset(), bases[bases.len() - 1]);
 }

@@ -4,13 +4,17 @@
 //! (`harness`) and drives it over gRPC with the generated clients: lifecycle (100,000 records,
 //! restarts, SIGTERM under load, kill -9), streaming (long poll, Subscribe, a stalled
 //! subscriber's memory), errors (every documented status, random input, a full disk),
-//! idempotence, reflection and operations (config errors, exit codes, logs, metrics). The
-//! `protocol` module checks the contract the descriptors carry. Client-library and CLI tests
-//! arrive with their issues.
+//! idempotence, consumer groups (offsets across kill -9, lag gauges), reflection and
+//! operations (config errors, exit codes, logs, metrics). The `protocol` module checks the
+//! contract the descriptors carry. `client` drives the broker
+//! through `runnel-client`: ordering, retries across broken connections, groups, compression.
+//! CLI tests arrive with their issue.
 
 mod harness;
 
+mod client;
 mod errors;
+mod groups;
 mod idempotence;
 mod lifecycle;
 mod operations;

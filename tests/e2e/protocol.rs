@@ -64,7 +64,12 @@ fn reflection_descriptor_documents_every_element_of_the_protocol() {
     services.sort_unstable();
     assert_eq!(
         services,
-        ["AdminService", "ConsumeService", "ProduceService"]
+        [
+            "AdminService",
+            "ConsumeService",
+            "GroupService",
+            "ProduceService"
+        ]
     );
     assert!(
         undocumented.is_empty(),

@@ -40,6 +40,7 @@ async fn reflection_lists_and_describes_every_method() {
         "runnel.v1.AdminService",
         "runnel.v1.ProduceService",
         "runnel.v1.ConsumeService",
+        "runnel.v1.GroupService",
         "grpc.health.v1.Health",
     ];
     let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
@@ -71,6 +72,7 @@ async fn reflection_lists_and_describes_every_method() {
             "grpc.reflection.v1alpha.ServerReflection",
             "runnel.v1.AdminService",
             "runnel.v1.ConsumeService",
+            "runnel.v1.GroupService",
             "runnel.v1.ProduceService",
         ]
     );
@@ -102,7 +104,7 @@ async fn reflection_lists_and_describes_every_method() {
         got.contains(&"grpc.health.v1.Health/Check".to_owned()),
         "{got:?}"
     );
-    assert_eq!(expected.len(), 13, "{expected:?}");
+    assert_eq!(expected.len(), 20, "{expected:?}");
 
     // The comments travel too, so `grpcurl describe` documents the protocol.
     let produce = described
@@ -149,6 +151,7 @@ async fn reflection_v1alpha_serves_the_same_services() {
         "runnel.v1.AdminService",
         "runnel.v1.ProduceService",
         "runnel.v1.ConsumeService",
+        "runnel.v1.GroupService",
         "grpc.health.v1.Health",
     ] {
         assert!(listed.iter().any(|l| l == s), "{s} not in {listed:?}");

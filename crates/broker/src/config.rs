@@ -42,6 +42,10 @@ pub struct Config {
     pub storage: StorageSettings,
     /// Limits on what clients may ask of the broker.
     pub limits: Limits,
+    /// Consumer groups: membership timeouts, offsets, lag metrics.
+    pub groups: GroupSettings,
+    /// gRPC server connection settings.
+    pub server: ServerSettings,
     /// Shutdown behaviour.
     pub shutdown: ShutdownSettings,
 }
@@ -57,6 +61,8 @@ impl Default for Config {
             topic_defaults: TopicDefaults::default(),
             storage: StorageSettings::default(),
             limits: Limits::default(),
+            groups: GroupSettings::default(),
+            server: ServerSettings::default(),
             shutdown: ShutdownSettings::default(),
         }
     }
@@ -249,6 +255,68 @@ impl Default for Limits {
             produce_stream_max_in_flight_bytes: 64 << 20,
             produce_max_in_flight_bytes: 256 << 20,
             produce_in_flight_wait_ms: 5_000,
+        }
+    }
+}
+
+/// The `[groups]` section: consumer groups (`docs/protocol.md`, "Consumer groups").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    /// Session timeout of members that ask for none, ms.
+    pub session_timeout_ms: u64,
+    /// Smallest session timeout a member may ask for, ms.
+    pub min_session_timeout_ms: u64,
+    /// Largest session timeout a member may ask for, ms.
+    pub max_session_timeout_ms: u64,
+    /// How often members heartbeat, ms (at most a third of their session timeout).
+    pub heartbeat_interval_ms: u64,
+    /// How long a member has to release revoked partitions before it is removed, ms.
+    pub rebalance_timeout_ms: u64,
+    /// How often the lag gauges are recomputed, ms.
+    pub lag_refresh_interval_ms: u64,
+    /// Groups (with members or committed offsets).
+    pub max_groups: u32,
+    /// Members of one group.
+    pub max_members_per_group: u32,
+    /// Largest metadata string stored with a committed offset, bytes.
+    pub offset_metadata_max_bytes: u32,
+    /// Size past which the offsets journal is compacted while running, bytes.
+    pub offsets_compact_bytes: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            session_timeout_ms: 45_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            heartbeat_interval_ms: 3_000,
+            rebalance_timeout_ms: 60_000,
+            lag_refresh_interval_ms: 10_000,
+            max_groups: 10_000,
+            max_members_per_group: 1_000,
+            offset_metadata_max_bytes: 4_096,
+            offsets_compact_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The `[server]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// How often the broker sends an HTTP/2 PING on an idle connection, ms; 0 turns it off.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long the broker waits for the PING's answer before closing the connection, ms.
+    pub http2_keepalive_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -518,6 +586,74 @@ impl Config {
             "limits.produce_in_flight_wait_ms",
             l.produce_in_flight_wait_ms,
             0,
+            3_600_000,
+        )?;
+        let g = &self.groups;
+        range(
+            "groups.min_session_timeout_ms",
+            g.min_session_timeout_ms,
+            100,
+            86_400_000,
+        )?;
+        range(
+            "groups.max_session_timeout_ms",
+            g.max_session_timeout_ms,
+            g.min_session_timeout_ms,
+            86_400_000,
+        )?;
+        range(
+            "groups.session_timeout_ms",
+            g.session_timeout_ms,
+            g.min_session_timeout_ms,
+            g.max_session_timeout_ms,
+        )?;
+        range(
+            "groups.heartbeat_interval_ms",
+            g.heartbeat_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        range(
+            "groups.rebalance_timeout_ms",
+            g.rebalance_timeout_ms,
+            100,
+            86_400_000,
+        )?;
+        range(
+            "groups.lag_refresh_interval_ms",
+            g.lag_refresh_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        range("groups.max_groups", g.max_groups, 1, 1 << 24)?;
+        range(
+            "groups.max_members_per_group",
+            g.max_members_per_group,
+            1,
+            1 << 20,
+        )?;
+        range(
+            "groups.offset_metadata_max_bytes",
+            g.offset_metadata_max_bytes,
+            0,
+            1 << 20,
+        )?;
+        range(
+            "groups.offsets_compact_bytes",
+            g.offsets_compact_bytes,
+            4096,
+            1 << 40,
+        )?;
+        range(
+            "server.http2_keepalive_interval_ms",
+            self.server.http2_keepalive_interval_ms,
+            0,
+            3_600_000,
+        )?;
+        range(
+            "server.http2_keepalive_timeout_ms",
+            self.server.http2_keepalive_timeout_ms,
+            1,
             3_600_000,
         )?;
         range(

@@ -269,6 +269,32 @@ impl RpcError {
         )
     }
 
+    /// `UNKNOWN_GROUP`.
+    pub fn unknown_group(group: &str) -> Self {
+        Self::new(
+            ErrorCode::UnknownGroup,
+            format!("group {group:?} does not exist: it has no members and no committed offsets"),
+        )
+    }
+
+    /// `UNKNOWN_MEMBER`, saying why the member is gone if known.
+    pub fn unknown_member(group: &str, member: &str) -> Self {
+        Self::new(
+            ErrorCode::UnknownMember,
+            format!(
+                "member {member:?} is not a member of group {group:?}: it left, was removed after its session or rebalance timeout, or the broker restarted; join again"
+            ),
+        )
+    }
+
+    /// `GROUP_NOT_EMPTY`.
+    pub fn group_not_empty(group: &str, members: usize, what: &str) -> Self {
+        Self::new(
+            ErrorCode::GroupNotEmpty,
+            format!("group {group:?} has {members} active member(s); {what}"),
+        )
+    }
+
     /// The gRPC status code of this error's Runnel code (`docs/protocol.md`, the error table).
     pub fn grpc_code(&self) -> Code {
         grpc_code(self.code)
@@ -309,14 +335,21 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidPartitionCount
         | ErrorCode::BatchTooLarge
         | ErrorCode::CorruptBatch
-        | ErrorCode::UnsupportedBatchVersion => Code::InvalidArgument,
+        | ErrorCode::UnsupportedBatchVersion
+        | ErrorCode::InvalidGroupId => Code::InvalidArgument,
         ErrorCode::BrokerShuttingDown | ErrorCode::LogFailed => Code::Unavailable,
         ErrorCode::LimitExceeded | ErrorCode::DiskFull => Code::ResourceExhausted,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
+            Code::NotFound
+        }
         ErrorCode::TopicExists | ErrorCode::DuplicateSequence => Code::AlreadyExists,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::OutOfOrderSequence => Code::Aborted,
-        ErrorCode::ProducerFenced | ErrorCode::UnknownProducer => Code::FailedPrecondition,
+        ErrorCode::ProducerFenced
+        | ErrorCode::UnknownProducer
+        | ErrorCode::UnknownMember
+        | ErrorCode::FencedMember
+        | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
         ErrorCode::CorruptLog => Code::DataLoss,
     }
 }

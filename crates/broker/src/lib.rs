@@ -9,7 +9,8 @@
 //! - [`config`]: the typed configuration tree and its layers (defaults, file, env, flags).
 //! - [`topics`] and [`partition`]: the topic registry, metadata persistence, name rules.
 //! - [`producers`]: idempotent producer ids and epochs.
-//! - [`services`]: the admin, produce and consume services.
+//! - [`groups`]: consumer groups: the coordinator, assignors, committed offsets, lag.
+//! - [`services`]: the admin, produce, consume and group services.
 //! - [`error`]: the one place errors become gRPC statuses.
 //! - [`metrics`]: every metric name, and the exporter.
 //! - [`shutdown`]: the one cancellation signal.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod error;
 mod files;
+pub mod groups;
 pub mod metrics;
 pub mod partition;
 pub mod producers;

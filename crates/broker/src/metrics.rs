@@ -2,16 +2,25 @@
 //! exporter on `metrics_listen`.
 //!
 //! Names follow `runnel_<noun>_<unit>[_total]` in base units (bytes, seconds). Labels are
-//! bounded: `topic`, `partition`, `rpc`, `code` (a gRPC status code name) and `kind`; never
-//! offsets or client ids. `docs/operations.md` lists them all.
+//! bounded: `topic`, `partition`, `rpc`, `code` (a gRPC status code name), `kind` and `group`;
+//! never offsets or client ids. `docs/operations.md` lists them all.
+//!
+//! Most metrics go through the `metrics` facade into the Prometheus recorder. The group
+//! gauges ([`GROUP_LAG`], [`GROUP_OLDEST_AGE`], [`GROUP_MEMBERS`]) come and go with groups and
+//! partitions, which the facade cannot express (it never forgets a series), so they live in a
+//! [`GroupGauges`] table that is replaced at each refresh and rendered after the recorder's
+//! output by the endpoint here.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use runnel_storage::{Observer, Repair, RepairKind};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
 use crate::error::Error;
@@ -54,32 +63,244 @@ pub const TOPICS: &str = "runnel_topics";
 pub const PARTITIONS: &str = "runnel_partitions";
 /// When the broker started, seconds since the Unix epoch.
 pub const START_TIME: &str = "runnel_start_time_seconds";
+/// Records a group has not consumed yet, per group, topic and partition (log end minus the
+/// committed offset, clamped to the log start; never negative).
+pub const GROUP_LAG: &str = "runnel_group_lag_records";
+/// Age of the oldest record a group has not consumed, per group, topic and partition; 0
+/// without lag.
+pub const GROUP_OLDEST_AGE: &str = "runnel_group_oldest_unconsumed_age_seconds";
+/// Members of each group that has any.
+pub const GROUP_MEMBERS: &str = "runnel_group_members";
 
-/// Starts the Prometheus exporter on `addr` and installs it as the process's recorder, then
-/// describes every metric. Must run before topics are opened: handles registered before a
-/// recorder exists stay no-ops.
+/// Starts the Prometheus endpoint on `addr` and installs the recorder as the process's
+/// recorder, then describes every metric. Must run before topics are opened: handles
+/// registered before a recorder exists stay no-ops.
 ///
-/// Returns the exporter task, to abort at shutdown.
+/// The endpoint answers every HTTP request (`GET /metrics` in practice) with the recorder's
+/// metrics followed by the `groups` gauges, then closes the connection.
+///
+/// Returns the endpoint task, to abort at shutdown.
 ///
 /// # Errors
 /// [`Error::Metrics`] if the address cannot be bound or a recorder is already installed (a
 /// second broker in the same process: tests run brokers with metrics disabled).
-pub fn install(addr: SocketAddr, buckets: &[f64]) -> Result<tokio::task::JoinHandle<()>, Error> {
+pub fn install(
+    addr: SocketAddr,
+    buckets: &[f64],
+    groups: Arc<GroupGauges>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let err = |reason: String| Error::Metrics { addr, reason };
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| err(e.to_string()))?;
+    let listener = TcpListener::from_std(listener).map_err(|e| err(e.to_string()))?;
+    let recorder = PrometheusBuilder::new()
         .set_buckets(buckets)
         .map_err(|e| err(e.to_string()))?
-        .build()
-        .map_err(|e| err(e.to_string()))?;
+        .build_recorder();
+    let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = exporter.await {
-            tracing::error!(error = ?e, "metrics exporter stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, handle, groups));
     describe();
     Ok(task)
+}
+
+/// The longest a scrape connection may take to send its request.
+const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read from a scraper.
+const SCRAPE_MAX_REQUEST: usize = 16 << 10;
+/// Scrape connections served at once; more wait in the listen backlog.
+const SCRAPE_MAX_CONNECTIONS: usize = 16;
+
+async fn serve(listener: TcpListener, handle: PrometheusHandle, groups: Arc<GroupGauges>) {
+    // Histograms are drained at every render; upkeep bounds memory between scrapes.
+    let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPE_MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            _ = upkeep.tick() => {
+                handle.run_upkeep();
+                continue;
+            }
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        let groups = groups.clone();
+        tokio::spawn(async move {
+            if let Err(e) = scrape(stream, handle, groups).await {
+                tracing::debug!(error = %e, "metrics connection failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Answers one HTTP/1.x request with the metrics and closes the connection.
+async fn scrape(
+    mut stream: TcpStream,
+    handle: PrometheusHandle,
+    groups: Arc<GroupGauges>,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < SCRAPE_MAX_REQUEST {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(SCRAPE_READ_TIMEOUT, read_head)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    let method = head
+        .split(|b| *b == b' ')
+        .next()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    let (status, body) = match method.as_str() {
+        "GET" | "HEAD" => {
+            let body = tokio::task::spawn_blocking(move || {
+                let mut text = handle.render();
+                groups.render(&mut text);
+                text
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            ("200 OK", body)
+        }
+        _ => ("405 Method Not Allowed", String::new()),
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(header.as_bytes()).await?;
+    if method != "HEAD" {
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+/// The lag of one group on one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LagSample {
+    /// The group id.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// [`GROUP_LAG`].
+    pub lag: u64,
+    /// [`GROUP_OLDEST_AGE`].
+    pub age_seconds: f64,
+}
+
+/// Everything the group gauges show, as of one refresh.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupSamples {
+    /// Per group and partition with a committed offset.
+    pub lag: Vec<LagSample>,
+    /// Per group with members: the member count ([`GROUP_MEMBERS`]).
+    pub members: Vec<(String, usize)>,
+}
+
+/// The group gauges, replaced as a whole at each refresh.
+#[derive(Debug, Default)]
+pub struct GroupGauges {
+    samples: Mutex<GroupSamples>,
+}
+
+impl GroupGauges {
+    /// An empty table.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupSamples> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces every sample.
+    pub fn replace(&self, samples: GroupSamples) {
+        *self.lock() = samples;
+    }
+
+    /// Drops a deleted group's series at once.
+    pub fn remove_group(&self, group: &str) {
+        let mut s = self.lock();
+        s.lag.retain(|l| l.group != group);
+        s.members.retain(|(g, _)| g != group);
+    }
+
+    /// The current samples.
+    pub fn samples(&self) -> GroupSamples {
+        self.lock().clone()
+    }
+
+    /// Appends the gauges in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let s = self.lock();
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP {GROUP_LAG} Records a group has not consumed, per group, topic and partition."
+        );
+        let _ = writeln!(out, "# TYPE {GROUP_LAG} gauge");
+        for l in &s.lag {
+            let _ = writeln!(
+                out,
+                "{GROUP_LAG}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                escape(&l.group),
+                escape(&l.topic),
+                l.partition,
+                l.lag
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {GROUP_OLDEST_AGE} Age of the oldest record a group has not consumed, per group, topic and partition."
+        );
+        let _ = writeln!(out, "# TYPE {GROUP_OLDEST_AGE} gauge");
+        for l in &s.lag {
+            let _ = writeln!(
+                out,
+                "{GROUP_OLDEST_AGE}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                escape(&l.group),
+                escape(&l.topic),
+                l.partition,
+                l.age_seconds
+            );
+        }
+        let _ = writeln!(out, "# HELP {GROUP_MEMBERS} Members of each group.");
+        let _ = writeln!(out, "# TYPE {GROUP_MEMBERS} gauge");
+        for (g, n) in &s.members {
+            let _ = writeln!(out, "{GROUP_MEMBERS}{{group=\"{}\"}} {n}", escape(g));
+        }
+    }
+}
+
+/// Escapes a label value (group ids and topic names never need it; this is defence).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn describe() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ::metrics::Gauge;
 use runnel_proto::pb::{
     admin_service_server::AdminServiceServer, consume_service_server::ConsumeServiceServer,
-    produce_service_server::ProduceServiceServer,
+    group_service_server::GroupServiceServer, produce_service_server::ProduceServiceServer,
 };
 use runnel_storage::{LogEnv, SystemClock};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,10 +28,12 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, RpcError};
+use crate::groups::{self, Groups};
 use crate::metrics;
 use crate::producers::Producers;
 use crate::services::admin::Admin;
 use crate::services::consume::Consume;
+use crate::services::groups::Groups as GroupsService;
 use crate::services::produce::{Produce, ProduceBudget};
 use crate::shutdown::{self, Shutdown};
 use crate::topics::Topics;
@@ -42,6 +44,7 @@ pub(crate) struct Broker {
     pub config: Config,
     pub topics: Arc<Topics>,
     pub producers: Producers,
+    pub groups: Arc<Groups>,
     pub shutdown: Shutdown,
     /// Produce batch bytes being appended (`limits.produce_max_in_flight_bytes`).
     pub produce_budget: ProduceBudget,
@@ -63,10 +66,11 @@ impl Broker {
 }
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "runnel.v1.AdminService",
     "runnel.v1.ProduceService",
     "runnel.v1.ConsumeService",
+    "runnel.v1.GroupService",
 ];
 
 /// Runs the broker on an already bound `listener` until `shutdown` completes, then shuts down
@@ -95,10 +99,12 @@ pub async fn run(
         .map_err(|e| Error::io("create data directory", &data_dir, e))?;
     let lock = DataDirLock::acquire(&data_dir)?;
 
+    let group_gauges = metrics::GroupGauges::new();
     let exporter = if config.metrics.enabled {
         Some(metrics::install(
             config.metrics_listen,
             &config.metrics.duration_buckets_seconds,
+            group_gauges.clone(),
         )?)
     } else {
         None
@@ -115,18 +121,21 @@ pub async fn run(
         config.limits.clone(),
     );
     let dir = data_dir.clone();
+    let group_settings = config.groups.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        let topics = Topics::open(&dir, defaults, storage, limits, env)?;
+        let topics = Arc::new(Topics::open(&dir, defaults, storage, limits, env)?);
         let producers = Producers::open(&dir)?;
-        Ok::<_, Error>((topics, producers))
+        let groups = Groups::open(&dir, group_settings, topics.clone(), group_gauges)?;
+        Ok::<_, Error>((topics, producers, groups))
     })
     .await
     .map_err(|e| Error::Thread {
         what: "opening topics",
         source: io::Error::other(e.to_string()),
     })??;
-    let (topics, producers) = opened;
-    let topics = Arc::new(topics);
+    let (topics, producers, groups) = opened;
+    let groups = Arc::new(groups);
+    groups.start();
     {
         let t = topics.clone();
         tokio::task::spawn_blocking(move || t.purge_deleted());
@@ -142,6 +151,7 @@ pub async fn run(
         subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
         topics: topics.clone(),
         producers,
+        groups: groups.clone(),
         shutdown: signal.clone(),
         started,
         start_time_ms,
@@ -178,9 +188,14 @@ pub async fn run(
         })?;
 
     let max_request = usize::try_from(limits.max_request_bytes).unwrap_or(usize::MAX);
+    let keepalive = config.server.http2_keepalive_interval_ms;
     let router = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .tcp_nodelay(true)
+        .http2_keepalive_interval((keepalive > 0).then(|| Duration::from_millis(keepalive)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(
+            config.server.http2_keepalive_timeout_ms,
+        )))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -194,6 +209,10 @@ pub async fn run(
         )
         .add_service(
             ConsumeServiceServer::new(Consume::new(broker.clone()))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            GroupServiceServer::new(GroupsService::new(broker.clone()))
                 .max_decoding_message_size(max_request),
         );
 
@@ -214,6 +233,12 @@ pub async fn run(
     let retention = tokio::spawn(retention_loop(
         topics.clone(),
         Duration::from_millis(config.storage.retention_check_interval_ms),
+        signal.clone(),
+    ));
+    let group_ticks = tokio::spawn(group_tick_loop(groups.clone(), signal.clone()));
+    let group_lag = tokio::spawn(groups::lag::refresh_loop(
+        groups.clone(),
+        Duration::from_millis(config.groups.lag_refresh_interval_ms),
         signal.clone(),
     ));
 
@@ -272,6 +297,10 @@ pub async fn run(
         },
     };
     let _ = retention.await;
+    let _ = group_ticks.await;
+    let _ = group_lag.await;
+    // Commits answered before this point are durable; later ones were refused.
+    groups.close().await;
     let serve_error = match served {
         Some(Ok(Err(e))) => Some(Error::Serve(e)),
         Some(Err(join)) if join.is_panic() => Some(Error::Thread {
@@ -412,6 +441,19 @@ impl AsyncWrite for Conn {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// Enforces group session and rebalance timeouts every [`groups::TICK`] until shutdown.
+async fn group_tick_loop(groups: Arc<Groups>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(groups::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            _ = tick.tick() => groups.tick(Instant::now()),
+        }
     }
 }
 

@@ -171,6 +171,7 @@ mod tests {
                 "runnel/v1/admin.proto",
                 "runnel/v1/common.proto",
                 "runnel/v1/consume.proto",
+                "runnel/v1/groups.proto",
                 "runnel/v1/produce.proto",
             ]
         );
@@ -208,6 +209,18 @@ mod tests {
             methods("ConsumeService"),
             ["Fetch", "Subscribe", "ListOffsets"]
         );
+        assert_eq!(
+            methods("GroupService"),
+            [
+                "Membership",
+                "CommitOffsets",
+                "FetchOffsets",
+                "ListGroups",
+                "DescribeGroup",
+                "DeleteGroup",
+                "ResetOffsets",
+            ]
+        );
     }
 
     #[test]
@@ -223,6 +236,10 @@ mod tests {
         assert_eq!(
             pb::consume_service_server::SERVICE_NAME,
             "runnel.v1.ConsumeService"
+        );
+        assert_eq!(
+            pb::group_service_server::SERVICE_NAME,
+            "runnel.v1.GroupService"
         );
     }
 

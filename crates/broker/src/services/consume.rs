@@ -49,7 +49,10 @@ fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
 
 /// The batch containing the first record at or after `timestamp`: its base offset (at least
 /// the log start) and its largest timestamp. `None` if every record is older. Blocking.
-fn offset_for_time(log: &Log, timestamp: i64) -> Result<Option<(u64, i64)>, runnel_storage::Error> {
+pub(crate) fn offset_for_time(
+    log: &Log,
+    timestamp: i64,
+) -> Result<Option<(u64, i64)>, runnel_storage::Error> {
     let Some(offset) = log.offset_for_timestamp(timestamp)? else {
         return Ok(None);
     };

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use runnel_broker::Config;
 use runnel_proto::pb::{
     self, admin_service_client::AdminServiceClient, consume_service_client::ConsumeServiceClient,
-    produce_service_client::ProduceServiceClient,
+    group_service_client::GroupServiceClient, produce_service_client::ProduceServiceClient,
 };
 use runnel_storage::batch::BatchBuilder;
 use tempfile::TempDir;
@@ -97,6 +97,18 @@ impl TestBroker {
 
     pub fn consume(&self) -> ConsumeServiceClient<Channel> {
         ConsumeServiceClient::new(self.channel.clone())
+    }
+
+    pub fn groups(&self) -> GroupServiceClient<Channel> {
+        GroupServiceClient::new(self.channel.clone())
+    }
+
+    /// A channel on a connection of its own (a separate client process, in effect).
+    pub fn new_channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect_timeout(PATIENCE)
+            .connect_lazy()
     }
 
     /// Begins shutdown without waiting for it.

@@ -18,6 +18,7 @@ async fn health_reports_serving_for_the_broker_and_each_service() {
         "runnel.v1.AdminService",
         "runnel.v1.ProduceService",
         "runnel.v1.ConsumeService",
+        "runnel.v1.GroupService",
     ] {
         let r = within(health.check(HealthCheckRequest {
             service: service.into(),
@@ -74,6 +75,7 @@ async fn reflection_v1_lists_and_describes_every_service() {
             "grpc.reflection.v1alpha.ServerReflection",
             "runnel.v1.AdminService",
             "runnel.v1.ConsumeService",
+            "runnel.v1.GroupService",
             "runnel.v1.ProduceService",
         ]
     );

@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod consume;
+mod groups;
 mod health;
 mod idempotence;
 mod limits;

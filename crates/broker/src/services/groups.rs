@@ -1,0 +1,288 @@
+//! `runnel.v1.GroupService`: the `Membership` stream of each group member, committed
+//! offsets, and group administration, over the coordinator in [`crate::groups`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runnel_proto::pb::{
+    self, ErrorCode, group_service_server::GroupService, membership_request::Request as Said,
+    membership_response::Response as Tell,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::finish;
+use crate::error::RpcError;
+use crate::groups::Joined;
+use crate::groups::coordinator::View;
+use crate::metrics;
+use crate::server::Broker;
+
+/// Responses queued per Membership stream. Assignments are complete states and heartbeats
+/// are answered one by one, so a few suffice; a client that stops reading stops its own
+/// stream (and then its heartbeats, which ends its membership).
+const MEMBERSHIP_QUEUE: usize = 4;
+
+/// The group service.
+#[derive(Debug, Clone)]
+pub struct Groups {
+    broker: Arc<Broker>,
+}
+
+impl Groups {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
+        Groups { broker }
+    }
+}
+
+type MembershipItem = Result<pb::MembershipResponse, Status>;
+
+/// Sends a response; false if the client left or the broker is shutting down.
+async fn send(b: &Broker, tx: &mpsc::Sender<MembershipItem>, response: Tell) -> bool {
+    let item = Ok(pb::MembershipResponse {
+        response: Some(response),
+    });
+    tokio::select! {
+        biased;
+        () = b.shutdown.wait() => false,
+        sent = tx.send(item) => sent.is_ok(),
+    }
+}
+
+/// Ends the stream with an error status (not waiting past the shutdown deadline for a client
+/// that does not read); returns its code.
+async fn end(b: &Broker, tx: &mpsc::Sender<MembershipItem>, e: RpcError) -> Code {
+    let code = e.grpc_code();
+    let _ = tokio::time::timeout(b.config.shutdown_deadline(), tx.send(Err(e.status()))).await;
+    code
+}
+
+/// Runs one Membership stream: the join, then heartbeats, acknowledgements and leave from
+/// the client, and assignments from the coordinator. Returns the status code it ended with.
+async fn run_member(
+    b: &Broker,
+    mut inbound: Streaming<pb::MembershipRequest>,
+    host: String,
+    tx: &mpsc::Sender<MembershipItem>,
+) -> Code {
+    let groups = &b.groups;
+    let join_wait = Duration::from_millis(b.config.groups.session_timeout_ms);
+    let first = tokio::select! {
+        biased;
+        () = b.shutdown.wait() => return end(b, tx, RpcError::shutting_down()).await,
+        m = tokio::time::timeout(join_wait, inbound.message()) => m,
+    };
+    let join = match first {
+        Err(_) => {
+            return end(
+                b,
+                tx,
+                RpcError::invalid(format!(
+                    "no join request within {} ms of opening the stream",
+                    join_wait.as_millis()
+                )),
+            )
+            .await;
+        }
+        Ok(Ok(Some(pb::MembershipRequest {
+            request: Some(Said::Join(join)),
+        }))) => join,
+        Ok(Ok(Some(_))) => {
+            return end(
+                b,
+                tx,
+                RpcError::invalid("the first request of a Membership stream must be join"),
+            )
+            .await;
+        }
+        Ok(Ok(None) | Err(_)) => return Code::Cancelled,
+    };
+    let Joined {
+        group,
+        member_id,
+        joined,
+        mut view,
+    } = match groups.join(join, host) {
+        Ok(j) => j,
+        Err(e) => return end(b, tx, e).await,
+    };
+    if !send(b, tx, Tell::Joined(joined)).await {
+        groups.disconnected(&group, &member_id);
+        return stopped(b, tx).await;
+    }
+    loop {
+        // Forward the latest view; changes made meanwhile are folded into it.
+        let current = view.borrow_and_update().clone();
+        match current {
+            View::Assignment(a) => {
+                if !send(b, tx, Tell::Assignment(a)).await {
+                    groups.disconnected(&group, &member_id);
+                    return stopped(b, tx).await;
+                }
+            }
+            View::Removed(e) => return end(b, tx, e).await,
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = b.shutdown.wait() => return end(b, tx, RpcError::shutting_down()).await,
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return end(b, tx, RpcError::unknown_member(&group, &member_id)).await;
+                    }
+                    break;
+                }
+                message = inbound.message() => {
+                    let request = match message {
+                        Ok(Some(m)) => m.request,
+                        Ok(None) | Err(_) => {
+                            groups.disconnected(&group, &member_id);
+                            return Code::Cancelled;
+                        }
+                    };
+                    match request {
+                        Some(Said::Heartbeat(_)) => match groups.heartbeat(&group, &member_id) {
+                            Ok(member_epoch) => {
+                                let ack = Tell::Heartbeat(pb::HeartbeatAck { member_epoch });
+                                if !send(b, tx, ack).await {
+                                    groups.disconnected(&group, &member_id);
+                                    return stopped(b, tx).await;
+                                }
+                            }
+                            Err(e) => return end(b, tx, e).await,
+                        },
+                        Some(Said::Acknowledge(ack)) => {
+                            if let Err(e) = groups.acknowledge(&group, &member_id, &ack) {
+                                if e.code != ErrorCode::UnknownMember {
+                                    groups.leave(&group, &member_id);
+                                }
+                                return end(b, tx, e).await;
+                            }
+                        }
+                        Some(Said::Leave(_)) => {
+                            groups.leave(&group, &member_id);
+                            return Code::Ok;
+                        }
+                        Some(Said::Join(_)) | None => {
+                            groups.leave(&group, &member_id);
+                            return end(
+                                b,
+                                tx,
+                                RpcError::invalid(
+                                    "after join, send heartbeat, acknowledge or leave; the member was removed",
+                                ),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The end of a stream whose client left or whose broker is shutting down.
+async fn stopped(b: &Broker, tx: &mpsc::Sender<MembershipItem>) -> Code {
+    if b.shutdown.is_triggered() {
+        end(b, tx, RpcError::shutting_down()).await
+    } else {
+        Code::Cancelled
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for Groups {
+    type MembershipStream = ReceiverStream<MembershipItem>;
+
+    async fn membership(
+        &self,
+        request: Request<Streaming<pb::MembershipRequest>>,
+    ) -> Result<Response<Self::MembershipStream>, Status> {
+        let started = Instant::now();
+        let broker = self.broker.clone();
+        if let Err(e) = broker.check_running() {
+            return finish("Membership", started, Err(e));
+        }
+        let host = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(MEMBERSHIP_QUEUE);
+        tokio::spawn(async move {
+            let code = run_member(&broker, inbound, host, &tx).await;
+            metrics::rpc_done("Membership", code, started);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let b = &self.broker;
+        let result = async {
+            b.check_running()?;
+            b.groups.commit(request.into_inner()).await
+        }
+        .await;
+        finish("CommitOffsets", started, result)
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<pb::FetchOffsetsRequest>,
+    ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let result = self.broker.groups.fetch_offsets(request.get_ref());
+        finish("FetchOffsets", started, result)
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let started = Instant::now();
+        finish("ListGroups", started, Ok(self.broker.groups.list()))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let started = Instant::now();
+        let result = self.broker.groups.describe(&request.get_ref().group);
+        finish("DescribeGroup", started, result)
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let started = Instant::now();
+        let b = &self.broker;
+        let result = async {
+            b.check_running()?;
+            b.groups.delete(&request.get_ref().group).await?;
+            Ok(pb::DeleteGroupResponse {})
+        }
+        .await;
+        finish("DeleteGroup", started, result)
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let b = &self.broker;
+        let result = async {
+            b.check_running()?;
+            b.groups.reset(request.into_inner()).await
+        }
+        .await;
+        finish("ResetOffsets", started, result)
+    }
+}

@@ -1,0 +1,301 @@
+//! The connection to the broker: one HTTP/2 channel shared by the producer, consumers and
+//! admin of a [`Client`](crate::Client), a connect timeout, and [`Backoff`] (exponential with
+//! jitter) for every reconnect and retry.
+//!
+//! tonic's `Channel` re-establishes a broken connection by itself on the next call; what it
+//! does not do is wait between attempts or tell "broker down" from "broker slow", so the
+//! client's retry loops use [`Backoff`], and a connection failure reads as
+//! "broker unreachable at ADDR".
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ClientError, Result};
+
+/// How the client connects to the broker.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The broker's gRPC address, `host:port` or a URL (`http://host:port`).
+    pub address: String,
+    /// The longest a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// How many times [`Client::connect`](crate::Client::connect) tries before it reports the
+    /// broker unreachable (waiting [`ClientConfig::backoff`] in between). At least 1.
+    pub connect_attempts: u32,
+    /// The wait between reconnects and retries.
+    pub backoff: Backoff,
+    /// The largest gRPC message the client accepts, in bytes. Reads return whole batches, so
+    /// this must exceed the largest `max_batch_bytes` of the topics read (plus 64 KiB).
+    pub max_message_bytes: usize,
+    /// The interval of HTTP/2 keep-alive pings, which detect a dead connection that TCP has
+    /// not noticed.
+    pub keep_alive_interval: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:7171".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            connect_attempts: 3,
+            backoff: Backoff::default(),
+            max_message_bytes: 64 << 20,
+            keep_alive_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default configuration for a broker at `address`.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        if self.connect_attempts == 0 {
+            return Err(ClientError::Config(
+                "connect_attempts must be at least 1".into(),
+            ));
+        }
+        if self.max_message_bytes < 1 << 20 {
+            return Err(ClientError::Config(format!(
+                "max_message_bytes {} is below 1 MiB",
+                self.max_message_bytes
+            )));
+        }
+        self.backoff.validate()
+    }
+
+    fn url(&self) -> String {
+        if self.address.contains("://") {
+            self.address.clone()
+        } else {
+            format!("http://{}", self.address)
+        }
+    }
+}
+
+/// Exponential backoff with jitter: attempt `n` (from 0) waits a random time between half and
+/// all of `min(max, initial * multiplier^n)`, so that many clients retrying together spread
+/// out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The wait before the first retry (before jitter).
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+    /// The growth factor per attempt, at least 1.
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry number `attempt` (0 for the first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        // Equal jitter: half fixed, half random, so a retry never comes at once.
+        ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// The wait before jitter for retry number `attempt`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = self.multiplier.powi(attempt.min(64) as i32);
+        let secs = (self.initial.as_secs_f64() * factor).min(self.max.as_secs_f64());
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
+            return Err(ClientError::Config(format!(
+                "backoff.multiplier {} must be a finite number of at least 1",
+                self.multiplier
+            )));
+        }
+        if self.max < self.initial {
+            return Err(ClientError::Config(format!(
+                "backoff.max {:?} is below backoff.initial {:?}",
+                self.max, self.initial
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The shared connection: the channel and the configuration it was made with.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) config: ClientConfig,
+    pub(crate) channel: Channel,
+}
+
+impl Connection {
+    /// Connects, trying `connect_attempts` times with backoff.
+    pub(crate) async fn connect(config: ClientConfig) -> Result<Arc<Self>> {
+        config.validate()?;
+        let endpoint = Endpoint::from_shared(config.url())
+            .map_err(|e| ClientError::Config(format!("address {:?}: {e}", config.address)))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(config.keep_alive_interval)
+            .keep_alive_timeout(config.keep_alive_interval.max(Duration::from_secs(1)))
+            .keep_alive_while_idle(true);
+        let mut attempt = 0;
+        loop {
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(Arc::new(Self { config, channel })),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= config.connect_attempts {
+                        return Err(ClientError::Unreachable {
+                            addr: config.address.clone(),
+                            source: Arc::new(e),
+                        });
+                    }
+                    tracing::debug!(addr = %config.address, error = %e, attempt, "connect failed, retrying");
+                    tokio::time::sleep(config.backoff.delay(attempt - 1)).await;
+                }
+            }
+        }
+    }
+
+    /// Turns a failed call's status into a [`ClientError`], naming the address when the
+    /// connection could not be made.
+    pub(crate) fn error(&self, status: tonic::Status) -> ClientError {
+        let e = ClientError::from_status(&status);
+        match e {
+            ClientError::Transport {
+                status: tonic::Code::Unavailable,
+                ..
+            } if looks_like_connect_failure(status.message()) => ClientError::Unreachable {
+                addr: self.config.address.clone(),
+                source: Arc::new(status),
+            },
+            e => e,
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails with an error that is not a transport failure, or
+    /// has been tried `1 + retries` times, waiting with backoff in between. For calls that are
+    /// safe to repeat.
+    pub(crate) async fn retry<T, F, Fut>(&self, retries: u32, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(status) => {
+                    let e = self.error(status);
+                    let transport = matches!(
+                        e,
+                        ClientError::Transport { .. } | ClientError::Unreachable { .. }
+                    );
+                    if !transport || attempt >= retries {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, attempt, "call failed, retrying");
+                    tokio::time::sleep(self.config.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn looks_like_connect_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("connect") || m.contains("dns") || m.contains("refused")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_below_the_ceiling() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        };
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(1), Duration::from_millis(200));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(4), Duration::from_secs(1));
+        assert_eq!(b.ceiling(1000), Duration::from_secs(1));
+        for attempt in 0..10 {
+            for _ in 0..50 {
+                let d = b.delay(attempt);
+                assert!(d <= b.ceiling(attempt));
+                assert!(d >= b.ceiling(attempt) / 2);
+            }
+        }
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(ClientConfig::default().validate().is_ok());
+        let bad = ClientConfig {
+            connect_attempts: 0,
+            ..ClientConfig::default()
+        };
+        assert!(matches!(bad.validate(), Err(ClientError::Config(_))));
+        let bad = ClientConfig {
+            backoff: Backoff {
+                multiplier: 0.5,
+                ..Backoff::default()
+            },
+            ..ClientConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        assert_eq!(ClientConfig::new("h:1").url(), "http://h:1");
+        assert_eq!(ClientConfig::new("http://h:1").url(), "http://h:1");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_named() {
+        // A port that was free a moment ago: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = ClientConfig {
+            connect_attempts: 2,
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+                multiplier: 2.0,
+            },
+            ..ClientConfig::new(addr.to_string())
+        };
+        let err = Connection::connect(config)
+            .await
+            .expect_err("nothing listens");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("broker unreachable at {addr}")),
+            "{text}"
+        );
+        assert!(err.is_retriable());
+    }
+}

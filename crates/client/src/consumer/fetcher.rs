@@ -1,0 +1,271 @@
+//! One assigned partition's reader: a task that keeps a `Subscribe` stream open from the
+//! right position, checks and decodes the batches it receives, and hands their records to the
+//! consumer in chunks.
+//!
+//! It resubscribes (with backoff) from the next offset when the stream breaks or the broker
+//! restarts, applies the consumer's `auto_offset_reset` when its position has left the log,
+//! and ends with an error chunk for errors that retrying cannot fix.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use runnel_format::{Batches, Compression, Records};
+use runnel_proto::pb::{self, consume_service_client::ConsumeServiceClient};
+use tokio::sync::mpsc;
+
+use super::{Chunk, OffsetReset, StartAt, TopicPartition};
+use crate::compression;
+use crate::connection::Connection;
+use crate::error::{ClientError, ErrorCode, Result};
+use crate::record::ConsumerRecord;
+
+/// What a fetcher needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct FetcherConfig {
+    pub(crate) group: Option<String>,
+    pub(crate) auto_offset_reset: OffsetReset,
+    pub(crate) max_bytes_per_response: u32,
+    pub(crate) max_decompressed_bytes: usize,
+}
+
+pub(crate) struct Fetcher {
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) config: Arc<FetcherConfig>,
+    pub(crate) tp: TopicPartition,
+    pub(crate) generation: u64,
+    pub(crate) start: StartAt,
+    pub(crate) tx: mpsc::Sender<Chunk>,
+}
+
+/// Why a subscription ended.
+enum End {
+    /// Resubscribe (after a backoff) from the position reached.
+    Retry(ClientError),
+    /// Start again from this position (offset reset).
+    Restart(StartAt),
+    /// Report and stop.
+    Fatal(ClientError),
+    /// The consumer is gone.
+    Gone,
+}
+
+impl Fetcher {
+    pub(crate) async fn run(self) {
+        let mut start = self.start;
+        let mut attempt = 0u32;
+        loop {
+            let resolved = match start {
+                StartAt::Committed => match self.committed().await {
+                    Ok(Some(offset)) => StartAt::Offset(offset),
+                    Ok(None) => match self.config.auto_offset_reset {
+                        OffsetReset::Earliest => StartAt::Earliest,
+                        OffsetReset::Latest => StartAt::Latest,
+                        OffsetReset::Error => {
+                            self.fail(ClientError::InvalidArgument(format!(
+                                "{} has no committed offset and auto_offset_reset is Error",
+                                self.tp
+                            )))
+                            .await;
+                            return;
+                        }
+                    },
+                    Err(e) if e.is_retriable() => {
+                        self.backoff(&mut attempt, &e).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail(e).await;
+                        return;
+                    }
+                },
+                other => other,
+            };
+            let mut next = match resolved {
+                StartAt::Offset(o) => Some(o),
+                _ => None,
+            };
+            match self.subscribe(resolved, &mut attempt, &mut next).await {
+                End::Retry(e) => {
+                    self.backoff(&mut attempt, &e).await;
+                    start = next.map_or(resolved, StartAt::Offset);
+                }
+                End::Restart(at) => start = at,
+                End::Fatal(e) => {
+                    self.fail(e).await;
+                    return;
+                }
+                End::Gone => return,
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: &mut u32, error: &ClientError) {
+        let delay = self.conn.config.backoff.delay(*attempt);
+        *attempt = attempt.saturating_add(1);
+        tracing::debug!(tp = %self.tp, %error, ?delay, "subscription lost, resubscribing");
+        tokio::time::sleep(delay).await;
+    }
+
+    async fn fail(&self, error: ClientError) {
+        let _ = self
+            .tx
+            .send(Chunk {
+                tp: self.tp.clone(),
+                generation: self.generation,
+                records: Err(error),
+            })
+            .await;
+    }
+
+    /// The group's committed offset for this partition.
+    async fn committed(&self) -> Result<Option<u64>> {
+        let Some(group) = &self.config.group else {
+            return Err(ClientError::Config(
+                "StartAt::Committed needs a group_id in the consumer config".into(),
+            ));
+        };
+        let client = pb::group_service_client::GroupServiceClient::new(self.conn.channel.clone());
+        let request = pb::FetchOffsetsRequest {
+            group: group.clone(),
+            partitions: vec![pb::TopicPartitions {
+                topic: self.tp.topic.to_string(),
+                partitions: vec![self.tp.partition],
+            }],
+        };
+        let r = self
+            .conn
+            .retry(0, || {
+                let mut c = client.clone();
+                let req = request.clone();
+                async move { c.fetch_offsets(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(r.offsets
+            .iter()
+            .find(|o| *o.topic == *self.tp.topic && o.partition == self.tp.partition)
+            .and_then(|o| o.offset))
+    }
+
+    /// One subscription, until it ends. Records below `next` (the position asked for, or
+    /// else the resolved start of the first response) are skipped; `next` follows the
+    /// records handed over, so a new subscription resumes there.
+    async fn subscribe(&self, at: StartAt, attempt: &mut u32, next: &mut Option<u64>) -> End {
+        let position = match at {
+            StartAt::Earliest | StartAt::Committed => {
+                pb::start_position::Position::Boundary(pb::OffsetBoundary::Earliest as i32)
+            }
+            StartAt::Latest => {
+                pb::start_position::Position::Boundary(pb::OffsetBoundary::Latest as i32)
+            }
+            StartAt::Offset(o) => pb::start_position::Position::Offset(o),
+            StartAt::Timestamp(t) => pb::start_position::Position::TimestampMs(t),
+        };
+        let mut client = ConsumeServiceClient::new(self.conn.channel.clone())
+            .max_decoding_message_size(self.conn.config.max_message_bytes);
+        let request = pb::SubscribeRequest {
+            topic: self.tp.topic.to_string(),
+            partition: self.tp.partition,
+            start: Some(pb::StartPosition {
+                position: Some(position),
+            }),
+            max_bytes: self.config.max_bytes_per_response,
+        };
+        let mut stream = match client.subscribe(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return self.classify(self.conn.error(status)),
+        };
+        loop {
+            let message = match stream.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(status)) => return self.classify(self.conn.error(status)),
+                None => {
+                    return End::Retry(ClientError::Transport {
+                        status: tonic::Code::Unavailable,
+                        message: "the broker ended the subscription".into(),
+                    });
+                }
+            };
+            *attempt = 0;
+            let from = *next.get_or_insert(message.next_offset);
+            let records = match self.decode(&message.batches, from) {
+                Ok(r) => r,
+                Err(e) => return End::Fatal(e),
+            };
+            if let Some(last) = records.back() {
+                *next = Some(last.offset + 1);
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let chunk = Chunk {
+                tp: self.tp.clone(),
+                generation: self.generation,
+                records: Ok(records),
+            };
+            if self.tx.send(chunk).await.is_err() {
+                return End::Gone;
+            }
+        }
+    }
+
+    fn classify(&self, e: ClientError) -> End {
+        match e.code() {
+            Some(ErrorCode::OffsetOutOfRange) => match self.config.auto_offset_reset {
+                OffsetReset::Earliest => End::Restart(StartAt::Earliest),
+                OffsetReset::Latest => End::Restart(StartAt::Latest),
+                OffsetReset::Error => End::Fatal(e),
+            },
+            _ if e.is_retriable() => End::Retry(e),
+            _ => End::Fatal(e),
+        }
+    }
+
+    /// Checks, decompresses and decodes received batches into records at or after `from`.
+    fn decode(&self, batches: &[bytes::Bytes], from: u64) -> Result<VecDeque<ConsumerRecord>> {
+        let mut out = VecDeque::new();
+        let corrupt = |offset: u64, reason: String| ClientError::CorruptData {
+            topic: self.tp.topic.to_string(),
+            partition: self.tp.partition,
+            offset,
+            reason,
+        };
+        for bytes in batches {
+            for batch in Batches::new(bytes.clone()) {
+                let batch = batch.map_err(|e| corrupt(from, e.to_string()))?;
+                let header = batch.header();
+                if header.next_offset() <= from {
+                    continue;
+                }
+                let section = match header.compression() {
+                    Some(Compression::None) => batch.records_section(),
+                    Some(codec) => compression::decompress(
+                        codec,
+                        &batch.records_section(),
+                        self.config.max_decompressed_bytes,
+                    )
+                    .map_err(|e| corrupt(header.base_offset, e))?
+                    .into(),
+                    None => return Err(corrupt(header.base_offset, "unknown codec".into())),
+                };
+                for record in Records::new(section, header) {
+                    let r = record.map_err(|e| corrupt(header.base_offset, e.to_string()))?;
+                    if r.offset < from {
+                        continue;
+                    }
+                    out.push_back(ConsumerRecord {
+                        topic: self.tp.topic.clone(),
+                        partition: self.tp.partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}

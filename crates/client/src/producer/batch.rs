@@ -1,0 +1,431 @@
+//! The producer's batches: the one being filled ([`OpenBatch`]), the one handed to the sender
+//! ([`Batch`]), the outcome its records wait on ([`BatchOutcome`], [`DeliveryFuture`]), and
+//! the share of the memory budget it holds ([`Budget`]).
+//!
+//! A record costs no allocation of its own: its bytes are appended to the batch's buffer and
+//! its [`DeliveryFuture`] is a reference to the batch's outcome plus its index in the batch.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use runnel_format::{BatchBuilder, CRC_START, HEADER_LEN, varint_len};
+use tokio::sync::Semaphore;
+
+use crate::error::ClientError;
+use crate::record::{ProducerRecord, RecordMetadata};
+
+/// Where a batch was stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
+    pub(crate) base_offset: u64,
+    pub(crate) append_time_ms: i64,
+}
+
+/// The outcome of a batch, shared by the futures of its records.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutcome {
+    result: OnceLock<(u32, Result<Stored, ClientError>)>,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BatchOutcome {
+    /// Sets the outcome for `records` records and wakes every waiting future. Only the first
+    /// call counts.
+    pub(crate) fn complete(&self, records: u32, result: Result<Stored, ClientError>) {
+        if self.result.set((records, result)).is_ok() {
+            let wakers = std::mem::take(&mut *lock(&self.wakers));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+
+    /// True once the outcome is known.
+    pub(crate) fn is_done(&self) -> bool {
+        self.result.get().is_some()
+    }
+
+    /// Polls for the outcome, registering the waker in `slot`.
+    fn poll_outcome(
+        &self,
+        cx: &mut Context<'_>,
+        slot: &mut Option<usize>,
+    ) -> Poll<&(u32, Result<Stored, ClientError>)> {
+        if let Some(r) = self.result.get() {
+            return Poll::Ready(r);
+        }
+        let mut wakers = lock(&self.wakers);
+        // `complete` sets the result before it takes the wakers, so checking again under the
+        // lock closes the race.
+        if let Some(r) = self.result.get() {
+            return Poll::Ready(r);
+        }
+        match *slot {
+            Some(i) if i < wakers.len() => wakers[i].clone_from(cx.waker()),
+            _ => {
+                *slot = Some(wakers.len());
+                wakers.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data
+/// consistent, so a panic elsewhere does not make it unusable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The outcome of one sent record: resolves to where it was stored, or why it was not.
+///
+/// Returned by [`Producer::send`](crate::Producer::send). Dropping it does not cancel the
+/// record: it is delivered all the same.
+#[derive(Debug)]
+#[must_use = "the record is sent either way; await this to learn its offset or its error"]
+pub struct DeliveryFuture {
+    outcome: Arc<BatchOutcome>,
+    index: u32,
+    slot: Option<usize>,
+}
+
+impl DeliveryFuture {
+    pub(crate) fn new(outcome: Arc<BatchOutcome>, index: u32) -> Self {
+        Self {
+            outcome,
+            index,
+            slot: None,
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let index = this.index;
+        this.outcome
+            .poll_outcome(cx, &mut this.slot)
+            .map(|(_, r)| match r {
+                Ok(s) => Ok(RecordMetadata {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    offset: s.base_offset + u64::from(index),
+                    append_time_ms: s.append_time_ms,
+                }),
+                Err(e) => Err(e.clone()),
+            })
+    }
+}
+
+/// Waits for a batch's outcome; resolves to the number of records and whether they were
+/// stored (for flush and close).
+pub(crate) struct OutcomeWait {
+    pub(crate) outcome: Arc<BatchOutcome>,
+    pub(crate) slot: Option<usize>,
+}
+
+impl Future for OutcomeWait {
+    type Output = (u32, Option<ClientError>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.outcome
+            .poll_outcome(cx, &mut this.slot)
+            .map(|(n, r)| (*n, r.as_ref().err().cloned()))
+    }
+}
+
+/// Permits of the producer's memory budget (one per byte), returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    semaphore: Arc<Semaphore>,
+    permits: u32,
+}
+
+impl Budget {
+    /// An empty share of `semaphore`.
+    pub(crate) fn empty(semaphore: Arc<Semaphore>) -> Self {
+        Self {
+            semaphore,
+            permits: 0,
+        }
+    }
+
+    /// Adds `permits` acquired (and forgotten) by the caller.
+    pub(crate) fn add(&mut self, permits: u32) {
+        self.permits += permits;
+    }
+
+    /// Takes over the permits of `other`.
+    pub(crate) fn absorb(&mut self, mut other: Budget) {
+        self.permits += std::mem::take(&mut other.permits);
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.semaphore.add_permits(self.permits as usize);
+    }
+}
+
+/// The exact size of `record`'s encoding at the start of a batch (timestamp and offset
+/// deltas of 0), in bytes; later positions add at most a few bytes of varint.
+pub(crate) fn encoded_len(record: &ProducerRecord) -> usize {
+    let nullable = |b: Option<&Bytes>| {
+        let len = b.map_or(-1, |b| b.len() as i64);
+        varint_len(len) + b.map_or(0, Bytes::len)
+    };
+    let mut body = 1 + 1 + 1 + nullable(record.key.as_ref()) + nullable(record.value.as_ref());
+    body += varint_len(record.headers.len() as i64);
+    for h in &record.headers {
+        body += nullable(Some(&h.name)) + nullable(h.value.as_ref());
+    }
+    varint_len(body as i64) + body
+}
+
+/// The most a record's encoding can grow with its position in a batch: the timestamp and
+/// offset delta varints (up to 10 bytes each instead of 1), and a longer length varint.
+pub(crate) const POSITION_SLACK: usize = 2 * 9 + 2;
+
+/// The batch being filled for one partition.
+#[derive(Debug)]
+pub(crate) struct OpenBatch {
+    pub(crate) builder: BatchBuilder,
+    pub(crate) outcome: Arc<BatchOutcome>,
+    pub(crate) budget: Budget,
+    pub(crate) created: Instant,
+}
+
+impl OpenBatch {
+    pub(crate) fn new(budget: Budget) -> Self {
+        Self {
+            builder: BatchBuilder::new(),
+            outcome: Arc::new(BatchOutcome::default()),
+            budget,
+            created: Instant::now(),
+        }
+    }
+
+    /// Appends a record; returns its index in the batch. Headers go through a stack array
+    /// (up to 16), so appending allocates nothing but the buffer's growth.
+    pub(crate) fn push(&mut self, record: &ProducerRecord, timestamp: i64) -> u32 {
+        let index = self.builder.len();
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        const STACK: usize = 16;
+        if record.headers.len() <= STACK {
+            let mut headers: [(&[u8], Option<&[u8]>); STACK] = [(&[], None); STACK];
+            for (slot, h) in headers.iter_mut().zip(&record.headers) {
+                *slot = (&h.name[..], h.value.as_deref());
+            }
+            self.builder
+                .push(key, value, &headers[..record.headers.len()], timestamp);
+        } else {
+            let headers: Vec<(&[u8], Option<&[u8]>)> = record
+                .headers
+                .iter()
+                .map(|h| (&h.name[..], h.value.as_deref()))
+                .collect();
+            self.builder.push(key, value, &headers, timestamp);
+        }
+        index
+    }
+}
+
+/// The body of a batch handed to the sender: records not yet encoded into a batch, or the
+/// encoded batch (stamped with its producer id, epoch and sequence).
+#[derive(Debug)]
+pub(crate) enum Body {
+    Unbuilt(BatchBuilder),
+    Built(Bytes),
+}
+
+/// A closed batch, owned by the sender until its outcome is known.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
+    pub(crate) body: Body,
+    pub(crate) records: NonZeroU32,
+    /// The first record's sequence, once built by an idempotent producer.
+    pub(crate) base_sequence: Option<i32>,
+    pub(crate) outcome: Arc<BatchOutcome>,
+    pub(crate) _budget: Budget,
+    pub(crate) created: Instant,
+    /// Sent, and no answer has said it was not written.
+    pub(crate) maybe_written: bool,
+}
+
+impl Batch {
+    /// Closes an open batch. `None` if it holds no record (never the case in practice: a
+    /// batch is opened for a record).
+    pub(crate) fn close(topic: Arc<str>, partition: u32, open: OpenBatch) -> Option<Self> {
+        let records = NonZeroU32::new(open.builder.len())?;
+        Some(Self {
+            topic,
+            partition,
+            body: Body::Unbuilt(open.builder),
+            records,
+            base_sequence: None,
+            outcome: open.outcome,
+            _budget: open.budget,
+            created: open.created,
+            maybe_written: false,
+        })
+    }
+
+    /// The encoded size, for request sizing (an estimate before it is built).
+    pub(crate) fn len(&self) -> usize {
+        match &self.body {
+            Body::Unbuilt(b) => b.encoded_len(),
+            Body::Built(bytes) => bytes.len(),
+        }
+    }
+
+    /// Fails every record of the batch.
+    pub(crate) fn fail(self, error: ClientError) {
+        self.outcome.complete(self.records.get(), Err(error));
+    }
+}
+
+/// The sequence after a batch of `records` records starting at `sequence`: sequences wrap
+/// from `i32::MAX` to 0 (Kafka's rule, `docs/protocol.md`).
+pub(crate) fn next_sequence(sequence: i32, records: u32) -> i32 {
+    ((i64::from(sequence) + i64::from(records)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Byte positions of the idempotence fields in the batch header (`docs/storage-format.md`,
+/// the table on `runnel_format`): producer id (i64) at 47, epoch (i16) at 55, base sequence
+/// (i32) at 57; the CRC at 20 covers bytes 24 to the end.
+const OFF_PRODUCER_ID: usize = 47;
+const OFF_CRC: usize = 20;
+
+/// A copy of an encoded batch with another producer id, epoch and base sequence, and the
+/// CRC recomputed: for re-sequencing batches already sent, whose records must not be
+/// encoded again. `runnel_format::BatchBuilder` builds every batch; this only restamps.
+pub(crate) fn restamp(batch: &[u8], producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
+    debug_assert!(batch.len() >= HEADER_LEN);
+    let mut b = BytesMut::from(batch);
+    b[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
+    b[OFF_PRODUCER_ID + 8..OFF_PRODUCER_ID + 10].copy_from_slice(&epoch.to_le_bytes());
+    b[OFF_PRODUCER_ID + 10..OFF_PRODUCER_ID + 14].copy_from_slice(&sequence.to_le_bytes());
+    let crc = crc32fast::hash(&b[CRC_START..]);
+    b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_format::{BatchHeader, RecordBatch};
+
+    #[test]
+    fn encoded_len_is_exact_for_a_record_alone() {
+        let records = [
+            ProducerRecord::new("t", "v"),
+            ProducerRecord::new("t", vec![7u8; 300]).key("k"),
+            ProducerRecord {
+                value: None,
+                ..ProducerRecord::new("t", "")
+            },
+            ProducerRecord::new("t", vec![1u8; 70_000])
+                .header("a", "b")
+                .header("traceparent", "x".repeat(55)),
+        ];
+        for r in &records {
+            let mut open = OpenBatch::new(Budget::empty(Arc::new(Semaphore::new(0))));
+            open.push(r, 1_000);
+            assert_eq!(
+                open.builder.encoded_len(),
+                HEADER_LEN + encoded_len(r),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn many_headers_take_the_heap_path() {
+        let mut r = ProducerRecord::new("t", "v");
+        for i in 0..40 {
+            r = r.header(format!("h{i}"), "x");
+        }
+        let mut open = OpenBatch::new(Budget::empty(Arc::new(Semaphore::new(0))));
+        open.push(&r, 5);
+        let batch = RecordBatch::new(open.builder.build(), 1 << 20).unwrap();
+        let rec = batch.records().unwrap().next().unwrap().unwrap();
+        assert_eq!(rec.headers.len(), 40);
+        assert_eq!(&rec.headers[39].name[..], b"h39");
+    }
+
+    #[test]
+    fn restamping_keeps_the_batch_valid() {
+        let mut b = BatchBuilder::new();
+        b.producer(5, 0, 10);
+        b.push(None, Some(b"x"), &[], 1);
+        b.push(None, Some(b"y"), &[], 2);
+        let original = b.build();
+        let stamped = restamp(&original, 77, 3, 2_000_000_000);
+        let batch = RecordBatch::new(stamped.clone(), 1 << 20).expect("valid after restamp");
+        let h: &BatchHeader = batch.header();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (77, 3, 2_000_000_000)
+        );
+        assert_eq!(&stamped[HEADER_LEN..], &original[HEADER_LEN..]);
+    }
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(next_sequence(0, 5), 5);
+        assert_eq!(next_sequence(i32::MAX, 1), 0);
+        assert_eq!(next_sequence(i32::MAX - 1, 5), 3);
+    }
+
+    #[test]
+    fn the_budget_returns_its_permits() {
+        let sem = Arc::new(Semaphore::new(100));
+        let mut budget = Budget::empty(sem.clone());
+        for _ in 0..3 {
+            sem.try_acquire_many(10).unwrap().forget();
+            budget.add(10);
+        }
+        assert_eq!(sem.available_permits(), 70);
+        drop(budget);
+        assert_eq!(sem.available_permits(), 100);
+    }
+
+    #[tokio::test]
+    async fn every_record_future_sees_the_batch_outcome() {
+        let outcome = Arc::new(BatchOutcome::default());
+        let futures: Vec<_> = (0..3)
+            .map(|i| DeliveryFuture::new(outcome.clone(), i))
+            .collect();
+        let waiter = tokio::spawn(futures_util::future::join_all(futures));
+        tokio::task::yield_now().await;
+        outcome.complete(
+            3,
+            Ok(Stored {
+                topic: "t".into(),
+                partition: 2,
+                base_offset: 40,
+                append_time_ms: 9,
+            }),
+        );
+        let got = waiter.await.unwrap();
+        let offsets: Vec<u64> = got.into_iter().map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, [40, 41, 42]);
+        // A late future resolves at once; a second completion is ignored.
+        outcome.complete(3, Err(ClientError::Closed("producer")));
+        let late = DeliveryFuture::new(outcome, 1).await.unwrap();
+        assert_eq!((late.partition, late.offset), (2, 41));
+    }
+}

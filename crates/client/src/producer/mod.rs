@@ -1,0 +1,784 @@
+//! The [`Producer`]: batches records per partition, compresses them, and pipelines them to the
+//! broker over one `ProduceStream`, idempotently by default.
+//!
+//! How a record travels:
+//!
+//! 1. [`Producer::send`] waits for room in the memory budget (`buffer_bytes`, a semaphore of
+//!    one permit per byte: the caller waits when the buffer is full), picks the partition,
+//!    and appends the record to that partition's open batch. It returns a
+//!    [`DeliveryFuture`] at once.
+//! 2. A batch closes when it reaches `batch_bytes`, when it is `linger` old, or on
+//!    [`Producer::flush`]. The sender task (one per producer, see `sender.rs`) encodes it
+//!    with `runnel_format::BatchBuilder`, compresses the records section, stamps the producer
+//!    id, epoch and sequence, and sends it; up to `max_in_flight_per_partition` batches per
+//!    partition are in flight at once, in order.
+//! 3. A batch that fails with a retriable error, or whose connection breaks, is sent again
+//!    with the same sequence after a backoff, together with the batches after it, in order.
+//!    The broker recognises the batches it already has (`duplicate`), so a retry never
+//!    writes a record twice, and order per partition is kept.
+//! 4. The batch's outcome resolves the [`DeliveryFuture`] of each of its records, and its
+//!    share of the memory budget is returned.
+
+mod batch;
+mod sender;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use runnel_format::HEADER_LEN;
+use runnel_proto::pb;
+use tokio::sync::{Notify, Semaphore};
+
+pub use batch::DeliveryFuture;
+
+use crate::compression::Compression;
+use crate::connection::Connection;
+use crate::error::{ClientError, ErrorCode, Result};
+use crate::partitioner::{Partitioner, PartitionerState};
+use crate::record::ProducerRecord;
+use batch::{
+    Batch, BatchOutcome, Budget, OpenBatch, OutcomeWait, POSITION_SLACK, encoded_len, lock,
+};
+
+/// What the broker waits for before it answers a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// The batch is appended and readable (survives a broker crash; a power loss may lose it
+    /// unless the topic fsyncs every append).
+    #[default]
+    Written,
+    /// An fsync covering the batch has completed (survives a power loss).
+    Durable,
+}
+
+impl Acks {
+    fn to_pb(self) -> pb::Acks {
+        match self {
+            Self::Written => pb::Acks::Written,
+            Self::Durable => pb::Acks::Durable,
+        }
+    }
+}
+
+/// The producer's settings. `ProducerConfig::default()` is idempotent, uncompressed, with
+/// 64 KiB batches, a 5 ms linger and a 32 MiB buffer.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// What the broker waits for before answering.
+    pub acks: Acks,
+    /// Idempotent producing: the broker drops retried duplicates, so retries write every
+    /// record exactly once and keep order with several batches in flight. On by default.
+    /// Without it, a retry after a lost answer can write a batch twice, and with more than
+    /// one batch in flight per partition a retried batch can land after a later one.
+    pub idempotence: bool,
+    /// How records without an explicit partition are spread.
+    pub partitioner: Partitioner,
+    /// The codec for batches: none, lz4 or zstd. A batch that does not shrink is sent
+    /// uncompressed.
+    pub compression: Compression,
+    /// The zstd level (1 to 22; 3 is zstd's default).
+    pub zstd_level: i32,
+    /// The size at which a batch is closed and sent, uncompressed, in bytes. A batch never
+    /// exceeds the topic's `max_batch_bytes`; a record larger than `batch_bytes` is sent in a
+    /// batch of its own.
+    pub batch_bytes: usize,
+    /// How long a batch may wait for more records before it is sent.
+    pub linger: Duration,
+    /// The memory for records not yet delivered, in bytes; `send` waits while it is used up.
+    pub buffer_bytes: usize,
+    /// Batches in flight per partition, 1 to 5 (the broker remembers the last 5 batches of
+    /// an idempotent producer per partition).
+    pub max_in_flight_per_partition: usize,
+    /// Requests in flight on the stream, 1 to 60 (the broker reads at most 64 ahead).
+    pub max_in_flight_requests: usize,
+    /// The largest request, in bytes; a single batch is always sent.
+    pub max_request_bytes: usize,
+    /// How long a record may take from `send` to its acknowledgement, retries included; then
+    /// it fails with the last error.
+    pub delivery_timeout: Duration,
+    /// How long to wait for the answer to a request before the connection is taken for dead
+    /// and the request is sent again on a new one.
+    pub request_timeout: Duration,
+    /// How often a topic's partition count and batch limit are looked up again.
+    pub metadata_max_age: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            acks: Acks::Written,
+            idempotence: true,
+            partitioner: Partitioner::Default,
+            compression: Compression::None,
+            zstd_level: 3,
+            batch_bytes: 64 << 10,
+            linger: Duration::from_millis(5),
+            buffer_bytes: 32 << 20,
+            max_in_flight_per_partition: 5,
+            max_in_flight_requests: 32,
+            max_request_bytes: 8 << 20,
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+            metadata_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ClientError::Config(m));
+        if !(1..=5).contains(&self.max_in_flight_per_partition) {
+            return bad(format!(
+                "max_in_flight_per_partition {} is outside 1 to 5",
+                self.max_in_flight_per_partition
+            ));
+        }
+        if !(1..=60).contains(&self.max_in_flight_requests) {
+            return bad(format!(
+                "max_in_flight_requests {} is outside 1 to 60",
+                self.max_in_flight_requests
+            ));
+        }
+        if self.batch_bytes < 128 {
+            return bad(format!("batch_bytes {} is below 128", self.batch_bytes));
+        }
+        if self.buffer_bytes < self.batch_bytes || self.buffer_bytes > u32::MAX as usize {
+            return bad(format!(
+                "buffer_bytes {} must be at least batch_bytes ({}) and below 4 GiB",
+                self.buffer_bytes, self.batch_bytes
+            ));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return bad(format!("zstd_level {} is outside 1 to 22", self.zstd_level));
+        }
+        if self.delivery_timeout.is_zero() || self.request_timeout.is_zero() {
+            return bad("delivery_timeout and request_timeout must not be zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the producer knows of a topic.
+#[derive(Debug, Clone, Copy)]
+struct TopicMeta {
+    partitions: NonZeroU32,
+    max_batch_bytes: usize,
+    fetched: Instant,
+}
+
+/// One topic's partitions being filled.
+#[derive(Debug)]
+struct TopicState {
+    name: Arc<str>,
+    meta: TopicMeta,
+    partitioner: PartitionerState,
+    open: HashMap<u32, OpenBatch>,
+}
+
+/// What `send`, `flush` and the sender share, under one mutex (never held across an await).
+#[derive(Debug, Default)]
+struct State {
+    topics: HashMap<String, TopicState>,
+    /// Batches closed by `send` (full), in closing order.
+    ready: Vec<Batch>,
+    /// Close every open batch now (a flush).
+    flush: bool,
+    /// No more sends; the sender stops once everything is delivered.
+    closing: bool,
+    /// Fail everything pending now and stop.
+    abort: bool,
+    /// Why the producer stopped for good (fenced, or its sender ended).
+    fatal: Option<ClientError>,
+    /// Outcomes of batches not known to be done, for flush.
+    unfinished: Unfinished,
+}
+
+/// The outcomes a flush waits for, pruned of finished ones as it grows.
+#[derive(Debug, Default)]
+struct Unfinished {
+    list: Vec<Arc<BatchOutcome>>,
+    pruned_len: usize,
+}
+
+impl Unfinished {
+    fn track(&mut self, outcome: &Arc<BatchOutcome>) {
+        if self.list.len() >= 2 * self.pruned_len + 64 {
+            self.prune();
+        }
+        self.list.push(outcome.clone());
+    }
+
+    fn prune(&mut self) {
+        self.list.retain(|o| !o.is_done());
+        self.pruned_len = self.list.len();
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Arc<Connection>,
+    config: ProducerConfig,
+    state: Mutex<State>,
+    /// Wakes the sender: a batch was opened or closed, a flush or close was asked for.
+    wake: Notify,
+    budget: Arc<Semaphore>,
+}
+
+/// Closes the producer when the last handle is dropped (the sender holds `Inner` too, so
+/// `Inner` itself lives on until the sender has delivered what is pending).
+#[derive(Debug)]
+struct Handle(Arc<Inner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&self.0.state).closing = true;
+        self.0.wake.notify_one();
+    }
+}
+
+/// Sends records to the broker: batching, compression, retries, idempotence.
+///
+/// Cheap to clone: clones share the batches and the connection. Dropping the last clone
+/// lets the pending records go out in the background; [`Producer::close`] waits for them
+/// and reports failures.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), runnel_client::ClientError> {
+/// use runnel_client::{Client, ProducerConfig, ProducerRecord};
+/// let client = Client::connect("127.0.0.1:7171").await?;
+/// let producer = client.producer(ProducerConfig::default()).await?;
+/// let delivery = producer.send(ProducerRecord::new("orders", "hello").key("order-42")).await?;
+/// let stored = delivery.await?;
+/// println!("stored at {}/{}", stored.partition, stored.offset);
+/// producer.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Producer {
+    handle: Arc<Handle>,
+}
+
+impl Producer {
+    /// Starts a producer on `conn`: gets a producer id if idempotent and starts the sender.
+    pub(crate) async fn start(conn: Arc<Connection>, config: ProducerConfig) -> Result<Self> {
+        config.validate()?;
+        let producer_id = if config.idempotence {
+            let client =
+                pb::produce_service_client::ProduceServiceClient::new(conn.channel.clone());
+            let r = conn
+                .retry(3, || {
+                    let mut c = client.clone();
+                    let req = pb::InitProducerRequest {
+                        producer_id: None,
+                        producer_epoch: None,
+                    };
+                    async move { c.init_producer(req).await }
+                })
+                .await?
+                .into_inner();
+            Some((r.producer_id, r.producer_epoch as i16))
+        } else {
+            None
+        };
+        let inner = Arc::new(Inner {
+            budget: Arc::new(Semaphore::new(config.buffer_bytes)),
+            conn,
+            config,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(sender::Sender::new(inner.clone(), producer_id).run());
+        Ok(Self {
+            handle: Arc::new(Handle(inner)),
+        })
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.0
+    }
+
+    /// Queues a record and returns the future of its delivery.
+    ///
+    /// Waits while the producer's buffer is full (backpressure), and the first time a topic
+    /// is used, for its partition count. Records sent by one task to one partition are
+    /// stored in the order of the calls.
+    ///
+    /// # Errors
+    /// - [`ClientError::RecordTooLarge`] if the record alone would make a batch larger than
+    ///   the topic's `max_batch_bytes` (or than the whole buffer);
+    /// - [`ClientError::InvalidArgument`] for a partition the topic does not have;
+    /// - the broker's error if the topic cannot be described (for example `UNKNOWN_TOPIC`);
+    /// - [`ClientError::Closed`] after [`Producer::close`], or the fatal error that stopped
+    ///   the producer (`PRODUCER_FENCED`).
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let size = encoded_len(&record);
+        let alone = HEADER_LEN + size;
+        if alone > inner.config.buffer_bytes {
+            return Err(ClientError::RecordTooLarge {
+                topic: record.topic,
+                size: alone,
+                limit: inner.config.buffer_bytes,
+                limit_name: "the producer's buffer_bytes",
+            });
+        }
+        let meta = inner.topic_meta(&record.topic).await?;
+        if alone > meta.max_batch_bytes {
+            return Err(ClientError::RecordTooLarge {
+                topic: record.topic,
+                size: alone,
+                limit: meta.max_batch_bytes,
+                limit_name: "the topic's max_batch_bytes",
+            });
+        }
+        if let Some(p) = record.partition
+            && p >= meta.partitions.get()
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {p} of topic {:?} does not exist: the topic has partitions 0 to {}",
+                record.topic,
+                meta.partitions.get() - 1
+            )));
+        }
+        let cost = (size + POSITION_SLACK).min(inner.config.buffer_bytes) as u32;
+        inner
+            .budget
+            .acquire_many(cost)
+            .await
+            .map_err(|_| ClientError::Closed("producer"))?
+            .forget();
+        let mut budget = Budget::empty(inner.budget.clone());
+        budget.add(cost);
+        inner.append(record, size, budget)
+    }
+
+    /// Sends a record and waits for its delivery: `send(record).await?.await`.
+    ///
+    /// # Errors
+    /// As [`Producer::send`], and the record's delivery error.
+    pub async fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> Result<crate::record::RecordMetadata> {
+        self.send(record).await?.await
+    }
+
+    /// Sends every record queued so far at once (without waiting for `linger`) and waits
+    /// until each is delivered or has failed.
+    ///
+    /// # Errors
+    /// [`ClientError::Undelivered`] with the count and the first error if any of those
+    /// records failed (each record's own future has its error).
+    pub async fn flush(&self) -> Result<()> {
+        let inner = self.inner();
+        let pending = {
+            let mut state = lock(&inner.state);
+            state.flush = true;
+            state.unfinished.prune();
+            state.unfinished.list.clone()
+        };
+        inner.wake.notify_one();
+        let mut failed = 0u64;
+        let mut first = None;
+        for outcome in pending {
+            let (records, error) = OutcomeWait {
+                outcome,
+                slot: None,
+            }
+            .await;
+            if let Some(e) = error {
+                failed += u64::from(records);
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(ClientError::Undelivered {
+                failed,
+                first: Box::new(e),
+            }),
+        }
+    }
+
+    /// Stops accepting records, delivers every pending one (retrying for up to
+    /// `delivery_timeout`), and stops the sender. Every pending record's future resolves.
+    ///
+    /// # Errors
+    /// As [`Producer::flush`].
+    pub async fn close(&self) -> Result<()> {
+        lock(&self.inner().state).closing = true;
+        self.flush().await
+    }
+
+    /// Like [`Producer::close`], but after `timeout` fails the records still pending with
+    /// [`ClientError::Closed`] (their outcome may then be unknown: a batch in flight may have
+    /// been written) and stops.
+    ///
+    /// # Errors
+    /// As [`Producer::flush`]; [`ClientError::Timeout`] if the timeout struck.
+    pub async fn close_within(&self, timeout: Duration) -> Result<()> {
+        lock(&self.inner().state).closing = true;
+        match tokio::time::timeout(timeout, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => {
+                lock(&self.inner().state).abort = true;
+                self.inner().wake.notify_one();
+                // Let the sender fail what is pending, so every future has resolved.
+                let _ = self.flush().await;
+                Err(ClientError::Timeout {
+                    what: "closing the producer".into(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        let state = lock(&self.state);
+        if let Some(e) = &state.fatal {
+            return Err(e.clone());
+        }
+        if state.closing {
+            return Err(ClientError::Closed("producer"));
+        }
+        Ok(())
+    }
+
+    /// The topic's partition count and batch limit, from the cache or `DescribeTopic`.
+    async fn topic_meta(&self, topic: &str) -> Result<TopicMeta> {
+        let cached = lock(&self.state).topics.get(topic).map(|t| t.meta);
+        if let Some(meta) = cached
+            && meta.fetched.elapsed() < self.config.metadata_max_age
+        {
+            return Ok(meta);
+        }
+        let admin = pb::admin_service_client::AdminServiceClient::new(self.conn.channel.clone());
+        let described = self
+            .conn
+            .retry(3, || {
+                let mut c = admin.clone();
+                let req = pb::DescribeTopicRequest {
+                    topic: topic.to_owned(),
+                };
+                async move { c.describe_topic(req).await }
+            })
+            .await;
+        let description = match described {
+            Ok(d) => d.into_inner().topic,
+            // A stale answer beats none while the broker is away.
+            Err(e) if cached.is_some() && e.is_retriable() => None,
+            Err(e) => return Err(e),
+        };
+        let meta = match description {
+            Some(d) => TopicMeta {
+                partitions: NonZeroU32::new(d.partition_count).ok_or_else(|| {
+                    ClientError::Protocol(format!("topic {topic:?} is described with 0 partitions"))
+                })?,
+                max_batch_bytes: d
+                    .config
+                    .and_then(|c| c.max_batch_bytes)
+                    .map_or(1 << 20, |m| m as usize),
+                fetched: Instant::now(),
+            },
+            None => match cached {
+                Some(m) => TopicMeta {
+                    fetched: Instant::now(),
+                    ..m
+                },
+                None => {
+                    return Err(ClientError::Protocol(format!(
+                        "DescribeTopic of {topic:?} returned no description"
+                    )));
+                }
+            },
+        };
+        let mut state = lock(&self.state);
+        let entry = state
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| TopicState {
+                name: topic.into(),
+                meta,
+                partitioner: PartitionerState::default(),
+                open: HashMap::new(),
+            });
+        entry.meta = meta;
+        Ok(meta)
+    }
+
+    /// Appends a record to its partition's open batch (under the state lock).
+    fn append(
+        &self,
+        record: ProducerRecord,
+        size: usize,
+        budget: Budget,
+    ) -> Result<DeliveryFuture> {
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if let Some(e) = &state.fatal {
+            return Err(e.clone());
+        }
+        if state.closing {
+            return Err(ClientError::Closed("producer"));
+        }
+        let Some(topic) = state.topics.get_mut(record.topic.as_str()) else {
+            // topic_meta inserted it and topics are never removed.
+            return Err(ClientError::Protocol(format!(
+                "topic {:?} vanished from the producer's metadata",
+                record.topic
+            )));
+        };
+        let limit = self.config.batch_bytes.min(topic.meta.max_batch_bytes);
+        let hard_limit = topic.meta.max_batch_bytes;
+        let fits = |open: &OpenBatch, target: usize| {
+            open.builder.encoded_len() + size + POSITION_SLACK <= target
+        };
+        let mut wake = false;
+        let mut partition = match record.partition {
+            Some(p) => p,
+            None => {
+                let p = self.config.partitioner.choose(
+                    record.key.as_ref(),
+                    topic.meta.partitions,
+                    &mut topic.partitioner,
+                );
+                // The sticky partition's batch is full: close it and let the partitioner
+                // move on before this record is placed (Kafka's sticky partitioner).
+                if record.key.is_none()
+                    && let Some(open) = topic.open.get(&p)
+                    && !fits(open, limit)
+                {
+                    if let Some(open) = topic.open.remove(&p)
+                        && let Some(b) = Batch::close(topic.name.clone(), p, open)
+                    {
+                        state.ready.push(b);
+                        wake = true;
+                    }
+                    topic.partitioner.batch_closed(p);
+                    self.config.partitioner.choose(
+                        None,
+                        topic.meta.partitions,
+                        &mut topic.partitioner,
+                    )
+                } else {
+                    p
+                }
+            }
+        };
+        partition = partition.min(topic.meta.partitions.get() - 1);
+        // Close the open batch if this record would overflow it.
+        if let Some(open) = topic.open.get(&partition)
+            && !fits(open, limit)
+            && !open.builder.is_empty()
+            && let Some(open) = topic.open.remove(&partition)
+            && let Some(b) = Batch::close(topic.name.clone(), partition, open)
+        {
+            state.ready.push(b);
+            topic.partitioner.batch_closed(partition);
+            wake = true;
+        }
+        let open = match topic.open.entry(partition) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                wake = true; // a new linger deadline
+                let open = e.insert(OpenBatch::new(Budget::empty(self.budget.clone())));
+                state.unfinished.track(&open.outcome);
+                open
+            }
+        };
+        let index = open.push(&record, timestamp);
+        open.budget.absorb(budget);
+        let future = DeliveryFuture::new(open.outcome.clone(), index);
+        // Full (or a large record alone): close at once.
+        if open.builder.encoded_len() + POSITION_SLACK >= limit.min(hard_limit)
+            && let Some(open) = topic.open.remove(&partition)
+            && let Some(b) = Batch::close(topic.name.clone(), partition, open)
+        {
+            state.ready.push(b);
+            topic.partitioner.batch_closed(partition);
+            wake = true;
+        }
+        drop(guard);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(future)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether an error means the producer must stop for good.
+fn is_fatal(e: &ClientError) -> bool {
+    e.code() == Some(ErrorCode::ProducerFenced)
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use crate::connection::ClientConfig;
+    use tonic::transport::Endpoint;
+
+    /// A producer's shared state on a connection that is never used, with topic `t` of
+    /// `partitions` partitions already described.
+    pub(super) fn inner_with_topic(config: ProducerConfig, partitions: u32) -> Arc<Inner> {
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let conn = Arc::new(Connection {
+            config: ClientConfig::default(),
+            channel,
+        });
+        let inner = Arc::new(Inner {
+            budget: Arc::new(Semaphore::new(config.buffer_bytes)),
+            conn,
+            config,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        });
+        lock(&inner.state).topics.insert(
+            "t".into(),
+            TopicState {
+                name: "t".into(),
+                meta: TopicMeta {
+                    partitions: NonZeroU32::new(partitions).expect("non-zero"),
+                    max_batch_bytes: 1 << 20,
+                    fetched: Instant::now(),
+                },
+                partitioner: PartitionerState::default(),
+                open: HashMap::new(),
+            },
+        );
+        inner
+    }
+
+    /// Appends a record as `send` does, without waiting.
+    pub(super) fn push(inner: &Arc<Inner>, record: ProducerRecord) -> DeliveryFuture {
+        let size = encoded_len(&record);
+        let cost = (size + POSITION_SLACK) as u32;
+        inner
+            .budget
+            .try_acquire_many(cost)
+            .expect("room in the budget")
+            .forget();
+        let mut budget = Budget::empty(inner.budget.clone());
+        budget.add(cost);
+        inner.append(record, size, budget).expect("appended")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::{inner_with_topic as inner, push};
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_close_at_their_size_and_keep_record_order() {
+        let config = ProducerConfig {
+            batch_bytes: 1024,
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        };
+        let inner = inner(config, 2);
+        for i in 0..100 {
+            drop(push(
+                &inner,
+                ProducerRecord::new("t", vec![b'v'; 90]).partition(i % 2),
+            ));
+        }
+        let state = lock(&inner.state);
+        assert!(!state.ready.is_empty(), "full batches were closed");
+        for b in &state.ready {
+            assert!(b.len() <= 1024, "a batch of {} bytes", b.len());
+            assert!(b.records.get() > 1);
+        }
+        let closed: u32 = state.ready.iter().map(|b| b.records.get()).sum();
+        let open: u32 = state.topics["t"]
+            .open
+            .values()
+            .map(|o| o.builder.len())
+            .sum();
+        assert_eq!(closed + open, 100, "every record is in exactly one batch");
+    }
+
+    #[tokio::test]
+    async fn keyless_records_stick_to_a_partition_until_its_batch_is_full() {
+        let config = ProducerConfig {
+            batch_bytes: 1024,
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        };
+        let inner = inner(config, 4);
+        for _ in 0..30 {
+            drop(push(&inner, ProducerRecord::new("t", vec![b'v'; 90])));
+        }
+        let state = lock(&inner.state);
+        // Each full batch was on one partition, and the next one moved elsewhere.
+        assert!(state.ready.len() >= 2);
+        for pair in state.ready.windows(2) {
+            assert_ne!(pair[0].partition, pair[1].partition, "sticky moves on");
+        }
+        assert_eq!(state.topics["t"].open.len(), 1, "one open batch at a time");
+    }
+
+    #[tokio::test]
+    async fn the_sender_takes_lingered_batches_and_a_flush_takes_all() {
+        let lingering = inner(
+            ProducerConfig {
+                linger: Duration::from_secs(3600),
+                ..ProducerConfig::default()
+            },
+            1,
+        );
+        drop(push(&lingering, ProducerRecord::new("t", "a")));
+        let mut sender = sender::Sender::new(lingering.clone(), None);
+        assert!(sender.collect().is_some(), "a linger deadline is pending");
+        assert!(!sender.has_work(), "nothing is due before the linger ends");
+        lock(&lingering.state).flush = true;
+        assert!(sender.collect().is_none());
+        assert!(sender.has_work(), "the flush closed the open batch");
+
+        let eager = inner(
+            ProducerConfig {
+                linger: Duration::ZERO,
+                ..ProducerConfig::default()
+            },
+            1,
+        );
+        drop(push(&eager, ProducerRecord::new("t", "a")));
+        let mut sender = sender::Sender::new(eager, None);
+        assert!(sender.collect().is_none());
+        assert!(sender.has_work(), "a zero linger sends at once");
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_held_until_the_outcome_and_then_returned() {
+        let inner = inner(
+            ProducerConfig {
+                linger: Duration::from_secs(3600),
+                ..ProducerConfig::default()
+            },
+            1,
+        );
+        let before = inner.budget.available_permits();
+        let delivery = push(&inner, ProducerRecord::new("t", vec![0u8; 1000]));
+        assert!(inner.budget.available_permits() <= before - 1000);
+        let mut sender = sender::Sender::new(inner.clone(), None);
+        sender.fail_everything(&ClientError::Closed("producer"));
+        assert!(matches!(delivery.await, Err(ClientError::Closed(_))));
+        assert_eq!(inner.budget.available_permits(), before);
+    }
+}

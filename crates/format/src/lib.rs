@@ -424,6 +424,30 @@ pub fn rewritten_prefix(
     out
 }
 
+/// A copy of an encoded batch with another idempotent producer id, epoch and base sequence,
+/// and its CRC recomputed. For a producer that must re-sequence a batch it already encoded
+/// (after the broker lost its state or fenced an epoch) without encoding its records again.
+///
+/// # Errors
+/// [`Error::MalformedBatch`] if `batch` is shorter than a header.
+pub fn restamp_producer(
+    batch: &[u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<Bytes> {
+    if batch.len() < HEADER_LEN {
+        return Err(Error::malformed("header", format!("{} bytes", batch.len())));
+    }
+    let mut b = BytesMut::from(batch);
+    b[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
+    b[OFF_PRODUCER_EPOCH..OFF_PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_le_bytes());
+    b[OFF_BASE_SEQUENCE..OFF_BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32fast::hash(&b[CRC_START..]);
+    b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    Ok(b.freeze())
+}
+
 /// Writes `value` as a ZigZag LEB128 varint.
 pub fn put_varint(buf: &mut impl BufMut, value: i64) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
@@ -970,6 +994,19 @@ mod tests {
         let v = RecordBatch::new(batch, 1 << 20).unwrap();
         assert_eq!(v.header().compression(), Some(Compression::Zstd));
         assert!(v.records().is_err());
+    }
+
+    #[test]
+    fn restamping_changes_only_the_producer_fields_and_keeps_the_crc_valid() {
+        let batch = sample(3);
+        let out = restamp_producer(&batch, 42, 7, 1000).unwrap();
+        let h = validate(&out, 1 << 20).unwrap();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (42, 7, 1000)
+        );
+        assert_eq!(out[HEADER_LEN..], batch[HEADER_LEN..]);
+        assert!(restamp_producer(&batch[..10], 1, 1, 1).is_err());
     }
 
     #[test]

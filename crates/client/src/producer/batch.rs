@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use runnel_format::{BatchBuilder, CRC_START, HEADER_LEN, varint_len};
+use bytes::Bytes;
+use runnel_format::{BatchBuilder, varint_len};
 use tokio::sync::Semaphore;
 
 use crate::error::ClientError;
@@ -303,29 +303,19 @@ pub(crate) fn next_sequence(sequence: i32, records: u32) -> i32 {
     ((i64::from(sequence) + i64::from(records)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
-/// Byte positions of the idempotence fields in the batch header (`docs/storage-format.md`,
-/// the table on `runnel_format`): producer id (i64) at 47, epoch (i16) at 55, base sequence
-/// (i32) at 57; the CRC at 20 covers bytes 24 to the end.
-const OFF_PRODUCER_ID: usize = 47;
-const OFF_CRC: usize = 20;
-
 /// A copy of an encoded batch with another producer id, epoch and base sequence, and the
 /// CRC recomputed: for re-sequencing batches already sent, whose records must not be
-/// encoded again. `runnel_format::BatchBuilder` builds every batch; this only restamps.
+/// encoded again.
 pub(crate) fn restamp(batch: &[u8], producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
-    debug_assert!(batch.len() >= HEADER_LEN);
-    let mut b = BytesMut::from(batch);
-    b[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
-    b[OFF_PRODUCER_ID + 8..OFF_PRODUCER_ID + 10].copy_from_slice(&epoch.to_le_bytes());
-    b[OFF_PRODUCER_ID + 10..OFF_PRODUCER_ID + 14].copy_from_slice(&sequence.to_le_bytes());
-    let crc = crc32fast::hash(&b[CRC_START..]);
-    b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-    b.freeze()
+    // A built batch always holds a whole header.
+    runnel_format::restamp_producer(batch, producer_id, epoch, sequence)
+        .unwrap_or_else(|_| Bytes::copy_from_slice(batch))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runnel_format::HEADER_LEN;
     use runnel_format::{BatchHeader, RecordBatch};
 
     #[test]

@@ -86,6 +86,23 @@ async fn assign_seek_pause_and_resume() {
     produce_values(&b, "s", 0, &["d0".to_owned()], 9_000).await;
     let r = next(&mut consumer).await;
     assert_eq!(r.value_str(), Some("d0"));
+
+    // Once "latest" has resolved, a pause keeps that position: what is published while the
+    // partition is paused is read on resume, not skipped by a later "latest".
+    consumer.seek(&tp, StartAt::Latest).expect("seek");
+    assert_eq!(consumer.position(&tp), None);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(quiet.is_err());
+    assert_eq!(
+        consumer.position(&tp),
+        Some(152),
+        "latest resolved to the log end"
+    );
+    consumer.pause(&tp);
+    produce_values(&b, "s", 0, &["e0".to_owned()], 9_000).await;
+    consumer.resume(&tp);
+    let r = next(&mut consumer).await;
+    assert_eq!((r.offset, r.value_str()), (152, Some("e0")));
     assert_eq!(consumer.assignment(), vec![tp]);
 }
 

@@ -111,6 +111,7 @@ impl Fetcher {
         let _ = self
             .tx
             .send(Chunk {
+                start: None,
                 tp: self.tp.clone(),
                 generation: self.generation,
                 records: Err(error),
@@ -188,6 +189,7 @@ impl Fetcher {
                 }
             };
             *attempt = 0;
+            let resolved_now = next.is_none();
             let from = *next.get_or_insert(message.next_offset);
             let records = match self.decode(&message.batches, from) {
                 Ok(r) => r,
@@ -196,12 +198,16 @@ impl Fetcher {
             if let Some(last) = records.back() {
                 *next = Some(last.offset + 1);
             }
-            if records.is_empty() {
+            // The first response resolves a symbolic start (latest, a time) to an offset:
+            // pass it on even without records, so that a pause or a reconnect resumes there
+            // and not at a later "latest".
+            if records.is_empty() && !resolved_now {
                 continue;
             }
             let chunk = Chunk {
                 tp: self.tp.clone(),
                 generation: self.generation,
+                start: resolved_now.then_some(from),
                 records: Ok(records),
             };
             if self.tx.send(chunk).await.is_err() {

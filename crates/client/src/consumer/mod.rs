@@ -212,6 +212,8 @@ impl ConsumerConfig {
 pub(crate) struct Chunk {
     tp: TopicPartition,
     generation: u64,
+    /// The offset the reader's start resolved to, on its first chunk.
+    start: Option<u64>,
     records: Result<VecDeque<ConsumerRecord>>,
 }
 
@@ -489,9 +491,11 @@ impl Consumer {
 
     /// The offset after the last record of `tp` the application consumed, if any.
     pub fn position(&self, tp: &TopicPartition) -> Option<u64> {
+        let part = self.parts.get(tp)?;
         match &self.returned {
-            Some((t, _, next)) if t == tp => Some(*next),
-            _ => self.parts.get(tp).and_then(|p| p.consumed),
+            // A record returned before a seek or a pause does not count for the new position.
+            Some((t, generation, next)) if t == tp && *generation == part.generation => Some(*next),
+            _ => part.consumed,
         }
     }
 
@@ -875,6 +879,12 @@ impl Stream for Consumer {
                         .is_some_and(|p| p.generation == chunk.generation && !p.paused);
                     if !live {
                         continue;
+                    }
+                    if let Some(start) = chunk.start
+                        && let Some(p) = this.parts.get_mut(&chunk.tp)
+                        && p.consumed.is_none()
+                    {
+                        p.consumed = Some(start);
                     }
                     match chunk.records {
                         Ok(records) => this.current = Some((chunk.tp, chunk.generation, records)),

@@ -180,6 +180,7 @@ impl RpcError {
     /// The client's view of a storage error.
     pub fn storage(e: &runnel_storage::Error, at: At<'_>) -> Self {
         use runnel_storage::Error as S;
+        use runnel_storage::batch::Error as B;
         let At {
             topic,
             partition,
@@ -187,18 +188,17 @@ impl RpcError {
         } = at;
         let epoch_text = epoch.map(|e| format!(" epoch {e}")).unwrap_or_default();
         match e {
-            S::BatchTooLarge { size, limit } => Self::new(
+            S::Batch(B::BatchTooLarge { size, limit }) => Self::new(
                 ErrorCode::BatchTooLarge,
                 format!(
                     "batch of {size} bytes exceeds max_batch_bytes ({limit} bytes) of topic {topic:?}"
                 ),
             ),
-            S::CrcMismatch { .. } | S::MalformedBatch { .. } => {
-                Self::new(ErrorCode::CorruptBatch, e.to_string())
-            }
-            S::UnsupportedVersion { .. } => {
+            S::Batch(B::UnsupportedVersion { .. }) => {
                 Self::new(ErrorCode::UnsupportedBatchVersion, e.to_string())
             }
+            // CRC mismatches, structural faults, and any fault a newer format adds.
+            S::Batch(_) => Self::new(ErrorCode::CorruptBatch, e.to_string()),
             S::OutOfOrderSequence {
                 producer_id,
                 expected,

@@ -13,39 +13,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A batch is larger than the log's `max_batch_bytes`.
-    #[error("batch of {size} bytes exceeds max_batch_bytes ({limit} bytes)")]
-    BatchTooLarge {
-        /// Size of the rejected batch in bytes.
-        size: usize,
-        /// The configured limit in bytes.
-        limit: usize,
-    },
-
-    /// A batch's CRC does not match its contents.
-    #[error("batch CRC mismatch: header says {stored:#010x}, contents give {computed:#010x}")]
-    CrcMismatch {
-        /// CRC stored in the batch header.
-        stored: u32,
-        /// CRC computed over the batch.
-        computed: u32,
-    },
-
-    /// A batch violates the format in some other way.
-    #[error("malformed batch: {field}: {reason}")]
-    MalformedBatch {
-        /// The header field or part of the batch at fault.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-
-    /// A batch declares a format version this build does not know.
-    #[error("unsupported batch format version {version} (this build reads version 1)")]
-    UnsupportedVersion {
-        /// The version byte found.
-        version: u8,
-    },
+    /// A batch breaks the record batch format or its size limit: too large, a CRC mismatch,
+    /// malformed, or of an unknown version (see [`runnel_format::Error`]).
+    #[error(transparent)]
+    Batch(#[from] runnel_format::Error),
 
     /// An idempotent producer's batch does not carry the next sequence number.
     #[error("producer {producer_id}: out-of-order sequence {received}, expected {expected}")]
@@ -163,29 +134,6 @@ pub enum Error {
     },
 }
 
-impl From<runnel_format::Error> for Error {
-    fn from(e: runnel_format::Error) -> Self {
-        match e {
-            runnel_format::Error::BatchTooLarge { size, limit } => {
-                Error::BatchTooLarge { size, limit }
-            }
-            runnel_format::Error::CrcMismatch { stored, computed } => {
-                Error::CrcMismatch { stored, computed }
-            }
-            runnel_format::Error::UnsupportedVersion { version } => {
-                Error::UnsupportedVersion { version }
-            }
-            runnel_format::Error::MalformedBatch { field, reason } => {
-                Error::MalformedBatch { field, reason }
-            }
-            other => Error::MalformedBatch {
-                field: "batch",
-                reason: other.to_string(),
-            },
-        }
-    }
-}
-
 impl Error {
     /// Wraps an I/O error with the operation and path, turning `ENOSPC` into [`Error::DiskFull`].
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
@@ -204,20 +152,11 @@ impl Error {
     }
 
     pub(crate) fn malformed(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::MalformedBatch {
-            field,
-            reason: reason.into(),
-        }
+        Error::Batch(runnel_format::Error::malformed(field, reason))
     }
 
     /// True for errors caused by the batch a caller sent (as opposed to the log or the disk).
     pub fn is_bad_batch(&self) -> bool {
-        matches!(
-            self,
-            Error::BatchTooLarge { .. }
-                | Error::CrcMismatch { .. }
-                | Error::MalformedBatch { .. }
-                | Error::UnsupportedVersion { .. }
-        )
+        matches!(self, Error::Batch(_))
     }
 }

@@ -271,9 +271,8 @@ impl Log {
     /// (concurrent appenders share one fsync).
     ///
     /// # Errors
-    /// A batch error ([`Error::BatchTooLarge`], [`Error::CrcMismatch`],
-    /// [`Error::MalformedBatch`], [`Error::UnsupportedVersion`]) rejects all batches and writes
-    /// nothing. [`Error::DiskFull`] or [`Error::Io`] from the write leaves the log as it was;
+    /// A batch error ([`Error::Batch`]: too large, CRC mismatch, malformed, unknown version)
+    /// rejects all batches and writes nothing. [`Error::DiskFull`] or [`Error::Io`] from the write leaves the log as it was;
     /// an fsync error makes the log refuse further appends ([`Error::LogFailed`]).
     pub fn append_batches(&self, batches: &[Bytes]) -> Result<Appended> {
         let appended = self.write_batches(batches)?;
@@ -952,10 +951,16 @@ mod tests {
         let err = log
             .append_batches(&[batch(1, 1, 4), Bytes::from(bad)])
             .unwrap_err();
-        assert!(matches!(err, Error::CrcMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Batch(crate::batch::Error::CrcMismatch { .. })),
+            "{err}"
+        );
         let err = log.append(batch(100, 1, 100)).unwrap_err();
         assert!(
-            matches!(err, Error::BatchTooLarge { limit: 4096, .. }),
+            matches!(
+                err,
+                Error::Batch(crate::batch::Error::BatchTooLarge { limit: 4096, .. })
+            ),
             "{err}"
         );
         assert_eq!(log.end_offset(), 2);

@@ -280,25 +280,42 @@ fn bad_batches_leave_the_log_unchanged() {
 
     let too_large = batch(101, 1, 1024, 0);
     assert_rejected_without_trace(&log, &[good.clone(), too_large], |e| {
-        matches!(e, Error::BatchTooLarge { limit: 1024, .. })
+        matches!(
+            e,
+            Error::Batch(runnel_storage::batch::Error::BatchTooLarge { limit: 1024, .. })
+        )
     });
 
     let mut crc = good.to_vec();
     let last = crc.len() - 1;
     crc[last] ^= 1;
     assert_rejected_without_trace(&log, &[good.clone(), Bytes::from(crc)], |e| {
-        matches!(e, Error::CrcMismatch { .. })
+        matches!(
+            e,
+            Error::Batch(runnel_storage::batch::Error::CrcMismatch { .. })
+        )
     });
 
     let short = good.slice(..good.len() - 1);
     assert_rejected_without_trace(&log, &[short], |e| {
-        matches!(e, Error::MalformedBatch { .. })
+        matches!(
+            e,
+            Error::Batch(runnel_storage::batch::Error::MalformedBatch { .. })
+        )
     });
     let header_only = good.slice(..30);
     assert_rejected_without_trace(&log, &[header_only], |e| {
-        matches!(e, Error::MalformedBatch { .. })
+        matches!(
+            e,
+            Error::Batch(runnel_storage::batch::Error::MalformedBatch { .. })
+        )
     });
-    assert_rejected_without_trace(&log, &[], |e| matches!(e, Error::MalformedBatch { .. }));
+    assert_rejected_without_trace(&log, &[], |e| {
+        matches!(
+            e,
+            Error::Batch(runnel_storage::batch::Error::MalformedBatch { .. })
+        )
+    });
 
     // The log still takes good batches, at the offset it had.
     let end = log.end_offset();

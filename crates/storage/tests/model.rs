@@ -502,7 +502,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let got = l.append_batches(&batches);
                 if model.expected_error(&batches) {
                     prop_assert!(
-                        matches!(got, Err(Error::BatchTooLarge { .. })),
+                        matches!(
+                            got,
+                            Err(Error::Batch(
+                                runnel_storage::batch::Error::BatchTooLarge { .. }
+                            ))
+                        ),
                         "step {}: expected BatchTooLarge, got {:?}",
                         step,
                         got
@@ -582,9 +587,22 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let got = l.append_batches(&batches);
                 let ok = matches!(
                     (bad, &got),
-                    (_, Err(Error::BatchTooLarge { .. }))
-                        | (Bad::Crc, Err(Error::CrcMismatch { .. }))
-                        | (Bad::Truncated, Err(Error::MalformedBatch { .. }))
+                    (
+                        _,
+                        Err(Error::Batch(
+                            runnel_storage::batch::Error::BatchTooLarge { .. }
+                        ))
+                    ) | (
+                        Bad::Crc,
+                        Err(Error::Batch(
+                            runnel_storage::batch::Error::CrcMismatch { .. }
+                        ))
+                    ) | (
+                        Bad::Truncated,
+                        Err(Error::Batch(
+                            runnel_storage::batch::Error::MalformedBatch { .. }
+                        ))
+                    )
                 );
                 prop_assert!(ok, "step {}: {:?} batch gave {:?}", step, bad, got);
             }

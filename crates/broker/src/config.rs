@@ -310,6 +310,14 @@ pub struct ServerSettings {
     pub http2_keepalive_interval_ms: u64,
     /// How long the broker waits for the PING's answer before closing the connection, ms.
     pub http2_keepalive_timeout_ms: u64,
+    /// The HTTP/2 receive window of each stream, bytes: how much a producer may send on one
+    /// stream before the broker has read it.
+    pub http2_stream_window_bytes: u32,
+    /// The HTTP/2 receive window of each connection, all its streams together, bytes.
+    pub http2_connection_window_bytes: u32,
+    /// The largest HTTP/2 frame the broker accepts, bytes (announced to clients, which then
+    /// send large batches in fewer frames).
+    pub http2_max_frame_bytes: u32,
 }
 
 impl Default for ServerSettings {
@@ -317,6 +325,9 @@ impl Default for ServerSettings {
         ServerSettings {
             http2_keepalive_interval_ms: 30_000,
             http2_keepalive_timeout_ms: 20_000,
+            http2_stream_window_bytes: 4 << 20,
+            http2_connection_window_bytes: 8 << 20,
+            http2_max_frame_bytes: 256 << 10,
         }
     }
 }
@@ -655,6 +666,24 @@ impl Config {
             self.server.http2_keepalive_timeout_ms,
             1,
             3_600_000,
+        )?;
+        range(
+            "server.http2_stream_window_bytes",
+            u64::from(self.server.http2_stream_window_bytes),
+            65_535,
+            (1 << 31) - 1,
+        )?;
+        range(
+            "server.http2_connection_window_bytes",
+            u64::from(self.server.http2_connection_window_bytes),
+            65_535,
+            (1 << 31) - 1,
+        )?;
+        range(
+            "server.http2_max_frame_bytes",
+            u64::from(self.server.http2_max_frame_bytes),
+            16_384,
+            16_777_215,
         )?;
         range(
             "shutdown.deadline_ms",

@@ -192,6 +192,12 @@ pub async fn run(
     let router = Server::builder()
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .tcp_nodelay(true)
+        // Larger than HTTP/2's defaults (1 MiB windows, 16 KiB frames), so that a producer
+        // keeps several 1 MiB batches moving and each arrives in a few frames
+        // (docs/benchmarks.md, "Broker").
+        .initial_stream_window_size(Some(config.server.http2_stream_window_bytes))
+        .initial_connection_window_size(Some(config.server.http2_connection_window_bytes))
+        .max_frame_size(Some(config.server.http2_max_frame_bytes))
         .http2_keepalive_interval((keepalive > 0).then(|| Duration::from_millis(keepalive)))
         .http2_keepalive_timeout(Some(Duration::from_millis(
             config.server.http2_keepalive_timeout_ms,

@@ -710,6 +710,9 @@ impl Iterator for Records {
 /// ```
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
+    /// Room for the header (`HEADER_LEN` bytes, written by `build`) followed by the
+    /// records section; empty until the first record, so that an unused builder allocates
+    /// nothing. Building in place saves copying the whole batch.
     records: BytesMut,
     count: u32,
     first_timestamp: i64,
@@ -767,7 +770,7 @@ impl BatchBuilder {
 
     /// Size the batch will have, uncompressed, in bytes.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        HEADER_LEN + self.records_section().len()
     }
 
     /// Appends a record.
@@ -800,7 +803,12 @@ impl BatchBuilder {
             body += nullable_size(Some(name)) + nullable_size(*value);
         }
         let buf = &mut self.records;
-        buf.reserve(body + 10);
+        if buf.is_empty() {
+            buf.reserve(HEADER_LEN + body + 10);
+            buf.put_bytes(0, HEADER_LEN);
+        } else {
+            buf.reserve(body + 10);
+        }
         put_varint(buf, body as i64);
         buf.put_u8(0);
         put_varint(buf, ts_delta);
@@ -822,31 +830,51 @@ impl BatchBuilder {
         self
     }
 
-    /// Encodes the batch with its records uncompressed.
-    pub fn build(self) -> Bytes {
-        let records = self.records.clone().freeze();
-        self.build_with(Compression::None, &records)
+    /// Encodes the batch with its records uncompressed, in place: the header goes into the
+    /// room kept before the records, so the records are not copied again.
+    pub fn build(mut self) -> Bytes {
+        if self.records.is_empty() {
+            self.records.put_bytes(0, HEADER_LEN);
+        }
+        let total = self.records.len();
+        let header = self.header(Compression::None, total);
+        self.records[..HEADER_LEN].copy_from_slice(&header);
+        let crc = crc32fast::hash(&self.records[CRC_START..]);
+        self.records[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        self.records.freeze()
     }
 
     /// The uncompressed records section, for a caller that compresses it and then calls
     /// [`BatchBuilder::build_with`].
     pub fn records_section(&self) -> &[u8] {
-        &self.records
+        self.records.get(HEADER_LEN..).unwrap_or_default()
     }
 
     /// Encodes the batch around `records`, the records section compressed with `compression`
-    /// by the caller (or the plain section for [`Compression::None`]).
+    /// by the caller (or the plain section for [`Compression::None`], though
+    /// [`BatchBuilder::build`] does that without a copy).
     pub fn build_with(&self, compression: Compression, records: &[u8]) -> Bytes {
+        let total = HEADER_LEN + records.len();
+        let mut buf = BytesMut::with_capacity(total);
+        buf.put_slice(&self.header(compression, total));
+        buf.put_slice(records);
+        let crc = crc32fast::hash(&buf[CRC_START..]);
+        buf[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        buf.freeze()
+    }
+
+    /// The header of a batch of `total` bytes, with a CRC of 0 (filled in by the caller).
+    fn header(&self, compression: Compression, total: usize) -> [u8; HEADER_LEN] {
         let mut attributes = compression.code();
         if self.timestamp_type == TimestampType::LogAppendTime {
             attributes |= TIMESTAMP_TYPE_BIT;
         }
-        let total = HEADER_LEN + records.len();
-        let mut buf = BytesMut::with_capacity(total);
+        let mut header = [0u8; HEADER_LEN];
+        let mut buf = &mut header[..];
         buf.put_u64_le(0);
         buf.put_u32_le((total - LENGTH_PREFIX_LEN) as u32);
         buf.put_i64_le(0);
-        buf.put_u32_le(0); // CRC, filled below
+        buf.put_u32_le(0); // CRC, filled in by the caller
         buf.put_u8(FORMAT_VERSION);
         buf.put_u16_le(attributes);
         buf.put_u32_le(self.count.saturating_sub(1));
@@ -856,10 +884,7 @@ impl BatchBuilder {
         buf.put_i16_le(self.producer_epoch);
         buf.put_i32_le(self.base_sequence);
         buf.put_u32_le(self.count);
-        buf.put_slice(records);
-        let crc = crc32fast::hash(&buf[CRC_START..]);
-        buf[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        buf.freeze()
+        header
     }
 }
 

@@ -752,7 +752,8 @@ fn build(
     }
     let bytes = match &section {
         Some(packed) => builder.build_with(codec, packed),
-        None => builder.build_with(Compression::None, builder.records_section()),
+        // In place: the records are not copied again.
+        None => std::mem::take(builder).build(),
     };
     batch.body = Body::Built(bytes);
     Ok(())

@@ -40,13 +40,54 @@ pub fn runneld() -> &'static Path {
             .and_then(Path::parent)
             .expect("test binary in target/<profile>/deps");
         let bin = profile_dir.join("runneld");
-        if is_stale(&bin) {
+        let sources = [
+            "crates/broker",
+            "crates/storage",
+            "crates/format",
+            "crates/proto",
+            "proto",
+        ];
+        if is_stale(&bin, &sources) {
             let status = Command::new(env!("CARGO"))
                 .args(["build", "-p", "runnel-broker", "--bin", "runneld"])
                 .current_dir(workspace_root())
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build of runneld failed");
+        }
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// The `runnel` CLI binary: `RUNNEL_CLI_BIN` if set, else `target/<profile>/runnel` next to
+/// `runneld`, rebuilt with cargo if missing or older than the sources it is built from.
+pub fn runnel() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("RUNNEL_CLI_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary in target/<profile>/deps");
+        let bin = profile_dir.join("runnel");
+        let sources = [
+            "crates/cli",
+            "crates/client",
+            "crates/format",
+            "crates/proto",
+            "proto",
+        ];
+        if is_stale(&bin, &sources) {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "runnel-cli", "--bin", "runnel"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of runnel failed");
         }
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
@@ -60,9 +101,10 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// True if `bin` is missing or older than a source file of the crates it is built from
-/// (`cargo test --workspace` always builds it fresh; `cargo test -p runnel-e2e` may not).
-fn is_stale(bin: &Path) -> bool {
+/// True if `bin` is missing or older than a source file under `sources` (directories of the
+/// workspace it is built from): `cargo test --workspace` always builds it fresh,
+/// `cargo test -p runnel-e2e` may not.
+fn is_stale(bin: &Path, sources: &[&str]) -> bool {
     fn newest(dir: &Path) -> SystemTime {
         let mut latest = SystemTime::UNIX_EPOCH;
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -85,9 +127,7 @@ fn is_stale(bin: &Path) -> bool {
         return true;
     };
     let root = workspace_root();
-    ["crates/broker", "crates/storage", "crates/proto", "proto"]
-        .iter()
-        .any(|d| newest(&root.join(d)) > built)
+    sources.iter().any(|d| newest(&root.join(d)) > built)
 }
 
 /// A free local port (bound and released; good enough on a test machine).

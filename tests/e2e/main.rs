@@ -8,10 +8,12 @@
 //! operations (config errors, exit codes, logs, metrics). The `protocol` module checks the
 //! contract the descriptors carry. `client` drives the broker
 //! through `runnel-client`: ordering, retries across broken connections, groups, compression.
-//! CLI tests arrive with their issue.
+//! `cli` runs the real `runnel` binary and checks its stdout, stderr and exit codes.
 
 mod harness;
 
+mod bench;
+mod cli;
 mod client;
 mod errors;
 mod groups;

@@ -1,0 +1,227 @@
+//! `runnel bench`: load the broker through `runnel-client` and report throughput and latency,
+//! and measure the machine's own limits (sequential disk writes, fdatasync, loopback TCP) so
+//! the broker's figures can be read as ratios of what the machine allows.
+//!
+//! | mode | what runs | what is reported |
+//! |------|-----------|------------------|
+//! | `produce` | `--producers` producers, each its own connection and `Producer` | acknowledged records/s and MB/s; produce-to-ack latency |
+//! | `consume` | tops the topic up to `--records` if needed (not timed), then `--consumers` consumers read it from the start | consumed records/s and MB/s |
+//! | `e2e` | producers and consumers at once; consumers start at the log end | consumed records/s; produce-to-consume latency (and produce-to-ack) |
+//! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
+//! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
+//!
+//! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
+//! Produce-to-ack runs from the `send` call to the record's delivery; produce-to-consume
+//! from the `send` call to the consumer receiving it, carried as nanoseconds since the
+//! bench's start in the value's first 8 bytes (the consumers run in the same process). MB is
+//! 10^6 bytes of record values. `--output json` prints one JSON object (`report.rs`); a
+//! progress line goes to stderr once a second.
+
+mod limits;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::parse;
+
+/// What `runnel bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Producers only: acknowledged throughput and produce-to-ack latency.
+    Produce,
+    /// Consumers reading data already written (written first if missing).
+    Consume,
+    /// Producers and consumers at once: end-to-end latency.
+    E2e,
+    /// The machine's sequential write speed and fdatasync latency (no broker).
+    Disk,
+    /// The machine's loopback TCP speed (no broker).
+    Net,
+}
+
+/// Which acknowledgement the producers ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcksArg {
+    /// Appended and readable.
+    Written,
+    /// Fsynced.
+    Durable,
+}
+
+/// Batch compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    /// Uncompressed.
+    None,
+    /// LZ4 frames.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+/// Examples shown by `runnel bench --help`.
+pub const EXAMPLES: &str = "Examples:
+  runnel bench produce --records 1000000 --batch-size 1000           # written acks, 1 KiB records
+  runnel bench produce --acks durable --batch-size 1 --max-in-flight 1 --producers 16 --duration 10s
+  runnel bench produce --rate 200000 --linger 1ms --duration 20s       # latency at a fixed rate
+  runnel bench consume --records 1000000                             # catch up on written data
+  runnel bench e2e --rate 100000 --duration 20s --output json
+  runnel bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
+  runnel bench disk --dir /var/lib/runnel && runnel bench net        # the machine's own limits
+  scripts/bench-broker.sh                                            # every target, 3 runs each";
+
+/// Arguments of `runnel bench`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// The topic to use; created with `--partitions` partitions if missing.
+    #[arg(long, default_value = "runnel-bench")]
+    pub topic: String,
+    /// Producers, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    /// Consumers, each with its own connection; partitions are dealt among them.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
+    /// Partitions of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Records to produce (or consume), all producers together.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Run for this long instead of a record count (`30s`, `2m`).
+    #[arg(long, value_parser = parse::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Bytes per record value (`100`, `1KiB`).
+    #[arg(long, value_parser = parse_usize_size, default_value = "1KiB")]
+    pub record_size: usize,
+    /// Records per batch: the producer's batch size is set to hold this many records.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// How long a batch may wait for more records (`0`, `1ms`, `5ms`).
+    #[arg(long, value_parser = parse::parse_duration, default_value = "5ms")]
+    pub linger: Duration,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+    /// What the broker waits for before it acknowledges.
+    #[arg(long, value_enum, default_value_t = AcksArg::Written)]
+    pub acks: AcksArg,
+    /// Batches in flight per partition and producer (1 to 5).
+    #[arg(long, default_value_t = 5)]
+    pub max_in_flight: usize,
+    /// The producer's memory for records not yet acknowledged (`32MiB`); a buffer of a few
+    /// records makes each producer wait for its acknowledgements (a closed loop).
+    #[arg(long, value_parser = parse::parse_size, default_value = "32MiB")]
+    pub buffer: u64,
+    /// Target rate in records/s, all producers together (unlimited if unset).
+    #[arg(long, value_name = "RECORDS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Consumers that subscribe and never read, to show that a stalled subscriber costs
+    /// the broker bounded memory (use with `--broker-pid`).
+    #[arg(long, default_value_t = 0)]
+    pub stalled_consumers: u32,
+    /// The broker's process id, to sample its resident memory (VmRSS) once a second.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Delete the topic when done.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// `disk` and `net`: bytes to write or transfer (`1GiB`).
+    #[arg(long, value_parser = parse::parse_size, default_value = "1GiB")]
+    pub bytes: u64,
+    /// `disk`: the directory to write in; use the broker's data directory's filesystem.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// `disk`: number of 1 KiB write + fdatasync rounds of the latency probe.
+    #[arg(long, default_value_t = 2000)]
+    pub fsyncs: u32,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// Checks the values that clap cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.producers == 0 && matches!(self.mode, Mode::Produce | Mode::E2e) {
+            bail!("--producers must be at least 1");
+        }
+        if self.consumers == 0 && matches!(self.mode, Mode::Consume | Mode::E2e) {
+            bail!("--consumers must be at least 1");
+        }
+        if self.partitions == 0 {
+            bail!("--partitions must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if !(1..=5).contains(&self.max_in_flight) {
+            bail!("--max-in-flight must be 1 to 5");
+        }
+        if self.mode == Mode::E2e && self.record_size < 8 {
+            bail!(
+                "--record-size must be at least 8 in e2e mode (the send time is carried in the value)"
+            );
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            bail!("--duration must be more than 0");
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            bail!("--rate must be a positive number of records per second");
+        }
+        if self.records == 0 && self.duration.is_none() {
+            bail!("--records must be at least 1 (or give --duration)");
+        }
+        Ok(())
+    }
+}
+
+/// A size in bytes that fits memory (`--record-size`).
+fn parse_usize_size(text: &str) -> Result<usize, String> {
+    let n = parse::parse_size(text)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= 64 << 20)
+        .ok_or_else(|| format!("{text:?} is too large for a record (at most 64 MiB)"))
+}
+
+/// Runs a benchmark against the broker at `broker`; `json` selects machine-readable output
+/// (one JSON object on stdout).
+///
+/// # Errors
+/// Invalid arguments, an unreachable broker, a record that could not be delivered, or an
+/// I/O error of the `disk` and `net` modes.
+pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let report = match args.mode {
+        Mode::Disk => {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || limits::disk(&a))
+                .await
+                .context("the disk probe panicked")??
+        }
+        Mode::Net => {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || limits::net(&a))
+                .await
+                .context("the network probe panicked")??
+        }
+        Mode::Produce | Mode::Consume | Mode::E2e => load::run(&broker, &args).await?,
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Which broker to talk to: `--broker`, `--profile`, the environment, and named profiles in
+//! a config file.
+//!
+//! The file is TOML, by default `$XDG_CONFIG_HOME/runnel/config.toml` (else
+//! `~/.config/runnel/config.toml`), or the path of `--config` / `RUNNEL_CLI_CONFIG`:
+//!
+//! ```toml
+//! default_profile = "local"
+//!
+//! [profiles.local]
+//! broker = "127.0.0.1:7171"
+//!
+//! [profiles.staging]
+//! broker = "staging-runnel.internal:7171"
+//! ```
+//!
+//! Precedence, first found wins: `--broker`, `--profile`, `RUNNEL_BROKER`, `RUNNEL_PROFILE`,
+//! `default_profile`, then `127.0.0.1:7171`. A flag beats the environment, so a shell with
+//! `RUNNEL_BROKER` set can still pick a profile with `--profile`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{not_found, usage};
+
+/// The broker address when nothing names one.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:7171";
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The profile used when neither a broker nor a profile is given.
+    pub default_profile: Option<String>,
+    /// Profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// A named profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The broker's address, `host:port`.
+    pub broker: String,
+}
+
+/// A value and whether it came from the command line (else from the environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Given {
+    /// The value.
+    pub value: String,
+    /// True for a flag, false for an environment variable.
+    pub flag: bool,
+}
+
+/// The default config file path, if a home or config directory is known.
+pub fn default_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("runnel").join("config.toml"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|home| {
+            PathBuf::from(home)
+                .join(".config")
+                .join("runnel")
+                .join("config.toml")
+        })
+}
+
+/// Reads the config file; a missing file is an empty config.
+///
+/// # Errors
+/// A usage error for a file that cannot be read or parsed, naming the path and line.
+pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(e) => return Err(usage(format!("cannot read {}: {e}", path.display()))),
+    };
+    parse(&text).map_err(|e| usage(format!("config file {}: {e}", path.display())))
+}
+
+/// Parses a config file's text; the error is one line with the line number.
+pub fn parse(text: &str) -> Result<ConfigFile, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| {
+            1 + text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+        });
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(l) => format!("line {l}: {message}"),
+            None => message,
+        }
+    })
+}
+
+/// Resolves the broker address by the precedence in the module docs.
+///
+/// # Errors
+/// A usage error for a bad config file; not found for a profile the file does not have.
+pub fn resolve(
+    broker: Option<Given>,
+    profile: Option<Given>,
+    config_path: Option<&Path>,
+) -> anyhow::Result<String> {
+    let from_flag = |g: &Option<Given>| g.as_ref().filter(|g| g.flag).map(|g| g.value.clone());
+    let from_env = |g: &Option<Given>| g.as_ref().filter(|g| !g.flag).map(|g| g.value.clone());
+    if let Some(b) = from_flag(&broker) {
+        return Ok(b);
+    }
+    if let Some(p) = from_flag(&profile) {
+        return lookup(&p, config_path);
+    }
+    if let Some(b) = from_env(&broker) {
+        return Ok(b);
+    }
+    if let Some(p) = from_env(&profile) {
+        return lookup(&p, config_path);
+    }
+    let Some(path) = config_path else {
+        return Ok(DEFAULT_BROKER.to_owned());
+    };
+    let config = load(path)?;
+    match config.default_profile {
+        Some(p) => find(&config.profiles, &p, path),
+        None => Ok(DEFAULT_BROKER.to_owned()),
+    }
+}
+
+fn lookup(profile: &str, config_path: Option<&Path>) -> anyhow::Result<String> {
+    let Some(path) = config_path else {
+        return Err(not_found(format!(
+            "profile {profile:?} not found: no config file (set HOME, XDG_CONFIG_HOME or --config)"
+        )));
+    };
+    if !path.exists() {
+        return Err(not_found(format!(
+            "profile {profile:?} not found: there is no config file at {}",
+            path.display()
+        )));
+    }
+    let config = load(path)?;
+    find(&config.profiles, profile, path)
+}
+
+fn find(profiles: &BTreeMap<String, Profile>, name: &str, path: &Path) -> anyhow::Result<String> {
+    match profiles.get(name) {
+        Some(p) => Ok(p.broker.clone()),
+        None => {
+            let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+            Err(not_found(format!(
+                "profile {name:?} not found in {} (profiles: {})",
+                path.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{NOT_FOUND, USAGE, exit_code};
+
+    const FILE: &str = r#"
+default_profile = "local"
+
+[profiles.local]
+broker = "127.0.0.1:7171"
+
+[profiles.staging]
+broker = "staging:7171"
+"#;
+
+    fn flag(v: &str) -> Option<Given> {
+        Some(Given {
+            value: v.into(),
+            flag: true,
+        })
+    }
+
+    fn env(v: &str) -> Option<Given> {
+        Some(Given {
+            value: v.into(),
+            flag: false,
+        })
+    }
+
+    #[test]
+    fn precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let p = Some(path.as_path());
+        assert_eq!(resolve(flag("a:1"), flag("staging"), p).unwrap(), "a:1");
+        assert_eq!(
+            resolve(env("a:1"), flag("staging"), p).unwrap(),
+            "staging:7171"
+        );
+        assert_eq!(resolve(env("a:1"), env("staging"), p).unwrap(), "a:1");
+        assert_eq!(resolve(None, env("staging"), p).unwrap(), "staging:7171");
+        assert_eq!(resolve(None, None, p).unwrap(), "127.0.0.1:7171");
+        assert_eq!(resolve(None, None, None).unwrap(), DEFAULT_BROKER);
+        let missing = dir.join("none.toml");
+        assert_eq!(
+            resolve(None, None, Some(missing.as_path())).unwrap(),
+            DEFAULT_BROKER
+        );
+        let e = resolve(None, flag("prod"), p).unwrap_err();
+        assert_eq!(exit_code(&e), NOT_FOUND);
+        assert!(e.to_string().contains("local, staging"), "{e}");
+        let e = resolve(None, flag("prod"), Some(missing.as_path())).unwrap_err();
+        assert_eq!(exit_code(&e), NOT_FOUND);
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        let e = parse("[profiles.x]\nbrokr = \"a:1\"\n").unwrap_err();
+        assert!(e.starts_with("line 2: "), "{e}");
+        assert!(!e.contains('\n'));
+        assert!(parse("[profiles.x]\n").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "default_profile = 3").unwrap();
+        let e = resolve(None, None, Some(path.as_path())).unwrap_err();
+        assert_eq!(exit_code(&e), USAGE);
+    }
+}

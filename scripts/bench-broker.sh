@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
+# machine's own limits, in one run: `runnel bench disk` and `runnel bench net` (plain
+# sequential write + fdatasync, plain loopback TCP), then every broker figure, each ROUNDS
+# times, with the load average noted for each. Prints a table of medians, spreads and ratios.
+#
+#   scripts/bench-broker.sh                 # builds release binaries, waits for a quiet machine
+#   ROUNDS=5 ONLY="produce consume" scripts/bench-broker.sh
+#
+# Variables: ROUNDS (3), ONLY (names of measurements to run, default all: disk net produce
+# consume durable1 durable4 durable16 latency e2e stall), BENCH_DIR (target/bench-broker: data
+# dir, on the disk you care about), PORT (37171; PORT+1 serves metrics), SKIP_BUILD=1,
+# NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS (2000000), DURABLE_FOR (10s),
+# LATENCY_FOR (20s), LATENCY_LINGER (1ms), STALL_FOR (20s).
+#
+# Results: one JSON object per run in $BENCH_DIR/results.jsonl, the table on stdout.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+ONLY=${ONLY:-"disk net produce consume durable1 durable4 durable16 latency e2e stall"}
+BENCH_DIR=${BENCH_DIR:-target/bench-broker}
+PORT=${PORT:-37171}
+RECORDS=${RECORDS:-2000000}
+DURABLE_FOR=${DURABLE_FOR:-10s}
+LATENCY_FOR=${LATENCY_FOR:-20s}
+LATENCY_LINGER=${LATENCY_LINGER:-1ms}
+STALL_FOR=${STALL_FOR:-20s}
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  cargo build --release -p runnel-cli -p runnel-broker
+fi
+# Copies, so that a build during the run cannot swap the binaries under it.
+mkdir -p "$BENCH_DIR/bin"
+cp target/release/runnel target/release/runneld "$BENCH_DIR/bin/"
+RUNNEL=$BENCH_DIR/bin/runnel
+RUNNELD=$BENCH_DIR/bin/runneld
+
+quiet_machine() {
+  [[ -n "${NO_WAIT:-}" ]] && return
+  while pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; do
+    echo "waiting for builds to finish (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    sleep 10
+  done
+}
+
+DATA="$BENCH_DIR/data"
+RESULTS="$BENCH_DIR/results.jsonl"
+rm -rf "$DATA"
+: >"$RESULTS"
+
+"$RUNNELD" --data-dir "$DATA" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$((PORT + 1))" \
+  >"$BENCH_DIR/runneld.log" 2>&1 &
+BROKER_PID=$!
+trap 'kill "$BROKER_PID" 2>/dev/null; wait "$BROKER_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  "$RUNNEL" --broker "127.0.0.1:$PORT" broker info >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# run NAME ROUND ARGS...: one bench run, its JSON tagged with the name, round and load.
+run() {
+  local name=$1 round=$2
+  shift 2
+  quiet_machine
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  local json
+  json=$("$RUNNEL" --broker "127.0.0.1:$PORT" --output json bench "$@" --quiet)
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"name":sys.argv[2],"round":int(sys.argv[3]),"load":float(sys.argv[4]),"result":r}))' \
+    "$json" "$name" "$round" "$load" >>"$RESULTS"
+  echo "$name round $round (load $load): $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["latency_ms"] or {}; print("%.0f rec/s, %.1f MB/s, p99 %s ms" % (r["records_per_sec"], r["mb_per_sec"], l.get("p99", "-")))' "$json")" >&2
+}
+
+wants() { [[ " $ONLY " == *" $1 "* ]]; }
+
+for round in $(seq "$ROUNDS"); do
+  wants disk && run disk "$round" disk --dir "$DATA" --bytes 1GiB
+  wants net && run net "$round" net --bytes 4GiB
+  wants produce && run produce "$round" produce --topic "produce-$round" --records "$RECORDS" \
+    --batch-size 1000 --acks written --cleanup
+  if wants consume; then
+    # The first round writes the data (untimed); every round reads it from the start.
+    run consume "$round" consume --topic consume --records "$RECORDS" --batch-size 1000
+  fi
+  for n in 1 4 16; do
+    wants "durable$n" && run "durable$n" "$round" produce --topic "durable-$n-$round" \
+      --acks durable --batch-size 1 --max-in-flight 1 --linger 0 --buffer 4KiB --producers "$n" \
+      --duration "$DURABLE_FOR" --cleanup
+  done
+done
+
+# Latency at half the maximum throughput: the median of the produce runs, halved.
+if wants latency || wants e2e; then
+  HALF=$(python3 - "$RESULTS" <<'EOF'
+import json, statistics, sys
+rates = [json.loads(l)["result"]["records_per_sec"] for l in open(sys.argv[1]) if json.loads(l)["name"] == "produce"]
+print(int(statistics.median(rates) / 2) if rates else 200000)
+EOF
+)
+  echo "half of the maximum produce throughput: $HALF records/s" >&2
+  for round in $(seq "$ROUNDS"); do
+    wants latency && run latency "$round" produce --topic "latency-$round" --rate "$HALF" \
+      --duration "$LATENCY_FOR" --batch-size 1000 --linger "$LATENCY_LINGER" --cleanup
+    wants e2e && run e2e "$round" e2e --topic "e2e-$round" --rate "$HALF" \
+      --duration "$LATENCY_FOR" --batch-size 1000 --linger "$LATENCY_LINGER" --cleanup
+  done
+fi
+
+if wants stall; then
+  for round in $(seq "$ROUNDS"); do
+    run stall "$round" produce --topic "stall-$round" --stalled-consumers 4 --broker-pid "$BROKER_PID" \
+      --rate 50000 --duration "$STALL_FOR" --batch-size 1000 --cleanup
+  done
+fi
+
+python3 - "$RESULTS" <<'EOF'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    runs.setdefault(r["name"], []).append(r)
+
+def med(name, f):
+    vals = [f(r) for r in runs.get(name, []) if f(r) is not None]
+    return (statistics.median(vals), min(vals), max(vals)) if vals else None
+
+def fmt(m, unit="", digits=0):
+    if m is None:
+        return "-"
+    return f"{m[0]:,.{digits}f}{unit} ({m[1]:,.{digits}f}-{m[2]:,.{digits}f})"
+
+rps = lambda r: r["result"]["records_per_sec"]
+mbs = lambda r: r["result"]["mb_per_sec"]
+p99 = lambda r: (r["result"]["latency_ms"] or {}).get("p99")
+ack99 = lambda r: (r["result"]["ack_latency_ms"] or {}).get("p99")
+load = lambda r: r["load"]
+disk, net = med("disk", mbs), med("net", mbs)
+
+print("| measurement | median (min-max) | machine limit | ratio | load avg |")
+print("|---|---|---|---:|---|")
+if disk: print(f"| disk: 1 MiB writes + fdatasync | {fmt(disk, ' MB/s')} | - | - | {fmt(med('disk', load), '', 2)} |")
+if disk: print(f"| disk: 1 KiB write + fdatasync, p50 | {fmt(med('disk', lambda r: r['result']['latency_ms']['p50']), ' ms', 3)} | - | - | |")
+if net: print(f"| net: loopback TCP, 1 connection | {fmt(net, ' MB/s')} | - | - | {fmt(med('net', load), '', 2)} |")
+def row(label, name, f, unit, limit, limit_name, digits=0):
+    m = med(name, f)
+    if m is None:
+        return
+    ratio = f"{m[0] / limit[0]:.2f}" if limit else "-"
+    lim = f"{limit[0]:,.0f} MB/s ({limit_name})" if limit else "-"
+    print(f"| {label} | {fmt(m, unit, digits)} | {lim} | {ratio} | {fmt(med(name, load), '', 2)} |")
+row("produce 1 KiB x 1000/batch, written, 1 producer", "produce", mbs, " MB/s", disk, "disk")
+row("  same, records/s", "produce", rps, "/s", None, "")
+row("consume, catching up, 1 consumer", "consume", mbs, " MB/s", net, "loopback")
+row("  same, records/s", "consume", rps, "/s", None, "")
+for n in (1, 4, 16):
+    row(f"durable, 1 record/request, {n} producers", f"durable{n}", rps, "/s", None, "")
+d1, d16 = med("durable1", rps), med("durable16", rps)
+if d1 and d16:
+    print(f"| durable: 16 producers / 1 | {d16[0] / d1[0]:.1f} x | - | - | |")
+row("produce-to-ack p99 at half max", "latency", p99, " ms", None, "", 3)
+row("e2e produce-to-consume p99 at half max", "e2e", p99, " ms", None, "", 3)
+row("e2e produce-to-ack p99 at half max", "e2e", ack99, " ms", None, "", 3)
+for r in runs.get("stall", []):
+    rss = r["result"]["broker_rss_kib"] or {}
+    print(f"| stalled subscribers, round {r['round']}: broker RSS KiB start/max/end | {rss.get('start')}/{rss.get('max')}/{rss.get('end')} ({rss.get('samples')} samples, {r['result']['records']:,} records) | - | - | {r['load']:.2f} |")
+EOF

@@ -1,0 +1,181 @@
+//! `runnel bench` against the real broker: tiny runs whose JSON output must parse and whose
+//! counts must match what was asked. No timing is asserted (timing belongs in
+//! `docs/benchmarks.md`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::harness::Broker;
+
+/// The `runnel` binary next to `runneld` (`target/<profile>/runnel`), built with cargo if
+/// missing or older than the CLI and client sources.
+fn runnel_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary in target/<profile>/deps");
+        let bin = profile_dir.join("runnel");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is in the workspace root")
+            .to_path_buf();
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let stale = built.is_none_or(|built| {
+            [
+                "crates/cli",
+                "crates/client",
+                "crates/format",
+                "crates/proto",
+            ]
+            .iter()
+            .any(|d| newest(&root.join(d)) > built)
+        });
+        if stale {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "runnel-cli", "--bin", "runnel"])
+                .current_dir(&root)
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of runnel failed");
+        }
+        bin
+    })
+}
+
+fn newest(dir: &Path) -> SystemTime {
+    let mut latest = SystemTime::UNIX_EPOCH;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let t = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            };
+            latest = latest.max(t);
+        }
+    }
+    latest
+}
+
+/// Runs `runnel --broker <b> --output json bench <args>` and parses its one JSON object.
+fn bench_json(b: &Broker, args: &[&str]) -> Value {
+    let out = Command::new(runnel_bin())
+        .env_remove("RUNNEL_BROKER")
+        .env_remove("RUNNEL_PROFILE")
+        .args(["--broker", &b.grpc.to_string(), "--output", "json", "bench"])
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run runnel bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runnel bench {args:?} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn assert_latency(v: &Value, count: u64) {
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v[key].as_f64().is_some_and(|x| x >= 0.0), "{key} in {v}");
+    }
+    assert_eq!(v["count"], count, "{v}");
+}
+
+#[tokio::test]
+async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
+    let b = Broker::start().await;
+    let e2e = bench_json(
+        &b,
+        &[
+            "e2e",
+            "--topic",
+            "bench",
+            "--records",
+            "2000",
+            "--partitions",
+            "2",
+            "--batch-size",
+            "100",
+            "--linger",
+            "1ms",
+        ],
+    );
+    assert_eq!(e2e["mode"], "e2e");
+    assert_eq!(e2e["records"], 2000, "{e2e}");
+    assert_eq!(e2e["bytes"], 2000 * 1024);
+    assert_eq!(e2e["errors"], 0);
+    assert_eq!(e2e["details"]["produced"], 2000);
+    assert!(e2e["records_per_sec"].as_f64().is_some_and(|r| r > 0.0));
+    assert!(e2e["mb_per_sec"].as_f64().is_some_and(|r| r > 0.0));
+    assert!(e2e["seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert_latency(&e2e["latency_ms"], 2000);
+    assert_latency(&e2e["ack_latency_ms"], 2000);
+    assert_eq!(e2e["config"]["partitions"], 2);
+    assert_eq!(e2e["config"]["batch_size"], 100);
+
+    let produced = bench_json(
+        &b,
+        &[
+            "produce",
+            "--topic",
+            "bench",
+            "--records",
+            "1000",
+            "--producers",
+            "2",
+            "--record-size",
+            "100",
+            "--acks",
+            "durable",
+            "--compression",
+            "lz4",
+        ],
+    );
+    assert_eq!(produced["mode"], "produce");
+    assert_eq!(produced["records"], 1000, "{produced}");
+    assert_eq!(produced["bytes"], 100_000);
+    assert_latency(&produced["latency_ms"], 1000);
+    assert_eq!(produced["config"]["acks"], "durable");
+
+    // The topic holds 3000 records now; consume reads 2500 of them and cleans up.
+    let consumed = bench_json(
+        &b,
+        &[
+            "consume",
+            "--topic",
+            "bench",
+            "--records",
+            "2500",
+            "--consumers",
+            "2",
+            "--cleanup",
+        ],
+    );
+    assert_eq!(consumed["mode"], "consume");
+    assert_eq!(consumed["records"], 2500, "{consumed}");
+    assert!(consumed["latency_ms"].is_null());
+    let topics = b
+        .admin()
+        .list_topics(runnel_proto::pb::ListTopicsRequest {})
+        .await
+        .expect("list topics")
+        .into_inner();
+    assert!(
+        topics.topics.iter().all(|t| t.topic != "bench"),
+        "--cleanup deleted the topic: {topics:?}"
+    );
+}

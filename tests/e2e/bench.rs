@@ -2,75 +2,15 @@
 //! counts must match what was asked. No timing is asserted (timing belongs in
 //! `docs/benchmarks.md`).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::harness::Broker;
-
-/// The `runnel` binary next to `runneld` (`target/<profile>/runnel`), built with cargo if
-/// missing or older than the CLI and client sources.
-fn runnel_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps");
-        let bin = profile_dir.join("runnel");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is in the workspace root")
-            .to_path_buf();
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let stale = built.is_none_or(|built| {
-            [
-                "crates/cli",
-                "crates/client",
-                "crates/format",
-                "crates/proto",
-            ]
-            .iter()
-            .any(|d| newest(&root.join(d)) > built)
-        });
-        if stale {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "runnel-cli", "--bin", "runnel"])
-                .current_dir(&root)
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build of runnel failed");
-        }
-        bin
-    })
-}
-
-fn newest(dir: &Path) -> SystemTime {
-    let mut latest = SystemTime::UNIX_EPOCH;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let t = if path.is_dir() {
-                newest(&path)
-            } else {
-                entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
-            latest = latest.max(t);
-        }
-    }
-    latest
-}
+use crate::harness::{self, Broker};
 
 /// Runs `runnel --broker <b> --output json bench <args>` and parses its one JSON object.
 fn bench_json(b: &Broker, args: &[&str]) -> Value {
-    let out = Command::new(runnel_bin())
+    let out = Command::new(harness::runnel())
         .env_remove("RUNNEL_BROKER")
         .env_remove("RUNNEL_PROFILE")
         .args(["--broker", &b.grpc.to_string(), "--output", "json", "bench"])

@@ -8,7 +8,7 @@ pub mod produce;
 use std::time::Instant;
 
 use bytes::Bytes;
-use runnel_storage::batch::{self, HEADER_LEN};
+use runnel_storage::batch::{self, BatchHeader, HEADER_LEN};
 use tonic::{Code, Response, Status};
 
 use crate::error::RpcError;
@@ -49,9 +49,9 @@ pub(crate) fn split_batches(data: &Bytes) -> (Vec<Bytes>, u64) {
         if total < HEADER_LEN || pos + total > data.len() {
             break;
         }
-        // record_count is the header's last field, a little-endian u32 at 61.
-        let count = &data[pos + HEADER_LEN - 4..pos + HEADER_LEN];
-        records += u64::from(u32::from_le_bytes([count[0], count[1], count[2], count[3]]));
+        if let Ok(header) = BatchHeader::decode(&data[pos..]) {
+            records += u64::from(header.record_count);
+        }
         batches.push(data.slice(pos..pos + total));
         pos += total;
     }

@@ -210,12 +210,13 @@ impl Broker {
         let max_batch = partition.log.config().max_batch_bytes as usize;
         let mut headers = Vec::with_capacity(entry.batches.len());
         for (j, b) in entry.batches.iter().enumerate() {
-            let bfield = format!("{field}.batches[{j}]");
+            // Named only when something is wrong: no allocation per batch otherwise.
+            let bfield = || format!("{field}.batches[{j}]");
             let header = match BatchHeader::decode(b) {
                 Ok(h) => h,
                 Err(e) => {
                     let e = runnel_storage::Error::from(e);
-                    return Err((index, storage_error(&e, &partition, None).at(&bfield)));
+                    return Err((index, storage_error(&e, &partition, None).at(&bfield())));
                 }
             };
             if let Err(e) = self.check_producer(&header, &partition) {
@@ -224,7 +225,7 @@ impl Broker {
                     Err(bad) => storage_error(&bad.into(), &partition, None),
                     Ok(_) => e,
                 };
-                return Err((index, e.at(&bfield)));
+                return Err((index, e.at(&bfield())));
             }
             headers.push(header);
         }

@@ -9,7 +9,8 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{error, info};
@@ -80,12 +81,40 @@ struct Rolled {
     snapshot: Vec<u8>,
 }
 
+/// The longest a group-commit leader waits for its group before it starts the fsync.
+const MAX_COLLECT: Duration = Duration::from_millis(1);
+
+/// A caller of [`Log::sync_to`] parked until its offset is on disk.
+struct Waiter {
+    offset: u64,
+    thread: Thread,
+}
+
 struct SyncState {
-    /// Every offset below this is on disk.
+    /// Every offset below this is on disk (mirrored in `Log::synced` for lock-free checks).
     synced_offset: u64,
-    /// A group fsync is running.
+    /// A leader is collecting its group or running the group fsync.
     running: bool,
+    /// The leader is collecting: arrivals notify `sync_arrived`.
+    collecting: bool,
     last_sync: Instant,
+    /// Callers parked in `sync_to` whose offset is not yet on disk.
+    waiting: Vec<Waiter>,
+    /// Callers inside `sync_to` when the last group fsync ended: how many appenders are
+    /// active, so how many the next leader waits for before it starts the fsync.
+    expected: usize,
+    /// How long the last group fsync took: the longest a leader waits for its group.
+    last_fsync: Duration,
+}
+
+impl SyncState {
+    /// Callers waiting for offsets not yet on disk.
+    fn pending(&self) -> usize {
+        self.waiting
+            .iter()
+            .filter(|w| w.offset > self.synced_offset)
+            .count()
+    }
 }
 
 /// One partition's log. Share it behind an `Arc`; every method takes `&self`.
@@ -98,7 +127,8 @@ pub struct Log {
     start_offset: AtomicU64,
     end_offset: AtomicU64,
     sync: Mutex<SyncState>,
-    sync_done: Condvar,
+    synced: AtomicU64,
+    sync_arrived: Condvar,
     failed: AtomicBool,
     repairs: Vec<Repair>,
 }
@@ -165,9 +195,14 @@ impl Log {
             sync: Mutex::new(SyncState {
                 synced_offset: end,
                 running: false,
+                collecting: false,
                 last_sync: Instant::now(),
+                waiting: Vec::new(),
+                expected: 1,
+                last_fsync: Duration::ZERO,
             }),
-            sync_done: Condvar::new(),
+            synced: AtomicU64::new(end),
+            sync_arrived: Condvar::new(),
             failed: AtomicBool::new(false),
             repairs: opened.repairs,
             dir,
@@ -216,7 +251,7 @@ impl Log {
 
     /// Every offset below this is known to be on disk.
     pub fn synced_offset(&self) -> u64 {
-        lock(&self.sync).synced_offset
+        self.synced.load(Ordering::Acquire)
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
@@ -502,14 +537,21 @@ impl Log {
 
     /// Waits until every offset below `offset` is on disk, fsyncing if nobody else is.
     ///
-    /// Group commit: one caller at a time runs the fsync, covering everything written when it
-    /// started; callers that arrive meanwhile wait and are covered by the next one.
+    /// Group commit: one caller at a time leads. Before it starts the fsync, the leader waits
+    /// (at most as long as the last fsync took) until as many callers are waiting as were
+    /// inside `sync_to` when the last fsync ended, so that appenders released together are
+    /// covered together instead of settling into two alternating halves; a lone appender never
+    /// waits. The fsync covers everything written when it starts; callers that arrive during
+    /// it are covered by the next one.
     ///
     /// # Errors
     /// The fsync's error for the caller that ran it, [`Error::LogFailed`] for the others; the
     /// log then refuses appends until reopened.
     pub fn sync_to(&self, offset: u64) -> Result<()> {
+        // Nothing past the log end can be waited for.
+        let offset = offset.min(self.end_offset());
         let mut st = lock(&self.sync);
+        let mut queued = false;
         loop {
             if self.has_failed() {
                 return Err(Error::LogFailed {
@@ -519,24 +561,101 @@ impl Log {
             if st.synced_offset >= offset {
                 return Ok(());
             }
-            if st.running {
-                st = self.sync_done.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
+            if !queued {
+                st.waiting.push(Waiter {
+                    offset,
+                    thread: std::thread::current(),
+                });
+                queued = true;
             }
-            st.running = true;
+            if !st.running {
+                // Lead, with this caller's entry in `waiting` like everyone else's.
+                return self.lead(st);
+            }
+            if st.collecting {
+                self.sync_arrived.notify_one();
+            }
             drop(st);
+            // Parked until the leader that covers this offset takes the entry out of
+            // `waiting` and wakes it, or wakes it to lead the next group (or spuriously).
+            st = loop {
+                std::thread::park();
+                if self.synced.load(Ordering::Acquire) >= offset {
+                    return Ok(());
+                }
+                let st = lock(&self.sync);
+                if !st.running || self.has_failed() {
+                    break st;
+                }
+            };
+        }
+    }
+
+    /// Runs group fsyncs as the leader until the caller's own entry is covered: collects the
+    /// group, fsyncs, wakes the callers it covered and one caller to lead the next group.
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> Result<()> {
+        st.running = true;
+        let me = std::thread::current().id();
+        loop {
+            if st.pending() < st.expected {
+                st.collecting = true;
+                let deadline = Instant::now() + st.last_fsync.min(MAX_COLLECT);
+                while st.pending() < st.expected {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = self
+                        .sync_arrived
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                st.collecting = false;
+            }
+            drop(st);
+            let started = Instant::now();
             let result = self.sync_now();
+            let took = started.elapsed();
             st = lock(&self.sync);
-            st.running = false;
+            st.last_fsync = took;
+            st.expected = st.waiting.len().max(1);
             match result {
                 Ok(covered) => {
                     st.synced_offset = st.synced_offset.max(covered);
+                    self.synced.store(st.synced_offset, Ordering::Release);
                     st.last_sync = Instant::now();
-                    self.sync_done.notify_all();
+                    let synced = st.synced_offset;
+                    let mut mine = false;
+                    st.waiting.retain(|w| {
+                        if w.offset > synced {
+                            return true;
+                        }
+                        if w.thread.id() == me {
+                            mine = true;
+                        } else {
+                            w.thread.unpark();
+                        }
+                        false
+                    });
+                    if !mine {
+                        // The caller asked for more than was written: lead again.
+                        continue;
+                    }
+                    st.running = false;
+                    if let Some(next) = st.waiting.first() {
+                        next.thread.unpark();
+                    }
+                    return Ok(());
                 }
                 Err(e) => {
                     self.failed.store(true, Ordering::Release);
-                    self.sync_done.notify_all();
+                    st.running = false;
+                    for w in st.waiting.drain(..) {
+                        if w.thread.id() != me {
+                            w.thread.unpark();
+                        }
+                    }
                     error!(path = %self.dir.display(), error = %e,
                         "fsync failed; log refuses appends until reopened");
                     return Err(e);
@@ -750,6 +869,7 @@ impl Log {
                 s.seal()?;
             }
             active.flush_indexes()?;
+            active.trim_preallocation()?;
         }
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         std::fs::File::create(&marker)
@@ -1222,6 +1342,73 @@ mod tests {
             !snapshots.is_empty() && snapshots.len() <= 2,
             "{snapshots:?}"
         );
+    }
+
+    #[test]
+    fn a_failed_group_fsync_wakes_every_parked_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Always,
+            ..small()
+        };
+        let log = Arc::new(Log::open(dir.path(), config).unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (log, barrier) = (log.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // Whoever leads, its fsync fails.
+                    crate::segment::fault::FAIL_NEXT_FSYNC.with(|f| f.set(true));
+                    let written = log.write_batches(&[batch(1, t, 10)]).unwrap();
+                    barrier.wait();
+                    log.sync_to(written.next_offset)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let (io, failed): (Vec<_>, Vec<_>) = results
+            .iter()
+            .map(|r| r.as_ref().unwrap_err())
+            .partition(|e| matches!(e, Error::Io { .. }));
+        assert_eq!(io.len(), 1, "one leader ran the failing fsync: {results:?}");
+        assert!(
+            failed.iter().all(|e| matches!(e, Error::LogFailed { .. })),
+            "{results:?}"
+        );
+        assert!(lock(&log.sync).waiting.is_empty(), "no waiter left behind");
+    }
+
+    #[test]
+    fn callers_released_by_a_group_fsync_are_all_covered_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            durability: Durability::Always,
+            ..small()
+        };
+        let log = Arc::new(Log::open(dir.path(), config).unwrap());
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let appended = log.append(batch(1, t * 100 + i, 10)).unwrap();
+                        assert!(log.synced_offset() >= appended.next_offset);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = lock(&log.sync);
+        assert!(st.waiting.is_empty(), "no waiter left behind");
+        assert!(!st.running, "no leader left behind");
+        assert!(
+            (1..=6).contains(&st.expected),
+            "the group size stays within the appenders: {}",
+            st.expected
+        );
+        assert_eq!(st.synced_offset, 120);
     }
 
     #[test]

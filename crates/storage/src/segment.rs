@@ -9,6 +9,15 @@
 //! Only the active segment is written, by the log's single writer. Readers read any segment
 //! concurrently with `pread`, up to the segment's published size, which the writer advances
 //! only after a batch is completely written; so no reader ever sees part of a batch.
+//!
+//! The active segment's blocks are reserved ahead of the writer, [`PREALLOCATE_STEP`] at a
+//! time, with `fallocate(FALLOC_FL_KEEP_SIZE)`: the file's size stays the end of the last
+//! batch (the on-disk format does not change), but the filesystem has no blocks to allocate
+//! when it writes the pages back. On ext4 that allocation holds the inode's block-map lock,
+//! which a concurrent `write` then waits for: milliseconds of stall on the produce path
+//! every time the flusher or the kernel writes back. Sealing and a clean close give the
+//! unused reservation back (`ftruncate` to the size). Where the filesystem cannot reserve
+//! (no space, or no `fallocate`), appends go on without it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, IoSlice, Read, Write};
@@ -23,6 +32,9 @@ use tracing::warn;
 use crate::batch::{self, BatchHeader, Compression, HEADER_LEN, LENGTH_PREFIX_LEN, Records};
 use crate::error::{Error, Result};
 use crate::index::{Index, OffsetEntry, TimeEntry};
+
+/// How far ahead of the writer the active segment's blocks are reserved.
+pub const PREALLOCATE_STEP: u64 = 16 << 20;
 
 /// File name stem of the segment starting at `base_offset`.
 pub(crate) fn file_stem(base_offset: u64) -> String {
@@ -109,6 +121,8 @@ pub(crate) struct Segment {
     first_append_time: AtomicI64,
     sealed: AtomicBool,
     indexes: Mutex<SegmentIndexes>,
+    /// End of the range reserved with `fallocate` (or last tried); writer only.
+    preallocated: AtomicU64,
 }
 
 /// What a scan of a segment's batches found.
@@ -180,6 +194,7 @@ impl Segment {
             first_append_time: AtomicI64::new(i64::MIN),
             sealed: AtomicBool::new(false),
             indexes: Mutex::new(indexes),
+            preallocated: AtomicU64::new(0),
         })
     }
 
@@ -205,6 +220,7 @@ impl Segment {
             first_append_time: AtomicI64::new(outcome.first_append_time),
             sealed: AtomicBool::new(sealed),
             indexes: Mutex::new(indexes),
+            preallocated: AtomicU64::new(0),
         })
     }
 
@@ -250,12 +266,48 @@ impl Segment {
     /// On error the file is truncated back to its published size; if that fails too, the
     /// returned flag is false and the caller must stop writing to this log.
     pub fn write(&self, bufs: &mut [IoSlice<'_>]) -> (io::Result<()>, bool) {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        self.preallocate(self.size() + len as u64);
         let res = write_all_vectored(&self.file, bufs);
         if res.is_err() {
+            // The truncation also gives back the reservation: try again next time.
+            self.preallocated.store(0, Ordering::Relaxed);
             let rolled_back = self.file.set_len(self.size()).is_ok();
             return (res, rolled_back);
         }
         (res, true)
+    }
+
+    /// Reserves blocks up to `PREALLOCATE_STEP` past `end` once a write would pass the
+    /// reserved range. Best effort: a failure only means the write allocates as usual, and the
+    /// next attempt waits for the next step.
+    fn preallocate(&self, end: u64) {
+        let reserved = self.preallocated.load(Ordering::Relaxed);
+        if end <= reserved {
+            return;
+        }
+        let from = self.size();
+        let to = end + PREALLOCATE_STEP;
+        self.preallocated.store(to, Ordering::Relaxed);
+        if let Err(e) = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            from,
+            to - from,
+        ) {
+            tracing::debug!(path = %self.log_path.display(), error = %e,
+                "could not reserve blocks ahead of the writer");
+        }
+    }
+
+    /// Gives back the blocks reserved past the end of the data.
+    pub fn trim_preallocation(&self) -> Result<()> {
+        if self.preallocated.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        self.file
+            .set_len(self.size())
+            .map_err(|e| Error::io("trim segment", &self.log_path, e))
     }
 
     /// Publishes a completed write: readers may now read up to `size`.
@@ -295,6 +347,7 @@ impl Segment {
             return Ok(());
         }
         self.sync()?;
+        self.trim_preallocation()?;
         let mut idx = self.indexes();
         let max_ts = self.max_timestamp();
         let next = self.next_offset();

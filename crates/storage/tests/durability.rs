@@ -246,6 +246,57 @@ fn a_clean_close_reopens_without_repairs_and_reads_only_the_tail() {
     assert_eq!(log.end_offset(), active);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn blocks_are_reserved_ahead_of_the_writer_and_given_back_on_seal_and_close() {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = |p: &std::path::Path| fs::metadata(p).expect("metadata").blocks() * 512;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        segment_bytes: 64 << 10,
+        max_batch_bytes: 64 << 10,
+        ..config(Durability::Never)
+    };
+    let log = Log::open(dir.path(), cfg.clone()).expect("open");
+    log.append(batch(1, 4, 1000, 0)).expect("append");
+    let active = seg_file(dir.path(), 0, "log");
+    let size = fs::metadata(&active).expect("metadata").len();
+    assert_eq!(log.size_bytes(), size, "the file ends where the data ends");
+    assert!(
+        allocated(&active) >= size + (1 << 20),
+        "blocks reserved ahead: {} allocated for {size} bytes",
+        allocated(&active)
+    );
+    while log.segment_count() < 2 {
+        log.append(batch(2, 8, 1000, 0)).expect("append");
+    }
+    let sealed_size = fs::metadata(&active).expect("metadata").len();
+    assert!(
+        allocated(&active) < sealed_size + 8192,
+        "sealing gives the reservation back: {} allocated for {sealed_size} bytes",
+        allocated(&active)
+    );
+    let bases = log.segment_base_offsets();
+    let last = seg_file(dir.path(), *bases.last().expect("active"), "log");
+    assert!(allocated(&last) > fs::metadata(&last).expect("metadata").len());
+    let before = read_all(&log);
+    log.close().expect("close");
+    let last_size = fs::metadata(&last).expect("metadata").len();
+    assert!(
+        allocated(&last) < last_size + 8192,
+        "a clean close gives the reservation back"
+    );
+    drop(log);
+    // Crash with a reservation in place: the reopened log is exactly what was written.
+    let log = Log::open(dir.path(), cfg.clone()).expect("reopen");
+    log.append(batch(3, 1, 1000, 0)).expect("append");
+    drop(log);
+    let log = Log::open(dir.path(), cfg).expect("reopen after crash");
+    assert!(log.repairs().is_empty(), "{:?}", log.repairs());
+    assert_eq!(read_all(&log)[..before.len()], before[..]);
+    assert_eq!(read_all(&log).len(), before.len() + 1);
+}
+
 /// Appends a rejected call and checks that nothing changed.
 fn assert_rejected_without_trace(
     log: &Log,

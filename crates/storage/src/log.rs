@@ -7,9 +7,8 @@
 
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,12 +83,6 @@ struct Rolled {
 /// The longest a group-commit leader waits for its group before it starts the fsync.
 const MAX_COLLECT: Duration = Duration::from_millis(1);
 
-/// A caller of [`Log::sync_to`] parked until its offset is on disk.
-struct Waiter {
-    offset: u64,
-    thread: Thread,
-}
-
 struct SyncState {
     /// Every offset below this is on disk (mirrored in `Log::synced` for lock-free checks).
     synced_offset: u64,
@@ -98,8 +91,9 @@ struct SyncState {
     /// The leader is collecting: arrivals notify `sync_arrived`.
     collecting: bool,
     last_sync: Instant,
-    /// Callers parked in `sync_to` whose offset is not yet on disk.
-    waiting: Vec<Waiter>,
+    /// The offsets that callers parked in `sync_to` wait for, one entry per caller, until a
+    /// leader covers them.
+    waiting: Vec<u64>,
     /// Callers inside `sync_to` when the last group fsync ended: how many appenders are
     /// active, so how many the next leader waits for before it starts the fsync.
     expected: usize,
@@ -112,7 +106,7 @@ impl SyncState {
     fn pending(&self) -> usize {
         self.waiting
             .iter()
-            .filter(|w| w.offset > self.synced_offset)
+            .filter(|o| **o > self.synced_offset)
             .count()
     }
 }
@@ -128,6 +122,8 @@ pub struct Log {
     end_offset: AtomicU64,
     sync: Mutex<SyncState>,
     synced: AtomicU64,
+    /// Bumped (and futex-woken) each time a leader finishes: parked callers wait on it.
+    released: AtomicU32,
     sync_arrived: Condvar,
     failed: AtomicBool,
     repairs: Vec<Repair>,
@@ -141,6 +137,12 @@ impl std::fmt::Debug for Log {
             .field("end_offset", &self.end_offset())
             .finish_non_exhaustive()
     }
+}
+
+/// Blocks until `word` no longer holds `seen` (or spuriously).
+fn wait_for_release(word: &AtomicU32, seen: u32) {
+    // EAGAIN (already changed) and EINTR both mean: look again.
+    let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::PRIVATE, seen, None);
 }
 
 /// Locks a mutex, going on with the data if another thread panicked while holding it: every
@@ -202,6 +204,7 @@ impl Log {
                 last_fsync: Duration::ZERO,
             }),
             synced: AtomicU64::new(end),
+            released: AtomicU32::new(0),
             sync_arrived: Condvar::new(),
             failed: AtomicBool::new(false),
             repairs: opened.repairs,
@@ -562,24 +565,22 @@ impl Log {
                 return Ok(());
             }
             if !queued {
-                st.waiting.push(Waiter {
-                    offset,
-                    thread: std::thread::current(),
-                });
+                st.waiting.push(offset);
                 queued = true;
             }
             if !st.running {
                 // Lead, with this caller's entry in `waiting` like everyone else's.
-                return self.lead(st);
+                return self.lead(st, offset);
             }
             if st.collecting {
                 self.sync_arrived.notify_one();
             }
+            // Parked until a leader finishes: the one that covers this offset has taken the
+            // entry out of `waiting`; otherwise lead the next group, or park again.
+            let mut seen = self.released.load(Ordering::Acquire);
             drop(st);
-            // Parked until the leader that covers this offset takes the entry out of
-            // `waiting` and wakes it, or wakes it to lead the next group (or spuriously).
             st = loop {
-                std::thread::park();
+                wait_for_release(&self.released, seen);
                 if self.synced.load(Ordering::Acquire) >= offset {
                     return Ok(());
                 }
@@ -587,15 +588,17 @@ impl Log {
                 if !st.running || self.has_failed() {
                     break st;
                 }
+                seen = self.released.load(Ordering::Acquire);
             };
         }
     }
 
-    /// Runs group fsyncs as the leader until the caller's own entry is covered: collects the
-    /// group, fsyncs, wakes the callers it covered and one caller to lead the next group.
-    fn lead<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> Result<()> {
+    /// Runs group fsyncs as the leader until the caller's own offset is covered: collects the
+    /// group, fsyncs, takes the covered entries out of `waiting` and wakes every parked caller
+    /// with one futex wake (the covered ones return without the lock; of the others, one
+    /// leads the next group).
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, SyncState>, offset: u64) -> Result<()> {
         st.running = true;
-        let me = std::thread::current().id();
         loop {
             if st.pending() < st.expected {
                 st.collecting = true;
@@ -626,42 +629,36 @@ impl Log {
                     self.synced.store(st.synced_offset, Ordering::Release);
                     st.last_sync = Instant::now();
                     let synced = st.synced_offset;
-                    let mut mine = false;
-                    st.waiting.retain(|w| {
-                        if w.offset > synced {
-                            return true;
-                        }
-                        if w.thread.id() == me {
-                            mine = true;
-                        } else {
-                            w.thread.unpark();
-                        }
-                        false
-                    });
-                    if !mine {
+                    st.waiting.retain(|o| *o > synced);
+                    if synced < offset {
                         // The caller asked for more than was written: lead again.
                         continue;
                     }
                     st.running = false;
-                    if let Some(next) = st.waiting.first() {
-                        next.thread.unpark();
-                    }
+                    self.release();
                     return Ok(());
                 }
                 Err(e) => {
                     self.failed.store(true, Ordering::Release);
                     st.running = false;
-                    for w in st.waiting.drain(..) {
-                        if w.thread.id() != me {
-                            w.thread.unpark();
-                        }
-                    }
+                    st.waiting.clear();
+                    self.release();
                     error!(path = %self.dir.display(), error = %e,
                         "fsync failed; log refuses appends until reopened");
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Wakes every caller parked in `sync_to` with one futex wake.
+    fn release(&self) {
+        self.released.fetch_add(1, Ordering::Release);
+        let _ = rustix::thread::futex::wake(
+            &self.released,
+            rustix::thread::futex::Flags::PRIVATE,
+            i32::MAX as u32, // all: the kernel reads the count as an int
+        );
     }
 
     /// fsyncs everything written so far; returns the end offset it covers.

@@ -301,10 +301,9 @@ impl Segment {
     }
 
     /// Gives back the blocks reserved past the end of the data.
+    /// (Also those a crashed process left: the reservation is not recorded anywhere.)
     pub fn trim_preallocation(&self) -> Result<()> {
-        if self.preallocated.swap(0, Ordering::Relaxed) == 0 {
-            return Ok(());
-        }
+        self.preallocated.store(0, Ordering::Relaxed);
         self.file
             .set_len(self.size())
             .map_err(|e| Error::io("trim segment", &self.log_path, e))

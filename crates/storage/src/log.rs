@@ -572,7 +572,8 @@ impl Log {
                 // Lead, with this caller's entry in `waiting` like everyone else's.
                 return self.lead(st, offset);
             }
-            if st.collecting {
+            if st.collecting && st.pending() >= st.expected {
+                // The leader's group is complete: only now is it worth waking.
                 self.sync_arrived.notify_one();
             }
             // Parked until a leader finishes: the one that covers this offset has taken the

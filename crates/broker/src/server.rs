@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::metrics::Gauge;
 use runnel_proto::pb::{
-    admin_service_server::AdminServiceServer, consume_service_server::ConsumeServiceServer,
-    group_service_server::GroupServiceServer, produce_service_server::ProduceServiceServer,
+    admin_service_server::AdminServiceServer, group_service_server::GroupServiceServer,
+    produce_service_server::ProduceServiceServer,
 };
 use runnel_storage::{LogEnv, SystemClock};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,9 +32,9 @@ use crate::groups::{self, Groups};
 use crate::metrics;
 use crate::producers::Producers;
 use crate::services::admin::Admin;
-use crate::services::consume::Consume;
 use crate::services::groups::Groups as GroupsService;
 use crate::services::produce::{Produce, ProduceBudget};
+use crate::services::subscribe_http::ConsumeRoutes;
 use crate::shutdown::{self, Shutdown};
 use crate::topics::Topics;
 
@@ -213,10 +213,8 @@ pub async fn run(
             ProduceServiceServer::new(Produce::new(broker.clone()))
                 .max_decoding_message_size(max_request),
         )
-        .add_service(
-            ConsumeServiceServer::new(Consume::new(broker.clone()))
-                .max_decoding_message_size(max_request),
-        )
+        // The generated service, but `Subscribe` skips tonic's encoder (one copy less).
+        .add_service(ConsumeRoutes::new(broker.clone(), max_request))
         .add_service(
             GroupServiceServer::new(GroupsService::new(broker.clone()))
                 .max_decoding_message_size(max_request),

@@ -183,7 +183,7 @@ impl Drop for SubscriptionGuard {
     }
 }
 
-type SubscribeItem = Result<pb::SubscribeResponse, Status>;
+pub(crate) type SubscribeItem = Result<pb::SubscribeResponse, Status>;
 
 impl Broker {
     async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, RpcError> {
@@ -297,7 +297,7 @@ impl Broker {
         })
     }
 
-    async fn subscribe(
+    pub(crate) async fn subscribe(
         self: &Arc<Self>,
         req: pb::SubscribeRequest,
         started: Instant,

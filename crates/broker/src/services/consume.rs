@@ -186,7 +186,7 @@ impl Drop for SubscriptionGuard {
 pub(crate) type SubscribeItem = Result<pb::SubscribeResponse, Status>;
 
 impl Broker {
-    async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, RpcError> {
+    pub(crate) async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, RpcError> {
         self.check_running()?;
         let limits = &self.config.limits;
         if req.partitions.is_empty() {

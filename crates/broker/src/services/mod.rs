@@ -4,7 +4,7 @@ pub mod admin;
 pub mod consume;
 pub mod groups;
 pub mod produce;
-pub mod subscribe_http;
+pub mod consume_http;
 
 use std::time::Instant;
 

@@ -1,0 +1,466 @@
+//! `Subscribe` and `Fetch` answered without tonic's message encoder, so that stored batches go
+//! from the read buffer to the socket without another copy.
+//!
+//! tonic encodes every response message into its own buffer: for the read RPCs that is a
+//! second user-space copy of every batch after the `pread` (docs/benchmarks.md, "Broker").
+//! Here the response framing (the gRPC message prefix, every other field, each batch's field
+//! key and length) is written into a small buffer and each batch is handed to HTTP/2 as the
+//! `Bytes` the log returned, which h2 writes with vectored I/O. Batches below [`INLINE_MAX`]
+//! bytes are copied into the framing instead (a frame per tiny batch would cost more than the
+//! copy). The bytes on the wire are exactly what tonic would send, fields in the same order;
+//! the request checks mirror tonic's decoder, and the RPCs themselves and every error are the
+//! same code as the generated service's.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Body as _, Frame};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use runnel_proto::pb::{self, consume_service_server::ConsumeServiceServer};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+
+use super::consume::{Consume, SubscribeItem};
+use super::finish;
+use crate::server::Broker;
+
+/// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
+pub(crate) const SUBSCRIBE_PATH: &str = "/runnel.v1.ConsumeService/Subscribe";
+
+/// The HTTP/2 path of `runnel.v1.ConsumeService/Fetch`.
+pub(crate) const FETCH_PATH: &str = "/runnel.v1.ConsumeService/Fetch";
+
+/// Batches shorter than this are copied into the message framing rather than sent as their
+/// own HTTP/2 data chunk.
+pub(crate) const INLINE_MAX: usize = 4096;
+
+/// The gRPC message prefix: a compression flag and a big-endian length.
+const PREFIX_LEN: usize = 5;
+
+/// `runnel.v1.ConsumeService`: the generated service, with `Subscribe` and `Fetch` answered
+/// here.
+#[derive(Clone)]
+pub struct ConsumeRoutes {
+    generated: ConsumeServiceServer<Consume>,
+    broker: Arc<Broker>,
+    max_request_bytes: usize,
+}
+
+impl ConsumeRoutes {
+    pub(crate) fn new(broker: Arc<Broker>, max_request_bytes: usize) -> Self {
+        ConsumeRoutes {
+            generated: ConsumeServiceServer::new(Consume::new(broker.clone()))
+                .max_decoding_message_size(max_request_bytes),
+            broker,
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for ConsumeRoutes {
+    const NAME: &'static str = <ConsumeServiceServer<Consume> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for ConsumeRoutes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.generated, cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let (broker, max) = (self.broker.clone(), self.max_request_bytes);
+        match req.uri().path() {
+            SUBSCRIBE_PATH => Box::pin(async move { Ok(subscribe(broker, req, max).await) }),
+            FETCH_PATH => Box::pin(async move { Ok(fetch(broker, req, max).await) }),
+            _ => Box::pin(self.generated.call(req)),
+        }
+    }
+}
+
+/// Serves one `Subscribe` call.
+async fn subscribe(
+    broker: Arc<Broker>,
+    req: http::Request<Body>,
+    max_request_bytes: usize,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let request = match read_request(req.into_body(), max_request_bytes).await {
+        Ok(r) => r,
+        Err(status) => return status.into_http(),
+    };
+    match broker.subscribe(request, started).await {
+        Ok(stream) => grpc_response(ResponseBody {
+            chunks: VecDeque::new(),
+            stream: Some(stream),
+            done: false,
+        }),
+        Err(e) => match finish::<()>("Subscribe", started, Err(e)) {
+            Err(status) => status.into_http(),
+            Ok(_) => Status::internal("subscribe failed without an error").into_http(),
+        },
+    }
+}
+
+/// Serves one `Fetch` call.
+async fn fetch(
+    broker: Arc<Broker>,
+    req: http::Request<Body>,
+    max_request_bytes: usize,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let request = match read_request(req.into_body(), max_request_bytes).await {
+        Ok(r) => r,
+        Err(status) => return status.into_http(),
+    };
+    let result = broker.fetch(request).await;
+    match finish("Fetch", started, result) {
+        Ok(response) => {
+            let mut framer = Framer::new(response.get_ref().encoded_len());
+            framer.fetch_response(response.get_ref());
+            grpc_response(ResponseBody {
+                chunks: framer.finish(),
+                stream: None,
+                done: false,
+            })
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// A `200` gRPC response with `body`.
+fn grpc_response(body: ResponseBody) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// Reads the one request message of the call, as tonic's decoder would.
+async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Result<M, Status> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max + PREFIX_LEN {
+                return Err(Status::out_of_range(format!(
+                    "the request is larger than server.max_request_bytes ({max})"
+                )));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    if buf.len() < PREFIX_LEN {
+        return Err(Status::internal("no request message was sent"));
+    }
+    if buf[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed request messages are not accepted",
+        ));
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > max {
+        return Err(Status::out_of_range(format!(
+            "the request message is {len} bytes, more than server.max_request_bytes ({max})"
+        )));
+    }
+    if buf.len() != PREFIX_LEN + len {
+        return Err(Status::internal(
+            "expected exactly one request message of the length its prefix gives",
+        ));
+    }
+    M::decode(&buf[PREFIX_LEN..])
+        .map_err(|e| Status::internal(format!("failed to decode the request: {e}")))
+}
+
+/// A response body: the chunks of the messages (for `Subscribe`, of each one the stream
+/// yields), then the gRPC status as trailers.
+struct ResponseBody {
+    chunks: VecDeque<Bytes>,
+    stream: Option<ReceiverStream<SubscribeItem>>,
+    done: bool,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = this.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let next = match &mut this.stream {
+                Some(stream) => ready!(Pin::new(stream).poll_next(cx)),
+                None => None,
+            };
+            let status = match next {
+                Some(Ok(response)) => {
+                    let mut framer = Framer::new(response.encoded_len());
+                    framer.subscribe_response(&response);
+                    this.chunks = framer.finish();
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::new(Code::Ok, ""),
+            };
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if let Err(e) = status.add_header(&mut trailers) {
+                e.add_header(&mut trailers).ok();
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.chunks.is_empty()
+    }
+}
+
+/// Writes one gRPC message as chunks: the framing and small batches in shared buffers,
+/// larger batches as they are.
+struct Framer {
+    head: BytesMut,
+    out: VecDeque<Bytes>,
+}
+
+impl Framer {
+    /// Starts a message of `len` encoded bytes with its gRPC prefix.
+    fn new(len: usize) -> Self {
+        let mut head = BytesMut::with_capacity(128);
+        head.put_u8(0);
+        // Responses are bounded by the fetch and subscribe byte limits, far below 4 GiB.
+        head.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        Framer {
+            head,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Fields of a message that holds no batches, encoded as prost does.
+    fn message(&mut self, m: &impl Message) {
+        m.encode_raw(&mut self.head);
+    }
+
+    /// A `repeated bytes` field of batches.
+    fn batches(&mut self, field: u32, batches: &[Bytes]) {
+        for batch in batches {
+            encode_key(field, WireType::LengthDelimited, &mut self.head);
+            encode_varint(batch.len() as u64, &mut self.head);
+            if batch.len() < INLINE_MAX {
+                self.head.extend_from_slice(batch);
+            } else {
+                self.out.push_back(self.head.split().freeze());
+                self.out.push_back(batch.clone());
+            }
+        }
+    }
+
+    fn subscribe_response(&mut self, r: &pb::SubscribeResponse) {
+        self.batches(1, &r.batches);
+        self.message(&pb::SubscribeResponse {
+            batches: Vec::new(),
+            next_offset: r.next_offset,
+            log_start_offset: r.log_start_offset,
+            log_end_offset: r.log_end_offset,
+        });
+    }
+
+    fn fetch_response(&mut self, r: &pb::FetchResponse) {
+        for result in &r.results {
+            encode_key(1, WireType::LengthDelimited, &mut self.head);
+            encode_varint(result.encoded_len() as u64, &mut self.head);
+            // Fields 1-3, the batches (4), then 5-7: the order prost writes them in.
+            self.message(&pb::FetchPartitionResult {
+                topic: result.topic.clone(),
+                partition: result.partition,
+                error: result.error.clone(),
+                ..Default::default()
+            });
+            self.batches(4, &result.batches);
+            self.message(&pb::FetchPartitionResult {
+                next_offset: result.next_offset,
+                log_start_offset: result.log_start_offset,
+                log_end_offset: result.log_end_offset,
+                ..Default::default()
+            });
+        }
+    }
+
+    fn finish(mut self) -> VecDeque<Bytes> {
+        if !self.head.is_empty() {
+            self.out.push_back(self.head.freeze());
+        }
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(response: &pb::SubscribeResponse) -> VecDeque<Bytes> {
+        let mut framer = Framer::new(response.encoded_len());
+        framer.subscribe_response(response);
+        framer.finish()
+    }
+
+    fn wire(chunks: &VecDeque<Bytes>) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    fn tonic_wire(response: &impl Message) -> Vec<u8> {
+        let body = response.encode_to_vec();
+        let mut v = vec![0];
+        v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        v.extend_from_slice(&body);
+        v
+    }
+
+    #[test]
+    fn the_bytes_are_what_tonic_would_send_and_large_batches_are_not_copied() {
+        let small = Bytes::from(vec![7u8; 100]);
+        let large = Bytes::from(vec![9u8; INLINE_MAX + 300]);
+        let cases = [
+            pb::SubscribeResponse::default(),
+            pb::SubscribeResponse {
+                batches: Vec::new(),
+                next_offset: 42,
+                log_start_offset: 3,
+                log_end_offset: 1 << 40,
+            },
+            pb::SubscribeResponse {
+                batches: vec![small.clone(), large.clone(), small.clone(), large.clone()],
+                next_offset: 300,
+                log_start_offset: 0,
+                log_end_offset: 301,
+            },
+        ];
+        for response in &cases {
+            assert_eq!(
+                wire(&chunks(response)),
+                tonic_wire(response),
+                "{response:?}"
+            );
+        }
+        let out = chunks(&cases[2]);
+        let shared: Vec<_> = out
+            .iter()
+            .filter(|c| c.as_ptr() == large.as_ptr())
+            .collect();
+        assert_eq!(
+            shared.len(),
+            2,
+            "each large batch is sent from the read buffer"
+        );
+        assert!(out.iter().all(|c| c.as_ptr() != small.as_ptr()));
+    }
+
+    #[test]
+    fn fetch_responses_are_what_tonic_would_send() {
+        let large = Bytes::from(vec![5u8; INLINE_MAX]);
+        let response = pb::FetchResponse {
+            results: vec![
+                pb::FetchPartitionResult {
+                    topic: "orders".into(),
+                    partition: 2,
+                    error: None,
+                    batches: vec![Bytes::from_static(b"tiny"), large.clone()],
+                    next_offset: 10,
+                    log_start_offset: 1,
+                    log_end_offset: 12,
+                },
+                pb::FetchPartitionResult {
+                    topic: "gone".into(),
+                    partition: 0,
+                    error: Some(pb::Error {
+                        code: 3,
+                        message: "no such topic".into(),
+                    }),
+                    ..Default::default()
+                },
+                pb::FetchPartitionResult::default(),
+            ],
+        };
+        let mut framer = Framer::new(response.encoded_len());
+        framer.fetch_response(&response);
+        let out = framer.finish();
+        assert_eq!(wire(&out), tonic_wire(&response));
+        assert!(out.iter().any(|c| c.as_ptr() == large.as_ptr()));
+    }
+
+    fn framed(flag: u8, message: &[u8], declared: Option<u32>) -> Body {
+        let mut v = vec![flag];
+        let len = declared.unwrap_or(message.len() as u32);
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(message);
+        // A `String` body is the simplest whole body at hand; the bytes need not be UTF-8 for
+        // the reader, but `String` demands it, so these tests use ASCII messages only.
+        Body::new(String::from_utf8(v).expect("ascii"))
+    }
+
+    #[tokio::test]
+    async fn the_request_is_read_and_checked_as_tonic_would() {
+        let request = pb::SubscribeRequest {
+            topic: "t".into(),
+            partition: 3,
+            start: None,
+            max_bytes: 100,
+        };
+        let bytes = request.encode_to_vec();
+        assert!(bytes.is_ascii());
+        let read = read_request::<pb::SubscribeRequest>(framed(0, &bytes, None), 1024)
+            .await
+            .expect("read");
+        assert_eq!(read, request);
+
+        let e = read_request::<pb::SubscribeRequest>(framed(1, &bytes, None), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        let e = read_request::<pb::SubscribeRequest>(framed(0, &bytes, None), 4)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert!(
+            e.message().contains("server.max_request_bytes (4)"),
+            "{e:?}"
+        );
+        let e = read_request::<pb::SubscribeRequest>(framed(0, &bytes, Some(3)), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{e:?}");
+        let e = read_request::<pb::SubscribeRequest>(Body::new(String::from("ab")), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{e:?}");
+        // Field 1 claims 5 bytes and has 2.
+        let e = read_request::<pb::SubscribeRequest>(framed(0, b"\x0a\x05ab", None), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{e:?}");
+    }
+}

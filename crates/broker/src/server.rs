@@ -32,9 +32,9 @@ use crate::groups::{self, Groups};
 use crate::metrics;
 use crate::producers::Producers;
 use crate::services::admin::Admin;
+use crate::services::consume_http::ConsumeRoutes;
 use crate::services::groups::Groups as GroupsService;
 use crate::services::produce::{Produce, ProduceBudget};
-use crate::services::consume_http::ConsumeRoutes;
 use crate::shutdown::{self, Shutdown};
 use crate::topics::Topics;
 

@@ -2,9 +2,9 @@
 
 pub mod admin;
 pub mod consume;
+pub mod consume_http;
 pub mod groups;
 pub mod produce;
-pub mod consume_http;
 
 use std::time::Instant;
 

@@ -632,7 +632,8 @@ impl Log {
                     let synced = st.synced_offset;
                     st.waiting.retain(|o| *o > synced);
                     if synced < offset {
-                        // The caller asked for more than was written: lead again.
+                        // Not reached (`sync_to` clamps the offset to the log end, and the
+                        // fsync covered the end as of its start); never answer early.
                         continue;
                     }
                     st.running = false;

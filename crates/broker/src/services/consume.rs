@@ -519,6 +519,7 @@ enum Lookup {
 
 #[tonic::async_trait]
 impl ConsumeService for Consume {
+    // Served by `ConsumeRoutes` (consume_http.rs) in the running broker; kept for the trait.
     async fn fetch(
         &self,
         request: Request<pb::FetchRequest>,
@@ -530,6 +531,7 @@ impl ConsumeService for Consume {
 
     type SubscribeStream = ReceiverStream<SubscribeItem>;
 
+    // Served by `ConsumeRoutes` (consume_http.rs) in the running broker; kept for the trait.
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,

@@ -33,6 +33,7 @@ use tonic::{Code, Status};
 
 use super::consume::{Consume, SubscribeItem};
 use super::finish;
+use crate::metrics;
 use crate::server::Broker;
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
@@ -108,10 +109,10 @@ async fn subscribe(
             stream: Some(stream),
             done: false,
         }),
-        Err(e) => match finish::<()>("Subscribe", started, Err(e)) {
-            Err(status) => status.into_http(),
-            Ok(_) => Status::internal("subscribe failed without an error").into_http(),
-        },
+        Err(e) => {
+            metrics::rpc_done("Subscribe", e.grpc_code(), started);
+            e.status().into_http()
+        }
     }
 }
 
@@ -377,6 +378,13 @@ mod tests {
             "each large batch is sent from the read buffer"
         );
         assert!(out.iter().all(|c| c.as_ptr() != small.as_ptr()));
+    }
+
+    #[test]
+    fn the_intercepted_paths_are_the_generated_service_s() {
+        let name = <ConsumeServiceServer<Consume> as NamedService>::NAME;
+        assert_eq!(SUBSCRIBE_PATH, format!("/{name}/Subscribe"));
+        assert_eq!(FETCH_PATH, format!("/{name}/Fetch"));
     }
 
     #[test]

@@ -6,12 +6,16 @@
 //! needs an fsync starts a blocking task that fsyncs (`Log::sync_to`) for as long as some
 //! request wants an offset that is not on disk yet, publishing the synced offset after every
 //! fsync; requests await that offset. One hand-off to the blocking pool per busy period instead
-//! of one per request, and each fsync covers everything written while the previous one ran.
+//! of one per request. Before each fsync the syncer waits, briefly, for the requests the last
+//! one released to come back (see `Partition::collect`), so that one fsync covers all the
+//! producers instead of every other one.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use runnel_storage::{Log, LogConfig, LogEnv};
 use tokio::sync::watch;
@@ -39,6 +43,17 @@ pub struct Partition {
     wanted: AtomicU64,
     /// The syncer task is running.
     syncing: AtomicBool,
+    /// Durable requests registered so far (a running count the syncer compares).
+    registered: AtomicU64,
+    /// Durable requests waiting now.
+    pending: AtomicU64,
+    /// While the syncer collects a group before an fsync: the `registered` count it waits
+    /// for; 0 otherwise.
+    collect_until: AtomicU64,
+    /// The running syncer's thread, unparked by the request that completes its group.
+    syncer_thread: Mutex<Option<Thread>>,
+    /// What the syncer remembers of its last fsync, between runs.
+    last_group: Mutex<Group>,
     /// The fsync error that failed the log, for the requests that waited on it.
     sync_failure: Mutex<Option<Arc<runnel_storage::Error>>>,
 }
@@ -65,6 +80,11 @@ impl Partition {
             synced,
             wanted: AtomicU64::new(0),
             syncing: AtomicBool::new(false),
+            registered: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            collect_until: AtomicU64::new(0),
+            syncer_thread: Mutex::new(None),
+            last_group: Mutex::new(Group::default()),
             sync_failure: Mutex::new(None),
             metrics: PartitionMetrics::new(&topic, index),
             topic,
@@ -115,10 +135,32 @@ impl Partition {
         self.metrics.size.set(self.log.size_bytes() as f64);
     }
 
-    /// Asks for everything below `offset` to be fsynced, starting the syncer if it is idle.
-    /// Call it for every partition of a request before awaiting [`Partition::wait_durable`],
-    /// so that their fsyncs run at the same time.
-    pub fn want_durable(self: &Arc<Self>, offset: u64) {
+    /// Registers a request that needs everything below `offset` on disk, starting the syncer
+    /// if it is idle; await the returned [`DurableWait`]. Call it for every partition of a
+    /// request before awaiting any, so that their fsyncs run at the same time.
+    pub fn want_durable(self: &Arc<Self>, offset: u64) -> DurableWait {
+        let counted = self.log.synced_offset() < offset;
+        if counted {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            let registered = self.registered.fetch_add(1, Ordering::SeqCst) + 1;
+            let until = self.collect_until.load(Ordering::SeqCst);
+            if until != 0 && registered >= until {
+                // The group is complete: the syncer may start its fsync.
+                if let Some(t) = lock(&self.syncer_thread).as_ref() {
+                    t.unpark();
+                }
+            }
+            self.start_syncer(offset);
+        }
+        DurableWait {
+            partition: self.clone(),
+            offset,
+            counted,
+        }
+    }
+
+    /// Wants `offset` on disk, starting the syncer if it is idle.
+    fn start_syncer(self: &Arc<Self>, offset: u64) {
         self.wanted.fetch_max(offset, Ordering::SeqCst);
         if self.log.synced_offset() < offset && !self.syncing.swap(true, Ordering::SeqCst) {
             let p = self.clone();
@@ -126,43 +168,28 @@ impl Partition {
         }
     }
 
-    /// Waits until everything below `offset` is on disk.
-    ///
-    /// # Errors
-    /// The fsync error that failed the log (the log then refuses appends until reopened).
-    pub async fn wait_durable(
-        self: &Arc<Self>,
-        offset: u64,
-    ) -> Result<(), Arc<runnel_storage::Error>> {
-        let mut synced = self.synced.subscribe();
-        loop {
-            synced.borrow_and_update();
-            if self.log.synced_offset() >= offset {
-                return Ok(());
-            }
-            if self.log.has_failed() {
-                return Err(self.failure());
-            }
-            self.want_durable(offset);
-            // The sender lives as long as `self`.
-            let _ = synced.changed().await;
-        }
-    }
-
     /// The syncer: fsyncs while a request wants more than is on disk. Blocking.
     fn sync_while_wanted(&self) {
+        *lock(&self.syncer_thread) = Some(std::thread::current());
+        let mut group = lock(&self.last_group);
         loop {
             while self.log.synced_offset() < self.wanted.load(Ordering::SeqCst) {
+                self.collect(&group, COLLECT_MAX);
+                let started = Instant::now();
+                let first = self.registered.load(Ordering::SeqCst);
                 let result = self.log.sync_to(self.log.end_offset());
                 if let Err(e) = result {
-                    self.sync_failure
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get_or_insert(Arc::new(e));
+                    lock(&self.sync_failure).get_or_insert(Arc::new(e));
                     self.syncing.store(false, Ordering::SeqCst);
                     self.synced.send_modify(|_| {});
                     return;
                 }
+                *group = Group {
+                    first,
+                    waiting: self.pending.load(Ordering::SeqCst),
+                    took: started.elapsed(),
+                    ended: Some(Instant::now()),
+                };
                 self.synced.send_replace(self.log.synced_offset());
             }
             self.syncing.store(false, Ordering::SeqCst);
@@ -175,17 +202,110 @@ impl Partition {
         }
     }
 
-    fn failure(&self) -> Arc<runnel_storage::Error> {
-        self.sync_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| {
-                Arc::new(runnel_storage::Error::LogFailed {
-                    path: self.log.dir().to_path_buf(),
-                })
-            })
+    /// Before an fsync, waits (at most as long as the last fsync took, never more than `max`)
+    /// until as many requests have registered since the last fsync started
+    /// as were waiting when it ended. The requests the last fsync released come back with
+    /// their next write while the others wait; without the wait, the next fsync would start
+    /// at once without them and the producers would settle into two halves, each waiting for
+    /// two fsyncs per request. A lone producer never waits: its group is complete when its
+    /// request registers.
+    fn collect(&self, group: &Group, max: Duration) {
+        let Some(ended) = group.ended else {
+            return;
+        };
+        if ended.elapsed() > COLLECT_RECENT {
+            return;
+        }
+        let until = group.first + group.waiting;
+        if self.registered.load(Ordering::SeqCst) >= until {
+            return;
+        }
+        let deadline = Instant::now() + group.took.min(max);
+        self.collect_until.store(until, Ordering::SeqCst);
+        while self.registered.load(Ordering::SeqCst) < until {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        self.collect_until.store(0, Ordering::SeqCst);
     }
+
+    fn failure(&self) -> Arc<runnel_storage::Error> {
+        lock(&self.sync_failure).clone().unwrap_or_else(|| {
+            Arc::new(runnel_storage::Error::LogFailed {
+                path: self.log.dir().to_path_buf(),
+            })
+        })
+    }
+}
+
+/// The longest a syncer waits for its group before an fsync.
+const COLLECT_MAX: Duration = Duration::from_millis(1);
+
+/// A syncer collects a group only if the last fsync ended this recently; an older group says
+/// nothing about who is coming.
+const COLLECT_RECENT: Duration = Duration::from_millis(10);
+
+/// The syncer's last fsync.
+#[derive(Debug, Default)]
+struct Group {
+    /// `registered` when it started: the requests it covered registered before.
+    first: u64,
+    /// Requests waiting when it ended, covered or not: the size of the next group.
+    waiting: u64,
+    /// How long it took.
+    took: Duration,
+    /// When it ended.
+    ended: Option<Instant>,
+}
+
+/// A produce request's wait for its writes to one partition to be on disk, from
+/// [`Partition::want_durable`].
+#[derive(Debug)]
+pub struct DurableWait {
+    partition: Arc<Partition>,
+    offset: u64,
+    /// Counted in the partition's waiting requests.
+    counted: bool,
+}
+
+impl DurableWait {
+    /// Waits until everything below the offset is on disk.
+    ///
+    /// # Errors
+    /// The fsync error that failed the log (the log then refuses appends until reopened).
+    pub async fn wait(self) -> Result<(), Arc<runnel_storage::Error>> {
+        let p = &self.partition;
+        let mut synced = p.synced.subscribe();
+        loop {
+            synced.borrow_and_update();
+            if p.log.synced_offset() >= self.offset {
+                return Ok(());
+            }
+            if p.log.has_failed() {
+                return Err(p.failure());
+            }
+            p.start_syncer(self.offset);
+            // The sender lives as long as the partition.
+            let _ = synced.changed().await;
+        }
+    }
+}
+
+impl Drop for DurableWait {
+    fn drop(&mut self) {
+        if self.counted {
+            self.partition.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Locks a mutex, going on with the data if another thread panicked while holding it: every
+/// structure guarded here is consistent between statements that can panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -218,6 +338,59 @@ mod tests {
         b.build()
     }
 
+    #[test]
+    fn the_syncer_collects_its_group_and_the_last_arrival_wakes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path());
+        p.log.write_batches(&[batch(0)]).expect("write");
+        // The test plays the syncer: requests must not start one.
+        p.syncing.store(true, Ordering::SeqCst);
+        let group = Group {
+            first: 0,
+            waiting: 3,
+            took: Duration::from_secs(600),
+            ended: Some(Instant::now()),
+        };
+        let syncer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                *lock(&p.syncer_thread) = Some(std::thread::current());
+                p.collect(&group, Duration::from_secs(600));
+                p.registered.load(Ordering::SeqCst)
+            })
+        };
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                !syncer.is_finished(),
+                "returned before its group was complete"
+            );
+            waits.push(p.want_durable(1));
+        }
+        // A lost wake-up would leave it parked for ten minutes: fail instead.
+        for _ in 0..2000 {
+            if syncer.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(syncer.is_finished(), "the third request woke the syncer");
+        assert_eq!(syncer.join().expect("syncer"), 3);
+        assert_eq!(p.collect_until.load(Ordering::SeqCst), 0);
+        assert_eq!(p.pending.load(Ordering::SeqCst), 3);
+        drop(waits);
+        assert_eq!(
+            p.pending.load(Ordering::SeqCst),
+            0,
+            "a dropped wait is no longer counted"
+        );
+        // What is on disk already is not counted: nothing to wait for.
+        p.log.sync_to(1).expect("sync");
+        drop(p.want_durable(1));
+        assert_eq!(p.registered.load(Ordering::SeqCst), 3);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_durable_waits_share_fsyncs_and_the_syncer_stops() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -237,7 +410,7 @@ mod tests {
                         // A lost wake-up would hang: fail instead.
                         tokio::time::timeout(
                             std::time::Duration::from_secs(20),
-                            p.wait_durable(written.next_offset),
+                            p.want_durable(written.next_offset).wait(),
                         )
                         .await
                         .expect("woken")
@@ -259,7 +432,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(!p.syncing.load(Ordering::SeqCst), "the syncer stopped");
-        p.wait_durable(160).await.expect("on disk already");
+        p.want_durable(160).wait().await.expect("on disk already");
         assert!(!p.syncing.load(Ordering::SeqCst));
     }
 }

@@ -8,7 +8,7 @@
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -143,6 +143,13 @@ impl std::fmt::Debug for Log {
 fn wait_for_release(word: &AtomicU32, seen: u32) {
     // EAGAIN (already changed) and EINTR both mean: look again.
     let _ = rustix::thread::futex::wait(word, rustix::thread::futex::Flags::PRIVATE, seen, None);
+}
+
+/// Batches that passed validation, with what the roll check needs.
+struct Checked {
+    headers: Vec<BatchHeader>,
+    bytes: u64,
+    records: u64,
 }
 
 /// Locks a mutex, going on with the data if another thread panicked while holding it: every
@@ -326,22 +333,73 @@ impl Log {
     /// # Errors
     /// As [`Log::append_batches`].
     pub fn write_batches(&self, batches: &[Bytes]) -> Result<Appended> {
+        let checked = self.check_batches(batches)?;
+        let mut w = lock(&self.writer);
+        self.check_writable(&w)?;
+        let config = self.config();
+        let now = self.env.clock.now_ms();
+        let rolled = if self.should_roll(&w, checked.bytes, checked.records, now, &config) {
+            Some(self.roll(&mut w, &config)?)
+        } else {
+            None
+        };
+        let appended = self.write_locked(w, batches, &checked.headers, now, &config);
+        if let Some(rolled) = rolled {
+            // Sealing fsyncs; do it outside the writer lock.
+            self.finish_roll(rolled)?;
+        }
+        appended
+    }
+
+    /// [`Log::write_batches`] for a caller that must not wait: `None`, with nothing done,
+    /// when another thread holds the writer lock or when the append would roll to a new
+    /// segment (sealing the old one fsyncs it). Otherwise the batches are validated and
+    /// written to the page cache like [`Log::write_batches`] does, with the same result.
+    /// Meant for small appends on an async runtime's thread, falling back to
+    /// `write_batches` in a blocking context on `None`.
+    pub fn try_write_batches(&self, batches: &[Bytes]) -> Option<Result<Appended>> {
+        let checked = match self.check_batches(batches) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        if let Err(e) = self.check_writable(&w) {
+            return Some(Err(e));
+        }
+        let config = self.config();
+        let now = self.env.clock.now_ms();
+        if self.should_roll(&w, checked.bytes, checked.records, now, &config) {
+            return None;
+        }
+        Some(self.write_locked(w, batches, &checked.headers, now, &config))
+    }
+
+    /// Validates every batch before anything is locked or written.
+    fn check_batches(&self, batches: &[Bytes]) -> Result<Checked> {
         if batches.is_empty() {
             return Err(Error::malformed(
                 "batches",
                 "at least one batch is required",
             ));
         }
-        let config = self.config();
-        let max = config.max_batch_bytes as usize;
+        let max = self.config().max_batch_bytes as usize;
         let headers = batches
             .iter()
             .map(|b| batch::validate(b, max))
             .collect::<Result<Vec<BatchHeader>, _>>()?;
-        let total_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
-        let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
+        Ok(Checked {
+            bytes: batches.iter().map(|b| b.len() as u64).sum(),
+            records: headers.iter().map(|h| u64::from(h.record_count)).sum(),
+            headers,
+        })
+    }
 
-        let mut w = lock(&self.writer);
+    /// Refuses appends to a closed or failed log.
+    fn check_writable(&self, w: &Writer) -> Result<()> {
         if w.closed {
             return Err(Error::Closed {
                 path: self.dir.clone(),
@@ -352,15 +410,26 @@ impl Log {
                 path: self.dir.clone(),
             });
         }
-        let now = self.env.clock.now_ms();
+        Ok(())
+    }
 
+    /// Assigns offsets (or recognises retries), writes the batches to the active segment and
+    /// publishes them, under the writer lock it is given; the caller has rolled if needed.
+    fn write_locked(
+        &self,
+        mut w: MutexGuard<'_, Writer>,
+        batches: &[Bytes],
+        headers: &[BatchHeader],
+        now: i64,
+        config: &LogConfig,
+    ) -> Result<Appended> {
         // Idempotence: decide per batch, before anything is written.
         let mut undo = Undo::new();
         let mut base_offsets = Vec::with_capacity(batches.len());
         let mut duplicates = Vec::with_capacity(batches.len());
         let mut append_times = Vec::with_capacity(batches.len());
         let mut offset = w.next_offset;
-        for h in &headers {
+        for h in headers {
             match w.producers.apply(h, offset, now, &mut undo) {
                 Ok(Verdict::Append) => {
                     base_offsets.push(offset);
@@ -392,17 +461,6 @@ impl Log {
             });
         }
 
-        let rolled = if self.should_roll(&w, total_bytes, records, now, &config) {
-            match self.roll(&mut w, &config) {
-                Ok(rolled) => Some(rolled),
-                Err(e) => {
-                    w.producers.revert(undo);
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
         let segment = w.active.clone();
 
         let mut prefixes = Vec::with_capacity(batches.len());
@@ -457,11 +515,6 @@ impl Log {
         w.next_offset = offset;
         self.end_offset.store(offset, Ordering::Release);
         drop(w);
-
-        if let Some(rolled) = rolled {
-            // Sealing fsyncs; do it outside the writer lock.
-            self.finish_roll(rolled)?;
-        }
         Ok(Appended {
             base_offsets,
             duplicates,
@@ -1107,6 +1160,48 @@ mod tests {
         // Sealed segments' files are trimmed indexes; the active one is preallocated.
         let sealed = dir.path().join(format!("{:020}.index", bases[1]));
         assert!(std::fs::metadata(sealed).unwrap().len() < 1024);
+    }
+
+    #[test]
+    fn try_write_never_waits_for_the_writer_lock_or_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        let first = log.try_write_batches(&[batch(2, 0, 100)]).unwrap().unwrap();
+        assert_eq!(first.base_offsets, vec![0]);
+        assert_eq!(log.end_offset(), 2);
+
+        // Another thread writing: refused, nothing written.
+        let held = log.writer.lock().unwrap();
+        assert!(log.try_write_batches(&[batch(1, 1, 100)]).is_none());
+        drop(held);
+        assert_eq!(log.end_offset(), 2);
+
+        // A batch that is bad is reported, not refused.
+        let mut bad = batch(1, 2, 100).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let e = log.try_write_batches(&[Bytes::from(bad)]).unwrap();
+        assert!(matches!(e, Err(Error::Batch(_))), "{e:?}");
+
+        // Fill the 4 KiB segment: the append that would roll is refused untouched, and
+        // `write_batches` then rolls.
+        while log.segment_count() == 1 {
+            match log.try_write_batches(&[batch(1, 3, 300)]) {
+                Some(r) => {
+                    r.unwrap();
+                }
+                None => break,
+            }
+        }
+        assert_eq!(log.segment_count(), 1, "try_write_batches never rolls");
+        let end = log.end_offset();
+        assert!(log.try_write_batches(&[batch(1, 3, 300)]).is_none());
+        assert_eq!(log.end_offset(), end);
+        let rolled = log.write_batches(&[batch(1, 3, 300)]).unwrap();
+        assert_eq!(rolled.base_offsets, vec![end]);
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(log.segment_base_offsets()[1], end);
+        log.verify_indexes().unwrap();
     }
 
     #[test]

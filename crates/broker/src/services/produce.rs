@@ -2,14 +2,15 @@
 //!
 //! A produce request goes through two stages. The **write** stage resolves each entry's
 //! partition, checks idempotent producers' epochs against the global registry, and appends
-//! the entries in request order with `Log::write_batches`, which never waits for an fsync.
+//! the entries in request order with `Log::write_batches`, which never waits for an fsync
+//! (small requests on the runtime's thread with `Log::try_write_batches`, see
+//! `INLINE_WRITE_MAX`).
 //! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
-//! (`Partition::wait_durable`: group commit by one syncer task per busy partition, awaited
+//! (`Partition::want_durable`: group commit by one syncer task per busy partition, awaited
 //! without a thread per request) and builds the response. A unary `Produce` runs both in turn;
 //! a `ProduceStream` writes requests in the order received and finishes them in that order on
 //! a second task, so appends of later requests overlap the fsyncs of earlier ones.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -172,13 +173,32 @@ impl Broker {
             .map(|(i, entry)| self.plan(&topic, i, entry))
             .collect();
 
-        let topic_for_write = topic.clone();
-        let (results, syncs) =
-            blocking(move || Ok(write_all(&topic_for_write, plans, sync))).await?;
+        let mut writes = Writes::new(plans.len(), sync);
+        let mut plans = plans.into_iter();
+        let mut refused = None;
+        if bytes <= INLINE_WRITE_MAX {
+            for plan in plans.by_ref() {
+                if let Some(plan) = writes.write(&topic, plan, true) {
+                    refused = Some(Ok(plan));
+                    break;
+                }
+            }
+        }
+        let rest: Vec<_> = refused.into_iter().chain(plans).collect();
+        if !rest.is_empty() {
+            let topic = topic.clone();
+            writes = blocking(move || {
+                for plan in rest {
+                    writes.write(&topic, plan, false);
+                }
+                Ok(writes)
+            })
+            .await?;
+        }
         Ok(Written {
             request_id: req.request_id,
-            results,
-            syncs,
+            results: writes.results,
+            syncs: writes.syncs,
             _in_flight: in_flight,
         })
     }
@@ -268,11 +288,12 @@ impl Broker {
             syncs,
             _in_flight,
         } = written;
-        for (p, offset, _) in &syncs {
-            p.want_durable(*offset);
-        }
-        for (p, offset, entries) in syncs {
-            if let Err(e) = p.wait_durable(offset).await {
+        let waits: Vec<_> = syncs
+            .into_iter()
+            .map(|(p, offset, entries)| (p.want_durable(offset), p, entries))
+            .collect();
+        for (wait, p, entries) in waits {
+            if let Err(e) = wait.wait().await {
                 let e = storage_error(&e, &p, None).to_pb();
                 for i in entries {
                     results[i].batches.clear();
@@ -288,31 +309,62 @@ impl Broker {
     }
 }
 
-type SyncPlan = Vec<(Arc<Partition>, u64, Vec<usize>)>;
+/// Requests of at most this many bytes are appended on the runtime's thread that received
+/// them (`Log::try_write_batches`: a `writev` into the page cache of blocks reserved ahead,
+/// never waiting for the writer lock, a roll or an fsync), saving the hand-off to the blocking
+/// pool and back that dominates the cost of a small request. Larger requests, and entries the
+/// log refuses to write without waiting, go to the blocking pool.
+const INLINE_WRITE_MAX: u64 = 64 * 1024;
 
-/// Appends every planned entry in order. Blocking.
-fn write_all(
-    topic: &Topic,
-    plans: Vec<Result<Planned, (u32, RpcError)>>,
+/// The results of a request's entries, appended in order, and the fsyncs they wait for.
+struct Writes {
+    results: Vec<pb::ProducePartitionResult>,
+    /// Partitions to fsync up to an offset before answering, with the entries that wait.
+    syncs: Vec<(Arc<Partition>, u64, Vec<usize>)>,
     sync: bool,
-) -> (Vec<pb::ProducePartitionResult>, SyncPlan) {
-    let mut results = Vec::with_capacity(plans.len());
-    let mut syncs: SyncPlan = Vec::new();
-    let mut sync_slot: HashMap<*const Partition, usize> = HashMap::new();
-    for (i, plan) in plans.into_iter().enumerate() {
+}
+
+impl Writes {
+    fn new(entries: usize, sync: bool) -> Self {
+        Self {
+            results: Vec::with_capacity(entries),
+            syncs: Vec::new(),
+            sync,
+        }
+    }
+
+    /// Appends the next entry and records its result. With `inline` the entry is written only
+    /// if the log needs no waiting (`Log::try_write_batches`); otherwise it is handed back,
+    /// untouched, for a blocking context. Without `inline`, blocking.
+    fn write(
+        &mut self,
+        topic: &Topic,
+        plan: Result<Planned, (u32, RpcError)>,
+        inline: bool,
+    ) -> Option<Planned> {
         let plan = match plan {
             Ok(p) => p,
             Err((partition, e)) => {
-                results.push(failed(partition, &e));
-                continue;
+                self.results.push(failed(partition, &e));
+                return None;
             }
         };
         let p = &plan.partition;
         if p.is_deleted() {
-            results.push(failed(p.index, &RpcError::unknown_topic(&p.topic)));
-            continue;
+            self.results
+                .push(failed(p.index, &RpcError::unknown_topic(&p.topic)));
+            return None;
         }
-        match p.log.write_batches(&plan.batches) {
+        let attempt = if inline {
+            p.log.try_write_batches(&plan.batches)
+        } else {
+            Some(p.log.write_batches(&plan.batches))
+        };
+        let Some(result) = attempt else {
+            return Some(plan);
+        };
+        let p = &plan.partition;
+        match result {
             Ok(appended) => {
                 p.appended();
                 let mut records = 0u64;
@@ -330,7 +382,19 @@ fn write_all(
                 }
                 topic.metrics.records_in.increment(records);
                 topic.metrics.bytes_in.increment(bytes);
-                results.push(pb::ProducePartitionResult {
+                if self.sync {
+                    let entry = self.results.len();
+                    match self.syncs.iter_mut().find(|s| Arc::ptr_eq(&s.0, p)) {
+                        Some(s) => {
+                            s.1 = s.1.max(appended.next_offset);
+                            s.2.push(entry);
+                        }
+                        None => self
+                            .syncs
+                            .push((p.clone(), appended.next_offset, vec![entry])),
+                    }
+                }
+                self.results.push(pb::ProducePartitionResult {
                     partition: p.index,
                     error: None,
                     batches: appended
@@ -345,20 +409,6 @@ fn write_all(
                         })
                         .collect(),
                 });
-                if sync {
-                    let key = Arc::as_ptr(p);
-                    match sync_slot.get(&key) {
-                        Some(&slot) => {
-                            let s = &mut syncs[slot];
-                            s.1 = s.1.max(appended.next_offset);
-                            s.2.push(i);
-                        }
-                        None => {
-                            sync_slot.insert(key, syncs.len());
-                            syncs.push((p.clone(), appended.next_offset, vec![i]));
-                        }
-                    }
-                }
             }
             Err(e) => {
                 let e = if p.is_deleted() && matches!(e, runnel_storage::Error::Closed { .. }) {
@@ -366,11 +416,11 @@ fn write_all(
                 } else {
                     entry_error(&e, &plan)
                 };
-                results.push(failed(p.index, &e));
+                self.results.push(failed(p.index, &e));
             }
         }
+        None
     }
-    (results, syncs)
 }
 
 fn failed(partition: u32, e: &RpcError) -> pb::ProducePartitionResult {

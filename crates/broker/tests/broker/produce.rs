@@ -292,3 +292,80 @@ async fn produce_stream_answers_pipelined_requests_in_order() {
     assert_eq!(fetch_all(&b, "t", 0, 0).await.len(), 99);
     assert_eq!(fetch_all(&b, "t", 1, 0).await.len(), 100);
 }
+
+/// Small requests are written on the runtime's thread unless the log would roll; rolls and
+/// large requests go to the blocking pool. Either way the offsets are dense and in order.
+#[tokio::test]
+async fn small_and_large_requests_across_segment_rolls_keep_offsets_dense() {
+    let b = TestBroker::start().await;
+    b.admin()
+        .create_topic(pb::CreateTopicRequest {
+            topic: "rolls".into(),
+            partition_count: 1,
+            config: Some(pb::TopicConfig {
+                segment_bytes: Some(128 * 1024),
+                max_batch_bytes: Some(100 * 1024),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let value = |len: usize| vec![b'x'; len];
+    let build = |records: u32, len: usize| {
+        let mut builder = runnel_storage::batch::BatchBuilder::new();
+        for _ in 0..records {
+            builder.push(None, Some(&value(len)), &[], 5);
+        }
+        builder.build()
+    };
+    // Small: 20 records of 1 KiB (about 21 KiB, written inline); large: one of 70 KiB (over
+    // the inline limit). The 128 KiB segment rolls every few requests.
+    let (small, large) = (build(20, 1024), build(1, 70 * 1024));
+    let mut next = 0u64;
+    let mut sizes = Vec::new();
+    for i in 0..40u32 {
+        let acks = if i % 2 == 0 {
+            pb::Acks::Written
+        } else {
+            pb::Acks::Durable
+        };
+        let (batch, records) = if i % 7 == 3 {
+            (large.clone(), 1)
+        } else {
+            (small.clone(), 20)
+        };
+        let resp = b
+            .produce()
+            .produce(request("rolls", acks, vec![entry(0, vec![batch])]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = &resp.results[0];
+        assert_eq!(r.error, None, "request {i}");
+        assert_eq!(r.batches[0].base_offset, next, "request {i}");
+        next += records;
+        sizes.push(records);
+    }
+    let segments = std::fs::read_dir(b.data_dir().join("topics/rolls/0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+        })
+        .count();
+    assert!(
+        segments > 5,
+        "{segments} segments: the small requests rolled"
+    );
+    let got = fetch_all(&b, "rolls", 0, 0).await;
+    assert_eq!(got.len(), sizes.len());
+    let mut expected = 0u64;
+    for (stored, records) in got.iter().zip(&sizes) {
+        assert_eq!(
+            u64::from_le_bytes(stored[0..8].try_into().unwrap()),
+            expected
+        );
+        expected += records;
+    }
+    assert_eq!(expected, next);
+}

@@ -21,6 +21,7 @@
 
 mod batch;
 mod sender;
+mod timer;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -84,7 +85,9 @@ pub struct ProducerConfig {
     /// exceeds the topic's `max_batch_bytes`; a record larger than `batch_bytes` is sent in a
     /// batch of its own.
     pub batch_bytes: usize,
-    /// How long a batch may wait for more records before it is sent.
+    /// How long a batch may wait for more records before it is sent. Kept to within tens of
+    /// microseconds on Linux (a `timerfd`); elsewhere Tokio's timer rounds it up to the next
+    /// millisecond or two.
     pub linger: Duration,
     /// The memory for records not yet delivered, in bytes; `send` waits while it is used up.
     pub buffer_bytes: usize,

@@ -35,6 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::batch::{Batch, Body, Stored, lock, next_sequence, restamp};
+use super::timer::Timer;
 use super::{Inner, is_fatal};
 use crate::compression;
 use crate::error::{ClientError, ErrorCode};
@@ -129,6 +130,7 @@ impl Sender {
     }
 
     pub(super) async fn run(mut self) {
+        let mut timer = Timer::new();
         loop {
             let linger_deadline = self.collect();
             let (abort, fatal) = {
@@ -164,9 +166,10 @@ impl Sender {
             let event = {
                 let wake = self.inner.wake.notified();
                 let message = next_message(self.stream.as_mut());
-                let timer = async {
+                let timer = &mut timer;
+                let timer = async move {
                     match deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        Some(d) => timer.sleep_until(d).await,
                         None => std::future::pending().await,
                     }
                 };

@@ -180,6 +180,9 @@ pub struct StorageSettings {
     pub flush_check_interval_ms: u64,
     /// How often retention runs over every partition, ms.
     pub retention_check_interval_ms: u64,
+    /// After each fsync, drop from the page cache what lies more than this many bytes behind
+    /// the end of each segment; 0 keeps everything (the kernel evicts as it sees fit).
+    pub cache_window_bytes: u64,
 }
 
 impl Default for StorageSettings {
@@ -190,6 +193,7 @@ impl Default for StorageSettings {
             producer_expiry_ms: 7 * 24 * 3600 * 1000,
             flush_check_interval_ms: 20,
             retention_check_interval_ms: 300_000,
+            cache_window_bytes: 0,
         }
     }
 }
@@ -503,6 +507,14 @@ impl Config {
             u32::MAX,
         )?;
         range("storage.max_index_bytes", s.max_index_bytes, 1024, 1 << 30)?;
+        if s.cache_window_bytes != 0 {
+            range(
+                "storage.cache_window_bytes",
+                s.cache_window_bytes,
+                runnel_storage::MIN_CACHE_WINDOW,
+                u64::MAX,
+            )?;
+        }
         range(
             "storage.producer_expiry_ms",
             s.producer_expiry_ms,
@@ -1044,6 +1056,25 @@ mod tests {
                 && msg.contains("RUNNEL_TOPIC_DEFAULTS_SEGMENT_BYTES"),
             "{msg}"
         );
+
+        let e = Config::load(
+            None,
+            env(&[]),
+            &[flag("storage.cache_window_bytes", "4096")],
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("storage.cache_window_bytes") && msg.contains("outside [1048576,"),
+            "{msg}"
+        );
+        let ok = Config::load(
+            None,
+            env(&[("RUNNEL_STORAGE_CACHE_WINDOW_BYTES", "67108864")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.storage.cache_window_bytes, 64 << 20);
 
         let e = Config::load(None, env(&[("RUNNEL_LIMITS_MAX_TOPICS", "-3")]), &[]).unwrap_err();
         assert!(e.to_string().contains("negative"), "{e}");

@@ -279,6 +279,7 @@ pub fn log_config(c: &TopicDefaults, s: &StorageSettings) -> LogConfig {
             DurabilitySetting::Never => Durability::Never,
         },
         producer_expiry: ms(s.producer_expiry_ms),
+        cache_window: (s.cache_window_bytes > 0).then_some(s.cache_window_bytes),
     }
 }
 

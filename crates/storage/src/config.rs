@@ -38,7 +38,15 @@ pub struct LogConfig {
     /// Idempotent producers idle for longer than this are forgotten (at the next roll or
     /// close); their next batch must start a new sequence.
     pub producer_expiry: Duration,
+    /// After each fsync of the log, drop from the page cache what lies more than this many
+    /// bytes behind the end of each segment (it is on disk, so the pages are clean): the
+    /// page cache then recycles the same pages instead of growing. `None` keeps everything
+    /// and leaves eviction to the kernel. At least [`MIN_CACHE_WINDOW`].
+    pub cache_window: Option<u64>,
 }
+
+/// Smallest allowed `cache_window`.
+pub const MIN_CACHE_WINDOW: u64 = 1 << 20;
 
 /// Largest allowed `segment_bytes`: index positions are `u32`.
 pub const MAX_SEGMENT_BYTES: u64 = 2 << 30;
@@ -55,6 +63,7 @@ impl Default for LogConfig {
             max_index_bytes: 10 << 20,
             durability: Durability::Interval(Duration::from_millis(100)),
             producer_expiry: Duration::from_secs(7 * 24 * 3600),
+            cache_window: None,
         }
     }
 }
@@ -102,6 +111,14 @@ impl LogConfig {
         if self.segment_age == Some(Duration::ZERO) {
             return bad("segment_age", "must be positive or unset".into());
         }
+        if let Some(w) = self.cache_window
+            && w < MIN_CACHE_WINDOW
+        {
+            return bad(
+                "cache_window",
+                format!("{w} is below {MIN_CACHE_WINDOW} (or unset)"),
+            );
+        }
         if let Durability::Interval(d) = self.durability
             && d.is_zero()
         {
@@ -142,6 +159,17 @@ mod tests {
             c.validate(),
             Err(Error::InvalidConfig {
                 key: "max_batch_bytes",
+                ..
+            })
+        ));
+        let c = LogConfig {
+            cache_window: Some(MIN_CACHE_WINDOW - 1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(Error::InvalidConfig {
+                key: "cache_window",
                 ..
             })
         ));

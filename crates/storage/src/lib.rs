@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 /// The record batch format, from `runnel-format` (shared with the client).
 pub use runnel_format as batch;
 
-pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
+pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES, MIN_CACHE_WINDOW};
 pub use env::{Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, SystemClock};
 pub use error::{Error, Result};
 pub use flusher::Flusher;

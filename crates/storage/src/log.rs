@@ -723,6 +723,8 @@ impl Log {
             let dirty = std::mem::take(&mut w.dir_dirty);
             (w.active.clone(), w.unsynced.clone(), dirty, w.next_offset)
         };
+        // Everything written so far is published up to this size; the fsync covers it.
+        let synced_size = active.size();
         let started = Instant::now();
         let result = (|| -> Result<()> {
             for s in &unsynced {
@@ -736,6 +738,12 @@ impl Log {
         })();
         self.env.observer.on_fsync(started.elapsed());
         result?;
+        if let Some(window) = self.config().cache_window {
+            for s in &unsynced {
+                s.drop_behind(s.size(), window);
+            }
+            active.drop_behind(synced_size, window);
+        }
         if !unsynced.is_empty() {
             lock(&self.writer)
                 .unsynced
@@ -1202,6 +1210,72 @@ mod tests {
         assert_eq!(log.segment_count(), 2);
         assert_eq!(log.segment_base_offsets()[1], end);
         log.verify_indexes().unwrap();
+    }
+
+    /// Whether a page of `file` at `pos` is in the page cache: a read that must not wait
+    /// for the disk (`RWF_NOWAIT`) fails with `EAGAIN` when it is not.
+    fn cached(file: &std::fs::File, pos: u64) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+        rustix::io::preadv2(file, &mut bufs, pos, rustix::io::ReadWriteFlags::NOWAIT).is_ok()
+    }
+
+    /// Whether this filesystem drops clean pages on `POSIX_FADV_DONTNEED` and reports it to
+    /// `RWF_NOWAIT` reads (ext4 and xfs do; tmpfs keeps its pages: they are the storage).
+    fn drops_pages(dir: &Path) -> bool {
+        let path = dir.join("probe");
+        std::fs::write(&path, vec![1u8; 1 << 16]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+        let dropped = !cached(&file, 0);
+        std::fs::remove_file(&path).unwrap();
+        dropped
+    }
+
+    #[test]
+    fn fsynced_data_behind_the_cache_window_leaves_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        if !drops_pages(dir.path()) {
+            eprintln!(
+                "skipped: the filesystem of {} keeps dropped pages",
+                dir.path().display()
+            );
+            return;
+        }
+        let config = LogConfig {
+            max_batch_bytes: 1 << 20,
+            durability: Durability::Never,
+            cache_window: Some(crate::MIN_CACHE_WINDOW),
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config).unwrap();
+        // 8 MiB in 100 KiB batches, then an fsync.
+        for i in 0..80 {
+            log.append(batch(100, i, 1024)).unwrap();
+        }
+        let file = std::fs::File::open(dir.path().join(format!("{:020}.log", 0))).unwrap();
+        let size = file.metadata().unwrap().len();
+        assert!(cached(&file, 0), "written data is cached before the fsync");
+        log.flush().unwrap();
+        assert!(!cached(&file, 0), "the start is behind the window: dropped");
+        assert!(
+            !cached(&file, size - (2 << 20)),
+            "2 MiB behind the end: dropped"
+        );
+        assert!(cached(&file, size - 4096), "the newest data stays cached");
+        // Reads of dropped data come from disk, whole and in order.
+        let r = log.read(0, 1 << 20).unwrap();
+        assert_eq!(offsets_in(r.data)[0], 0);
+        log.verify_indexes().unwrap();
+
+        // Without a window, an fsync drops nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        log.append(batch(10, 0, 100)).unwrap();
+        log.flush().unwrap();
+        let file = std::fs::File::open(dir.path().join(format!("{:020}.log", 0))).unwrap();
+        assert!(cached(&file, 0));
     }
 
     #[test]

@@ -36,6 +36,13 @@ use crate::index::{Index, OffsetEntry, TimeEntry};
 /// How far ahead of the writer the active segment's blocks are reserved.
 pub const PREALLOCATE_STEP: u64 = 16 << 20;
 
+/// Pages behind the cache window are dropped at least this many bytes at a time.
+pub const DROP_STEP: u64 = 4 << 20;
+
+/// The page size `drop_behind` rounds to (the smallest on Linux; the kernel drops only whole
+/// pages anyway).
+const PAGE_BYTES: u64 = 4096;
+
 /// File name stem of the segment starting at `base_offset`.
 pub(crate) fn file_stem(base_offset: u64) -> String {
     format!("{base_offset:020}")
@@ -123,6 +130,8 @@ pub(crate) struct Segment {
     indexes: Mutex<SegmentIndexes>,
     /// End of the range reserved with `fallocate` (or last tried); writer only.
     preallocated: AtomicU64,
+    /// Pages below this position were dropped from the page cache (`drop_behind`).
+    dropped: AtomicU64,
 }
 
 /// What a scan of a segment's batches found.
@@ -195,6 +204,7 @@ impl Segment {
             sealed: AtomicBool::new(false),
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -221,6 +231,7 @@ impl Segment {
             sealed: AtomicBool::new(sealed),
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -329,6 +340,28 @@ impl Segment {
         self.file
             .sync_data()
             .map_err(|e| Error::io("fsync segment", &self.log_path, e))
+    }
+
+    /// Drops from the page cache the pages more than `window` bytes behind `synced`, a size
+    /// known to be on disk (so the pages are clean and dropping them loses nothing), at
+    /// least [`DROP_STEP`] at a time. Advice only: a failure is logged, never returned, and
+    /// a later read simply comes from disk.
+    pub fn drop_behind(&self, synced: u64, window: u64) {
+        let upto = synced.saturating_sub(window) & !(PAGE_BYTES - 1);
+        let from = self.dropped.load(Ordering::Relaxed);
+        if upto < from + DROP_STEP {
+            return;
+        }
+        self.dropped.store(upto, Ordering::Relaxed);
+        if let Err(e) = rustix::fs::fadvise(
+            &self.file,
+            from,
+            std::num::NonZeroU64::new(upto - from),
+            rustix::fs::Advice::DontNeed,
+        ) {
+            tracing::debug!(path = %self.log_path.display(), error = %e,
+                "could not drop pages behind the cache window");
+        }
     }
 
     /// fdatasync of the active indexes (before a clean close).

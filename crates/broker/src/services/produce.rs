@@ -11,6 +11,7 @@
 //! a `ProduceStream` writes requests in the order received and finishes them in that order on
 //! a second task, so appends of later requests overlap the fsyncs of earlier ones.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -321,6 +322,8 @@ struct Writes {
     results: Vec<pb::ProducePartitionResult>,
     /// Partitions to fsync up to an offset before answering, with the entries that wait.
     syncs: Vec<(Arc<Partition>, u64, Vec<usize>)>,
+    /// Index in `syncs` by partition (its address).
+    sync_slot: HashMap<usize, usize>,
     sync: bool,
 }
 
@@ -329,6 +332,7 @@ impl Writes {
         Self {
             results: Vec::with_capacity(entries),
             syncs: Vec::new(),
+            sync_slot: HashMap::new(),
             sync,
         }
     }
@@ -384,15 +388,17 @@ impl Writes {
                 topic.metrics.bytes_in.increment(bytes);
                 if self.sync {
                     let entry = self.results.len();
-                    match self.syncs.iter_mut().find(|s| Arc::ptr_eq(&s.0, p)) {
-                        Some(s) => {
-                            s.1 = s.1.max(appended.next_offset);
-                            s.2.push(entry);
-                        }
-                        None => self
-                            .syncs
-                            .push((p.clone(), appended.next_offset, vec![entry])),
-                    }
+                    let syncs = &mut self.syncs;
+                    let slot = *self
+                        .sync_slot
+                        .entry(Arc::as_ptr(p) as usize)
+                        .or_insert_with(|| {
+                            syncs.push((p.clone(), 0, Vec::new()));
+                            syncs.len() - 1
+                        });
+                    let s = &mut syncs[slot];
+                    s.1 = s.1.max(appended.next_offset);
+                    s.2.push(entry);
                 }
                 self.results.push(pb::ProducePartitionResult {
                     partition: p.index,

@@ -252,64 +252,53 @@ async fn every_bad_input_returns_its_documented_status() {
         .await;
         assert!(r.error.is_none());
     }
-    let r = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(1, id, epoch, 0)],
-    )
-    .await;
-    assert_inline(
-        r.error.as_ref(),
-        ErrorCode::DuplicateSequence,
-        "sequence 0 was already written; only the last 5 batches' offsets are kept",
-    );
-    let r = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(1, id, epoch, 8)],
-    )
-    .await;
-    assert_inline(
-        r.error.as_ref(),
-        ErrorCode::OutOfOrderSequence,
-        "expected sequence 6, got 8",
-    );
-    let r = produce(
-        &b,
-        "t",
-        1,
-        pb::Acks::Written,
-        vec![idempotent_batch(1, id, epoch, 3)],
-    )
-    .await;
-    assert_inline(
-        r.error.as_ref(),
-        ErrorCode::UnknownProducer,
-        "has no state on t/1 and its sequence 3 is not 0",
-    );
-    prod.init_producer(pb::InitProducerRequest {
-        producer_id: Some(id),
-        producer_epoch: Some(0),
-    })
-    .await
-    .unwrap();
-    let r = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(1, id, epoch, 6)],
-    )
-    .await;
-    assert_inline(
-        r.error.as_ref(),
-        ErrorCode::ProducerFenced,
-        "epoch 0 is fenced: the current epoch is 1",
-    );
+    // (partition, sequence, expected error, message), in order; the epoch is bumped before
+    // the last one.
+    let cases = [
+        (
+            0,
+            0,
+            ErrorCode::DuplicateSequence,
+            "sequence 0 was already written; only the last 5 batches' offsets are kept",
+        ),
+        (
+            0,
+            8,
+            ErrorCode::OutOfOrderSequence,
+            "expected sequence 6, got 8",
+        ),
+        (
+            1,
+            3,
+            ErrorCode::UnknownProducer,
+            "has no state on t/1 and its sequence 3 is not 0",
+        ),
+        (
+            0,
+            6,
+            ErrorCode::ProducerFenced,
+            "epoch 0 is fenced: the current epoch is 1",
+        ),
+    ];
+    for (partition, seq, code, message) in cases {
+        if code == ErrorCode::ProducerFenced {
+            prod.init_producer(pb::InitProducerRequest {
+                producer_id: Some(id),
+                producer_epoch: Some(0),
+            })
+            .await
+            .unwrap();
+        }
+        let r = produce(
+            &b,
+            "t",
+            partition,
+            pb::Acks::Written,
+            vec![idempotent_batch(1, id, epoch, seq)],
+        )
+        .await;
+        assert_inline(r.error.as_ref(), code, message);
+    }
     let e = prod
         .init_producer(pb::InitProducerRequest {
             producer_id: Some(id),

@@ -85,6 +85,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let args = Args::parse();
     let config = match args
         .overrides()
@@ -163,4 +164,34 @@ async fn signal() {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = name, "received shutdown signal");
+}
+
+/// Asks glibc's malloc to keep freed memory for reuse, unless the operator tuned it through
+/// its environment variables (`MALLOC_*_`, or `glibc.malloc.*` in `GLIBC_TUNABLES`).
+///
+/// Every produce request is received into a buffer of its own and every read into another,
+/// up to a few MiB each, freed once written or sent. By default glibc serves these sizes
+/// with fresh `mmap`s and returns them when freed, so their pages are faulted in and zeroed
+/// again for every request: 300k page faults for 2 GB produced and read back. Allocations
+/// below 32 MiB now come from malloc's heaps, which give memory back only once 64 MiB at
+/// their top are free: 13k faults for the same run, and the resident size stays at the peak
+/// working set (about 62 MB there instead of falling back to 33-45 MB). Figures and commands:
+/// docs/benchmarks.md, fourth session.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::vars_os().any(|(k, v)| {
+            let k = k.to_string_lossy();
+            (k == "GLIBC_TUNABLES" && v.to_string_lossy().contains("glibc.malloc."))
+                || (k.starts_with("MALLOC_") && k.ends_with('_'))
+        });
+        if !tuned {
+            // SAFETY: `mallopt` only sets two of malloc's tunables under malloc's own locks
+            // and may be called at any time; a refused value leaves glibc's default.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+            }
+        }
+    }
 }

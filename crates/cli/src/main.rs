@@ -13,6 +13,7 @@ mod consume;
 mod error;
 mod format;
 mod group;
+mod memory;
 mod offsets;
 mod output;
 mod parse;
@@ -141,6 +142,7 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
+    memory::keep_freed_memory();
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => {

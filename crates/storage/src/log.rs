@@ -122,6 +122,9 @@ pub struct Log {
     synced: AtomicU64,
     /// Bumped (and futex-woken) each time a leader finishes: parked callers wait on it.
     released: AtomicU32,
+    /// The CPUs this process may run on: callers in `sync_to` yield instead of parking when
+    /// more of them wait than this.
+    cpus: usize,
     failed: AtomicBool,
     repairs: Vec<Repair>,
 }
@@ -133,6 +136,29 @@ impl std::fmt::Debug for Log {
             .field("start_offset", &self.start_offset())
             .field("end_offset", &self.end_offset())
             .finish_non_exhaustive()
+    }
+}
+
+/// Yields until `word` no longer holds `seen` or `spin` has passed. A group's members wait
+/// for at most one collection and one fsync, each no longer than the last fsync: that is
+/// the bound callers pass. Yielding instead of parking matters when more callers wait than
+/// the machine has CPUs: the leader's one wake-all then queues the parked callers on one
+/// busy CPU, where they run one after another while the next leader waits for them
+/// (docs/architecture.md, "Group commit"). RocksDB's write-group followers also yield before
+/// they block. True if `word` changed.
+fn spin_for_release(word: &AtomicU32, seen: u32, spin: Duration) -> bool {
+    if spin.is_zero() {
+        return false;
+    }
+    let deadline = Instant::now() + spin;
+    loop {
+        if word.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -208,6 +234,7 @@ impl Log {
             }),
             synced: AtomicU64::new(end),
             released: AtomicU32::new(0),
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
             failed: AtomicBool::new(false),
             repairs: opened.repairs,
             dir,
@@ -593,7 +620,8 @@ impl Log {
     /// inside `sync_to` when the last fsync ended, so that appenders released together are
     /// covered together instead of settling into two alternating halves; a lone appender never
     /// waits. The fsync covers everything written when it starts; callers that arrive during
-    /// it are covered by the next one.
+    /// it are covered by the next one. The others park until a leader finishes; when more
+    /// callers wait than twice the CPUs, they yield for up to two fsync times first.
     ///
     /// # Errors
     /// The fsync's error for the caller that ran it, [`Error::LogFailed`] for the others; the
@@ -623,9 +651,19 @@ impl Log {
             // Parked until a leader finishes: the one that covers this offset has taken the
             // entry out of `waiting`; otherwise lead the next group, or park again.
             let mut seen = self.released.load(Ordering::Acquire);
+            // Yield first only if the group outnumbers the CPUs well: on 2 vCPUs, 4 yielding
+            // appenders were 5% slower than 4 parked ones; 8 were 4-61% and 16 31-65% faster
+            // (docs/benchmarks.md, fifth session).
+            let spin = if st.expected.max(st.waiting.len()) > 2 * self.cpus {
+                st.last_fsync.min(MAX_COLLECT) * 2
+            } else {
+                Duration::ZERO
+            };
             drop(st);
             st = loop {
-                wait_for_release(&self.released, seen);
+                if !spin_for_release(&self.released, seen, spin) {
+                    wait_for_release(&self.released, seen);
+                }
                 if self.synced.load(Ordering::Acquire) >= offset {
                     return Ok(());
                 }

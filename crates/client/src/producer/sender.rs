@@ -253,23 +253,27 @@ impl Sender {
     /// The earliest time something must happen without a wake-up.
     fn next_deadline(&self, linger: Option<Instant>) -> Option<Instant> {
         let config = &self.inner.config;
-        let mut candidates: Vec<Instant> = linger.into_iter().collect();
-        if self.stream.is_none() && self.has_work() {
-            candidates.extend(self.reconnect_at);
+        let mut next = linger;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if (self.stream.is_none() && self.has_work()) || self.reset {
+            consider(self.reconnect_at);
         }
-        if let Some(front) = self.in_flight.front() {
-            candidates.push(front.sent + config.request_timeout);
-        }
+        consider(
+            self.in_flight
+                .front()
+                .map(|f| f.sent + config.request_timeout),
+        );
         for part in self.parts.values() {
             if let Some(front) = part.queue.front() {
-                candidates.push(front.created + config.delivery_timeout);
-                candidates.extend(part.retry_at);
+                consider(Some(front.created + config.delivery_timeout));
+                consider(part.retry_at);
             }
         }
-        if self.reset {
-            candidates.extend(self.reconnect_at);
-        }
-        candidates.into_iter().min()
+        next
     }
 
     async fn open_stream(&mut self) {

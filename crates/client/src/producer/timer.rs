@@ -51,7 +51,7 @@ impl Timer {
 mod linux {
     use std::io;
     use std::os::fd::OwnedFd;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rustix::time::{
         Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -72,40 +72,58 @@ mod linux {
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
     }
 
+    /// An armed expiry this far away is kept when the deadline moves later: it fires early
+    /// and the sleep re-arms then. Deadlines that creep forward, such as the request
+    /// timeout of the oldest request in flight, which moves with every response, then cost
+    /// a `timerfd_settime` per expiry instead of one per request. Nearer expiries (lingers)
+    /// are re-armed at once, so they never cost an early wake-up.
+    const KEEP_EARLIER: Duration = Duration::from_millis(100);
+
     pub(super) async fn sleep_until(
         fd: &AsyncFd<OwnedFd>,
         armed: &mut Option<Instant>,
         deadline: Instant,
     ) -> io::Result<()> {
-        let now = Instant::now();
-        if deadline <= now {
-            return Ok(());
+        loop {
+            let now = Instant::now();
+            if deadline <= now {
+                return Ok(());
+            }
+            let keep =
+                armed.is_some_and(|a| a == deadline || (a < deadline && a > now + KEEP_EARLIER));
+            if !keep {
+                arm(fd, deadline - now)?;
+                *armed = Some(deadline);
+            }
+            wait(fd).await?;
+            *armed = None;
         }
-        if *armed != Some(deadline) {
-            let left = deadline - now;
-            let zero = Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let spec = Itimerspec {
-                it_interval: zero,
-                it_value: Timespec {
-                    tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-                    tv_nsec: left.subsec_nanos().into(),
-                },
-            };
-            // Setting the timer also forgets an expiry not yet read.
-            timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
-            *armed = Some(deadline);
-        }
+    }
+
+    /// Sets the timer to expire `left` from now, forgetting an expiry not yet read.
+    fn arm(fd: &AsyncFd<OwnedFd>, left: Duration) -> io::Result<()> {
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: left.subsec_nanos().into(),
+            },
+        };
+        timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
+    }
+
+    /// Waits for the timer's expiry and reads it.
+    async fn wait(fd: &AsyncFd<OwnedFd>) -> io::Result<()> {
         loop {
             let mut ready = fd.readable().await?;
             let mut expirations = [0u8; 8];
             match rustix::io::read(fd.get_ref(), &mut expirations) {
-                Ok(_) => {
-                    *armed = None;
-                    return Ok(());
-                }
+                Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
                 Err(e) => return Err(e.into()),
             }
@@ -145,5 +163,22 @@ mod tests {
         );
         timer.sleep_until(near).await;
         assert!(Instant::now() >= near);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_that_moves_later_completes_at_the_new_one() {
+        let mut timer = Timer::new();
+        // Armed 300 ms ahead (far enough to be kept when the deadline moves later), dropped.
+        let first = Instant::now() + Duration::from_millis(300);
+        let dropped = tokio::time::timeout(Duration::from_millis(5), timer.sleep_until(first));
+        assert!(dropped.await.is_err());
+        #[cfg(target_os = "linux")]
+        assert_eq!(timer.armed, Some(first), "the timerfd stays armed");
+        // The later deadline: the kept expiry fires first, and the sleep goes on to its own.
+        let second = first + Duration::from_millis(100);
+        timer.sleep_until(second).await;
+        assert!(Instant::now() >= second, "never before its deadline");
+        #[cfg(target_os = "linux")]
+        assert_eq!(timer.armed, None, "the expiry was read");
     }
 }

@@ -131,7 +131,7 @@ pub struct Log {
     /// Bumped (and futex-woken) each time a leader finishes: parked callers wait on it.
     released: AtomicU32,
     /// The CPUs this process may run on: callers in `sync_to` yield instead of parking when
-    /// more of them wait than this.
+    /// more of them wait than twice this.
     cpus: usize,
     failed: AtomicBool,
     repairs: Vec<Repair>,
@@ -152,8 +152,8 @@ impl std::fmt::Debug for Log {
 /// the bound callers pass. Yielding instead of parking matters when more callers wait than
 /// the machine has CPUs: the leader's one wake-all then queues the parked callers on one
 /// busy CPU, where they run one after another while the next leader waits for them
-/// (docs/architecture.md, "Group commit"). RocksDB's write-group followers also yield before
-/// they block. True if `word` changed.
+/// (docs/architecture.md, "The path of a record"). RocksDB's write-group followers also
+/// yield before they block. True if `word` changed.
 fn spin_for_release(word: &AtomicU32, seen: u32, spin: Duration) -> bool {
     if spin.is_zero() {
         return false;
@@ -384,8 +384,8 @@ impl Log {
     /// [`Log::write_batches`] for a caller that must not wait: `None`, with nothing done,
     /// when another thread holds the writer lock for longer than `TRY_WRITE_WAIT` (20 µs;
     /// the caller yields meanwhile) or when the append would roll to a new segment (sealing
-    /// the old one fsyncs it). Otherwise the batches are validated and
-    /// written to the page cache like [`Log::write_batches`] does, with the same result.
+    /// the old one fsyncs it). Otherwise the batches are validated and written to the page
+    /// cache like [`Log::write_batches`] does, with the same result.
     /// Meant for small appends on an async runtime's thread, falling back to
     /// `write_batches` in a blocking context on `None`.
     pub fn try_write_batches(&self, batches: &[Bytes]) -> Option<Result<Appended>> {

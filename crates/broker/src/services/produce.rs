@@ -313,9 +313,9 @@ impl Broker {
 /// Requests of at most this many bytes are appended on the runtime's thread that received
 /// them (`Log::try_write_batches`: a `writev` into the page cache of blocks reserved ahead,
 /// plus, once every 16 MiB, the `fallocate` that reserves the next ones; waiting at most
-/// 20 µs for the writer lock, never for a roll or an fsync), saving the hand-off to the blocking pool and back
-/// that dominates the cost of a small request. Larger requests, and entries the log refuses
-/// to write without waiting, go to the blocking pool.
+/// 20 µs for the writer lock, never for a roll or an fsync), saving the hand-off to the
+/// blocking pool and back that dominates the cost of a small request. Larger requests, and
+/// entries the log refuses to write without waiting, go to the blocking pool.
 const INLINE_WRITE_MAX: u64 = 64 * 1024;
 
 /// The results of a request's entries, appended in order, and the fsyncs they wait for.

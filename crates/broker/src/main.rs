@@ -175,7 +175,7 @@ async fn signal() {
 /// again for every request: 300k page faults for 2 GB produced and read back. Allocations
 /// below 32 MiB now come from malloc's heaps, which give memory back only once 64 MiB at
 /// their top are free: 13k faults for the same run, and the resident size stays at the peak
-/// working set (about 62 MB there instead of falling back to 33-45 MB). Figures and commands:
+/// working set (29-33 MB there instead of falling back to 23-26 MB). Figures and commands:
 /// docs/benchmarks.md, fourth session.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

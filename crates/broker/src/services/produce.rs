@@ -339,8 +339,9 @@ impl Writes {
     }
 
     /// Appends the next entry and records its result. With `inline` the entry is written only
-    /// if the log needs no waiting (`Log::try_write_batches`); otherwise it is handed back,
-    /// untouched, for a blocking context. Without `inline`, blocking.
+    /// if the log needs no waiting beyond a brief one for the writer lock
+    /// (`Log::try_write_batches`); otherwise it is handed back, untouched, for a blocking
+    /// context. Without `inline`, blocking.
     fn write(
         &mut self,
         topic: &Topic,
@@ -368,7 +369,6 @@ impl Writes {
         let Some(result) = attempt else {
             return Some(plan);
         };
-        let p = &plan.partition;
         match result {
             Ok(appended) => {
                 p.appended();

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
-# machine's own limits, in one run: `runnel bench disk` and `runnel bench net` (plain
-# sequential write + fdatasync, plain loopback TCP), then every broker figure, each ROUNDS
+# machine's own limits, in one run: `runnel bench cpu`, `disk` and `net` (time the machine
+# keeps from spinning threads, plain sequential write + fdatasync, plain loopback TCP), then
+# every broker figure, each ROUNDS
 # times, with the load average noted for each. Prints a table of medians, spreads and ratios.
 #
 #   scripts/bench-broker.sh                 # builds release binaries, waits for a quiet machine
 #   ROUNDS=5 ONLY="produce consume" scripts/bench-broker.sh
 #
 # Variables: ROUNDS (3), ONLY (names of measurements to run, default all: disk net produce
-# consume durable1 durable4 durable16 sustained latency e2e stall), BENCH_DIR (target/bench-broker: data
+# consume durable1 durable4 durable16 sustained latency e2e stall, and cpu), BENCH_DIR (target/bench-broker: data
 # dir, on the disk you care about), PORT (37171; PORT+1 serves metrics), SKIP_BUILD=1,
 # NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS (2000000), DURABLE_FOR (10s),
-# SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms), STALL_FOR (20s).
+# SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms), STALL_FOR (20s), CPU_FOR (5s).
 #
 # The latency rows run at half the maximum throughput the broker sustains for SUSTAINED_FOR
 # (the "sustained" runs: produce at full speed for that long), not half the "produce" figure:
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-ONLY=${ONLY:-"disk net produce consume durable1 durable4 durable16 sustained latency e2e stall"}
+ONLY=${ONLY:-"cpu disk net produce consume durable1 durable4 durable16 sustained latency e2e stall"}
 BENCH_DIR=${BENCH_DIR:-target/bench-broker}
 PORT=${PORT:-37171}
 RECORDS=${RECORDS:-2000000}
@@ -32,6 +33,7 @@ SUSTAINED_FOR=${SUSTAINED_FOR:-20s}
 LATENCY_FOR=${LATENCY_FOR:-20s}
 LATENCY_LINGER=${LATENCY_LINGER:-1ms}
 STALL_FOR=${STALL_FOR:-20s}
+CPU_FOR=${CPU_FOR:-5s}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
   cargo build --release -p runnel-cli -p runnel-broker
@@ -64,23 +66,37 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# Waits until the broker has removed the files of deleted topics: it does so in the
+# background after DeleteTopic answers, and removing the gigabytes of a "sustained" run keeps
+# the disk busy for seconds, slowing the fsyncs of whatever runs next (durable1 right after
+# it: 1,265 instead of 1,963-2,061 records/s, docs/benchmarks.md, "Sixth session").
+settle_deletes() {
+  for _ in $(seq 600); do
+    [[ -z "$(ls -A "$DATA/deleted" 2>/dev/null)" ]] && return
+    sleep 0.2
+  done
+  echo "the broker is still removing deleted topics after 120 s; going on" >&2
+}
+
 # run NAME ROUND ARGS...: one bench run, its JSON tagged with the name, round and load.
 run() {
   local name=$1 round=$2
   shift 2
   quiet_machine
+  settle_deletes
   local load
   load=$(cut -d' ' -f1 /proc/loadavg)
   local json
   json=$("$RUNNEL" --broker "127.0.0.1:$PORT" --output json bench "$@" --quiet)
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"name":sys.argv[2],"round":int(sys.argv[3]),"load":float(sys.argv[4]),"result":r}))' \
     "$json" "$name" "$round" "$load" >>"$RESULTS"
-  echo "$name round $round (load $load): $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["latency_ms"] or {}; print("%.0f rec/s, %.1f MB/s, p99 %s ms" % (r["records_per_sec"], r["mb_per_sec"], l.get("p99", "-")))' "$json")" >&2
+  echo "$name round $round (load $load): $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["latency_ms"] or {}; print("%.0f rec/s, %.1f MB/s, p99 %s ms%s" % (r["records_per_sec"], r["mb_per_sec"], l.get("p99", "-"), ", %.2f%% lost" % r["details"]["lost_percent"] if "lost_percent" in r["details"] else ""))' "$json")" >&2
 }
 
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
 
 for round in $(seq "$ROUNDS"); do
+  wants cpu && run cpu "$round" cpu --duration "$CPU_FOR"
   wants disk && run disk "$round" disk --dir "$DATA" --bytes 1GiB
   wants net && run net "$round" net --bytes 4GiB
   wants produce && run produce "$round" produce --topic "produce-$round" --records "$RECORDS" \
@@ -147,9 +163,13 @@ p99 = lambda r: (r["result"]["latency_ms"] or {}).get("p99")
 ack99 = lambda r: (r["result"]["ack_latency_ms"] or {}).get("p99")
 load = lambda r: r["load"]
 disk, net = med("disk", mbs), med("net", mbs)
+lost = lambda r: r["result"]["details"]["lost_percent"]
 
 print("| measurement | median (min-max) | machine limit | ratio | load avg |")
 print("|---|---|---|---:|---|")
+if runs.get("cpu"):
+    gmax = lambda r: (r["result"]["latency_ms"] or {}).get("max", 0.0)
+    print(f"| cpu: time kept from {runs['cpu'][0]['result']['config']['threads']} spinning threads | {fmt(med('cpu', lost), ' %', 2)}, longest gap {fmt(med('cpu', gmax), ' ms', 1)} | - | - | {fmt(med('cpu', load), '', 2)} |")
 if disk: print(f"| disk: 1 MiB writes + fdatasync | {fmt(disk, ' MB/s')} | - | - | {fmt(med('disk', load), '', 2)} |")
 if disk: print(f"| disk: 1 KiB write + fdatasync, p50 | {fmt(med('disk', lambda r: r['result']['latency_ms']['p50']), ' ms', 3)} | - | - | |")
 if net: print(f"| net: loopback TCP, 1 connection | {fmt(net, ' MB/s')} | - | - | {fmt(med('net', load), '', 2)} |")

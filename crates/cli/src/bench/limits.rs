@@ -6,14 +6,19 @@
 //!   `write` + `fdatasync`, for the latency of one durable write.
 //! - `net`: one loopback TCP connection carrying `--bytes` in 1 MiB `write`s to a reader
 //!   with a 1 MiB buffer, on two threads.
+//! - `cpu`: one thread per CPU reading the clock in a loop for `--duration` (5 s unless
+//!   given); every gap of 50 µs or more between two readings is time that thread did not
+//!   run: interrupts, other tasks, or, on a virtual machine, the host running something else
+//!   on that vCPU, which the guest does not always report as steal time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::BenchArgs;
@@ -140,6 +145,105 @@ pub fn net(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Clock readings this far apart or more mean the spinning thread did not run in between;
+/// closer ones are the loop itself.
+const GAP_MIN: Duration = Duration::from_micros(50);
+
+/// How long `cpu` spins without `--duration`.
+const CPU_DEFAULT_DURATION: Duration = Duration::from_secs(5);
+
+/// The gaps one spinning thread saw.
+struct Gaps {
+    /// Gap lengths in microseconds.
+    hist: Histogram<u64>,
+    /// Their sum.
+    lost: Duration,
+    /// Gaps of 1 ms or more.
+    over_1ms: u64,
+    /// The previous clock reading.
+    last: Instant,
+}
+
+impl Gaps {
+    fn new(start: Instant) -> Self {
+        Self {
+            hist: micros_histogram(),
+            lost: Duration::ZERO,
+            over_1ms: 0,
+            last: start,
+        }
+    }
+
+    /// Takes the next clock reading.
+    fn observe(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last);
+        self.last = now;
+        if gap >= GAP_MIN {
+            self.hist.saturating_record(gap.as_micros() as u64);
+            self.lost += gap;
+            if gap >= Duration::from_millis(1) {
+                self.over_1ms += 1;
+            }
+        }
+    }
+}
+
+/// Reads the clock in a loop for `duration`.
+fn spin(duration: Duration) -> Gaps {
+    let start = Instant::now();
+    let mut gaps = Gaps::new(start);
+    loop {
+        let now = Instant::now();
+        gaps.observe(now);
+        if now.duration_since(start) >= duration {
+            return gaps;
+        }
+    }
+}
+
+/// How much time the machine keeps from busy threads: one per CPU spins for `--duration`.
+/// Blocking.
+pub fn cpu(args: &BenchArgs) -> anyhow::Result<Report> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let duration = args.duration.unwrap_or(CPU_DEFAULT_DURATION);
+    let started = Instant::now();
+    let spinners: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(move || spin(duration)))
+        .collect();
+    let mut hist = micros_histogram();
+    let mut lost = Duration::ZERO;
+    let mut over_1ms = 0;
+    for s in spinners {
+        let g = s
+            .join()
+            .map_err(|_| anyhow::anyhow!("a spinning thread panicked"))?;
+        hist.add(&g.hist).context("merging gap histograms")?;
+        lost += g.lost;
+        over_1ms += g.over_1ms;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut r = Report::new("cpu");
+    r.seconds = seconds;
+    r.latency = Latency::from_micros(&hist);
+    r.latency_label = "gaps in a spinning thread";
+    r.details = vec![
+        (
+            "lost_percent",
+            json!(round6(
+                100.0 * lost.as_secs_f64() / (threads as f64 * duration.as_secs_f64())
+            )),
+        ),
+        ("gaps", json!(hist.len())),
+        ("gaps_over_1ms", json!(over_1ms)),
+    ];
+    r.config = vec![
+        ("threads", json!(threads)),
+        ("duration_s", json!(duration.as_secs_f64())),
+        ("gap_min_us", json!(GAP_MIN.as_micros() as u64)),
+    ];
+    Ok(r)
+}
+
 fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
 }
@@ -175,6 +279,37 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "files removed"
+        );
+    }
+
+    #[test]
+    fn gaps_count_only_pauses_of_fifty_micros_or_more() {
+        let t0 = Instant::now();
+        let mut g = Gaps::new(t0);
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        g.observe(at(10)); // the loop itself
+        g.observe(at(59)); // 49 µs: still the loop
+        g.observe(at(2_059)); // 2 ms off the CPU
+        g.observe(at(2_159)); // 100 µs
+        assert_eq!(g.hist.len(), 2);
+        assert_eq!(g.lost, Duration::from_micros(2_100));
+        assert_eq!(g.over_1ms, 1);
+        assert_eq!(g.hist.max(), 2_000);
+    }
+
+    #[test]
+    fn the_cpu_probe_spins_one_thread_per_cpu_for_the_duration() {
+        let r = cpu(&args(&["cpu", "--duration", "200ms"])).unwrap();
+        let threads = std::thread::available_parallelism().unwrap().get();
+        assert!(r.seconds >= 0.2, "{}", r.seconds);
+        let config: std::collections::HashMap<_, _> = r.config.iter().cloned().collect();
+        assert_eq!(config["threads"], json!(threads));
+        let details: std::collections::HashMap<_, _> = r.details.iter().cloned().collect();
+        let lost = details["lost_percent"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&lost), "{lost}");
+        assert_eq!(
+            details["gaps"].as_u64().unwrap(),
+            r.latency.map_or(0, |l| l.count)
         );
     }
 

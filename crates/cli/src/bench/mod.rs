@@ -9,6 +9,7 @@
 //! | `e2e` | producers and consumers at once; consumers start at the log end | consumed records/s; produce-to-consume latency (and produce-to-ack) |
 //! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
 //! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
+//! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
 //!
 //! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
 //! Produce-to-ack runs from the `send` call to the record's delivery; produce-to-consume
@@ -41,6 +42,8 @@ pub enum Mode {
     Disk,
     /// The machine's loopback TCP speed (no broker).
     Net,
+    /// How much time the machine keeps from busy threads, one per CPU (no broker).
+    Cpu,
 }
 
 /// Which acknowledgement the producers ask for.
@@ -72,6 +75,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel bench e2e --rate 100000 --duration 20s --output json
   runnel bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
   runnel bench disk --dir /var/lib/runnel && runnel bench net        # the machine's own limits
+  runnel bench cpu --duration 10s                                    # time the host keeps from busy CPUs
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 
 /// Arguments of `runnel bench`.
@@ -215,6 +219,12 @@ pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<
             tokio::task::spawn_blocking(move || limits::net(&a))
                 .await
                 .context("the network probe panicked")??
+        }
+        Mode::Cpu => {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || limits::cpu(&a))
+                .await
+                .context("the CPU probe panicked")??
         }
         Mode::Produce | Mode::Consume | Mode::E2e => load::run(&broker, &args).await?,
     };

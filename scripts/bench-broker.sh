@@ -99,6 +99,15 @@ for round in $(seq "$ROUNDS"); do
   wants cpu && run cpu "$round" cpu --duration "$CPU_FOR"
   wants disk && run disk "$round" disk --dir "$DATA" --bytes 1GiB
   wants net && run net "$round" net --bytes 4GiB
+  # Before the runs that write gigabytes, and in alternating order, so that 1 and 16
+  # producers see the same machine (the ratio is the target).
+  order="1 4 16"
+  ((round % 2 == 0)) && order="16 4 1"
+  for n in $order; do
+    wants "durable$n" && run "durable$n" "$round" produce --topic "durable-$n-$round" \
+      --acks durable --batch-size 1 --max-in-flight 1 --linger 0 --buffer 4KiB --producers "$n" \
+      --duration "$DURABLE_FOR" --cleanup
+  done
   wants produce && run produce "$round" produce --topic "produce-$round" --records "$RECORDS" \
     --batch-size 1000 --acks written --cleanup
   if wants consume; then
@@ -107,11 +116,6 @@ for round in $(seq "$ROUNDS"); do
   fi
   wants sustained && run sustained "$round" produce --topic "sustained-$round" \
     --duration "$SUSTAINED_FOR" --batch-size 1000 --acks written --cleanup
-  for n in 1 4 16; do
-    wants "durable$n" && run "durable$n" "$round" produce --topic "durable-$n-$round" \
-      --acks durable --batch-size 1 --max-in-flight 1 --linger 0 --buffer 4KiB --producers "$n" \
-      --duration "$DURABLE_FOR" --cleanup
-  done
 done
 
 # Latency at half the maximum throughput: the median of the sustained runs (or else of the

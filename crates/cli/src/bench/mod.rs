@@ -100,7 +100,8 @@ pub struct BenchArgs {
     /// Records to produce (or consume), all producers together.
     #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
-    /// Run for this long instead of a record count (`30s`, `2m`).
+    /// Run for this long instead of a record count (`30s`, `2m`); `cpu` spins this long
+    /// (5 s unless given).
     #[arg(long, value_parser = parse::parse_duration)]
     pub duration: Option<Duration>,
     /// Bytes per record value (`100`, `1KiB`).

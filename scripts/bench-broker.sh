@@ -2,17 +2,18 @@
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
 # machine's own limits, in one run: `runnel bench cpu`, `disk` and `net` (time the machine
 # keeps from spinning threads, plain sequential write + fdatasync, plain loopback TCP), then
-# every broker figure, each ROUNDS
-# times, with the load average noted for each. Prints a table of medians, spreads and ratios.
+# every broker figure, each ROUNDS times, with the load average noted for each. Prints a
+# table of medians, spreads and ratios.
 #
 #   scripts/bench-broker.sh                 # builds release binaries, waits for a quiet machine
 #   ROUNDS=5 ONLY="produce consume" scripts/bench-broker.sh
 #
-# Variables: ROUNDS (3), ONLY (names of measurements to run, default all: disk net produce
-# consume durable1 durable4 durable16 sustained latency e2e stall, and cpu), BENCH_DIR (target/bench-broker: data
-# dir, on the disk you care about), PORT (37171; PORT+1 serves metrics), SKIP_BUILD=1,
-# NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS (2000000), DURABLE_FOR (10s),
-# SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms), STALL_FOR (20s), CPU_FOR (5s).
+# Variables: ROUNDS (3), ONLY (names of measurements to run, default all: cpu disk net
+# produce consume durable1 durable4 durable16 sustained latency e2e stall), BENCH_DIR
+# (target/bench-broker: data dir, on the disk you care about), PORT (37171; PORT+1 serves
+# metrics), SKIP_BUILD=1, NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS
+# (2000000), DURABLE_FOR (10s), SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms),
+# STALL_FOR (20s), CPU_FOR (5s).
 #
 # The latency rows run at half the maximum throughput the broker sustains for SUSTAINED_FOR
 # (the "sustained" runs: produce at full speed for that long), not half the "produce" figure:

@@ -207,9 +207,14 @@ pub fn cpu(args: &BenchArgs) -> anyhow::Result<Report> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let duration = args.duration.unwrap_or(CPU_DEFAULT_DURATION);
     let started = Instant::now();
-    let spinners: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(move || spin(duration)))
-        .collect();
+    let spinners = (0..threads)
+        .map(|i| {
+            std::thread::Builder::new()
+                .name(format!("spin-{i}"))
+                .spawn(move || spin(duration))
+                .context("starting a spinning thread")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut hist = micros_histogram();
     let mut lost = Duration::ZERO;
     let mut over_1ms = 0;

@@ -47,7 +47,8 @@ impl Produce {
 
 /// An entry ready to append.
 struct Planned {
-    field: String,
+    /// The entry's index in the request (`partitions[i]`).
+    entry: usize,
     partition: Arc<Partition>,
     batches: Vec<Bytes>,
     headers: Vec<BatchHeader>,
@@ -211,13 +212,14 @@ impl Broker {
         i: usize,
         entry: pb::ProducePartition,
     ) -> Result<Planned, (u32, RpcError)> {
-        let field = format!("partitions[{i}]");
+        // Named only when something is wrong: no allocation per request otherwise.
+        let field = || format!("partitions[{i}]");
         let index = match (entry.partition, &entry.partition_key) {
             (Some(_), Some(_)) => {
                 return Err((
                     0,
                     RpcError::invalid("partition and partition_key are both set; set one")
-                        .at(&field),
+                        .at(&field()),
                 ));
             }
             (Some(p), None) => p,
@@ -228,12 +230,11 @@ impl Broker {
             }
             (None, None) => topic.next_round_robin(),
         };
-        let partition = topic.partition(index).map_err(|e| (0, e.at(&field)))?;
+        let partition = topic.partition(index).map_err(|e| (0, e.at(&field())))?;
         let max_batch = partition.log.config().max_batch_bytes as usize;
         let mut headers = Vec::with_capacity(entry.batches.len());
         for (j, b) in entry.batches.iter().enumerate() {
-            // Named only when something is wrong: no allocation per batch otherwise.
-            let bfield = || format!("{field}.batches[{j}]");
+            let bfield = || format!("partitions[{i}].batches[{j}]");
             let header = match BatchHeader::decode(b) {
                 Ok(h) => h,
                 Err(e) => {
@@ -252,7 +253,7 @@ impl Broker {
             headers.push(header);
         }
         Ok(Planned {
-            field,
+            entry: i,
             partition,
             batches: entry.batches,
             headers,
@@ -459,10 +460,10 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
         for (j, b) in plan.batches.iter().enumerate() {
             if let Err(bad) = batch::validate(b, max) {
                 return storage_error(&bad.into(), p, None)
-                    .at(&format!("{}.batches[{j}]", plan.field));
+                    .at(&format!("partitions[{}].batches[{j}]", plan.entry));
             }
         }
-        return storage_error(e, p, None).at(&plan.field);
+        return storage_error(e, p, None).at(&format!("partitions[{}]", plan.entry));
     }
     let sequence_of = match e {
         S::OutOfOrderSequence {
@@ -488,10 +489,11 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
             .position(|h| h.producer_id == pid && (seq == i32::MIN || h.base_sequence == seq));
         if let Some(j) = found {
             let epoch = plan.headers[j].producer_epoch;
-            return storage_error(e, p, Some(epoch)).at(&format!("{}.batches[{j}]", plan.field));
+            return storage_error(e, p, Some(epoch))
+                .at(&format!("partitions[{}].batches[{j}]", plan.entry));
         }
     }
-    storage_error(e, p, None).at(&plan.field)
+    storage_error(e, p, None).at(&format!("partitions[{}]", plan.entry))
 }
 
 /// What the reader of a `ProduceStream` hands to its responder, in stream order.

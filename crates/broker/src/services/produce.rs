@@ -212,14 +212,12 @@ impl Broker {
         i: usize,
         entry: pb::ProducePartition,
     ) -> Result<Planned, (u32, RpcError)> {
-        // Named only when something is wrong: no allocation per request otherwise.
-        let field = || format!("partitions[{i}]");
         let index = match (entry.partition, &entry.partition_key) {
             (Some(_), Some(_)) => {
                 return Err((
                     0,
                     RpcError::invalid("partition and partition_key are both set; set one")
-                        .at(&field()),
+                        .at(&entry_field(i, None)),
                 ));
             }
             (Some(p), None) => p,
@@ -230,16 +228,20 @@ impl Broker {
             }
             (None, None) => topic.next_round_robin(),
         };
-        let partition = topic.partition(index).map_err(|e| (0, e.at(&field())))?;
+        let partition = topic
+            .partition(index)
+            .map_err(|e| (0, e.at(&entry_field(i, None))))?;
         let max_batch = partition.log.config().max_batch_bytes as usize;
         let mut headers = Vec::with_capacity(entry.batches.len());
         for (j, b) in entry.batches.iter().enumerate() {
-            let bfield = || format!("partitions[{i}].batches[{j}]");
             let header = match BatchHeader::decode(b) {
                 Ok(h) => h,
                 Err(e) => {
                     let e = runnel_storage::Error::from(e);
-                    return Err((index, storage_error(&e, &partition, None).at(&bfield())));
+                    return Err((
+                        index,
+                        storage_error(&e, &partition, None).at(&entry_field(i, Some(j))),
+                    ));
                 }
             };
             if let Err(e) = self.check_producer(&header, &partition) {
@@ -248,7 +250,7 @@ impl Broker {
                     Err(bad) => storage_error(&bad.into(), &partition, None),
                     Ok(_) => e,
                 };
-                return Err((index, e.at(&bfield())));
+                return Err((index, e.at(&entry_field(i, Some(j)))));
             }
             headers.push(header);
         }
@@ -459,11 +461,10 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
         let max = p.log.config().max_batch_bytes as usize;
         for (j, b) in plan.batches.iter().enumerate() {
             if let Err(bad) = batch::validate(b, max) {
-                return storage_error(&bad.into(), p, None)
-                    .at(&format!("partitions[{}].batches[{j}]", plan.entry));
+                return storage_error(&bad.into(), p, None).at(&entry_field(plan.entry, Some(j)));
             }
         }
-        return storage_error(e, p, None).at(&format!("partitions[{}]", plan.entry));
+        return storage_error(e, p, None).at(&entry_field(plan.entry, None));
     }
     let sequence_of = match e {
         S::OutOfOrderSequence {
@@ -489,11 +490,19 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
             .position(|h| h.producer_id == pid && (seq == i32::MIN || h.base_sequence == seq));
         if let Some(j) = found {
             let epoch = plan.headers[j].producer_epoch;
-            return storage_error(e, p, Some(epoch))
-                .at(&format!("partitions[{}].batches[{j}]", plan.entry));
+            return storage_error(e, p, Some(epoch)).at(&entry_field(plan.entry, Some(j)));
         }
     }
-    storage_error(e, p, None).at(&format!("partitions[{}]", plan.entry))
+    storage_error(e, p, None).at(&entry_field(plan.entry, None))
+}
+
+/// The request field an error concerns: `partitions[i]`, or `partitions[i].batches[j]`.
+/// Formatted only on an error path, so that a request allocates no field names.
+fn entry_field(i: usize, batch: Option<usize>) -> String {
+    match batch {
+        Some(j) => format!("partitions[{i}].batches[{j}]"),
+        None => format!("partitions[{i}]"),
+    }
 }
 
 /// What the reader of a `ProduceStream` hands to its responder, in stream order.

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
-# machine's own limits, in one run: `runnel bench cpu`, `disk` and `net` (time the machine
-# keeps from spinning threads, plain sequential write + fdatasync, plain loopback TCP), then
-# every broker figure, each ROUNDS times, with the load average noted for each. Prints a
-# table of medians, spreads and ratios.
+# machine's own limits, in one run: `runnel bench cpu`, `disk`, `net` and `sync` (time the
+# machine keeps from spinning threads, plain sequential write + fdatasync, plain loopback TCP,
+# the group commit of a minimal thread-per-connection program), then every broker figure,
+# each ROUNDS times, with the load average noted for each. Prints a table of medians, spreads
+# and ratios.
 #
 #   scripts/bench-broker.sh                 # builds release binaries, waits for a quiet machine
 #   ROUNDS=5 ONLY="produce consume" scripts/bench-broker.sh
 #
 # Variables: ROUNDS (3), ONLY (names of measurements to run, default all: cpu disk net
-# produce consume durable1 durable4 durable16 sustained latency e2e stall), BENCH_DIR
+# sync1 sync16 produce consume durable1 durable4 durable16 sustained latency e2e stall), BENCH_DIR
 # (target/bench-broker: data dir, on the disk you care about), PORT (37171; PORT+1 serves
 # metrics), SKIP_BUILD=1, NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS
 # (2000000), DURABLE_FOR (10s), SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms),
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-ONLY=${ONLY:-"cpu disk net produce consume durable1 durable4 durable16 sustained latency e2e stall"}
+ONLY=${ONLY:-"cpu disk net sync1 sync16 produce consume durable1 durable4 durable16 sustained latency e2e stall"}
 BENCH_DIR=${BENCH_DIR:-target/bench-broker}
 PORT=${PORT:-37171}
 RECORDS=${RECORDS:-2000000}
@@ -101,10 +102,13 @@ for round in $(seq "$ROUNDS"); do
   wants disk && run disk "$round" disk --dir "$DATA" --bytes 1GiB
   wants net && run net "$round" net --bytes 4GiB
   # Before the runs that write gigabytes, and in alternating order, so that 1 and 16
-  # producers see the same machine (the ratio is the target).
+  # producers see the same machine (the ratio is the target); the minimal program's group
+  # commit (sync) next to the broker's.
   order="1 4 16"
   ((round % 2 == 0)) && order="16 4 1"
   for n in $order; do
+    wants "sync$n" && run "sync$n" "$round" sync --producers "$n" --duration "$DURABLE_FOR" \
+      --dir "$DATA"
     wants "durable$n" && run "durable$n" "$round" produce --topic "durable-$n-$round" \
       --acks durable --batch-size 1 --max-in-flight 1 --linger 0 --buffer 4KiB --producers "$n" \
       --duration "$DURABLE_FOR" --cleanup
@@ -178,23 +182,30 @@ if runs.get("cpu"):
 if disk: print(f"| disk: 1 MiB writes + fdatasync | {fmt(disk, ' MB/s')} | - | - | {fmt(med('disk', load), '', 2)} |")
 if disk: print(f"| disk: 1 KiB write + fdatasync, p50 | {fmt(med('disk', lambda r: r['result']['latency_ms']['p50']), ' ms', 3)} | - | - | |")
 if net: print(f"| net: loopback TCP, 1 connection | {fmt(net, ' MB/s')} | - | - | {fmt(med('net', load), '', 2)} |")
-def row(label, name, f, unit, limit, limit_name, digits=0):
+def row(label, name, f, unit, limit, limit_name, digits=0, limit_unit=" MB/s"):
     m = med(name, f)
     if m is None:
         return
     ratio = f"{m[0] / limit[0]:.2f}" if limit else "-"
-    lim = f"{limit[0]:,.0f} MB/s ({limit_name})" if limit else "-"
+    lim = f"{limit[0]:,.0f}{limit_unit} ({limit_name})" if limit else "-"
     print(f"| {label} | {fmt(m, unit, digits)} | {lim} | {ratio} | {fmt(med(name, load), '', 2)} |")
 row("produce 1 KiB x 1000/batch, written, 1 producer", "produce", mbs, " MB/s", disk, "disk")
 row("  same, records/s", "produce", rps, "/s", None, "")
 row("produce at full speed for SUSTAINED_FOR (latency rows at half of it)", "sustained", rps, "/s", None, "")
 row("consume, catching up, 1 consumer", "consume", mbs, " MB/s", net, "loopback")
 row("  same, records/s", "consume", rps, "/s", None, "")
+for n in (1, 16):
+    row(f"sync: minimal group commit, {n} producers", f"sync{n}", rps, "/s", None, "")
 for n in (1, 4, 16):
-    row(f"durable, 1 record/request, {n} producers", f"durable{n}", rps, "/s", None, "")
+    row(f"durable, 1 record/request, {n} producers", f"durable{n}", rps, "/s", med(f"sync{n}", rps), "sync", limit_unit="/s")
 d1, d16 = med("durable1", rps), med("durable16", rps)
+s1, s16 = med("sync1", rps), med("sync16", rps)
 if d1 and d16:
-    print(f"| durable: 16 producers / 1 | {d16[0] / d1[0]:.1f} x | - | - | |")
+    if s1 and s16:
+        ms = s16[0] / s1[0]
+        print(f"| durable: 16 producers / 1 | {d16[0] / d1[0]:.1f} x | {ms:.1f} x (sync 16 / 1) | {d16[0] / d1[0] / ms:.2f} | |")
+    else:
+        print(f"| durable: 16 producers / 1 | {d16[0] / d1[0]:.1f} x | - | - | |")
 row("produce-to-ack p99 at half max", "latency", p99, " ms", None, "", 3)
 row("e2e produce-to-consume p99 at half max", "e2e", p99, " ms", None, "", 3)
 row("e2e produce-to-ack p99 at half max", "e2e", ack99, " ms", None, "", 3)

@@ -6,6 +6,14 @@
 //!   `write` + `fdatasync`, for the latency of one durable write.
 //! - `net`: one loopback TCP connection carrying `--bytes` in 1 MiB `write`s to a reader
 //!   with a 1 MiB buffer, on two threads.
+//! - `sync`: the group commit a minimal program reaches: `--producers` threads, each with
+//!   its own loopback TCP connection, send a `--record-size` request and wait for an 8-byte
+//!   answer; a thread per connection on the other side appends the request to one file in
+//!   `--dir` and answers once an `fdatasync` covers it. One `fdatasync` runs at a time; its
+//!   leader first collects as many appends as the last one left waiting (yielding, for at
+//!   most as long as the last one took), as the broker's storage does. No async runtime, no
+//!   HTTP/2, no protobuf, no checksums: what fsync and thread wake-ups alone allow, the
+//!   yardstick for the broker's durable produce.
 //! - `cpu`: one thread per CPU reading the clock in a loop for `--duration` (5 s unless
 //!   given); every gap of 50 µs or more between two readings is time that thread did not
 //!   run: interrupts, other tasks, or, on a virtual machine, the host running something else
@@ -15,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -142,6 +151,269 @@ pub fn net(args: &BenchArgs) -> anyhow::Result<Report> {
     r.bytes = received;
     r.seconds = seconds;
     r.config = vec![("buffer_bytes", json!(BUF)), ("connections", json!(1))];
+    Ok(r)
+}
+
+/// What one `sync` connection's server thread appends and fsyncs: one file, one `fdatasync`
+/// at a time, each covering every append before it.
+struct Commit {
+    file: File,
+    state: Mutex<CommitState>,
+    /// Signalled when an `fdatasync` ends.
+    released: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Bytes appended.
+    written: u64,
+    /// Bytes an ended `fdatasync` covered.
+    synced: u64,
+    /// A leader is collecting its group or running its `fdatasync`.
+    running: bool,
+    /// Appends waiting for their `fdatasync`.
+    waiting: usize,
+    /// Appends waiting when the last `fdatasync` ended: the size of the next group.
+    expected: usize,
+    /// How long the last `fdatasync` took.
+    last: Duration,
+    /// `fdatasync` calls, and their total time.
+    fsyncs: u64,
+    fsync_time: Duration,
+    /// Why an `fdatasync` failed; every append after it fails too.
+    failed: Option<String>,
+}
+
+/// A leader never collects its group for longer than this.
+const COLLECT_MAX: Duration = Duration::from_millis(1);
+
+impl Commit {
+    fn lock(&self) -> MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `record` and returns once an `fdatasync` covers it, running that `fdatasync`
+    /// itself if none is running; returns the file size the append ended at.
+    fn append(&self, record: &[u8], path: &Path) -> anyhow::Result<u64> {
+        let mut st = self.lock();
+        // Under the lock: the appends share the file position.
+        (&self.file)
+            .write_all(record)
+            .with_context(|| format!("writing {}", path.display()))?;
+        st.written += record.len() as u64;
+        let end = st.written;
+        st.waiting += 1;
+        let result = loop {
+            if let Some(e) = &st.failed {
+                break Err(anyhow::anyhow!("fdatasync of {}: {e}", path.display()));
+            }
+            if st.synced >= end {
+                break Ok(end);
+            }
+            if st.running {
+                st = self
+                    .released
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.running = true;
+            let deadline = Instant::now() + st.last.min(COLLECT_MAX);
+            while st.waiting < st.expected && Instant::now() < deadline {
+                drop(st);
+                std::thread::yield_now();
+                st = self.lock();
+            }
+            let covers = st.written;
+            drop(st);
+            let started = Instant::now();
+            let synced = self.file.sync_data();
+            let took = started.elapsed();
+            st = self.lock();
+            st.running = false;
+            st.last = took;
+            st.fsyncs += 1;
+            st.fsync_time += took;
+            st.expected = st.waiting.max(1);
+            match synced {
+                Ok(()) => st.synced = covers,
+                Err(e) => st.failed = Some(e.to_string()),
+            }
+            self.released.notify_all();
+        };
+        st.waiting -= 1;
+        result
+    }
+}
+
+/// The answer to every `sync` request.
+const SYNC_ACK: [u8; 8] = *b"synced\0\0";
+
+/// One `sync` connection's server side: appends each request and answers it once fsynced,
+/// until the client closes the connection.
+fn sync_server(
+    commit: &Commit,
+    path: &Path,
+    mut socket: TcpStream,
+    record_size: usize,
+) -> anyhow::Result<()> {
+    let mut record = vec![0u8; record_size];
+    loop {
+        match socket.read_exact(&mut record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e).context("receiving a request over loopback"),
+        }
+        commit.append(&record, path)?;
+        socket
+            .write_all(&SYNC_ACK)
+            .context("answering over loopback")?;
+    }
+}
+
+/// When a `sync` producer stops.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    After(u64),
+    At(Instant),
+}
+
+/// One `sync` producer: sends `record` and waits for its answer until `stop`; the round
+/// trips in microseconds.
+fn sync_producer(
+    mut socket: TcpStream,
+    record: &[u8],
+    stop: Stop,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = micros_histogram();
+    let mut ack = [0u8; SYNC_ACK.len()];
+    let mut sent = 0u64;
+    loop {
+        let now = Instant::now();
+        match stop {
+            Stop::After(n) if sent >= n => break,
+            Stop::At(t) if now >= t => break,
+            _ => {}
+        }
+        socket
+            .write_all(record)
+            .context("sending a request over loopback")?;
+        socket
+            .read_exact(&mut ack)
+            .context("waiting for the answer over loopback")?;
+        hist.saturating_record(now.elapsed().as_micros() as u64);
+        sent += 1;
+    }
+    Ok(hist)
+}
+
+/// The group commit a minimal program reaches on this machine: `--producers` loopback
+/// connections, one request in flight each, appended to one file and answered once
+/// fsynced. Blocking.
+pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
+    let (guard, file) = create(&args.dir, "sync")?;
+    let commit = Arc::new(Commit {
+        file,
+        state: Mutex::new(CommitState {
+            expected: 1,
+            ..CommitState::default()
+        }),
+        released: Condvar::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    let addr = listener.local_addr().context("the loopback port")?;
+    let producers = args.producers as usize;
+    let mut clients = Vec::with_capacity(producers);
+    let mut servers = Vec::with_capacity(producers);
+    for i in 0..producers {
+        let client = TcpStream::connect(addr).context("connecting over loopback")?;
+        let (server, _) = listener.accept().context("accepting over loopback")?;
+        for s in [&client, &server] {
+            s.set_nodelay(true).context("setting TCP_NODELAY")?;
+        }
+        let (commit, path, size) = (commit.clone(), guard.0.clone(), args.record_size);
+        servers.push(
+            std::thread::Builder::new()
+                .name(format!("sync-server-{i}"))
+                .spawn(move || sync_server(&commit, &path, server, size))
+                .context("starting a server thread")?,
+        );
+        clients.push(client);
+    }
+    let record: Arc<[u8]> = (0..args.record_size).map(|i| (i % 251) as u8 | 1).collect();
+    let started = Instant::now();
+    let stops = (0..producers).map(|i| match args.duration {
+        Some(d) => Stop::At(started + d),
+        // The records, dealt: the first `records % producers` send one more.
+        None => Stop::After(
+            args.records / producers as u64
+                + u64::from((i as u64) < args.records % producers as u64),
+        ),
+    });
+    let producer_threads = clients
+        .into_iter()
+        .zip(stops)
+        .enumerate()
+        .map(|(i, (socket, stop))| {
+            let record = record.clone();
+            std::thread::Builder::new()
+                .name(format!("sync-producer-{i}"))
+                .spawn(move || sync_producer(socket, &record, stop))
+                .context("starting a producer thread")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut hist = micros_histogram();
+    let mut first_error = None;
+    for t in producer_threads {
+        match t.join() {
+            Ok(Ok(h)) => hist.add(&h).context("merging latency histograms")?,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(anyhow::anyhow!("a producer thread panicked"));
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The producers' sockets are closed: every server thread ends. A server's error explains
+    // a producer's (its connection closed), so it comes first.
+    for t in servers {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => anyhow::bail!("a server thread panicked"),
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let st = commit.lock();
+    let records = hist.len();
+    let mut r = Report::new("sync");
+    r.records = records;
+    r.bytes = records * args.record_size as u64;
+    r.seconds = seconds;
+    r.latency = Latency::from_micros(&hist);
+    r.latency_label = "request + append + group fdatasync + answer";
+    r.details = vec![
+        ("fsyncs", json!(st.fsyncs)),
+        (
+            "records_per_fsync",
+            json!(round6(records as f64 / st.fsyncs.max(1) as f64)),
+        ),
+        (
+            "fsync_mean_us",
+            json!(round6(
+                st.fsync_time.as_secs_f64() * 1e6 / st.fsyncs.max(1) as f64
+            )),
+        ),
+    ];
+    r.config = vec![
+        ("dir", json!(args.dir.display().to_string())),
+        ("producers", json!(producers)),
+        ("record_size", json!(args.record_size)),
+    ];
     Ok(r)
 }
 
@@ -316,6 +588,72 @@ mod tests {
             details["gaps"].as_u64().unwrap(),
             r.latency.map_or(0, |l| l.count)
         );
+    }
+
+    #[test]
+    fn the_sync_probe_answers_every_record_once_fsynced_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let r = sync(&args(&[
+            "sync",
+            "--producers",
+            "4",
+            "--records",
+            "203",
+            "--record-size",
+            "100",
+            "--dir",
+            d,
+        ]))
+        .unwrap();
+        assert_eq!(r.records, 203, "the records are dealt among the producers");
+        assert_eq!(r.bytes, 20_300);
+        assert_eq!(r.latency.unwrap().count, 203);
+        let details: std::collections::HashMap<_, _> = r.details.iter().cloned().collect();
+        let fsyncs = details["fsyncs"].as_u64().unwrap();
+        assert!((1..=203).contains(&fsyncs), "{fsyncs}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "file removed"
+        );
+    }
+
+    #[test]
+    fn a_sync_append_returns_only_once_an_fsync_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (guard, file) = create(dir.path(), "commit").unwrap();
+        let commit = Arc::new(Commit {
+            file,
+            state: Mutex::new(CommitState {
+                expected: 1,
+                ..CommitState::default()
+            }),
+            released: Condvar::new(),
+        });
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (commit, path) = (commit.clone(), guard.0.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let end = commit.append(&[7u8; 10], &path).unwrap();
+                        assert!(commit.lock().synced >= end, "returned before its fsync");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = commit.lock();
+        assert_eq!(st.written, 4_000);
+        assert_eq!(
+            st.synced, 4_000,
+            "the last append's fsync covered everything"
+        );
+        assert_eq!((st.waiting, st.running), (0, false));
+        assert!(st.fsyncs <= 400, "{}", st.fsyncs);
+        assert_eq!(std::fs::metadata(&guard.0).unwrap().len(), 4_000);
     }
 
     #[test]

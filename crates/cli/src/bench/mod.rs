@@ -9,6 +9,7 @@
 //! | `e2e` | producers and consumers at once; consumers start at the log end | consumed records/s; produce-to-consume latency (and produce-to-ack) |
 //! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
 //! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
+//! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
 //! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
 //!
 //! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
@@ -42,6 +43,9 @@ pub enum Mode {
     Disk,
     /// The machine's loopback TCP speed (no broker).
     Net,
+    /// The group commit a minimal program reaches: durable requests over loopback TCP,
+    /// appended and fdatasynced in groups (no broker).
+    Sync,
     /// How much time the machine keeps from busy threads, one per CPU (no broker).
     Cpu,
 }
@@ -75,6 +79,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel bench e2e --rate 100000 --duration 20s --output json
   runnel bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
   runnel bench disk --dir /var/lib/runnel && runnel bench net        # the machine's own limits
+  runnel bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
   runnel bench cpu --duration 10s                                    # time the host keeps from busy CPUs
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 
@@ -88,7 +93,8 @@ pub struct BenchArgs {
     /// The topic to use; created with `--partitions` partitions if missing.
     #[arg(long, default_value = "runnel-bench")]
     pub topic: String,
-    /// Producers, each with its own connection.
+    /// Producers, each with its own connection (`sync`: its own thread and loopback
+    /// connection).
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
     /// Consumers, each with its own connection; partitions are dealt among them.
@@ -142,7 +148,8 @@ pub struct BenchArgs {
     /// `disk` and `net`: bytes to write or transfer (`1GiB`).
     #[arg(long, value_parser = parse::parse_size, default_value = "1GiB")]
     pub bytes: u64,
-    /// `disk`: the directory to write in; use the broker's data directory's filesystem.
+    /// `disk` and `sync`: the directory to write in; use the broker's data directory's
+    /// filesystem.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     /// `disk`: number of 1 KiB write + fdatasync rounds of the latency probe.
@@ -156,7 +163,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// Checks the values that clap cannot.
     fn validate(&self) -> anyhow::Result<()> {
-        if self.producers == 0 && matches!(self.mode, Mode::Produce | Mode::E2e) {
+        if self.producers == 0 && matches!(self.mode, Mode::Produce | Mode::E2e | Mode::Sync) {
             bail!("--producers must be at least 1");
         }
         if self.consumers == 0 && matches!(self.mode, Mode::Consume | Mode::E2e) {
@@ -175,6 +182,9 @@ impl BenchArgs {
             bail!(
                 "--record-size must be at least 8 in e2e mode (the send time is carried in the value)"
             );
+        }
+        if self.mode == Mode::Sync && self.record_size == 0 {
+            bail!("--record-size must be at least 1 in sync mode (each request is appended)");
         }
         if self.duration.is_some_and(|d| d.is_zero()) {
             bail!("--duration must be more than 0");
@@ -221,6 +231,12 @@ pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<
                 .await
                 .context("the network probe panicked")??
         }
+        Mode::Sync => {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || limits::sync(&a))
+                .await
+                .context("the group commit probe panicked")??
+        }
         Mode::Cpu => {
             let a = args.clone();
             tokio::task::spawn_blocking(move || limits::cpu(&a))
@@ -235,4 +251,43 @@ pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn check(argv: &[&str]) -> Result<(), String> {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .bench
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sync_needs_a_producer_and_a_record_to_append() {
+        assert_eq!(check(&["sync", "--duration", "1s"]), Ok(()));
+        assert_eq!(
+            check(&["sync", "--producers", "0"]),
+            Err("--producers must be at least 1".into())
+        );
+        let e = check(&["sync", "--record-size", "0"]).unwrap_err();
+        assert!(
+            e.starts_with("--record-size must be at least 1 in sync mode"),
+            "{e}"
+        );
+        // Other modes that need no producers still take 0.
+        assert_eq!(check(&["consume", "--producers", "0"]), Ok(()));
+    }
 }

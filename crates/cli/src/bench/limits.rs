@@ -188,6 +188,18 @@ struct CommitState {
 const COLLECT_MAX: Duration = Duration::from_millis(1);
 
 impl Commit {
+    /// A group commit over `file`, whose first group is one append.
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            state: Mutex::new(CommitState {
+                expected: 1,
+                ..CommitState::default()
+            }),
+            released: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, CommitState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -312,14 +324,7 @@ fn sync_producer(
 /// fsynced. Blocking.
 pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
     let (guard, file) = create(&args.dir, "sync")?;
-    let commit = Arc::new(Commit {
-        file,
-        state: Mutex::new(CommitState {
-            expected: 1,
-            ..CommitState::default()
-        }),
-        released: Condvar::new(),
-    });
+    let commit = Arc::new(Commit::new(file));
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
     let addr = listener.local_addr().context("the loopback port")?;
     let producers = args.producers as usize;
@@ -526,18 +531,9 @@ fn round6(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        bench: BenchArgs,
-    }
-
-    fn args(extra: &[&str]) -> BenchArgs {
-        let mut argv = vec!["bench"];
-        argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().bench
+    fn args(argv: &[&str]) -> BenchArgs {
+        super::super::parse_args(argv).unwrap()
     }
 
     #[test]
@@ -623,14 +619,7 @@ mod tests {
     fn a_sync_append_returns_only_once_an_fsync_covers_it() {
         let dir = tempfile::tempdir().unwrap();
         let (guard, file) = create(dir.path(), "commit").unwrap();
-        let commit = Arc::new(Commit {
-            file,
-            state: Mutex::new(CommitState {
-                expected: 1,
-                ..CommitState::default()
-            }),
-            released: Condvar::new(),
-        });
+        let commit = Arc::new(Commit::new(file));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (commit, path) = (commit.clone(), guard.0.clone());

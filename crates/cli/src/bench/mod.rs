@@ -210,40 +210,33 @@ fn parse_usize_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large for a record (at most 64 MiB)"))
 }
 
+/// A measurement of the machine's own limits (`limits.rs`): blocking, no broker.
+type Probe = fn(&BenchArgs) -> anyhow::Result<report::Report>;
+
 /// Runs a benchmark against the broker at `broker`; `json` selects machine-readable output
 /// (one JSON object on stdout).
 ///
 /// # Errors
 /// Invalid arguments, an unreachable broker, a record that could not be delivered, or an
-/// I/O error of the `disk` and `net` modes.
+/// I/O error of the `disk`, `net` and `sync` modes.
 pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let report = match args.mode {
-        Mode::Disk => {
+    // The machine's limits are plain blocking programs.
+    let probe: Option<(Probe, &str)> = match args.mode {
+        Mode::Disk => Some((limits::disk, "disk")),
+        Mode::Net => Some((limits::net, "network")),
+        Mode::Sync => Some((limits::sync, "group commit")),
+        Mode::Cpu => Some((limits::cpu, "CPU")),
+        Mode::Produce | Mode::Consume | Mode::E2e => None,
+    };
+    let report = match probe {
+        Some((probe, name)) => {
             let a = args.clone();
-            tokio::task::spawn_blocking(move || limits::disk(&a))
+            tokio::task::spawn_blocking(move || probe(&a))
                 .await
-                .context("the disk probe panicked")??
+                .with_context(|| format!("the {name} probe panicked"))??
         }
-        Mode::Net => {
-            let a = args.clone();
-            tokio::task::spawn_blocking(move || limits::net(&a))
-                .await
-                .context("the network probe panicked")??
-        }
-        Mode::Sync => {
-            let a = args.clone();
-            tokio::task::spawn_blocking(move || limits::sync(&a))
-                .await
-                .context("the group commit probe panicked")??
-        }
-        Mode::Cpu => {
-            let a = args.clone();
-            tokio::task::spawn_blocking(move || limits::cpu(&a))
-                .await
-                .context("the CPU probe panicked")??
-        }
-        Mode::Produce | Mode::Consume | Mode::E2e => load::run(&broker, &args).await?,
+        None => load::run(&broker, &args).await?,
     };
     if json {
         println!("{}", report.to_json());
@@ -253,24 +246,27 @@ pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<
     Ok(())
 }
 
+/// Parses `runnel bench <argv>` into its arguments, for the tests of this module and its
+/// children.
 #[cfg(test)]
-mod tests {
+fn parse_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
     use clap::Parser as _;
-
-    use super::*;
 
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         bench: BenchArgs,
     }
+    Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.bench)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn check(argv: &[&str]) -> Result<(), String> {
-        let mut all = vec!["bench"];
-        all.extend_from_slice(argv);
-        Cli::try_parse_from(all)
+        parse_args(argv)
             .map_err(|e| e.to_string())?
-            .bench
             .validate()
             .map_err(|e| e.to_string())
     }

@@ -7,7 +7,8 @@
 //!    one permit per byte: the caller waits when the buffer is full), picks the partition,
 //!    and appends the record to that partition's open batch. It returns a
 //!    [`DeliveryFuture`] at once.
-//! 2. A batch closes when it reaches `batch_bytes`, when it is `linger` old, or on
+//! 2. A batch closes when it reaches `batch_bytes`, when it is `linger` old and its partition
+//!    can send it (otherwise it keeps filling, as Kafka's accumulator does), or on
 //!    [`Producer::flush`]. The sender task (one per producer, see `sender.rs`) encodes it
 //!    with `runnel_format::BatchBuilder`, compresses the records section, stamps the producer
 //!    id, epoch and sequence, and sends it; up to `max_in_flight_per_partition` batches per
@@ -87,7 +88,9 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// How long a batch may wait for more records before it is sent. Kept to within tens of
     /// microseconds on Linux (a `timerfd`); elsewhere Tokio's timer rounds it up to the next
-    /// millisecond or two.
+    /// millisecond or two. A batch whose partition already has
+    /// `max_in_flight_per_partition` batches in flight (or batches waiting) keeps taking
+    /// records past its linger, up to `batch_bytes`, until it can go.
     pub linger: Duration,
     /// The memory for records not yet delivered, in bytes; `send` waits while it is used up.
     pub buffer_bytes: usize,

@@ -199,8 +199,16 @@ impl Sender {
 
     /// Takes the batches `send` closed and the open ones whose linger is over (all of them on
     /// flush or close); returns the earliest linger deadline of those still open.
+    ///
+    /// An open batch whose linger is over stays open while its partition could not send it
+    /// anyway (batches queued before it, or `max_in_flight_per_partition` in flight), and
+    /// keeps taking records up to `batch_bytes`, as Kafka's accumulator does: when the
+    /// broker falls behind, the records waiting meanwhile go out in a few full batches
+    /// rather than in many small ones, each a request of its own. Its partition's next answer
+    /// wakes the sender, which takes it then.
     pub(super) fn collect(&mut self) -> Option<Instant> {
         let linger = self.inner.config.linger;
+        let max_in_flight = self.inner.config.max_in_flight_per_partition;
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut batches = {
@@ -209,21 +217,26 @@ impl Sender {
             let all = std::mem::take(&mut state.flush) || state.closing || state.abort;
             let mut batches = std::mem::take(&mut state.ready);
             for topic in state.topics.values_mut() {
-                let due: Vec<u32> = topic
-                    .open
-                    .iter()
-                    .filter(|(_, o)| all || o.created + linger <= now)
-                    .map(|(p, _)| *p)
-                    .collect();
+                let parts = &self.parts;
+                let blocked = |p: u32| {
+                    parts.get(&(topic.name.clone(), p)).is_some_and(|part| {
+                        !part.queue.is_empty() || part.in_flight >= max_in_flight
+                    })
+                };
+                let mut due = Vec::new();
+                for (&p, open) in &topic.open {
+                    let d = open.created + linger;
+                    if all || (d <= now && !blocked(p)) {
+                        due.push(p);
+                    } else if d > now {
+                        next = Some(next.map_or(d, |n| n.min(d)));
+                    }
+                }
                 for p in due {
                     if let Some(open) = topic.open.remove(&p) {
                         topic.partitioner.batch_closed(p);
                         batches.extend(Batch::close(topic.name.clone(), p, open));
                     }
-                }
-                for open in topic.open.values() {
-                    let d = open.created + linger;
-                    next = Some(next.map_or(d, |n| n.min(d)));
                 }
             }
             batches
@@ -879,6 +892,45 @@ mod tests {
     }
 
     use crate::record::ProducerRecord;
+
+    #[tokio::test]
+    async fn a_lingered_batch_keeps_filling_while_its_partition_cannot_send() {
+        let inner = inner_with_topic(
+            ProducerConfig {
+                linger: Duration::ZERO,
+                max_in_flight_per_partition: 1,
+                ..ProducerConfig::default()
+            },
+            1,
+        );
+        let mut sender = Sender::new(inner.clone(), Some((7, 0)));
+        let record = || ProducerRecord::new("t", "v").partition(0);
+        let first = push(&inner, record());
+        sender.collect();
+        sender.fake_send_all();
+        assert_eq!(sender.part0().in_flight, 1);
+
+        // Its linger is over, but the partition has its one batch in flight.
+        let later: Vec<_> = (0..3).map(|_| push(&inner, record())).collect();
+        assert_eq!(sender.collect(), None, "no deadline to wake up for");
+        assert!(sender.part0().queue.is_empty(), "the batch stayed open");
+        let more = push(&inner, record());
+        sender.collect();
+        let open = |s: &Sender| lock(&s.inner.state).topics["t"].open[&0].builder.len();
+        assert_eq!(open(&sender), 4, "the open batch took the next record too");
+
+        // The answer makes room: the four records go out as one batch.
+        sender.answer(Ok(0));
+        assert_eq!(first.await.expect("stored").offset, 0);
+        sender.collect();
+        assert_eq!(sender.queued_sequences(), vec![(-1, 4)]);
+        assert!(lock(&inner.state).topics["t"].open.is_empty());
+        sender.fake_send_all();
+        sender.answer(Ok(1));
+        for (i, d) in later.into_iter().chain([more]).enumerate() {
+            assert_eq!(d.await.expect("stored").offset, 1 + i as u64);
+        }
+    }
 
     #[tokio::test]
     async fn a_retriable_error_resends_it_and_the_later_batches_with_their_sequences() {

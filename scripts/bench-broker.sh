@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
-# machine's own limits, in one run: `runnel bench cpu`, `disk`, `net` and `sync` (time the
-# machine keeps from spinning threads, plain sequential write + fdatasync, plain loopback TCP,
-# the group commit of a minimal thread-per-connection program), then every broker figure,
+# machine's own limits, in one run: `runnel bench cpu`, `disk`, `net`, `sync` and `paced`
+# (time the machine keeps from spinning threads, plain sequential write + fdatasync, plain
+# loopback TCP, the group commit of a minimal thread-per-connection program, and a minimal
+# program's write latency at the latency rows' rate), then every broker figure,
 # each ROUNDS times, with the load average noted for each. Prints a table of medians, spreads
 # and ratios.
 #
@@ -10,7 +11,7 @@
 #   ROUNDS=5 ONLY="produce consume" scripts/bench-broker.sh
 #
 # Variables: ROUNDS (3), ONLY (names of measurements to run, default all: cpu disk net
-# sync1 sync16 produce consume durable1 durable4 durable16 sustained latency e2e stall), BENCH_DIR
+# sync1 sync16 produce consume durable1 durable4 durable16 sustained paced latency e2e stall), BENCH_DIR
 # (target/bench-broker: data dir, on the disk you care about), PORT (37171; PORT+1 serves
 # metrics), SKIP_BUILD=1, NO_WAIT=1 (do not wait for rustc/cargo to finish), RECORDS
 # (2000000), DURABLE_FOR (10s), SUSTAINED_FOR (20s), LATENCY_FOR (20s), LATENCY_LINGER (1ms),
@@ -28,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-ONLY=${ONLY:-"cpu disk net sync1 sync16 produce consume durable1 durable4 durable16 sustained latency e2e stall"}
+ONLY=${ONLY:-"cpu disk net sync1 sync16 produce consume durable1 durable4 durable16 sustained paced latency e2e stall"}
 BENCH_DIR=${BENCH_DIR:-target/bench-broker}
 PORT=${PORT:-37171}
 RECORDS=${RECORDS:-2000000}
@@ -151,7 +152,7 @@ done
 
 # Latency at half the maximum throughput: the median of the sustained runs (or else of the
 # produce runs), halved.
-if wants latency || wants e2e; then
+if wants latency || wants e2e || wants paced; then
   HALF=$(python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
@@ -162,6 +163,10 @@ EOF
 )
   echo "half of the maximum produce throughput: $HALF records/s" >&2
   for round in $(seq "$ROUNDS"); do
+    # The minimal program at the same rate and pace: what the page cache and loopback alone
+    # give on this machine now.
+    wants paced && run paced "$round" paced --rate "$HALF" --duration "$LATENCY_FOR" \
+      --linger "$LATENCY_LINGER" --dir "$DATA"
     wants latency && run latency "$round" produce --topic "latency-$round" --rate "$HALF" \
       --duration "$LATENCY_FOR" --batch-size 1000 --linger "$LATENCY_LINGER" --cleanup
     wants e2e && run e2e "$round" e2e --topic "e2e-$round" --rate "$HALF" \
@@ -240,9 +245,11 @@ if d1 and d16:
     dr, sr = paired("durable1", "durable16"), paired("sync1", "sync16")
     per_round = lambda v: f"{statistics.median(v):.1f} x ({', '.join(f'{x:.1f}' for x in v)})" if v else "-"
     print(f"| durable: 16 producers / 1, per round (median) | {per_round(dr)} | {per_round(sr)} (sync) | - | |")
-row("produce-to-ack p99 at half max", "latency", p99, " ms", None, "", 3)
-row("e2e produce-to-consume p99 at half max", "e2e", p99, " ms", None, "", 3)
-row("e2e produce-to-ack p99 at half max", "e2e", ack99, " ms", None, "", 3)
+row("paced: minimal program at the same rate, message-to-answer p99", "paced", p99, " ms", None, "", 3)
+paced = med("paced", p99)
+row("produce-to-ack p99 at half max", "latency", p99, " ms", paced, "paced", 3, " ms")
+row("e2e produce-to-consume p99 at half max", "e2e", p99, " ms", paced, "paced", 3, " ms")
+row("e2e produce-to-ack p99 at half max", "e2e", ack99, " ms", paced, "paced", 3, " ms")
 for r in runs.get("stall", []):
     rss = r["result"]["broker_rss_kib"] or {}
     print(f"| stalled subscribers, round {r['round']}: broker RSS KiB start/max/end | {rss.get('start')}/{rss.get('max')}/{rss.get('end')} ({rss.get('samples')} samples, {r['result']['records']:,} records) | - | - | {r['load']:.2f} |")

@@ -14,6 +14,13 @@
 //!   most as long as the last one took), as the broker's storage does. No async runtime, no
 //!   HTTP/2, no protobuf, no checksums: what fsync and thread wake-ups alone allow, the
 //!   yardstick for the broker's durable produce.
+//! - `paced`: the produce-to-ack latency a minimal program has at `--rate` records/s: every
+//!   `--linger` one thread sends that interval's records as one message over loopback TCP,
+//!   not waiting for answers; a thread on the other side writes each message into a file in
+//!   `--dir` with one `write` and answers 8 bytes; latency from each message's send to its
+//!   answer. The same bytes at the same pace as the broker's latency rows, through the page
+//!   cache and nothing else: the yardstick for them (a record in the broker also waits up to
+//!   one linger for its batch to close, which this does not count).
 //! - `cpu`: one thread per CPU reading the clock in a loop for `--duration` (5 s unless
 //!   given); every gap of 50 µs or more between two readings is time that thread did not
 //!   run: interrupts, other tasks, or, on a virtual machine, the host running something else
@@ -422,6 +429,158 @@ pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// The answer to every `paced` message.
+const PACED_ACK: [u8; 8] = *b"written\0";
+
+/// How `paced` cuts `--rate` into messages: one of `records` records every `period`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pace {
+    records: u64,
+    period: Duration,
+}
+
+impl Pace {
+    /// The records of one `interval` at `rate` records/s (at least one), and the period that
+    /// keeps the rate exact.
+    fn new(rate: f64, interval: Duration) -> Self {
+        let records = ((rate * interval.as_secs_f64()).ceil() as u64).max(1);
+        Pace {
+            records,
+            period: Duration::from_secs_f64(records as f64 / rate),
+        }
+    }
+}
+
+/// `paced`'s server side: writes each message into `file` and answers it, until the client
+/// closes its side.
+fn paced_server(mut socket: TcpStream, mut file: File, message_bytes: usize) -> anyhow::Result<()> {
+    let mut message = vec![0u8; message_bytes];
+    loop {
+        match socket.read_exact(&mut message) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e).context("receiving a message over loopback"),
+        }
+        file.write_all(&message).context("writing a message")?;
+        socket
+            .write_all(&PACED_ACK)
+            .context("answering over loopback")?;
+    }
+}
+
+/// `paced`'s reader: pairs each answer with the send time of the oldest unanswered message;
+/// the latencies in microseconds.
+fn paced_reader(
+    mut socket: TcpStream,
+    sent: std::sync::mpsc::Receiver<Instant>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut hist = micros_histogram();
+    let mut ack = [0u8; PACED_ACK.len()];
+    loop {
+        match socket.read_exact(&mut ack) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(hist),
+            Err(e) => return Err(e).context("waiting for an answer over loopback"),
+        }
+        let at = sent
+            .recv()
+            .context("an answer to a message that was not sent")?;
+        hist.saturating_record(at.elapsed().as_micros() as u64);
+    }
+}
+
+/// The produce-to-ack latency a minimal program has at `--rate` records/s on this machine:
+/// every `--linger` a thread sends that interval's records (`--record-size` bytes each) as
+/// one message over loopback TCP, without waiting for answers; a thread on the other side
+/// writes each message into a file in `--dir` and answers it. Blocking.
+pub fn paced(args: &BenchArgs) -> anyhow::Result<Report> {
+    let rate = args.rate.context("--rate is required in paced mode")?;
+    let pace = Pace::new(rate, args.linger);
+    let message_bytes = usize::try_from(pace.records)
+        .ok()
+        .and_then(|n| n.checked_mul(args.record_size))
+        .filter(|&n| n <= 1 << 30)
+        .context("--rate x --linger x --record-size is more than 1 GiB per message")?;
+    let (guard, file) = create(&args.dir, "paced")?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    let addr = listener.local_addr().context("the loopback port")?;
+    let mut client = TcpStream::connect(addr).context("connecting over loopback")?;
+    let (server, _) = listener.accept().context("accepting over loopback")?;
+    for s in [&client, &server] {
+        s.set_nodelay(true).context("setting TCP_NODELAY")?;
+    }
+    let server = std::thread::Builder::new()
+        .name("paced-server".into())
+        .spawn(move || paced_server(server, file, message_bytes))
+        .context("starting the server thread")?;
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let answers = client.try_clone().context("cloning the client socket")?;
+    let reader = std::thread::Builder::new()
+        .name("paced-reader".into())
+        .spawn(move || paced_reader(answers, sent_rx))
+        .context("starting the reader thread")?;
+
+    let message: Vec<u8> = (0..message_bytes).map(|i| (i % 251) as u8 | 1).collect();
+    let messages = match args.duration {
+        Some(d) => (d.as_secs_f64() / pace.period.as_secs_f64()).ceil() as u64,
+        None => args.records.div_ceil(pace.records),
+    };
+    let started = Instant::now();
+    let mut send = || -> anyhow::Result<()> {
+        for k in 0..messages {
+            let due = started + pace.period.mul_f64(k as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // Unbounded, and a message in flight each: never blocks.
+            let _ = sent_tx.send(Instant::now());
+            client
+                .write_all(&message)
+                .context("sending a message over loopback")?;
+        }
+        Ok(())
+    };
+    let sent = send();
+    // The server ends at the end of the stream and closes its side; the reader then ends.
+    let _ = client.shutdown(Shutdown::Write);
+    let served = server.join();
+    let hist = reader.join();
+    let seconds = started.elapsed().as_secs_f64();
+    drop(guard);
+    match served {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("the server thread panicked"),
+    }
+    sent?;
+    let hist = match hist {
+        Ok(h) => h?,
+        Err(_) => anyhow::bail!("the reader thread panicked"),
+    };
+    let answered = hist.len();
+    let mut r = Report::new("paced");
+    r.records = answered * pace.records;
+    r.bytes = r.records * args.record_size as u64;
+    r.seconds = seconds;
+    r.latency = Latency::from_micros(&hist);
+    r.latency_label = "message send + write + answer";
+    r.details = vec![
+        ("messages", json!(answered)),
+        ("records_per_message", json!(pace.records)),
+        ("message_bytes", json!(message_bytes)),
+        ("period_us", json!(round6(pace.period.as_secs_f64() * 1e6))),
+    ];
+    r.config = vec![
+        ("dir", json!(args.dir.display().to_string())),
+        ("rate", json!(rate)),
+        (
+            "interval_ms",
+            json!(round6(args.linger.as_secs_f64() * 1e3)),
+        ),
+        ("record_size", json!(args.record_size)),
+    ];
+    Ok(r)
+}
+
 /// Clock readings this far apart or more mean the spinning thread did not run in between;
 /// closer ones are the loop itself.
 const GAP_MIN: Duration = Duration::from_micros(50);
@@ -608,6 +767,51 @@ mod tests {
         let details: std::collections::HashMap<_, _> = r.details.iter().cloned().collect();
         let fsyncs = details["fsyncs"].as_u64().unwrap();
         assert!((1..=203).contains(&fsyncs), "{fsyncs}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "file removed"
+        );
+    }
+
+    #[test]
+    fn a_pace_sends_an_interval_of_records_per_message_at_the_exact_rate() {
+        let p = Pace::new(168_658.0, Duration::from_millis(1));
+        assert_eq!(p.records, 169);
+        assert!((p.period.as_secs_f64() - 169.0 / 168_658.0).abs() < 1e-9);
+        // Fewer records than one per interval: one record, less often.
+        let p = Pace::new(100.0, Duration::from_millis(1));
+        assert_eq!(p.records, 1);
+        assert_eq!(p.period, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_paced_probe_writes_every_message_at_its_pace_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let r = paced(&args(&[
+            "paced",
+            "--rate",
+            "20000",
+            "--linger",
+            "1ms",
+            "--records",
+            "190",
+            "--record-size",
+            "100",
+            "--dir",
+            d,
+        ]))
+        .unwrap();
+        // 20 records a message: 190 records take 10 messages, every one answered.
+        assert_eq!(r.records, 200);
+        assert_eq!(r.bytes, 20_000);
+        assert_eq!(r.latency.unwrap().count, 10);
+        let details: std::collections::HashMap<_, _> = r.details.iter().cloned().collect();
+        assert_eq!(details["messages"], json!(10));
+        assert_eq!(details["message_bytes"], json!(2_000));
+        // The tenth message is not sent before its time: 9 periods after the first.
+        assert!(r.seconds >= 0.009, "{}", r.seconds);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,

@@ -10,6 +10,7 @@
 //! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
 //! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
 //! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
+//! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir` and answers it: a minimal program, no broker | records/s; message-to-answer latency |
 //! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
 //!
 //! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
@@ -46,6 +47,10 @@ pub enum Mode {
     /// The group commit a minimal program reaches: durable requests over loopback TCP,
     /// appended and fdatasynced in groups (no broker).
     Sync,
+    /// The latency a minimal program has at `--rate`: that interval's records sent as one
+    /// message every `--linger` over loopback TCP, written into a file and answered (no
+    /// broker).
+    Paced,
     /// How much time the machine keeps from busy threads, one per CPU (no broker).
     Cpu,
 }
@@ -80,6 +85,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
   runnel bench disk --dir /var/lib/runnel && runnel bench net        # the machine's own limits
   runnel bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
+  runnel bench paced --rate 150000 --linger 1ms --duration 20s --dir /var/lib/runnel # the machine's latency at a rate
   runnel bench cpu --duration 10s                                    # time the host keeps from busy CPUs
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 
@@ -116,7 +122,8 @@ pub struct BenchArgs {
     /// Records per batch: the producer's batch size is set to hold this many records.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
-    /// How long a batch may wait for more records (`0`, `1ms`, `5ms`).
+    /// How long a batch may wait for more records (`0`, `1ms`, `5ms`); `paced`: the interval
+    /// between messages.
     #[arg(long, value_parser = parse::parse_duration, default_value = "5ms")]
     pub linger: Duration,
     /// Batch compression.
@@ -148,8 +155,8 @@ pub struct BenchArgs {
     /// `disk` and `net`: bytes to write or transfer (`1GiB`).
     #[arg(long, value_parser = parse::parse_size, default_value = "1GiB")]
     pub bytes: u64,
-    /// `disk` and `sync`: the directory to write in; use the broker's data directory's
-    /// filesystem.
+    /// `disk`, `sync` and `paced`: the directory to write in; use the broker's data
+    /// directory's filesystem.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     /// `disk`: number of 1 KiB write + fdatasync rounds of the latency probe.
@@ -186,6 +193,17 @@ impl BenchArgs {
         if self.mode == Mode::Sync && self.record_size == 0 {
             bail!("--record-size must be at least 1 in sync mode (each request is appended)");
         }
+        if self.mode == Mode::Paced {
+            if self.rate.is_none() {
+                bail!("--rate is required in paced mode (records per second to send)");
+            }
+            if self.linger.is_zero() {
+                bail!("--linger must be more than 0 in paced mode (the interval between messages)");
+            }
+            if self.record_size == 0 {
+                bail!("--record-size must be at least 1 in paced mode (each message is written)");
+            }
+        }
         if self.duration.is_some_and(|d| d.is_zero()) {
             bail!("--duration must be more than 0");
         }
@@ -218,7 +236,7 @@ type Probe = fn(&BenchArgs) -> anyhow::Result<report::Report>;
 ///
 /// # Errors
 /// Invalid arguments, an unreachable broker, a record that could not be delivered, or an
-/// I/O error of the `disk`, `net` and `sync` modes.
+/// I/O error of the `disk`, `net`, `sync` and `paced` modes.
 pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
     // The machine's limits are plain blocking programs.
@@ -226,6 +244,7 @@ pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<
         Mode::Disk => Some((limits::disk, "disk")),
         Mode::Net => Some((limits::net, "network")),
         Mode::Sync => Some((limits::sync, "group commit")),
+        Mode::Paced => Some((limits::paced, "paced write")),
         Mode::Cpu => Some((limits::cpu, "CPU")),
         Mode::Produce | Mode::Consume | Mode::E2e => None,
     };
@@ -285,5 +304,25 @@ mod tests {
         );
         // Other modes that need no producers still take 0.
         assert_eq!(check(&["consume", "--producers", "0"]), Ok(()));
+    }
+
+    #[test]
+    fn paced_needs_a_rate_an_interval_and_a_record() {
+        assert_eq!(
+            check(&["paced", "--rate", "1000", "--linger", "1ms"]),
+            Ok(())
+        );
+        let e = check(&["paced", "--linger", "1ms"]).unwrap_err();
+        assert!(e.starts_with("--rate is required in paced mode"), "{e}");
+        let e = check(&["paced", "--rate", "1000", "--linger", "0"]).unwrap_err();
+        assert!(
+            e.starts_with("--linger must be more than 0 in paced mode"),
+            "{e}"
+        );
+        let e = check(&["paced", "--rate", "1000", "--record-size", "0"]).unwrap_err();
+        assert!(
+            e.starts_with("--record-size must be at least 1 in paced mode"),
+            "{e}"
+        );
     }
 }

@@ -14,13 +14,15 @@
 //!   most as long as the last one took), as the broker's storage does. No async runtime, no
 //!   HTTP/2, no protobuf, no checksums: what fsync and thread wake-ups alone allow, the
 //!   yardstick for the broker's durable produce.
-//! - `paced`: the produce-to-ack latency a minimal program has at `--rate` records/s: every
-//!   `--linger` one thread sends that interval's records as one message over loopback TCP,
-//!   not waiting for answers; a thread on the other side writes each message into a file in
-//!   `--dir` with one `write` and answers 8 bytes; latency from each message's send to its
-//!   answer. The same bytes at the same pace as the broker's latency rows, through the page
-//!   cache and nothing else: the yardstick for them (a record in the broker also waits up to
-//!   one linger for its batch to close, which this does not count).
+//! - `paced`: the latencies a minimal program has at `--rate` records/s: every `--linger` one
+//!   thread sends that interval's records as one message over loopback TCP, not waiting for
+//!   answers; a thread on the other side writes each message into a file in `--dir` with one
+//!   `write`, answers 8 bytes, and passes the message on to a consumer thread over a second
+//!   connection. From each message's send: to its answer (`ack_latency`, the analogue of
+//!   produce-to-ack) and to the consumer (`latency`, of produce-to-consume). The same bytes
+//!   at the same pace as the broker's latency rows, through the page cache and nothing else:
+//!   the yardstick for them (a record in the broker also waits up to one linger for its
+//!   batch to close, which this does not count).
 //! - `cpu`: one thread per CPU reading the clock in a loop for `--duration` (5 s unless
 //!   given); every gap of 50 µs or more between two readings is time that thread did not
 //!   run: interrupts, other tasks, or, on a virtual machine, the host running something else
@@ -451,9 +453,14 @@ impl Pace {
     }
 }
 
-/// `paced`'s server side: writes each message into `file` and answers it, until the client
-/// closes its side.
-fn paced_server(mut socket: TcpStream, mut file: File, message_bytes: usize) -> anyhow::Result<()> {
+/// `paced`'s server side: writes each message into `file`, answers it, and passes it on to
+/// the consumer, until the client closes its side.
+fn paced_server(
+    mut socket: TcpStream,
+    mut file: File,
+    mut consumer: TcpStream,
+    message_bytes: usize,
+) -> anyhow::Result<()> {
     let mut message = vec![0u8; message_bytes];
     loop {
         match socket.read_exact(&mut message) {
@@ -465,34 +472,55 @@ fn paced_server(mut socket: TcpStream, mut file: File, message_bytes: usize) -> 
         socket
             .write_all(&PACED_ACK)
             .context("answering over loopback")?;
+        consumer
+            .write_all(&message)
+            .context("passing a message on over loopback")?;
     }
 }
 
-/// `paced`'s reader: pairs each answer with the send time of the oldest unanswered message;
-/// the latencies in microseconds.
+/// `paced`'s readers (the answers, the consumer): reads `size`-byte pieces until the other
+/// side closes, and pairs each with the send time of the oldest message not yet seen; the
+/// latencies in microseconds.
 fn paced_reader(
     mut socket: TcpStream,
+    size: usize,
     sent: std::sync::mpsc::Receiver<Instant>,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut hist = micros_histogram();
-    let mut ack = [0u8; PACED_ACK.len()];
+    let mut piece = vec![0u8; size];
     loop {
-        match socket.read_exact(&mut ack) {
+        match socket.read_exact(&mut piece) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(hist),
-            Err(e) => return Err(e).context("waiting for an answer over loopback"),
+            Err(e) => return Err(e).context("reading over loopback"),
         }
-        let at = sent
-            .recv()
-            .context("an answer to a message that was not sent")?;
+        let at = sent.recv().context("a message back that was not sent")?;
         hist.saturating_record(at.elapsed().as_micros() as u64);
     }
 }
 
-/// The produce-to-ack latency a minimal program has at `--rate` records/s on this machine:
-/// every `--linger` a thread sends that interval's records (`--record-size` bytes each) as
-/// one message over loopback TCP, without waiting for answers; a thread on the other side
-/// writes each message into a file in `--dir` and answers it. Blocking.
+/// A loopback TCP connection: (connecting side, accepted side), both `TCP_NODELAY`.
+fn loopback_pair(listener: &TcpListener) -> anyhow::Result<(TcpStream, TcpStream)> {
+    let addr = listener.local_addr().context("the loopback port")?;
+    let client = TcpStream::connect(addr).context("connecting over loopback")?;
+    let (server, _) = listener.accept().context("accepting over loopback")?;
+    for s in [&client, &server] {
+        s.set_nodelay(true).context("setting TCP_NODELAY")?;
+    }
+    Ok((client, server))
+}
+
+/// Joins a probe thread, naming it if it panicked.
+fn join<T>(t: std::thread::JoinHandle<anyhow::Result<T>>, name: &str) -> anyhow::Result<T> {
+    t.join()
+        .map_err(|_| anyhow::anyhow!("the {name} thread panicked"))?
+}
+
+/// The produce-to-ack and end-to-end latency a minimal program has at `--rate` records/s on
+/// this machine: every `--linger` a thread sends that interval's records (`--record-size`
+/// bytes each) as one message over loopback TCP, without waiting for answers; a thread on
+/// the other side writes each message into a file in `--dir`, answers it, and passes it on
+/// to a consumer over a second connection. Blocking.
 pub fn paced(args: &BenchArgs) -> anyhow::Result<Report> {
     let rate = args.rate.context("--rate is required in paced mode")?;
     let pace = Pace::new(rate, args.linger);
@@ -503,22 +531,23 @@ pub fn paced(args: &BenchArgs) -> anyhow::Result<Report> {
         .context("--rate x --linger x --record-size is more than 1 GiB per message")?;
     let (guard, file) = create(&args.dir, "paced")?;
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    let addr = listener.local_addr().context("the loopback port")?;
-    let mut client = TcpStream::connect(addr).context("connecting over loopback")?;
-    let (server, _) = listener.accept().context("accepting over loopback")?;
-    for s in [&client, &server] {
-        s.set_nodelay(true).context("setting TCP_NODELAY")?;
-    }
+    let (mut client, server) = loopback_pair(&listener)?;
+    let (consumer, forward) = loopback_pair(&listener)?;
     let server = std::thread::Builder::new()
         .name("paced-server".into())
-        .spawn(move || paced_server(server, file, message_bytes))
+        .spawn(move || paced_server(server, file, forward, message_bytes))
         .context("starting the server thread")?;
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let reader = |name: &str, socket: TcpStream, size: usize| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("paced-{name}"))
+            .spawn(move || paced_reader(socket, size, rx))
+            .context("starting a reader thread")
+            .map(|t| (tx, t))
+    };
     let answers = client.try_clone().context("cloning the client socket")?;
-    let reader = std::thread::Builder::new()
-        .name("paced-reader".into())
-        .spawn(move || paced_reader(answers, sent_rx))
-        .context("starting the reader thread")?;
+    let (acked_tx, acker) = reader("acks", answers, PACED_ACK.len())?;
+    let (consumed_tx, consumer) = reader("consumer", consumer, message_bytes)?;
 
     let message: Vec<u8> = (0..message_bytes).map(|i| (i % 251) as u8 | 1).collect();
     let messages = match args.duration {
@@ -532,8 +561,10 @@ pub fn paced(args: &BenchArgs) -> anyhow::Result<Report> {
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            // Unbounded, and a message in flight each: never blocks.
-            let _ = sent_tx.send(Instant::now());
+            // Unbounded channels: never block.
+            let now = Instant::now();
+            let _ = acked_tx.send(now);
+            let _ = consumed_tx.send(now);
             client
                 .write_all(&message)
                 .context("sending a message over loopback")?;
@@ -541,30 +572,28 @@ pub fn paced(args: &BenchArgs) -> anyhow::Result<Report> {
         Ok(())
     };
     let sent = send();
-    // The server ends at the end of the stream and closes its side; the reader then ends.
+    // The server ends at the end of the stream and closes both its connections; the readers
+    // then end.
     let _ = client.shutdown(Shutdown::Write);
-    let served = server.join();
-    let hist = reader.join();
+    let served = join(server, "server");
+    let acked = join(acker, "reader");
+    let consumed = join(consumer, "consumer");
     let seconds = started.elapsed().as_secs_f64();
     drop(guard);
-    match served {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("the server thread panicked"),
-    }
+    served?;
     sent?;
-    let hist = match hist {
-        Ok(h) => h?,
-        Err(_) => anyhow::bail!("the reader thread panicked"),
-    };
-    let answered = hist.len();
+    let (acked, consumed) = (acked?, consumed?);
     let mut r = Report::new("paced");
-    r.records = answered * pace.records;
+    r.records = consumed.len() * pace.records;
     r.bytes = r.records * args.record_size as u64;
     r.seconds = seconds;
-    r.latency = Latency::from_micros(&hist);
-    r.latency_label = "message send + write + answer";
+    r.latency = Latency::from_micros(&consumed);
+    r.latency_label = "message send to consumer (through write)";
+    r.ack_latency = Latency::from_micros(&acked);
+    r.ack_latency_label = "message send to answer (write)";
     r.details = vec![
-        ("messages", json!(answered)),
+        ("messages", json!(consumed.len())),
+        ("answered", json!(acked.len())),
         ("records_per_message", json!(pace.records)),
         ("message_bytes", json!(message_bytes)),
         ("period_us", json!(round6(pace.period.as_secs_f64() * 1e6))),
@@ -806,7 +835,16 @@ mod tests {
         // 20 records a message: 190 records take 10 messages, every one answered.
         assert_eq!(r.records, 200);
         assert_eq!(r.bytes, 20_000);
-        assert_eq!(r.latency.unwrap().count, 10);
+        assert_eq!(
+            r.latency.unwrap().count,
+            10,
+            "each message reached the consumer"
+        );
+        assert_eq!(
+            r.ack_latency.unwrap().count,
+            10,
+            "each message was answered"
+        );
         let details: std::collections::HashMap<_, _> = r.details.iter().cloned().collect();
         assert_eq!(details["messages"], json!(10));
         assert_eq!(details["message_bytes"], json!(2_000));

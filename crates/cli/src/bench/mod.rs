@@ -10,7 +10,7 @@
 //! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
 //! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
 //! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
-//! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir` and answers it: a minimal program, no broker | records/s; message-to-answer latency |
+//! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir`, answers it and passes it on to a consumer thread: a minimal program, no broker | records/s; message-to-consumer latency (and message-to-answer) |
 //! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
 //!
 //! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
@@ -47,9 +47,9 @@ pub enum Mode {
     /// The group commit a minimal program reaches: durable requests over loopback TCP,
     /// appended and fdatasynced in groups (no broker).
     Sync,
-    /// The latency a minimal program has at `--rate`: that interval's records sent as one
-    /// message every `--linger` over loopback TCP, written into a file and answered (no
-    /// broker).
+    /// The latencies a minimal program has at `--rate`: that interval's records sent as one
+    /// message every `--linger` over loopback TCP, written into a file, answered and passed
+    /// on to a consumer (no broker).
     Paced,
     /// How much time the machine keeps from busy threads, one per CPU (no broker).
     Cpu,

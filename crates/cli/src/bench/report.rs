@@ -8,7 +8,7 @@
 //! | `records`, `bytes`, `seconds` | what was measured: records acknowledged (produce), consumed (consume, e2e) or answered (sync), their value bytes, and the time it took |
 //! | `records_per_sec`, `mb_per_sec` | `records / seconds`, `bytes / seconds / 10^6` |
 //! | `latency_ms` | `{p50, p90, p99, p999, max, mean, count}`: produce-to-ack (produce), produce-to-consume (e2e), one 1 KiB write + fdatasync (disk), request to answer (sync), the gaps of 50 µs or more in which a spinning thread did not run (cpu); `null` when nothing was timed |
-//! | `ack_latency_ms` | e2e only: produce-to-ack, same shape |
+//! | `ack_latency_ms` | e2e: produce-to-ack; paced: message-to-answer; same shape |
 //! | `errors` | records that failed |
 //! | `broker_rss_kib` | with `--broker-pid`: `{start, max, end, samples}` of the broker's VmRSS |
 //! | `details` | mode-specific figures (for example the disk write and fsync split; for sync `fsyncs`, `records_per_fsync`, `fsync_mean_us`; for cpu `lost_percent`, `gaps`, `gaps_over_1ms`) |
@@ -111,8 +111,10 @@ pub struct Report {
     pub latency: Option<Latency>,
     /// What `latency` measures, for the text output.
     pub latency_label: &'static str,
-    /// Produce-to-ack latency of an e2e run.
+    /// Produce-to-ack latency of an e2e run (`paced`: message to answer).
     pub ack_latency: Option<Latency>,
+    /// What `ack_latency` measures, for the text output.
+    pub ack_latency_label: &'static str,
     /// Records that failed.
     pub errors: u64,
     /// The broker's memory, when sampled.
@@ -134,6 +136,7 @@ impl Report {
             latency: None,
             latency_label: "",
             ack_latency: None,
+            ack_latency_label: "produce to ack",
             errors: 0,
             rss: None,
             details: Vec::new(),
@@ -210,7 +213,7 @@ impl Report {
             let _ = writeln!(s, "latency     {}: {}", self.latency_label, l.to_text());
         }
         if let Some(l) = self.ack_latency {
-            let _ = writeln!(s, "latency     produce to ack: {}", l.to_text());
+            let _ = writeln!(s, "latency     {}: {}", self.ack_latency_label, l.to_text());
         }
         if self.errors > 0 {
             let _ = writeln!(s, "errors      {} records failed", self.errors);

@@ -335,16 +335,11 @@ pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
     let (guard, file) = create(&args.dir, "sync")?;
     let commit = Arc::new(Commit::new(file));
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    let addr = listener.local_addr().context("the loopback port")?;
     let producers = args.producers as usize;
     let mut clients = Vec::with_capacity(producers);
     let mut servers = Vec::with_capacity(producers);
     for i in 0..producers {
-        let client = TcpStream::connect(addr).context("connecting over loopback")?;
-        let (server, _) = listener.accept().context("accepting over loopback")?;
-        for s in [&client, &server] {
-            s.set_nodelay(true).context("setting TCP_NODELAY")?;
-        }
+        let (client, server) = loopback_pair(&listener)?;
         let (commit, path, size) = (commit.clone(), guard.0.clone(), args.record_size);
         servers.push(
             std::thread::Builder::new()
@@ -379,13 +374,10 @@ pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut hist = micros_histogram();
     let mut first_error = None;
     for t in producer_threads {
-        match t.join() {
-            Ok(Ok(h)) => hist.add(&h).context("merging latency histograms")?,
-            Ok(Err(e)) => {
+        match join(t, "producer") {
+            Ok(h) => hist.add(&h).context("merging latency histograms")?,
+            Err(e) => {
                 first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                first_error.get_or_insert(anyhow::anyhow!("a producer thread panicked"));
             }
         }
     }
@@ -393,11 +385,7 @@ pub fn sync(args: &BenchArgs) -> anyhow::Result<Report> {
     // The producers' sockets are closed: every server thread ends. A server's error explains
     // a producer's (its connection closed), so it comes first.
     for t in servers {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => anyhow::bail!("a server thread panicked"),
-        }
+        join(t, "server")?;
     }
     if let Some(e) = first_error {
         return Err(e);

@@ -143,8 +143,12 @@ for round in $(seq "$ROUNDS"); do
   wants produce && run produce "$round" produce --topic "produce-$round" --records "$RECORDS" \
     --batch-size 1000 --acks written --cleanup
   if wants consume; then
-    # The first round writes the data (untimed); every round reads it from the start.
-    run consume "$round" consume --topic consume --records "$RECORDS" --batch-size 1000
+    # Each round writes its own data (untimed: the consume mode's top-up) and reads it from
+    # the start right after. Data left from an earlier round would be read from disk: this
+    # VM pages out what was not touched for 30 s (DAMON), and rounds 2-3 then measured the
+    # disk's reads (docs/benchmarks.md, "Eighth session").
+    run consume "$round" consume --topic "consume-$round" --records "$RECORDS" \
+      --batch-size 1000 --cleanup
   fi
   wants sustained && run sustained "$round" produce --topic "sustained-$round" \
     --duration "$SUSTAINED_FOR" --batch-size 1000 --acks written --cleanup

@@ -267,6 +267,15 @@ impl Commit {
     }
 }
 
+/// Fills `buf` from `socket`; `false` if the other side closed the connection first.
+fn read_or_end(socket: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
+    match socket.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The answer to every `sync` request.
 const SYNC_ACK: [u8; 8] = *b"synced\0\0";
 
@@ -280,10 +289,8 @@ fn sync_server(
 ) -> anyhow::Result<()> {
     let mut record = vec![0u8; record_size];
     loop {
-        match socket.read_exact(&mut record) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e).context("receiving a request over loopback"),
+        if !read_or_end(&mut socket, &mut record).context("receiving a request over loopback")? {
+            return Ok(());
         }
         commit.append(&record, path)?;
         socket
@@ -451,10 +458,8 @@ fn paced_server(
 ) -> anyhow::Result<()> {
     let mut message = vec![0u8; message_bytes];
     loop {
-        match socket.read_exact(&mut message) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e).context("receiving a message over loopback"),
+        if !read_or_end(&mut socket, &mut message).context("receiving a message over loopback")? {
+            return Ok(());
         }
         file.write_all(&message).context("writing a message")?;
         socket
@@ -477,10 +482,8 @@ fn paced_reader(
     let mut hist = micros_histogram();
     let mut piece = vec![0u8; size];
     loop {
-        match socket.read_exact(&mut piece) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(hist),
-            Err(e) => return Err(e).context("reading over loopback"),
+        if !read_or_end(&mut socket, &mut piece).context("reading over loopback")? {
+            return Ok(hist);
         }
         let at = sent.recv().context("a message back that was not sent")?;
         hist.saturating_record(at.elapsed().as_micros() as u64);

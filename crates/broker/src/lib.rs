@@ -15,6 +15,7 @@
 //! - [`metrics`]: every metric name, and the exporter.
 //! - [`shutdown`]: the one cancellation signal.
 
+mod broker;
 pub mod config;
 pub mod error;
 mod files;
@@ -25,6 +26,7 @@ pub mod producers;
 mod server;
 pub mod services;
 pub mod shutdown;
+mod tasks;
 pub mod topics;
 
 pub use config::Config;

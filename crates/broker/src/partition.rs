@@ -2,6 +2,10 @@
 //! wakes long polls and subscriptions when batches are appended, the group commit of durable
 //! produce requests, and its metrics.
 //!
+//! [`Partition`] is the only door to its log: appends, reads, offsets, retention, config
+//! changes and closing all go through its methods, so that every append publishes the new end
+//! offset and every change updates the gauges.
+//!
 //! Durable requests wait for their fsync without holding a thread each: the first one that
 //! needs an fsync starts a blocking task that fsyncs (`Log::sync_to`) for as long as some
 //! request wants an offset that is not on disk yet, publishing the synced offset after every
@@ -17,7 +21,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use runnel_storage::{Log, LogConfig, LogEnv};
+use bytes::Bytes;
+use runnel_storage::batch::BatchHeader;
+use runnel_storage::{Appended, Flusher, Log, LogConfig, LogEnv, ReadResult, RetentionOutcome};
 use tokio::sync::watch;
 
 use crate::metrics::{PartitionMetrics, TopicMetrics};
@@ -29,9 +35,9 @@ pub struct Partition {
     pub topic: Arc<str>,
     /// The partition number.
     pub index: u32,
-    /// The log. Its methods are synchronous and may block on disk: call them from
-    /// `spawn_blocking`.
-    pub log: Arc<Log>,
+    /// The log. Its methods are synchronous and may block on disk: the methods of `Partition`
+    /// that call them say so.
+    log: Arc<Log>,
     /// The counters of the partition's topic.
     pub topic_metrics: TopicMetrics,
     end: watch::Sender<u64>,
@@ -98,6 +104,127 @@ impl Partition {
         Ok(partition)
     }
 
+    /// Appends whole batches in order and publishes the new end offset; never waits for an
+    /// fsync (see [`Partition::want_durable`]). Blocking.
+    ///
+    /// # Errors
+    /// The storage error of [`Log::write_batches`].
+    pub fn append(&self, batches: &[Bytes]) -> Result<Appended, runnel_storage::Error> {
+        let appended = self.log.write_batches(batches)?;
+        self.appended();
+        Ok(appended)
+    }
+
+    /// [`Partition::append`] if the log can take the batches without waiting beyond a brief
+    /// wait for its writer lock (never for a roll or an fsync), so that it may run on the
+    /// runtime's thread; `None`, with nothing written, otherwise.
+    pub fn try_append(&self, batches: &[Bytes]) -> Option<Result<Appended, runnel_storage::Error>> {
+        let attempt = self.log.try_write_batches(batches);
+        if let Some(Ok(_)) = &attempt {
+            self.appended();
+        }
+        attempt
+    }
+
+    /// Reads whole batches from `offset`, at most `max_bytes` of them (at least one batch).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` and the storage errors of [`Log::read`].
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, runnel_storage::Error> {
+        self.log.read(offset, max_bytes)
+    }
+
+    /// The batch containing the first record at or after `timestamp`: its base offset (at
+    /// least the log start) and its largest timestamp. `None` if every record is older.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The storage errors of [`Log::offset_for_timestamp`] and [`Log::read`].
+    pub fn offset_for_time(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, runnel_storage::Error> {
+        let Some(offset) = self.log.offset_for_timestamp(timestamp)? else {
+            return Ok(None);
+        };
+        let read = self.log.read(offset, 1)?;
+        match BatchHeader::decode(&read.data) {
+            Ok(h) => Ok(Some((
+                h.base_offset.max(read.log_start_offset),
+                h.effective_max_timestamp(),
+            ))),
+            // Retention or the end moved meanwhile; the offset found is still right.
+            Err(_) => Ok(Some((offset, timestamp))),
+        }
+    }
+
+    /// The first offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        self.log.start_offset()
+    }
+
+    /// The offset the next appended record gets.
+    pub fn end_offset(&self) -> u64 {
+        self.log.end_offset()
+    }
+
+    /// Bytes stored, over every segment.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// The number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.log.segment_count()
+    }
+
+    /// True once a write or fsync failed the log: it refuses appends until reopened.
+    pub fn has_failed(&self) -> bool {
+        self.log.has_failed()
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        self.log.dir()
+    }
+
+    /// The largest batch the partition accepts, in bytes (the topic's `max_batch_bytes`).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.log.config().max_batch_bytes as usize
+    }
+
+    /// Applies a new storage config (a topic config change). Blocking.
+    ///
+    /// # Errors
+    /// The storage error of [`Log::set_config`].
+    pub fn set_config(&self, config: LogConfig) -> Result<(), runnel_storage::Error> {
+        self.log.set_config(config)
+    }
+
+    /// Deletes the segments past the retention limits and refreshes the gauges. Blocking.
+    ///
+    /// # Errors
+    /// The storage error of [`Log::enforce_retention`].
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome, runnel_storage::Error> {
+        let outcome = self.log.enforce_retention();
+        self.update_gauges();
+        outcome
+    }
+
+    /// Has `flusher` flush the log on its `Interval` durability policy.
+    pub fn flush_with(&self, flusher: &Flusher) {
+        flusher.watch(&self.log);
+    }
+
+    /// Closes the log cleanly (fsync, producer snapshot, clean-shutdown marker). Blocking.
+    ///
+    /// # Errors
+    /// The storage error of [`Log::close`].
+    pub fn close(&self) -> Result<(), runnel_storage::Error> {
+        self.log.close()
+    }
+
     /// A receiver that sees every change of the end offset (and deletion); mark it seen before
     /// reading so that an append after the read is not missed.
     pub fn watch_end(&self) -> watch::Receiver<u64> {
@@ -105,7 +232,7 @@ impl Partition {
     }
 
     /// Publishes the log's new end offset after an append, waking waiting readers.
-    pub fn appended(&self) {
+    fn appended(&self) {
         let end = self.log.end_offset();
         self.end.send_if_modified(|old| {
             let changed = *old != end;

@@ -26,44 +26,18 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
+use crate::broker::Broker;
 use crate::config::Config;
-use crate::error::{Error, RpcError};
+use crate::error::Error;
 use crate::groups::{self, Groups};
 use crate::metrics;
 use crate::producers::Producers;
 use crate::services::admin::Admin;
 use crate::services::consume_http::ConsumeRoutes;
 use crate::services::groups::Groups as GroupsService;
-use crate::services::produce::{Produce, ProduceBudget};
+use crate::services::produce::Produce;
 use crate::shutdown::{self, Shutdown};
 use crate::topics::Topics;
-
-/// What every service shares.
-#[derive(Debug)]
-pub(crate) struct Broker {
-    pub config: Config,
-    pub topics: Arc<Topics>,
-    pub producers: Producers,
-    pub groups: Arc<Groups>,
-    pub shutdown: Shutdown,
-    /// Produce batch bytes being appended (`limits.produce_max_in_flight_bytes`).
-    pub produce_budget: ProduceBudget,
-    /// Open subscriptions (`limits.max_subscriptions`).
-    pub subscriptions: Arc<Semaphore>,
-    pub started: Instant,
-    pub start_time_ms: i64,
-}
-
-impl Broker {
-    /// Fails with `BROKER_SHUTTING_DOWN` once shutdown has begun.
-    pub fn check_running(&self) -> Result<(), RpcError> {
-        if self.shutdown.is_triggered() {
-            Err(RpcError::shutting_down())
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
 pub const SERVICE_NAMES: [&str; 4] = [
@@ -143,20 +117,15 @@ pub async fn run(
 
     let (trigger, signal) = shutdown::channel();
     let limits = &config.limits;
-    let broker = Arc::new(Broker {
-        produce_budget: ProduceBudget::new(
-            limits.produce_max_in_flight_bytes,
-            Duration::from_millis(limits.produce_in_flight_wait_ms),
-        ),
-        subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
-        topics: topics.clone(),
+    let broker = Arc::new(Broker::new(
+        config.clone(),
+        topics.clone(),
         producers,
-        groups: groups.clone(),
-        shutdown: signal.clone(),
+        groups.clone(),
+        signal.clone(),
         started,
         start_time_ms,
-        config: config.clone(),
-    });
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
@@ -473,29 +442,7 @@ async fn retention_loop(topics: Arc<Topics>, interval: Duration, shutdown: Shutd
             _ = tick.tick() => {}
         }
         let t = topics.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for p in t.all_partitions() {
-                if p.is_deleted() {
-                    continue;
-                }
-                match p.log.enforce_retention() {
-                    Ok(outcome) if outcome.segments_deleted > 0 => {
-                        p.topic_metrics
-                            .retention_deleted
-                            .increment(outcome.bytes_deleted);
-                        info!(topic = %p.topic, partition = p.index,
-                            segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
-                            log_start_offset = outcome.log_start_offset, "retention deleted segments");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed");
-                    }
-                }
-                p.update_gauges();
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || t.enforce_retention()).await;
     }
 }
 

@@ -533,7 +533,7 @@ impl Topics {
             source,
         })?;
         if let Some(f) = lock(&self.flusher).as_ref() {
-            f.watch(&p.log);
+            p.flush_with(f);
         }
         Ok(p)
     }
@@ -603,16 +603,16 @@ impl Topics {
                 .iter()
                 .map(|p| pb::PartitionDescription {
                     partition: p.index,
-                    log_start_offset: p.log.start_offset(),
-                    log_end_offset: p.log.end_offset(),
-                    size_bytes: p.log.size_bytes(),
-                    segment_count: p.log.segment_count() as u32,
-                    error: p.log.has_failed().then(|| {
+                    log_start_offset: p.start_offset(),
+                    log_end_offset: p.end_offset(),
+                    size_bytes: p.size_bytes(),
+                    segment_count: p.segment_count() as u32,
+                    error: p.has_failed().then(|| {
                         RpcError::new(
                             ErrorCode::LogFailed,
                             format!(
                                 "log {} refuses appends after an earlier write or fsync failure; restart the broker to reopen it",
-                                p.log.dir().display()
+                                p.dir().display()
                             ),
                         )
                         .to_pb()
@@ -773,7 +773,7 @@ impl Topics {
             p.mark_deleted();
             // Closing stops appends that are still in flight from writing into the directory
             // after it moves; the fsyncs it does are wasted, but deletes are rare.
-            if let Err(e) = p.log.close() {
+            if let Err(e) = p.close() {
                 warn!(topic = name, partition = p.index, error = %e, "closing a deleted partition");
             }
         }
@@ -886,13 +886,37 @@ impl Topics {
         *write(&topic.overrides) = next.clone();
         let config = log_config(&effective, &self.storage);
         for p in topic.partitions().iter() {
-            if let Err(e) = p.log.set_config(config.clone()) {
+            if let Err(e) = p.set_config(config.clone()) {
                 // validate_defaults covers every rule of LogConfig::validate.
                 warn!(topic = name, partition = p.index, error = %e, "config not applied");
             }
         }
         info!(topic = name, overrides = ?next.names(), "altered topic config");
         Ok((topic, next))
+    }
+
+    /// Runs retention over every partition of every topic: deletes the segments past each
+    /// topic's limits, logging what went and any failure. Blocking.
+    pub fn enforce_retention(&self) {
+        for p in self.all_partitions() {
+            if p.is_deleted() {
+                continue;
+            }
+            match p.enforce_retention() {
+                Ok(outcome) if outcome.segments_deleted > 0 => {
+                    p.topic_metrics
+                        .retention_deleted
+                        .increment(outcome.bytes_deleted);
+                    info!(topic = %p.topic, partition = p.index,
+                        segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+                        log_start_offset = outcome.log_start_offset, "retention deleted segments");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed");
+                }
+            }
+        }
     }
 
     /// Stops the background flusher and closes every log cleanly (fsync, producer snapshot,
@@ -903,7 +927,7 @@ impl Topics {
         }
         let mut failed = 0;
         for p in self.all_partitions() {
-            if let Err(e) = p.log.close() {
+            if let Err(e) = p.close() {
                 failed += 1;
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e,
                     "closing log failed; it will be recovered at the next start");

@@ -11,12 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use runnel_storage::Log;
 use runnel_storage::batch::{BatchHeader, Compression, RecordBatch, TimestampType};
 
 use super::Groups;
 use super::assignor::Tp;
 use crate::metrics::{GroupSamples, LagSample};
+use crate::partition::Partition;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
 
@@ -58,13 +58,13 @@ pub fn compute(topics: &Topics, offsets: Vec<(String, Tp, u64)>, now_ms: i64) ->
         if p.is_deleted() {
             continue;
         }
-        let (start, end) = (p.log.start_offset(), p.log.end_offset());
+        let (start, end) = (p.start_offset(), p.end_offset());
         let lag = super::lag(committed, start, end);
         let age_seconds = if lag == 0 {
             0.0
         } else {
             let position = committed.max(start);
-            oldest_timestamp(&p.log, position)
+            oldest_timestamp(&p, position)
                 .map_or(0.0, |ts| (now_ms.saturating_sub(ts)).max(0) as f64 / 1000.0)
         };
         out.push(LagSample {
@@ -80,8 +80,8 @@ pub fn compute(topics: &Topics, offsets: Vec<(String, Tp, u64)>, now_ms: i64) ->
 
 /// The timestamp of the record at `position`, or an earlier bound (see the module
 /// documentation). `None` if it cannot be read (retention or the end moved meanwhile).
-pub fn oldest_timestamp(log: &Log, position: u64) -> Option<i64> {
-    let read = log.read(position, 1).ok()?;
+pub fn oldest_timestamp(p: &Partition, position: u64) -> Option<i64> {
+    let read = p.read(position, 1).ok()?;
     let header = BatchHeader::decode(&read.data).ok()?;
     if header.timestamp_type() == TimestampType::LogAppendTime {
         return Some(header.append_time);

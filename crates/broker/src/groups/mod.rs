@@ -771,7 +771,7 @@ impl Groups {
                 .topics
                 .get(&tp.0)
                 .and_then(|t| t.partition(tp.1))
-                .map_or((0, 0), |p| (p.log.start_offset(), p.log.end_offset()));
+                .map_or((0, 0), |p| (p.start_offset(), p.end_offset()));
             let c = committed.get(&tp);
             response.partitions.push(pb::GroupPartition {
                 committed_offset: c.map(|c| c.offset),
@@ -887,29 +887,28 @@ impl Groups {
             }
         }
         let plan_committed = committed.clone();
-        let plan = crate::services::blocking(move || {
+        let plan = crate::tasks::blocking(move || {
             let mut plan = Vec::with_capacity(selected.len());
             for (tp, p) in selected {
-                let (start, end) = (p.log.start_offset(), p.log.end_offset());
+                let (start, end) = (p.start_offset(), p.end_offset());
                 let previous = plan_committed.get(&tp).map(|c| c.offset);
                 let wanted = match target {
                     Target::Boundary(b) if b == OffsetBoundary::Earliest as i32 => start,
                     Target::Boundary(_) => end,
                     Target::Offset(o) => o,
-                    Target::TimestampMs(ts) => {
-                        crate::services::consume::offset_for_time(&p.log, ts)
-                            .map_err(|e| {
-                                RpcError::storage(
-                                    &e,
-                                    crate::error::At {
-                                        topic: &tp.0,
-                                        partition: tp.1,
-                                        epoch: None,
-                                    },
-                                )
-                            })?
-                            .map_or(end, |(o, _)| o)
-                    }
+                    Target::TimestampMs(ts) => p
+                        .offset_for_time(ts)
+                        .map_err(|e| {
+                            RpcError::storage(
+                                &e,
+                                crate::error::At {
+                                    topic: &tp.0,
+                                    partition: tp.1,
+                                    epoch: None,
+                                },
+                            )
+                        })?
+                        .map_or(end, |(o, _)| o),
                     Target::ShiftBy(n) => {
                         let Some(base) = previous else {
                             return Err(RpcError::invalid(format!(

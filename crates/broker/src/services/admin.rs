@@ -1,4 +1,5 @@
-//! `runnel.v1.AdminService`: topics and broker information.
+//! `runnel.v1.AdminService`: topics and broker information, over the operations of
+//! [`crate::broker::admin`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,10 +7,8 @@ use std::time::Instant;
 use runnel_proto::pb::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, finish};
-use crate::error::RpcError;
-use crate::server::Broker;
-use crate::topics::{self, remove_deleted};
+use super::finish;
+use crate::broker::Broker;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -31,18 +30,11 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let b = self.broker.clone();
-        let result = async {
-            b.check_running()?;
-            let topics = b.topics.clone();
-            blocking(move || {
-                let t = topics.create(&req.topic, req.partition_count, req.config.as_ref())?;
-                Ok(topics.describe(&t))
-            })
+        let result = self
+            .broker
+            .create_topic(req.topic, req.partition_count, req.config)
             .await
-        }
-        .await
-        .map(|d| pb::CreateTopicResponse { topic: Some(d) });
+            .map(|d| pb::CreateTopicResponse { topic: Some(d) });
         finish("CreateTopic", started, result)
     }
 
@@ -52,16 +44,11 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let b = self.broker.clone();
-        let result = async {
-            b.check_running()?;
-            let topics = b.topics.clone();
-            let trash = blocking(move || topics.delete(&req.topic)).await?;
-            // The files go in the background; a restart finishes the job if this does not.
-            tokio::task::spawn_blocking(move || remove_deleted(&trash));
-            Ok(pb::DeleteTopicResponse {})
-        }
-        .await;
+        let result = self
+            .broker
+            .delete_topic(req.topic)
+            .await
+            .map(|()| pb::DeleteTopicResponse {});
         finish("DeleteTopic", started, result)
     }
 
@@ -70,16 +57,7 @@ impl AdminService for Admin {
         _request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let started = Instant::now();
-        let topics = self
-            .broker
-            .topics
-            .list()
-            .iter()
-            .map(|t| pb::TopicListing {
-                topic: t.name.to_string(),
-                partition_count: t.partition_count(),
-            })
-            .collect();
+        let topics = self.broker.list_topics();
         finish("ListTopics", started, Ok(pb::ListTopicsResponse { topics }))
     }
 
@@ -88,14 +66,10 @@ impl AdminService for Admin {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
         let result = self
             .broker
-            .topics
-            .get(&req.topic)
-            .map(|t| pb::DescribeTopicResponse {
-                topic: Some(self.broker.topics.describe(&t)),
-            });
+            .describe_topic(&request.get_ref().topic)
+            .map(|d| pb::DescribeTopicResponse { topic: Some(d) });
         finish("DescribeTopic", started, result)
     }
 
@@ -105,20 +79,14 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let b = self.broker.clone();
-        let result = async {
-            b.check_running()?;
-            let topics = b.topics.clone();
-            blocking(move || {
-                let (_, overrides) = topics.alter(&req.topic, req.set.as_ref(), &req.reset)?;
-                Ok(pb::AlterTopicConfigResponse {
-                    config: Some(topics::to_pb(&overrides.effective(topics.defaults()))),
-                    config_overrides: overrides.names(),
-                })
-            })
+        let result = self
+            .broker
+            .alter_topic_config(req.topic, req.set, req.reset)
             .await
-        }
-        .await;
+            .map(|c| pb::AlterTopicConfigResponse {
+                config: Some(c.config),
+                config_overrides: c.overrides,
+            });
         finish("AlterTopicConfig", started, result)
     }
 
@@ -128,17 +96,11 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let b = self.broker.clone();
-        let result = async {
-            b.check_running()?;
-            let topics = b.topics.clone();
-            let count =
-                blocking(move || topics.create_partitions(&req.topic, req.partition_count)).await?;
-            Ok(pb::CreatePartitionsResponse {
-                partition_count: count,
-            })
-        }
-        .await;
+        let result = self
+            .broker
+            .create_partitions(req.topic, req.partition_count)
+            .await
+            .map(|partition_count| pb::CreatePartitionsResponse { partition_count });
         finish("CreatePartitions", started, result)
     }
 
@@ -147,21 +109,18 @@ impl AdminService for Admin {
         _request: Request<pb::BrokerInfoRequest>,
     ) -> Result<Response<pb::BrokerInfoResponse>, Status> {
         let started = Instant::now();
-        let b = self.broker.clone();
-        let dir = b.config.data_dir.clone();
-        let result = blocking(move || {
-            rustix::fs::statvfs(&dir)
-                .map_err(|e| RpcError::internal(format!("statvfs {}: {e}", dir.display())))
-        })
-        .await
-        .map(|st| pb::BrokerInfoResponse {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            start_time_ms: b.start_time_ms,
-            uptime_ms: u64::try_from(b.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            data_dir: b.config.data_dir.display().to_string(),
-            disk_free_bytes: st.f_bavail.saturating_mul(st.f_frsize),
-            disk_total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
-        });
+        let result = self
+            .broker
+            .broker_info()
+            .await
+            .map(|i| pb::BrokerInfoResponse {
+                version: i.version.to_owned(),
+                start_time_ms: i.start_time_ms,
+                uptime_ms: i.uptime_ms,
+                data_dir: i.data_dir,
+                disk_free_bytes: i.disk_free_bytes,
+                disk_total_bytes: i.disk_total_bytes,
+            });
         finish("BrokerInfo", started, result)
     }
 }

@@ -31,10 +31,11 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use super::consume::{Consume, SubscribeItem};
+use super::consume::{Consume, subscribe_done, subscribe_response};
 use super::finish;
+use crate::broker::Broker;
+use crate::broker::consume::SubscribeItem;
 use crate::metrics;
-use crate::server::Broker;
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
 pub(crate) const SUBSCRIBE_PATH: &str = "/runnel.v1.ConsumeService/Subscribe";
@@ -103,7 +104,7 @@ async fn subscribe(
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
-    match broker.subscribe(request, started).await {
+    match broker.subscribe(request, subscribe_done(started)).await {
         Ok(stream) => grpc_response(ResponseBody {
             chunks: VecDeque::new(),
             stream: Some(stream),
@@ -218,13 +219,14 @@ impl http_body::Body for ResponseBody {
                 None => None,
             };
             let status = match next {
-                Some(Ok(response)) => {
+                Some(Ok(read)) => {
+                    let response = subscribe_response(read);
                     let mut framer = Framer::new(response.encoded_len());
                     framer.subscribe_response(&response);
                     this.chunks = framer.finish();
                     continue;
                 }
-                Some(Err(status)) => status,
+                Some(Err(e)) => e.status(),
                 None => Status::new(Code::Ok, ""),
             };
             this.done = true;

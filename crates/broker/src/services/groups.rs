@@ -1,5 +1,5 @@
 //! `runnel.v1.GroupService`: the `Membership` stream of each group member, committed
-//! offsets, and group administration, over the coordinator in [`crate::groups`].
+//! offsets, and group administration, over the group operations of [`crate::broker::groups`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::finish;
+use crate::broker::Broker;
 use crate::error::RpcError;
 use crate::groups::Joined;
 use crate::groups::coordinator::View;
 use crate::metrics;
-use crate::server::Broker;
 
 /// Responses queued per Membership stream. Assignments are complete states and heartbeats
 /// are answered one by one, so a few suffice; a client that stops reading stops its own
@@ -66,7 +66,7 @@ async fn run_member(
     host: String,
     tx: &mpsc::Sender<MembershipItem>,
 ) -> Code {
-    let groups = &b.groups;
+    let groups = b.groups();
     let join_wait = Duration::from_millis(b.config.groups.session_timeout_ms);
     let first = tokio::select! {
         biased;
@@ -103,7 +103,7 @@ async fn run_member(
         member_id,
         joined,
         mut view,
-    } = match groups.join(join, host) {
+    } = match b.join_group(join, host) {
         Ok(j) => j,
         Err(e) => return end(b, tx, e).await,
     };
@@ -222,12 +222,7 @@ impl GroupService for Groups {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let started = Instant::now();
-        let b = &self.broker;
-        let result = async {
-            b.check_running()?;
-            b.groups.commit(request.into_inner()).await
-        }
-        .await;
+        let result = self.broker.commit_offsets(request.into_inner()).await;
         finish("CommitOffsets", started, result)
     }
 
@@ -236,7 +231,7 @@ impl GroupService for Groups {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.groups.fetch_offsets(request.get_ref());
+        let result = self.broker.fetch_offsets(request.get_ref());
         finish("FetchOffsets", started, result)
     }
 
@@ -245,7 +240,7 @@ impl GroupService for Groups {
         _request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let started = Instant::now();
-        finish("ListGroups", started, Ok(self.broker.groups.list()))
+        finish("ListGroups", started, Ok(self.broker.list_groups()))
     }
 
     async fn describe_group(
@@ -253,7 +248,7 @@ impl GroupService for Groups {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.groups.describe(&request.get_ref().group);
+        let result = self.broker.describe_group(&request.get_ref().group);
         finish("DescribeGroup", started, result)
     }
 
@@ -262,13 +257,11 @@ impl GroupService for Groups {
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let started = Instant::now();
-        let b = &self.broker;
-        let result = async {
-            b.check_running()?;
-            b.groups.delete(&request.get_ref().group).await?;
-            Ok(pb::DeleteGroupResponse {})
-        }
-        .await;
+        let result = self
+            .broker
+            .delete_group(&request.get_ref().group)
+            .await
+            .map(|()| pb::DeleteGroupResponse {});
         finish("DeleteGroup", started, result)
     }
 
@@ -277,12 +270,7 @@ impl GroupService for Groups {
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let started = Instant::now();
-        let b = &self.broker;
-        let result = async {
-            b.check_running()?;
-            b.groups.reset(request.into_inner()).await
-        }
-        .await;
+        let result = self.broker.reset_offsets(request.into_inner()).await;
         finish("ResetOffsets", started, result)
     }
 }

@@ -1,0 +1,543 @@
+//! Consume: `fetch` (a long poll over several partitions), `subscribe` (batches of one
+//! partition pushed into a bounded queue) and `list_offsets`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_proto::pb::{
+    self, ErrorCode, OffsetBoundary, offset_query::Query, start_position::Position,
+};
+use runnel_storage::batch::{self, BatchHeader, HEADER_LEN};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Broker, capped};
+use crate::error::{At, RpcError};
+use crate::metrics;
+use crate::partition::Partition;
+use crate::tasks::blocking;
+
+fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
+    RpcError::storage(
+        e,
+        At {
+            topic: &p.topic,
+            partition: p.index,
+            epoch: None,
+        },
+    )
+}
+
+/// Completes when any receiver sees a change.
+async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
+    if watches.is_empty() {
+        return std::future::pending().await;
+    }
+    type Changed<'a> =
+        Pin<Box<dyn Future<Output = Result<(), watch::error::RecvError>> + Send + 'a>>;
+    let mut futures: Vec<Changed<'_>> = watches
+        .iter_mut()
+        .map(|w| Box::pin(w.changed()) as Changed<'_>)
+        .collect();
+    std::future::poll_fn(|cx| {
+        for f in &mut futures {
+            if f.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
+/// One partition of a fetch, resolved.
+struct FetchTarget {
+    topic: String,
+    partition: u32,
+    offset: u64,
+    max_bytes: usize,
+    resolved: Result<Arc<Partition>, RpcError>,
+}
+
+/// Reads every partition of a fetch once. Blocking. Returns the results and the batch bytes.
+fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitionResult>, u64) {
+    let mut total = 0u64;
+    let mut results = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut result = pb::FetchPartitionResult {
+            topic: t.topic.clone(),
+            partition: t.partition,
+            error: None,
+            batches: Vec::new(),
+            next_offset: t.offset,
+            log_start_offset: 0,
+            log_end_offset: 0,
+        };
+        let p = match &t.resolved {
+            Ok(p) if p.is_deleted() => {
+                result.error = Some(RpcError::unknown_topic(&p.topic).to_pb());
+                results.push(result);
+                continue;
+            }
+            Ok(p) => p,
+            Err(e) => {
+                result.error = Some(e.to_pb());
+                results.push(result);
+                continue;
+            }
+        };
+        let budget = (total_max as u64).saturating_sub(total);
+        if budget == 0 && total > 0 {
+            // The response is full; this partition gets its figures only.
+            result.log_start_offset = p.start_offset();
+            result.log_end_offset = p.end_offset();
+            results.push(result);
+            continue;
+        }
+        let limit = t.max_bytes.min(budget.max(1) as usize);
+        match p.read(t.offset, limit) {
+            Ok(read) => {
+                let (batches, records) = split_batches(&read.data);
+                let bytes = read.data.len() as u64;
+                total += bytes;
+                p.topic_metrics.records_out.increment(records);
+                p.topic_metrics.bytes_out.increment(bytes);
+                result.batches = batches;
+                result.next_offset = read.next_offset;
+                result.log_start_offset = read.log_start_offset;
+                result.log_end_offset = read.log_end_offset;
+            }
+            Err(e) => {
+                if let runnel_storage::Error::OffsetOutOfRange {
+                    log_start, log_end, ..
+                } = &e
+                {
+                    result.log_start_offset = *log_start;
+                    result.log_end_offset = *log_end;
+                } else {
+                    result.log_start_offset = p.start_offset();
+                    result.log_end_offset = p.end_offset();
+                }
+                result.error = Some(storage_error(&e, p).to_pb());
+            }
+        }
+        results.push(result);
+    }
+    (results, total)
+}
+
+/// Holds a subscription slot and the gauge of open subscriptions.
+struct SubscriptionGuard {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SubscriptionGuard {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::plain_gauge(metrics::SUBSCRIPTIONS).increment(1.0);
+        SubscriptionGuard { _permit: permit }
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        metrics::plain_gauge(metrics::SUBSCRIPTIONS).decrement(1.0);
+    }
+}
+
+/// Batches read from one partition, and the partition's offsets at the time of the read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionRead {
+    /// Whole stored batches, back to back in offset order; each shares the read buffer.
+    pub batches: Vec<Bytes>,
+    /// The offset to read from next.
+    pub next_offset: u64,
+    /// The partition's first offset.
+    pub log_start_offset: u64,
+    /// The partition's end offset (the next offset to be written).
+    pub log_end_offset: u64,
+}
+
+/// What a subscription's queue yields: reads, then at most one error that ends it.
+pub type SubscribeItem = Result<PartitionRead, RpcError>;
+
+/// How a subscription ended, for the front end's accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionEnd {
+    /// The client stopped reading (the queue was dropped).
+    ClientLeft,
+    /// The subscription ended with this error, the last item of its queue.
+    Failed(ErrorCode),
+}
+
+/// Splits whole stored batches, back to back, into one `Bytes` per batch without copying.
+/// Returns the batches and their total record count.
+pub(crate) fn split_batches(data: &Bytes) -> (Vec<Bytes>, u64) {
+    let mut batches = Vec::new();
+    let mut records = 0u64;
+    let mut pos = 0;
+    while let Some(total) = batch::batch_total_len(&data[pos..]) {
+        if total < HEADER_LEN || pos + total > data.len() {
+            break;
+        }
+        if let Ok(header) = BatchHeader::decode(&data[pos..]) {
+            records += u64::from(header.record_count);
+        }
+        batches.push(data.slice(pos..pos + total));
+        pos += total;
+    }
+    (batches, records)
+}
+
+impl Broker {
+    /// Reads each requested partition from its offset, waiting up to `max_wait_ms` for
+    /// `min_bytes` (woken by appends); per-partition failures are inline in the results.
+    ///
+    /// # Errors
+    /// The request-level errors of `docs/protocol.md` (malformed request, limits, shutdown).
+    pub(crate) async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, RpcError> {
+        self.check_running()?;
+        let limits = &self.config.limits;
+        if req.partitions.is_empty() {
+            return Err(RpcError::invalid(
+                "partitions: at least one entry is required",
+            ));
+        }
+        if req.partitions.len() > limits.fetch_max_partitions as usize {
+            metrics::limit_rejected("fetch_max_partitions");
+            return Err(RpcError::limit(format!(
+                "partitions: {} entries exceed fetch_max_partitions ({})",
+                req.partitions.len(),
+                limits.fetch_max_partitions
+            )));
+        }
+        if req.max_wait_ms > limits.fetch_max_wait_ms {
+            return Err(RpcError::invalid(format!(
+                "max_wait_ms {} exceeds fetch_max_wait_ms ({})",
+                req.max_wait_ms, limits.fetch_max_wait_ms
+            )));
+        }
+        let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
+        for (i, p) in req.partitions.iter().enumerate() {
+            if let Some(first) = seen.insert((p.topic.as_str(), p.partition), i) {
+                return Err(RpcError::invalid(format!(
+                    "partitions[{i}]: topic {:?} partition {} is listed twice (also partitions[{first}])",
+                    p.topic, p.partition
+                )));
+            }
+        }
+        let targets: Vec<FetchTarget> = req
+            .partitions
+            .into_iter()
+            .map(|p| FetchTarget {
+                resolved: self
+                    .topics
+                    .get(&p.topic)
+                    .and_then(|t| t.partition(p.partition)),
+                max_bytes: capped(p.max_bytes, limits.fetch_partition_max_bytes),
+                topic: p.topic,
+                partition: p.partition,
+                offset: p.offset,
+            })
+            .collect();
+        let total_max = capped(req.max_bytes, limits.fetch_max_bytes);
+        let mut watches: Vec<watch::Receiver<u64>> = targets
+            .iter()
+            .filter_map(|t| t.resolved.as_ref().ok().map(|p| p.watch_end()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.into());
+        let targets = Arc::new(targets);
+        loop {
+            for w in &mut watches {
+                w.borrow_and_update();
+            }
+            let t = targets.clone();
+            let (results, total) = blocking(move || Ok(read_all(&t, total_max))).await?;
+            let any_error = results.iter().any(|r| r.error.is_some());
+            let done = req.min_bytes == 0
+                || req.max_wait_ms == 0
+                || total >= u64::from(req.min_bytes)
+                || any_error
+                || tokio::time::Instant::now() >= deadline
+                || self.shutdown.is_triggered();
+            if done {
+                return Ok(pb::FetchResponse { results });
+            }
+            tokio::select! {
+                () = any_changed(&mut watches) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.shutdown.wait() => {}
+            }
+        }
+    }
+
+    fn resolve_start(
+        &self,
+        p: &Arc<Partition>,
+        start: Option<pb::StartPosition>,
+    ) -> Result<ResolvedStart, RpcError> {
+        Ok(match start.and_then(|s| s.position) {
+            None => ResolvedStart::At(p.end_offset()),
+            Some(Position::Boundary(b)) => match OffsetBoundary::try_from(b) {
+                Ok(OffsetBoundary::Earliest) => ResolvedStart::At(p.start_offset()),
+                Ok(OffsetBoundary::Latest) => ResolvedStart::At(p.end_offset()),
+                _ => {
+                    return Err(RpcError::invalid(format!(
+                        "start.boundary {b} is not a boundary; use OFFSET_BOUNDARY_EARLIEST (1) or OFFSET_BOUNDARY_LATEST (2)"
+                    )));
+                }
+            },
+            Some(Position::Offset(o)) => {
+                let (start, end) = (p.start_offset(), p.end_offset());
+                if o < start || o > end {
+                    return Err(storage_error(
+                        &runnel_storage::Error::OffsetOutOfRange {
+                            requested: o,
+                            log_start: start,
+                            log_end: end,
+                        },
+                        p,
+                    ));
+                }
+                ResolvedStart::At(o)
+            }
+            Some(Position::TimestampMs(ts)) => ResolvedStart::Time(ts),
+        })
+    }
+
+    /// Opens a subscription to one partition: a queue of reads (the first one, without
+    /// batches, gives the resolved start) fed by a task until the client drops the queue or
+    /// the stream must end, in which case its last item is the error. `on_end` is called once
+    /// the task ends.
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` (`max_subscriptions`), an unknown topic or partition, a start out of
+    /// range, shutdown.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        req: pb::SubscribeRequest,
+        on_end: impl FnOnce(SubscriptionEnd) + Send + 'static,
+    ) -> Result<ReceiverStream<SubscribeItem>, RpcError> {
+        self.check_running()?;
+        let limits = &self.config.limits;
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                metrics::limit_rejected("max_subscriptions");
+                RpcError::limit(format!(
+                    "max_subscriptions ({}) reached; close a subscription or retry later",
+                    limits.max_subscriptions
+                ))
+            })?;
+        let guard = SubscriptionGuard::new(permit);
+        let p = self.topics.get(&req.topic)?.partition(req.partition)?;
+        let max_bytes = capped(req.max_bytes, limits.subscribe_max_bytes);
+        let start = match self.resolve_start(&p, req.start)? {
+            ResolvedStart::At(o) => o,
+            ResolvedStart::Time(ts) => {
+                let part = p.clone();
+                blocking(move || {
+                    Ok(part
+                        .offset_for_time(ts)
+                        .map_err(|e| storage_error(&e, &part))?
+                        .map_or_else(|| part.end_offset(), |(o, _)| o))
+                })
+                .await?
+            }
+        };
+        let (tx, rx) = mpsc::channel(limits.subscribe_queue_depth as usize);
+        let first = PartitionRead {
+            batches: Vec::new(),
+            next_offset: start,
+            log_start_offset: p.start_offset(),
+            log_end_offset: p.end_offset(),
+        };
+        // The queue is new and holds at least one slot.
+        let _ = tx.try_send(Ok(first));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let end = broker.stream_partition(&p, start, max_bytes, &tx).await;
+            drop(guard);
+            on_end(end);
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Pushes a partition's batches into a subscription's queue until the client leaves or
+    /// the stream must end. Reads from disk only when the queue has room, so a client that
+    /// stops reading stops the reader. Returns how the stream ended.
+    async fn stream_partition(
+        &self,
+        p: &Arc<Partition>,
+        start: u64,
+        max_bytes: usize,
+        tx: &mpsc::Sender<SubscribeItem>,
+    ) -> SubscriptionEnd {
+        let mut end = p.watch_end();
+        let mut next = start;
+        let shutdown = &self.shutdown;
+        let status = loop {
+            let slot = tokio::select! {
+                biased;
+                () = shutdown.wait() => break RpcError::shutting_down(),
+                slot = tx.reserve() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return SubscriptionEnd::ClientLeft,
+                },
+            };
+            if p.is_deleted() {
+                break RpcError::unknown_topic(&p.topic);
+            }
+            end.borrow_and_update();
+            let part = p.clone();
+            let read = tokio::task::spawn_blocking(move || part.read(next, max_bytes)).await;
+            let read = match read {
+                Ok(r) => r,
+                Err(e) => break RpcError::internal(format!("read task failed: {e}")),
+            };
+            match read {
+                Ok(read) if !read.data.is_empty() => {
+                    let (batches, records) = split_batches(&read.data);
+                    p.topic_metrics.records_out.increment(records);
+                    p.topic_metrics.bytes_out.increment(read.data.len() as u64);
+                    next = read.next_offset;
+                    slot.send(Ok(PartitionRead {
+                        batches,
+                        next_offset: next,
+                        log_start_offset: read.log_start_offset,
+                        log_end_offset: read.log_end_offset,
+                    }));
+                }
+                Ok(_) => {
+                    drop(slot);
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break RpcError::shutting_down(),
+                        () = tx.closed() => return SubscriptionEnd::ClientLeft,
+                        changed = end.changed() => if changed.is_err() {
+                            break RpcError::unknown_topic(&p.topic);
+                        },
+                    }
+                }
+                Err(e @ runnel_storage::Error::OffsetOutOfRange { .. }) => {
+                    let e = storage_error(&e, p);
+                    break RpcError::new(
+                        e.code,
+                        format!(
+                            "{}; retention removed data this subscription had not read yet",
+                            e.message
+                        ),
+                    );
+                }
+                Err(e) => break storage_error(&e, p),
+            }
+        };
+        let end = SubscriptionEnd::Failed(status.code);
+        // A stalled client may never make room for the final status; do not wait past the
+        // shutdown deadline for it.
+        let deadline = self.config.shutdown_deadline();
+        let _ = tokio::time::timeout(deadline, tx.send(Err(status))).await;
+        end
+    }
+
+    /// Answers offset queries: a partition's first or end offset, or the first batch at or
+    /// after a time; per-query failures are inline in the results.
+    ///
+    /// # Errors
+    /// A malformed request, or too many queries (`fetch_max_partitions`).
+    pub(crate) async fn list_offsets(
+        &self,
+        req: pb::ListOffsetsRequest,
+    ) -> Result<pb::ListOffsetsResponse, RpcError> {
+        let limits = &self.config.limits;
+        if req.queries.is_empty() {
+            return Err(RpcError::invalid("queries: at least one query is required"));
+        }
+        if req.queries.len() > limits.fetch_max_partitions as usize {
+            metrics::limit_rejected("fetch_max_partitions");
+            return Err(RpcError::limit(format!(
+                "queries: {} entries exceed fetch_max_partitions ({})",
+                req.queries.len(),
+                limits.fetch_max_partitions
+            )));
+        }
+        let mut lookups = Vec::with_capacity(req.queries.len());
+        for (i, q) in req.queries.into_iter().enumerate() {
+            let query = match q.query {
+                None => {
+                    return Err(RpcError::invalid(format!(
+                        "queries[{i}].query: set boundary or timestamp_ms"
+                    )));
+                }
+                Some(Query::Boundary(b)) => match OffsetBoundary::try_from(b) {
+                    Ok(OffsetBoundary::Earliest) => Lookup::Earliest,
+                    Ok(OffsetBoundary::Latest) => Lookup::Latest,
+                    _ => {
+                        return Err(RpcError::invalid(format!(
+                            "queries[{i}].boundary {b} is not a boundary; use OFFSET_BOUNDARY_EARLIEST (1) or OFFSET_BOUNDARY_LATEST (2)"
+                        )));
+                    }
+                },
+                Some(Query::TimestampMs(ts)) => Lookup::Time(ts),
+            };
+            let resolved = self
+                .topics
+                .get(&q.topic)
+                .and_then(|t| t.partition(q.partition));
+            lookups.push((q.topic, q.partition, resolved, query));
+        }
+        let results = blocking(move || {
+            Ok(lookups
+                .into_iter()
+                .map(|(topic, partition, resolved, query)| {
+                    let mut r = pb::OffsetQueryResult {
+                        topic,
+                        partition,
+                        error: None,
+                        offset: 0,
+                        timestamp_ms: None,
+                    };
+                    let p = match resolved {
+                        Ok(p) => p,
+                        Err(e) => {
+                            r.error = Some(e.to_pb());
+                            return r;
+                        }
+                    };
+                    match query {
+                        Lookup::Earliest => r.offset = p.start_offset(),
+                        Lookup::Latest => r.offset = p.end_offset(),
+                        Lookup::Time(ts) => match p.offset_for_time(ts) {
+                            Ok(Some((offset, max_ts))) => {
+                                r.offset = offset;
+                                r.timestamp_ms = Some(max_ts);
+                            }
+                            Ok(None) => r.offset = p.end_offset(),
+                            Err(e) => r.error = Some(storage_error(&e, &p).to_pb()),
+                        },
+                    }
+                    r
+                })
+                .collect())
+        })
+        .await?;
+        Ok(pb::ListOffsetsResponse { results })
+    }
+}
+
+enum ResolvedStart {
+    At(u64),
+    Time(i64),
+}
+
+enum Lookup {
+    Earliest,
+    Latest,
+    Time(i64),
+}

@@ -1,0 +1,539 @@
+//! Produce: appending a request's batches to its partitions, waiting for the fsyncs it asks
+//! for, and idempotent producers' ids and epochs.
+//!
+//! A produce request goes through two stages. The **write** stage resolves each entry's
+//! partition, checks idempotent producers' epochs against the global registry, and appends
+//! the entries in request order with `Log::write_batches`, which never waits for an fsync
+//! (small requests on the runtime's thread with `Log::try_write_batches`, see
+//! `INLINE_WRITE_MAX`).
+//! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
+//! (`Partition::want_durable`: group commit by one syncer task per busy partition, awaited
+//! without a thread per request) and builds the response. A front end runs both in turn for one
+//! request, or, for a stream of requests, writes them in the order received and finishes them
+//! in that order on a second task, so appends of later requests overlap the fsyncs of earlier
+//! ones.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_proto::pb::{self, Acks, ErrorCode};
+use runnel_storage::batch::{self, BatchHeader};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Broker;
+use crate::config::DurabilitySetting;
+use crate::error::{At, RpcError};
+use crate::metrics;
+use crate::partition::Partition;
+use crate::tasks::blocking;
+use crate::topics::Topic;
+
+/// An entry ready to append.
+struct Planned {
+    /// The entry's index in the request (`partitions[i]`).
+    entry: usize,
+    partition: Arc<Partition>,
+    batches: Vec<Bytes>,
+    headers: Vec<BatchHeader>,
+}
+
+/// A request after the write stage.
+pub(crate) struct Written {
+    request_id: u64,
+    results: Vec<pb::ProducePartitionResult>,
+    /// Partitions to fsync up to an offset before answering, with the entries that wait.
+    syncs: Vec<(Arc<Partition>, u64, Vec<usize>)>,
+    _in_flight: InFlight,
+}
+
+/// Bytes counted against `produce_max_in_flight_bytes` until the request is answered.
+pub(crate) struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::plain_gauge(metrics::PRODUCE_IN_FLIGHT).decrement(self.bytes as f64);
+    }
+}
+
+/// Permits count KiB, so that the limit fits a semaphore's `u32` acquisitions.
+pub(crate) fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024).max(1)
+}
+
+/// The broker-wide budget of produce batch bytes being appended
+/// (`limits.produce_max_in_flight_bytes`): a request takes its size from it for as long as it
+/// is being appended and answered, waiting up to `limits.produce_in_flight_wait_ms` for room.
+#[derive(Debug)]
+pub(crate) struct ProduceBudget {
+    kib: Arc<Semaphore>,
+    limit_bytes: u64,
+    wait: Duration,
+}
+
+impl ProduceBudget {
+    /// A budget of `limit_bytes` (below 2^40, as `Config::validate` ensures).
+    pub(crate) fn new(limit_bytes: u64, wait: Duration) -> Self {
+        ProduceBudget {
+            kib: Arc::new(Semaphore::new(kib(limit_bytes) as usize)),
+            limit_bytes,
+            wait,
+        }
+    }
+
+    /// Takes `bytes` from the budget (all of it if the request alone is larger), waiting for
+    /// room at most the configured time.
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` naming the limit if no room was made in time.
+    pub(crate) async fn acquire(&self, bytes: u64) -> Result<InFlight, RpcError> {
+        // At most the whole budget, which fits a u32 count of KiB.
+        let want = kib(bytes).min(kib(self.limit_bytes)) as u32;
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(want)).await {
+            Ok(Ok(permit)) => {
+                metrics::plain_gauge(metrics::PRODUCE_IN_FLIGHT).increment(bytes as f64);
+                Ok(InFlight {
+                    _permit: permit,
+                    bytes,
+                })
+            }
+            Ok(Err(_)) => Err(RpcError::shutting_down()),
+            Err(_) => {
+                metrics::limit_rejected("produce_max_in_flight_bytes");
+                Err(RpcError::limit(format!(
+                    "produce_max_in_flight_bytes ({}) stayed full for produce_in_flight_wait_ms ({} ms); retry with backoff",
+                    self.limit_bytes,
+                    self.wait.as_millis()
+                )))
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Checks a request as a whole, resolves its entries and appends them in order.
+    ///
+    /// # Errors
+    /// The request-level errors of `docs/protocol.md` (malformed request, unknown topic,
+    /// in-flight limit, shutdown); entry errors are inline in the result.
+    pub(crate) async fn produce_write(
+        self: &Arc<Self>,
+        req: pb::ProduceRequest,
+    ) -> Result<Written, RpcError> {
+        self.check_running()?;
+        let acks = Acks::try_from(req.acks).map_err(|_| {
+            RpcError::invalid(format!(
+                "acks {} is not a known value (0 ACKS_UNSPECIFIED, 1 ACKS_WRITTEN, 2 ACKS_DURABLE)",
+                req.acks
+            ))
+        })?;
+        let topic = self.topics.get(&req.topic)?;
+        if req.partitions.is_empty() {
+            return Err(RpcError::invalid(
+                "partitions: at least one entry is required",
+            ));
+        }
+        if let Some(i) = req.partitions.iter().position(|e| e.batches.is_empty()) {
+            return Err(RpcError::invalid(format!(
+                "partitions[{i}].batches: at least one batch is required"
+            )));
+        }
+        let bytes: u64 = req
+            .partitions
+            .iter()
+            .flat_map(|e| e.batches.iter())
+            .map(|b| b.len() as u64)
+            .sum();
+        let in_flight = self.produce_budget.acquire(bytes).await?;
+        let effective = self.topics.effective(&topic);
+        let always = effective.durability == DurabilitySetting::Always;
+        let sync = acks == Acks::Durable || always;
+
+        let plans: Vec<Result<Planned, (u32, RpcError)>> = req
+            .partitions
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| self.plan(&topic, i, entry))
+            .collect();
+
+        let mut writes = Writes::new(plans.len(), sync);
+        let mut plans = plans.into_iter();
+        let mut refused = None;
+        if bytes <= INLINE_WRITE_MAX {
+            for plan in plans.by_ref() {
+                if let Some(plan) = writes.write(&topic, plan, true) {
+                    refused = Some(Ok(plan));
+                    break;
+                }
+            }
+        }
+        let rest: Vec<_> = refused.into_iter().chain(plans).collect();
+        if !rest.is_empty() {
+            let topic = topic.clone();
+            writes = blocking(move || {
+                for plan in rest {
+                    writes.write(&topic, plan, false);
+                }
+                Ok(writes)
+            })
+            .await?;
+        }
+        Ok(Written {
+            request_id: req.request_id,
+            results: writes.results,
+            syncs: writes.syncs,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Resolves one entry's partition and checks its batches' producer fields.
+    fn plan(
+        &self,
+        topic: &Topic,
+        i: usize,
+        entry: pb::ProducePartition,
+    ) -> Result<Planned, (u32, RpcError)> {
+        let index = match (entry.partition, &entry.partition_key) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    0,
+                    RpcError::invalid("partition and partition_key are both set; set one")
+                        .at(&entry_field(i, None)),
+                ));
+            }
+            (Some(p), None) => p,
+            (None, Some(key)) => {
+                let count = NonZeroU32::new(topic.partition_count())
+                    .ok_or_else(|| (0, RpcError::internal("topic has no partitions")))?;
+                runnel_proto::partition_for_key(key, count)
+            }
+            (None, None) => topic.next_round_robin(),
+        };
+        let partition = topic
+            .partition(index)
+            .map_err(|e| (0, e.at(&entry_field(i, None))))?;
+        let max_batch = partition.max_batch_bytes();
+        let mut headers = Vec::with_capacity(entry.batches.len());
+        for (j, b) in entry.batches.iter().enumerate() {
+            let header = match BatchHeader::decode(b) {
+                Ok(h) => h,
+                Err(e) => {
+                    let e = runnel_storage::Error::from(e);
+                    return Err((
+                        index,
+                        storage_error(&e, &partition, None).at(&entry_field(i, Some(j))),
+                    ));
+                }
+            };
+            if let Err(e) = self.check_producer(&header, &partition) {
+                // A corrupt batch's producer fields mean nothing: report the corruption.
+                let e = match batch::validate(b, max_batch) {
+                    Err(bad) => storage_error(&bad.into(), &partition, None),
+                    Ok(_) => e,
+                };
+                return Err((index, e.at(&entry_field(i, Some(j)))));
+            }
+            headers.push(header);
+        }
+        Ok(Planned {
+            entry: i,
+            partition,
+            batches: entry.batches,
+            headers,
+        })
+    }
+
+    fn check_producer(&self, h: &BatchHeader, p: &Partition) -> Result<(), RpcError> {
+        let (id, epoch, seq) = (h.producer_id, h.producer_epoch, h.base_sequence);
+        if id == -1 && epoch == -1 && seq == -1 {
+            return Ok(());
+        }
+        if id < 0 || epoch < 0 || seq < 0 {
+            return Err(RpcError::invalid(format!(
+                "producer_id {id}, producer_epoch {epoch}, base_sequence {seq}: a batch is idempotent with all three 0 or more, or not with all three -1"
+            )));
+        }
+        self.producers.check(id, epoch).map_err(|e| {
+            if e.code == ErrorCode::UnknownProducer {
+                RpcError::new(
+                    e.code,
+                    format!("{} (on {}/{})", e.message, p.topic, p.index),
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    /// A new idempotent producer id with epoch 0, or the bumped epoch of an existing id
+    /// (`InitProducer`).
+    ///
+    /// # Errors
+    /// `BROKER_SHUTTING_DOWN`, and the errors of [`crate::producers::Producers::init`].
+    pub(crate) async fn init_producer(
+        self: &Arc<Self>,
+        producer_id: Option<i64>,
+        producer_epoch: Option<i32>,
+    ) -> Result<(i64, i16), RpcError> {
+        self.check_running()?;
+        let b = self.clone();
+        blocking(move || b.producers.init(producer_id, producer_epoch)).await
+    }
+
+    /// Waits for the fsyncs a written request needs and builds its response.
+    pub(crate) async fn produce_finish(self: &Arc<Self>, written: Written) -> pb::ProduceResponse {
+        let Written {
+            request_id,
+            mut results,
+            syncs,
+            _in_flight,
+        } = written;
+        let waits: Vec<_> = syncs
+            .into_iter()
+            .map(|(p, offset, entries)| (p.want_durable(offset), p, entries))
+            .collect();
+        for (wait, p, entries) in waits {
+            if let Err(e) = wait.wait().await {
+                let e = storage_error(&e, &p, None).to_pb();
+                for i in entries {
+                    results[i].batches.clear();
+                    results[i].error = Some(e.clone());
+                }
+            }
+        }
+        pb::ProduceResponse {
+            request_id,
+            results,
+            error: None,
+        }
+    }
+}
+
+/// Requests of at most this many bytes are appended on the runtime's thread that received
+/// them (`Log::try_write_batches`: a `writev` into the page cache of blocks reserved ahead,
+/// plus, once every 16 MiB, the `fallocate` that reserves the next ones; waiting at most
+/// 20 µs for the writer lock, never for a roll or an fsync), saving the hand-off to the
+/// blocking pool and back that dominates the cost of a small request. Larger requests, and
+/// entries the log refuses to write without waiting, go to the blocking pool.
+const INLINE_WRITE_MAX: u64 = 64 * 1024;
+
+/// The results of a request's entries, appended in order, and the fsyncs they wait for.
+struct Writes {
+    results: Vec<pb::ProducePartitionResult>,
+    /// Partitions to fsync up to an offset before answering, with the entries that wait.
+    syncs: Vec<(Arc<Partition>, u64, Vec<usize>)>,
+    /// Index in `syncs` by partition (its address).
+    sync_slot: HashMap<usize, usize>,
+    sync: bool,
+}
+
+impl Writes {
+    fn new(entries: usize, sync: bool) -> Self {
+        Self {
+            results: Vec::with_capacity(entries),
+            syncs: Vec::new(),
+            sync_slot: HashMap::new(),
+            sync,
+        }
+    }
+
+    /// Appends the next entry and records its result. With `inline` the entry is written only
+    /// if the log needs no waiting beyond a brief one for the writer lock
+    /// (`Log::try_write_batches`); otherwise it is handed back, untouched, for a blocking
+    /// context. Without `inline`, blocking.
+    fn write(
+        &mut self,
+        topic: &Topic,
+        plan: Result<Planned, (u32, RpcError)>,
+        inline: bool,
+    ) -> Option<Planned> {
+        let plan = match plan {
+            Ok(p) => p,
+            Err((partition, e)) => {
+                self.results.push(failed(partition, &e));
+                return None;
+            }
+        };
+        let p = &plan.partition;
+        if p.is_deleted() {
+            self.results
+                .push(failed(p.index, &RpcError::unknown_topic(&p.topic)));
+            return None;
+        }
+        let attempt = if inline {
+            p.try_append(&plan.batches)
+        } else {
+            Some(p.append(&plan.batches))
+        };
+        let Some(result) = attempt else {
+            return Some(plan);
+        };
+        match result {
+            Ok(appended) => {
+                let mut records = 0u64;
+                let mut bytes = 0u64;
+                for ((h, b), dup) in plan
+                    .headers
+                    .iter()
+                    .zip(&plan.batches)
+                    .zip(&appended.duplicates)
+                {
+                    if !dup {
+                        records += u64::from(h.record_count);
+                        bytes += b.len() as u64;
+                    }
+                }
+                topic.metrics.records_in.increment(records);
+                topic.metrics.bytes_in.increment(bytes);
+                if self.sync {
+                    let entry = self.results.len();
+                    let syncs = &mut self.syncs;
+                    let slot = *self
+                        .sync_slot
+                        .entry(Arc::as_ptr(p) as usize)
+                        .or_insert_with(|| {
+                            syncs.push((p.clone(), 0, Vec::new()));
+                            syncs.len() - 1
+                        });
+                    let s = &mut syncs[slot];
+                    s.1 = s.1.max(appended.next_offset);
+                    s.2.push(entry);
+                }
+                self.results.push(pb::ProducePartitionResult {
+                    partition: p.index,
+                    error: None,
+                    batches: appended
+                        .base_offsets
+                        .iter()
+                        .zip(&appended.append_times)
+                        .zip(&appended.duplicates)
+                        .map(|((base, time), dup)| pb::BatchResult {
+                            base_offset: *base,
+                            append_time_ms: *time,
+                            duplicate: *dup,
+                        })
+                        .collect(),
+                });
+            }
+            Err(e) => {
+                let e = if p.is_deleted() && matches!(e, runnel_storage::Error::Closed { .. }) {
+                    RpcError::unknown_topic(&p.topic)
+                } else {
+                    entry_error(&e, &plan)
+                };
+                self.results.push(failed(p.index, &e));
+            }
+        }
+        None
+    }
+}
+
+fn failed(partition: u32, e: &RpcError) -> pb::ProducePartitionResult {
+    pb::ProducePartitionResult {
+        partition,
+        error: Some(e.to_pb()),
+        batches: Vec::new(),
+    }
+}
+
+fn storage_error(e: &runnel_storage::Error, p: &Partition, epoch: Option<i16>) -> RpcError {
+    RpcError::storage(
+        e,
+        At {
+            topic: &p.topic,
+            partition: p.index,
+            epoch,
+        },
+    )
+}
+
+/// Maps an append error to the batch it concerns, named in the message.
+fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
+    use runnel_storage::Error as S;
+    let p = &plan.partition;
+    if e.is_bad_batch() {
+        // Find the batch at fault; validation is repeated only on this failure path.
+        let max = p.max_batch_bytes();
+        for (j, b) in plan.batches.iter().enumerate() {
+            if let Err(bad) = batch::validate(b, max) {
+                return storage_error(&bad.into(), p, None).at(&entry_field(plan.entry, Some(j)));
+            }
+        }
+        return storage_error(e, p, None).at(&entry_field(plan.entry, None));
+    }
+    let sequence_of = match e {
+        S::OutOfOrderSequence {
+            producer_id,
+            received,
+            ..
+        } => Some((*producer_id, *received)),
+        S::UnknownProducer {
+            producer_id,
+            sequence,
+        }
+        | S::DuplicateSequence {
+            producer_id,
+            sequence,
+        } => Some((*producer_id, *sequence)),
+        S::ProducerFenced { producer_id, .. } => Some((*producer_id, i32::MIN)),
+        _ => None,
+    };
+    if let Some((pid, seq)) = sequence_of {
+        let found = plan
+            .headers
+            .iter()
+            .position(|h| h.producer_id == pid && (seq == i32::MIN || h.base_sequence == seq));
+        if let Some(j) = found {
+            let epoch = plan.headers[j].producer_epoch;
+            return storage_error(e, p, Some(epoch)).at(&entry_field(plan.entry, Some(j)));
+        }
+    }
+    storage_error(e, p, None).at(&entry_field(plan.entry, None))
+}
+
+/// The request field an error concerns: `partitions[i]`, or `partitions[i].batches[j]`.
+/// Formatted only on an error path, so that a request allocates no field names.
+fn entry_field(i: usize, batch: Option<usize>) -> String {
+    match batch {
+        Some(j) => format!("partitions[{i}].batches[{j}]"),
+        None => format!("partitions[{i}]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_produce_budget_waits_then_refuses_naming_the_limit() {
+        let budget = ProduceBudget::new(4096, Duration::from_millis(50));
+        let held = budget.acquire(4096).await.unwrap();
+        let e = budget.acquire(1).await.err().unwrap();
+        assert_eq!(e.code, ErrorCode::LimitExceeded);
+        assert!(
+            e.message
+                .contains("produce_max_in_flight_bytes (4096) stayed full for produce_in_flight_wait_ms (50 ms)"),
+            "{}",
+            e.message
+        );
+        // A waiting request gets in once room is made.
+        let budget = Arc::new(ProduceBudget::new(4096, Duration::from_secs(30)));
+        let b = budget.clone();
+        let waiter = tokio::spawn(async move { b.acquire(2048).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        drop(held);
+        let held = budget.acquire(4096).await.unwrap();
+        drop(held);
+        waiter.await.unwrap().unwrap();
+        // A request larger than the whole budget takes all of it rather than waiting forever.
+        let big = budget.acquire(1 << 20).await.unwrap();
+        assert!(budget.kib.available_permits() == 0);
+        drop(big);
+        assert_eq!(budget.kib.available_permits(), 4);
+    }
+}

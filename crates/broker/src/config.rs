@@ -154,6 +154,52 @@ impl Default for TopicDefaults {
     }
 }
 
+impl TopicDefaults {
+    /// Checks an effective topic config against the ranges of `docs/protocol.md`.
+    ///
+    /// # Errors
+    /// The first bad field and why, as `(field, reason)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let c = self;
+        let max_segment = runnel_storage::MAX_SEGMENT_BYTES;
+        if !(4096..=max_segment).contains(&c.segment_bytes) {
+            return Err((
+                "segment_bytes",
+                format!("{} is outside [4096, {max_segment}]", c.segment_bytes),
+            ));
+        }
+        if !(128..=16 << 20).contains(&c.max_batch_bytes) {
+            return Err((
+                "max_batch_bytes",
+                format!("{} is outside [128, {}]", c.max_batch_bytes, 16 << 20),
+            ));
+        }
+        if u64::from(c.max_batch_bytes) > c.segment_bytes {
+            return Err((
+                "max_batch_bytes",
+                format!(
+                    "{} is larger than segment_bytes ({})",
+                    c.max_batch_bytes, c.segment_bytes
+                ),
+            ));
+        }
+        if c.flush_interval_ms == 0 {
+            return Err(("flush_interval_ms", "0 is below 1".into()));
+        }
+        let max_ms = i64::MAX as u64;
+        for (name, v) in [
+            ("retention_ms", c.retention_ms),
+            ("segment_ms", c.segment_ms),
+            ("flush_interval_ms", c.flush_interval_ms),
+        ] {
+            if v > max_ms {
+                return Err((name, format!("{v} is outside [0, {max_ms}]")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A durability policy as written in the config file and in topic metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -497,7 +543,8 @@ impl Config {
                 "must be a non-empty list of positive numbers in increasing order".into(),
             ));
         }
-        crate::topics::validate_defaults(&self.topic_defaults)
+        self.topic_defaults
+            .validate()
             .map_err(|(k, r)| (format!("topic_defaults.{k}"), r))?;
         let s = &self.storage;
         range(

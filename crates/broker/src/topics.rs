@@ -218,49 +218,6 @@ fn invalid_config(message: String) -> RpcError {
     RpcError::new(ErrorCode::InvalidConfig, message)
 }
 
-/// Checks an effective topic config against the ranges of `docs/protocol.md`.
-///
-/// # Errors
-/// The first bad field and why, as `(field, reason)`.
-pub fn validate_defaults(c: &TopicDefaults) -> Result<(), (&'static str, String)> {
-    let max_segment = runnel_storage::MAX_SEGMENT_BYTES;
-    if !(4096..=max_segment).contains(&c.segment_bytes) {
-        return Err((
-            "segment_bytes",
-            format!("{} is outside [4096, {max_segment}]", c.segment_bytes),
-        ));
-    }
-    if !(128..=16 << 20).contains(&c.max_batch_bytes) {
-        return Err((
-            "max_batch_bytes",
-            format!("{} is outside [128, {}]", c.max_batch_bytes, 16 << 20),
-        ));
-    }
-    if u64::from(c.max_batch_bytes) > c.segment_bytes {
-        return Err((
-            "max_batch_bytes",
-            format!(
-                "{} is larger than segment_bytes ({})",
-                c.max_batch_bytes, c.segment_bytes
-            ),
-        ));
-    }
-    if c.flush_interval_ms == 0 {
-        return Err(("flush_interval_ms", "0 is below 1".into()));
-    }
-    let max_ms = i64::MAX as u64;
-    for (name, v) in [
-        ("retention_ms", c.retention_ms),
-        ("segment_ms", c.segment_ms),
-        ("flush_interval_ms", c.flush_interval_ms),
-    ] {
-        if v > max_ms {
-            return Err((name, format!("{v} is outside [0, {max_ms}]")));
-        }
-    }
-    Ok(())
-}
-
 /// The storage config for an effective topic config.
 pub fn log_config(c: &TopicDefaults, s: &StorageSettings) -> LogConfig {
     let ms = Duration::from_millis;
@@ -471,7 +428,7 @@ impl Topics {
             });
         }
         let effective = meta.config.effective(&self.defaults);
-        if let Err((field, reason)) = validate_defaults(&effective) {
+        if let Err((field, reason)) = effective.validate() {
             return Err(Error::Metadata {
                 path,
                 reason: format!("config.{field} {reason}"),
@@ -663,7 +620,8 @@ impl Topics {
             None => Overrides::default(),
         };
         let effective = overrides.effective(&self.defaults);
-        validate_defaults(&effective)
+        effective
+            .validate()
             .map_err(|(field, reason)| invalid_config(format!("config.{field} {reason}")))?;
 
         let _admin = lock(&self.admin);
@@ -880,14 +838,15 @@ impl Topics {
             }
         }
         let effective = next.effective(&self.defaults);
-        validate_defaults(&effective)
+        effective
+            .validate()
             .map_err(|(field, reason)| invalid_config(format!("{field} {reason}")))?;
         self.write_meta(name, topic.partition_count(), &next)?;
         *write(&topic.overrides) = next.clone();
         let config = log_config(&effective, &self.storage);
         for p in topic.partitions().iter() {
             if let Err(e) = p.set_config(config.clone()) {
-                // validate_defaults covers every rule of LogConfig::validate.
+                // TopicDefaults::validate covers every rule of LogConfig::validate.
                 warn!(topic = name, partition = p.index, error = %e, "config not applied");
             }
         }
@@ -999,19 +958,21 @@ mod tests {
     #[test]
     fn config_ranges_match_the_protocol() {
         let d = TopicDefaults::default();
-        validate_defaults(&d).unwrap();
-        let e = validate_defaults(&TopicDefaults {
+        d.validate().unwrap();
+        let e = TopicDefaults {
             segment_bytes: 1000,
             ..d.clone()
-        })
+        }
+        .validate()
         .unwrap_err();
         assert_eq!(e.0, "segment_bytes");
         assert_eq!(e.1, "1000 is outside [4096, 2147483648]");
-        let e = validate_defaults(&TopicDefaults {
+        let e = TopicDefaults {
             max_batch_bytes: 8192,
             segment_bytes: 4096,
             ..d.clone()
-        })
+        }
+        .validate()
         .unwrap_err();
         assert_eq!(e.0, "max_batch_bytes");
         // Every effective config that validates here is accepted by storage.

@@ -8,7 +8,9 @@ use runnel_proto::pb;
 
 use super::Broker;
 use crate::error::RpcError;
-use crate::groups::{Groups, Joined};
+use crate::groups::Groups;
+pub(crate) use crate::groups::Joined;
+pub(crate) use crate::groups::coordinator::View;
 
 impl Broker {
     /// The group coordinator, for a member's session once joined.

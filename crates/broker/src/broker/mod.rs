@@ -9,6 +9,7 @@
 //! end passes them.
 
 pub mod admin;
+pub mod budget;
 pub mod consume;
 pub mod groups;
 pub mod produce;
@@ -24,7 +25,7 @@ use crate::groups::Groups;
 use crate::producers::Producers;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
-use produce::ProduceBudget;
+use budget::ProduceBudget;
 
 /// What every front end shares: the configuration, the topics and their partitions, the
 /// idempotent producers, the consumer groups, the shutdown signal and the broker-wide limits.

@@ -14,9 +14,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::finish;
 use crate::broker::Broker;
+use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
-use crate::groups::Joined;
-use crate::groups::coordinator::View;
 use crate::metrics;
 
 /// Responses queued per Membership stream. Assignments are complete states and heartbeats

@@ -17,7 +17,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::finish;
 use crate::broker::Broker;
-use crate::broker::produce::{Written, kib};
+use crate::broker::budget::kib;
+use crate::broker::produce::Written;
 use crate::error::RpcError;
 use crate::metrics;
 

@@ -2,12 +2,15 @@
 """Prints the graph of a crate's modules (who names whom through `crate::` or `super::`
 paths) and fails if it has a cycle.
 
-    scripts/module-graph.py crates/broker/src [--depth N] [--dot]
+    scripts/module-graph.py crates/broker/src [--depth N] [--dot] [--layers SPEC]
 
 A module is a file's path under src (`services/produce.rs` is `services::produce`, a
 `mod.rs` is its folder); with `--depth 1` (the default) modules are folded into their
 top-level module, so `services::produce -> broker` becomes `services -> broker`. `#[cfg(test)]
 mod tests` blocks are skipped: tests may reach anywhere. Comments are skipped.
+
+`--layers "a b | c | d e"` also fails if a top-level module names one of a higher layer
+(layers listed from the top; a module may name its own layer and those below).
 """
 import os
 import re
@@ -154,11 +157,29 @@ def main():
     for v in nodes:
         if v not in index:
             visit(v)
-    if sccs:
+    bad = False
+    if "--layers" in args:
+        spec = args[args.index("--layers") + 1]
+        rank = {}
+        for i, layer in enumerate(spec.split("|")):
+            for m in layer.split():
+                rank[m] = i
+        for a in nodes:
+            top = a.split("::")[0]
+            if top not in rank:
+                print(f"layer of {top} not given", file=sys.stderr)
+                bad = True
+                continue
+            for b in edges[a]:
+                tb = b.split("::")[0]
+                if tb in rank and rank[tb] < rank[top]:
+                    print(f"upward: {a} -> {b}", file=sys.stderr)
+                    bad = True
+    if sccs or bad:
         for c in sccs:
             print("cycle:", " <-> ".join(c), file=sys.stderr)
         sys.exit(1)
-    print("no cycles", file=sys.stderr)
+    print("no cycles" + (", no upward edges" if "--layers" in args else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,30 @@
 //! future, so the `runneld` binary only parses flags and handles signals, and tests run the
 //! broker in-process on port 0.
 //!
-//! - [`config`]: the typed configuration tree and its layers (defaults, file, env, flags).
-//! - [`topics`] and [`partition`]: the topic registry, metadata persistence, name rules.
-//! - [`producers`]: idempotent producer ids and epochs.
-//! - [`groups`]: consumer groups: the coordinator, assignors, committed offsets, lag.
-//! - [`services`]: the admin, produce, consume and group services.
-//! - [`error`]: the one place errors become gRPC statuses.
-//! - [`metrics`]: every metric name, and the exporter.
-//! - [`shutdown`]: the one cancellation signal.
+//! The modules, in layers from the top; a module names only modules of its own layer or
+//! below, never above, and no two modules name each other in a circle (checked by
+//! `scripts/module-graph.py`, see its `--layers`):
+//!
+//! 1. the process: `server` ([`run`]: the steps from start to stop), `background` (retention
+//!    and group loops), `connections` (accepting connections under `limits.max_connections`),
+//!    `data_dir` (the data directory's lock).
+//! 2. front ends: `services` (the gRPC services as adapters to the domain, their router, and
+//!    `services/status.rs`, the one place errors become gRPC statuses).
+//! 3. the domain: `broker` (`Broker`, what every front end shares, and its produce, consume,
+//!    topic administration and group operations; they know nothing of tonic).
+//! 4. the state: [`groups`] (the coordinator, assignors, committed offsets, lag), [`producers`]
+//!    (idempotent producer ids and epochs), [`topics`] (the topic registry and its metadata).
+//! 5. [`partition`]: one partition, the only door to its log.
+//! 6. shared by all: [`config`] (the typed configuration tree and its layers), [`error`]
+//!    (startup errors, and client errors with stable codes), [`metrics`] (every metric name,
+//!    and the exporter), [`shutdown`] (the one cancellation signal), `files` (atomic file
+//!    replacement), `tasks` (blocking work off the runtime).
 
+mod background;
 mod broker;
 pub mod config;
+mod connections;
+mod data_dir;
 pub mod error;
 mod files;
 pub mod groups;
@@ -24,11 +37,12 @@ pub mod metrics;
 pub mod partition;
 pub mod producers;
 mod server;
-pub mod services;
+mod services;
 pub mod shutdown;
 mod tasks;
 pub mod topics;
 
 pub use config::Config;
 pub use error::{Error, RpcError};
-pub use server::{SERVICE_NAMES, run};
+pub use server::run;
+pub use services::router::SERVICE_NAMES;

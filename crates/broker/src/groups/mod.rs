@@ -4,7 +4,7 @@
 //! - [`assignor`]: the assignment strategies, as pure functions.
 //! - [`coordinator`]: one group's membership state machine (cooperative, incremental moves).
 //! - [`offsets`]: committed offsets and their durable journal.
-//! - [`lag`]: the periodic computation of the lag gauges.
+//! - [`lag`](mod@lag): the periodic computation of the lag gauges.
 //!
 //! [`Groups`] ties them together. Its state is one `std::sync::Mutex`, held for short,
 //! in-memory steps only, never across an `.await` or I/O: a commit takes a slot in the offsets

@@ -8,6 +8,7 @@ pub mod consume;
 pub mod consume_http;
 pub mod groups;
 pub mod produce;
+pub mod router;
 pub mod status;
 
 use std::time::Instant;

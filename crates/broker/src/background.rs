@@ -1,0 +1,75 @@
+//! The broker's background loops: retention, group timeouts and group lag, each ending when
+//! the shutdown signal fires.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::groups::{self, Groups};
+use crate::shutdown::Shutdown;
+use crate::topics::Topics;
+
+/// The running background loops.
+pub(crate) struct Background {
+    retention: JoinHandle<()>,
+    group_ticks: JoinHandle<()>,
+    group_lag: JoinHandle<()>,
+}
+
+impl Background {
+    /// Starts every loop over the broker's state.
+    pub(crate) fn spawn(broker: &Broker, shutdown: &Shutdown) -> Self {
+        let config = &broker.config;
+        Background {
+            retention: tokio::spawn(retention_loop(
+                broker.topics.clone(),
+                Duration::from_millis(config.storage.retention_check_interval_ms),
+                shutdown.clone(),
+            )),
+            group_ticks: tokio::spawn(group_tick_loop(broker.groups.clone(), shutdown.clone())),
+            group_lag: tokio::spawn(groups::lag::refresh_loop(
+                broker.groups.clone(),
+                Duration::from_millis(config.groups.lag_refresh_interval_ms),
+                shutdown.clone(),
+            )),
+        }
+    }
+
+    /// Waits for every loop to end (they end once the shutdown signal fires).
+    pub(crate) async fn join(self) {
+        let _ = self.retention.await;
+        let _ = self.group_ticks.await;
+        let _ = self.group_lag.await;
+    }
+}
+
+/// Enforces group session and rebalance timeouts every [`groups::TICK`] until shutdown.
+async fn group_tick_loop(groups: Arc<Groups>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(groups::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            _ = tick.tick() => groups.tick(Instant::now()),
+        }
+    }
+}
+
+/// Runs retention over every partition every `interval` until shutdown.
+async fn retention_loop(topics: Arc<Topics>, interval: Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let t = topics.clone();
+        let _ = tokio::task::spawn_blocking(move || t.enforce_retention()).await;
+    }
+}

@@ -504,23 +504,26 @@ impl Config {
         tree.finish()
     }
 
-    /// Checks every value against its range.
+    /// Checks every value against its range, section by section in file order.
     ///
     /// # Errors
     /// The first bad key and the reason, as `(key, reason)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        fn range<T: PartialOrd + std::fmt::Display>(
-            key: &str,
-            value: T,
-            min: T,
-            max: T,
-        ) -> Result<(), (String, String)> {
-            if value < min || value > max {
-                Err((key.into(), format!("{value} is outside [{min}, {max}]")))
-            } else {
-                Ok(())
-            }
-        }
+        self.check_addresses()?;
+        self.log.check()?;
+        self.metrics.check()?;
+        self.topic_defaults
+            .validate()
+            .map_err(|(k, r)| (format!("topic_defaults.{k}"), r))?;
+        self.storage.check()?;
+        self.limits.check()?;
+        self.groups.check()?;
+        self.server.check()?;
+        self.shutdown.check()
+    }
+
+    /// The top-level keys: a data directory, and a metrics address apart from the gRPC one.
+    fn check_addresses(&self) -> Result<(), Invalid> {
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir".into(), "must not be empty".into()));
         }
@@ -530,10 +533,65 @@ impl Config {
                 format!("{} is also the gRPC listen address", self.metrics_listen),
             ));
         }
-        if let Err(e) = self.log.filter.parse::<FilterCheck>() {
+        Ok(())
+    }
+
+    /// The shutdown deadline.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown.deadline_ms)
+    }
+
+    /// Every key of the tree, dotted, in file order (for docs and tests).
+    pub fn keys() -> Vec<String> {
+        Tree::defaults().leaf_keys()
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        // Every field serializes (no maps with non-string keys, no NaN defaults).
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A bad key and why, as `(key, reason)`.
+type Invalid = (String, String);
+
+/// Fails unless `min <= value <= max`.
+fn range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), Invalid> {
+    if value < min || value > max {
+        Err((key.into(), format!("{value} is outside [{min}, {max}]")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Fails at the first `(key, value, min, max)` whose value is outside `[min, max]`.
+fn in_ranges(ranges: &[(&str, u64, u64, u64)]) -> Result<(), Invalid> {
+    for &(key, value, min, max) in ranges {
+        range(key, value, min, max)?;
+    }
+    Ok(())
+}
+
+impl LogSettings {
+    /// `[log]`: a filter in `tracing`'s directive syntax.
+    fn check(&self) -> Result<(), Invalid> {
+        if let Err(e) = self.filter.parse::<FilterCheck>() {
             return Err(("log.filter".into(), e.0));
         }
-        let buckets = &self.metrics.duration_buckets_seconds;
+        Ok(())
+    }
+}
+
+impl MetricsSettings {
+    /// `[metrics]`: histogram buckets that are positive and increasing.
+    fn check(&self) -> Result<(), Invalid> {
+        let buckets = &self.duration_buckets_seconds;
         if buckets.is_empty()
             || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
             || buckets.windows(2).any(|w| w[0] >= w[1])
@@ -543,10 +601,14 @@ impl Config {
                 "must be a non-empty list of positive numbers in increasing order".into(),
             ));
         }
-        self.topic_defaults
-            .validate()
-            .map_err(|(k, r)| (format!("topic_defaults.{k}"), r))?;
-        let s = &self.storage;
+        Ok(())
+    }
+}
+
+impl StorageSettings {
+    /// `[storage]`: index, cache and interval ranges.
+    fn check(&self) -> Result<(), Invalid> {
+        let s = self;
         range(
             "storage.index_interval_bytes",
             s.index_interval_bytes,
@@ -580,193 +642,79 @@ impl Config {
             10,
             u64::MAX >> 1,
         )?;
-        let l = &self.limits;
-        range("limits.max_connections", l.max_connections, 1, 1 << 20)?;
-        range(
-            "limits.max_concurrent_streams",
-            l.max_concurrent_streams,
-            1,
-            1 << 20,
-        )?;
-        range(
-            "limits.max_request_bytes",
-            l.max_request_bytes,
-            64 << 10,
-            1 << 31,
-        )?;
-        range("limits.max_topics", l.max_topics, 1, 1 << 24)?;
-        range(
-            "limits.max_partitions_per_topic",
-            l.max_partitions_per_topic,
-            1,
-            1 << 20,
-        )?;
-        range("limits.max_partitions", l.max_partitions, 1, 1 << 24)?;
-        range(
-            "limits.fetch_max_wait_ms",
-            l.fetch_max_wait_ms,
-            0,
-            3_600_000,
-        )?;
-        range("limits.fetch_max_bytes", l.fetch_max_bytes, 1, 1 << 30)?;
-        range(
-            "limits.fetch_partition_max_bytes",
-            l.fetch_partition_max_bytes,
-            1,
-            1 << 30,
-        )?;
-        range(
-            "limits.fetch_max_partitions",
-            l.fetch_max_partitions,
-            1,
-            1 << 20,
-        )?;
-        range(
-            "limits.subscribe_max_bytes",
-            l.subscribe_max_bytes,
-            1,
-            1 << 30,
-        )?;
-        range(
-            "limits.subscribe_queue_depth",
-            l.subscribe_queue_depth,
-            1,
-            1024,
-        )?;
-        range("limits.max_subscriptions", l.max_subscriptions, 1, 1 << 20)?;
-        range(
-            "limits.produce_stream_max_in_flight",
-            l.produce_stream_max_in_flight,
-            1,
-            1 << 16,
-        )?;
-        range(
-            "limits.produce_stream_max_in_flight_bytes",
-            l.produce_stream_max_in_flight_bytes,
-            1,
-            1 << 40,
-        )?;
-        range(
-            "limits.produce_max_in_flight_bytes",
-            l.produce_max_in_flight_bytes,
-            1,
-            1 << 40,
-        )?;
-        range(
-            "limits.produce_in_flight_wait_ms",
-            l.produce_in_flight_wait_ms,
-            0,
-            3_600_000,
-        )?;
-        let g = &self.groups;
-        range(
-            "groups.min_session_timeout_ms",
-            g.min_session_timeout_ms,
-            100,
-            86_400_000,
-        )?;
-        range(
-            "groups.max_session_timeout_ms",
-            g.max_session_timeout_ms,
-            g.min_session_timeout_ms,
-            86_400_000,
-        )?;
-        range(
-            "groups.session_timeout_ms",
-            g.session_timeout_ms,
-            g.min_session_timeout_ms,
-            g.max_session_timeout_ms,
-        )?;
-        range(
-            "groups.heartbeat_interval_ms",
-            g.heartbeat_interval_ms,
-            10,
-            3_600_000,
-        )?;
-        range(
-            "groups.rebalance_timeout_ms",
-            g.rebalance_timeout_ms,
-            100,
-            86_400_000,
-        )?;
-        range(
-            "groups.lag_refresh_interval_ms",
-            g.lag_refresh_interval_ms,
-            10,
-            3_600_000,
-        )?;
-        range("groups.max_groups", g.max_groups, 1, 1 << 24)?;
-        range(
-            "groups.max_members_per_group",
-            g.max_members_per_group,
-            1,
-            1 << 20,
-        )?;
-        range(
-            "groups.offset_metadata_max_bytes",
-            g.offset_metadata_max_bytes,
-            0,
-            1 << 20,
-        )?;
-        range(
-            "groups.offsets_compact_bytes",
-            g.offsets_compact_bytes,
-            4096,
-            1 << 40,
-        )?;
-        range(
-            "server.http2_keepalive_interval_ms",
-            self.server.http2_keepalive_interval_ms,
-            0,
-            3_600_000,
-        )?;
-        range(
-            "server.http2_keepalive_timeout_ms",
-            self.server.http2_keepalive_timeout_ms,
-            1,
-            3_600_000,
-        )?;
-        range(
-            "server.http2_stream_window_bytes",
-            u64::from(self.server.http2_stream_window_bytes),
-            65_535,
-            (1 << 31) - 1,
-        )?;
-        range(
-            "server.http2_connection_window_bytes",
-            u64::from(self.server.http2_connection_window_bytes),
-            65_535,
-            (1 << 31) - 1,
-        )?;
-        range(
-            "server.http2_max_frame_bytes",
-            u64::from(self.server.http2_max_frame_bytes),
-            16_384,
-            16_777_215,
-        )?;
-        range(
-            "shutdown.deadline_ms",
-            self.shutdown.deadline_ms,
-            0,
-            3_600_000,
-        )?;
         Ok(())
     }
+}
 
-    /// The shutdown deadline.
-    pub fn shutdown_deadline(&self) -> Duration {
-        Duration::from_millis(self.shutdown.deadline_ms)
+impl Limits {
+    /// `[limits]`: every limit within its range.
+    fn check(&self) -> Result<(), Invalid> {
+        let l = self;
+        #[rustfmt::skip]
+        let ranges = [
+            ("limits.max_connections", u64::from(l.max_connections), 1, 1 << 20),
+            ("limits.max_concurrent_streams", u64::from(l.max_concurrent_streams), 1, 1 << 20),
+            ("limits.max_request_bytes", l.max_request_bytes, 64 << 10, 1 << 31),
+            ("limits.max_topics", u64::from(l.max_topics), 1, 1 << 24),
+            ("limits.max_partitions_per_topic", u64::from(l.max_partitions_per_topic), 1, 1 << 20),
+            ("limits.max_partitions", u64::from(l.max_partitions), 1, 1 << 24),
+            ("limits.fetch_max_wait_ms", u64::from(l.fetch_max_wait_ms), 0, 3_600_000),
+            ("limits.fetch_max_bytes", u64::from(l.fetch_max_bytes), 1, 1 << 30),
+            ("limits.fetch_partition_max_bytes", u64::from(l.fetch_partition_max_bytes), 1, 1 << 30),
+            ("limits.fetch_max_partitions", u64::from(l.fetch_max_partitions), 1, 1 << 20),
+            ("limits.subscribe_max_bytes", u64::from(l.subscribe_max_bytes), 1, 1 << 30),
+            ("limits.subscribe_queue_depth", u64::from(l.subscribe_queue_depth), 1, 1024),
+            ("limits.max_subscriptions", u64::from(l.max_subscriptions), 1, 1 << 20),
+            ("limits.produce_stream_max_in_flight", u64::from(l.produce_stream_max_in_flight), 1, 1 << 16),
+            ("limits.produce_stream_max_in_flight_bytes", l.produce_stream_max_in_flight_bytes, 1, 1 << 40),
+            ("limits.produce_max_in_flight_bytes", l.produce_max_in_flight_bytes, 1, 1 << 40),
+            ("limits.produce_in_flight_wait_ms", l.produce_in_flight_wait_ms, 0, 3_600_000),
+        ];
+        in_ranges(&ranges)
     }
+}
 
-    /// Every key of the tree, dotted, in file order (for docs and tests).
-    pub fn keys() -> Vec<String> {
-        Tree::defaults().leaf_keys()
+impl GroupSettings {
+    /// `[groups]`: timeouts in order (min <= session <= max) and the group limits.
+    fn check(&self) -> Result<(), Invalid> {
+        let g = self;
+        #[rustfmt::skip]
+        let ranges = [
+            ("groups.min_session_timeout_ms", g.min_session_timeout_ms, 100, 86_400_000),
+            ("groups.max_session_timeout_ms", g.max_session_timeout_ms, g.min_session_timeout_ms, 86_400_000),
+            ("groups.session_timeout_ms", g.session_timeout_ms, g.min_session_timeout_ms, g.max_session_timeout_ms),
+            ("groups.heartbeat_interval_ms", g.heartbeat_interval_ms, 10, 3_600_000),
+            ("groups.rebalance_timeout_ms", g.rebalance_timeout_ms, 100, 86_400_000),
+            ("groups.lag_refresh_interval_ms", g.lag_refresh_interval_ms, 10, 3_600_000),
+            ("groups.max_groups", u64::from(g.max_groups), 1, 1 << 24),
+            ("groups.max_members_per_group", u64::from(g.max_members_per_group), 1, 1 << 20),
+            ("groups.offset_metadata_max_bytes", u64::from(g.offset_metadata_max_bytes), 0, 1 << 20),
+            ("groups.offsets_compact_bytes", g.offsets_compact_bytes, 4096, 1 << 40),
+        ];
+        in_ranges(&ranges)
     }
+}
 
-    /// The configuration as TOML text.
-    pub fn to_toml(&self) -> String {
-        // Every field serializes (no maps with non-string keys, no NaN defaults).
-        toml::to_string(self).unwrap_or_default()
+impl ServerSettings {
+    /// `[server]`: HTTP/2 keepalive, windows and frame size within what HTTP/2 allows.
+    fn check(&self) -> Result<(), Invalid> {
+        let s = self;
+        #[rustfmt::skip]
+        let ranges = [
+            ("server.http2_keepalive_interval_ms", s.http2_keepalive_interval_ms, 0, 3_600_000),
+            ("server.http2_keepalive_timeout_ms", s.http2_keepalive_timeout_ms, 1, 3_600_000),
+            ("server.http2_stream_window_bytes", u64::from(s.http2_stream_window_bytes), 65_535, (1 << 31) - 1),
+            ("server.http2_connection_window_bytes", u64::from(s.http2_connection_window_bytes), 65_535, (1 << 31) - 1),
+            ("server.http2_max_frame_bytes", u64::from(s.http2_max_frame_bytes), 16_384, 16_777_215),
+        ];
+        in_ranges(&ranges)
+    }
+}
+
+impl ShutdownSettings {
+    /// `[shutdown]`: the deadline.
+    fn check(&self) -> Result<(), Invalid> {
+        range("shutdown.deadline_ms", self.deadline_ms, 0, 3_600_000)
     }
 }
 
@@ -1019,6 +967,45 @@ mod tests {
             value: value.into(),
             origin: format!("flag --{key}"),
         }
+    }
+
+    #[test]
+    fn each_section_reports_its_first_bad_key() {
+        let bad = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        Config::default().validate().unwrap();
+        let e = bad(&|c| c.data_dir = PathBuf::new());
+        assert_eq!(e, ("data_dir".into(), "must not be empty".into()));
+        let e = bad(&|c| c.topic_defaults.flush_interval_ms = 0);
+        assert_eq!(e.0, "topic_defaults.flush_interval_ms");
+        let e = bad(&|c| c.storage.max_index_bytes = 1);
+        assert_eq!(e.0, "storage.max_index_bytes");
+        let e = bad(&|c| {
+            c.limits.max_connections = 0;
+            c.limits.max_topics = 0;
+        });
+        assert_eq!(
+            e,
+            (
+                "limits.max_connections".into(),
+                "0 is outside [1, 1048576]".into()
+            )
+        );
+        let e = bad(&|c| c.groups.session_timeout_ms = c.groups.max_session_timeout_ms + 1);
+        assert_eq!(e.0, "groups.session_timeout_ms");
+        let e = bad(&|c| c.server.http2_max_frame_bytes = 100);
+        assert_eq!(e.1, "100 is outside [16384, 16777215]");
+        let e = bad(&|c| c.shutdown.deadline_ms = 3_600_001);
+        assert_eq!(e.0, "shutdown.deadline_ms");
+        // Sections are checked in file order: the earlier one is reported.
+        let e = bad(&|c| {
+            c.storage.max_index_bytes = 1;
+            c.shutdown.deadline_ms = 3_600_001;
+        });
+        assert_eq!(e.0, "storage.max_index_bytes");
     }
 
     #[test]

@@ -18,7 +18,6 @@ use super::finish;
 use super::status::grpc_code;
 use crate::broker::Broker;
 use crate::broker::consume::{PartitionRead, SubscribeItem, SubscriptionEnd};
-use crate::metrics;
 
 /// The consume service.
 #[derive(Debug, Clone)]
@@ -54,7 +53,7 @@ pub(crate) fn subscribe_done(started: Instant) -> impl FnOnce(SubscriptionEnd) +
             SubscriptionEnd::ClientLeft => Code::Cancelled,
             SubscriptionEnd::Failed(code) => grpc_code(code),
         };
-        metrics::rpc_done("Subscribe", code, started);
+        super::rpc_done("Subscribe", code, started);
     }
 }
 

@@ -35,7 +35,6 @@ use super::consume::{Consume, subscribe_done, subscribe_response};
 use super::finish;
 use crate::broker::Broker;
 use crate::broker::consume::SubscribeItem;
-use crate::metrics;
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
 pub(crate) const SUBSCRIBE_PATH: &str = "/runnel.v1.ConsumeService/Subscribe";
@@ -111,7 +110,7 @@ async fn subscribe(
             done: false,
         }),
         Err(e) => {
-            metrics::rpc_done("Subscribe", e.grpc_code(), started);
+            super::rpc_done("Subscribe", e.grpc_code(), started);
             e.status().into_http()
         }
     }

@@ -16,7 +16,6 @@ use super::finish;
 use crate::broker::Broker;
 use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
-use crate::metrics;
 
 /// Responses queued per Membership stream. Assignments are complete states and heartbeats
 /// are answered one by one, so a few suffice; a client that stops reading stops its own
@@ -211,7 +210,7 @@ impl GroupService for Groups {
         let (tx, rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         tokio::spawn(async move {
             let code = run_member(&broker, inbound, host, &tx).await;
-            metrics::rpc_done("Membership", code, started);
+            super::rpc_done("Membership", code, started);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -20,7 +20,6 @@ use crate::broker::Broker;
 use crate::broker::budget::kib;
 use crate::broker::produce::Written;
 use crate::error::RpcError;
-use crate::metrics;
 
 /// The produce service.
 #[derive(Debug, Clone)]
@@ -174,7 +173,7 @@ impl ProduceService for Produce {
                     }
                 }
             }
-            metrics::rpc_done("ProduceStream", code, started);
+            super::rpc_done("ProduceStream", code, started);
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(out_rx)) as ResponseStream

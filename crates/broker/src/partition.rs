@@ -466,6 +466,28 @@ mod tests {
     }
 
     #[test]
+    fn appends_publish_the_new_end_to_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path());
+        let mut end = p.watch_end();
+        end.borrow_and_update();
+        let appended = p.append(&[batch(0), batch(1)]).expect("append");
+        assert_eq!(appended.next_offset, 2);
+        assert!(end.has_changed().expect("sender alive"));
+        assert_eq!(*end.borrow_and_update(), 2);
+        let appended = p
+            .try_append(&[batch(2)])
+            .expect("nothing to wait for")
+            .expect("append");
+        assert_eq!(appended.next_offset, 3);
+        assert_eq!(*end.borrow_and_update(), 3);
+        assert_eq!((p.start_offset(), p.end_offset()), (0, 3));
+        let read = p.read(1, 1 << 20).expect("read");
+        assert_eq!(read.next_offset, 3);
+        p.close().expect("close");
+    }
+
+    #[test]
     fn the_syncer_collects_its_group_and_the_last_arrival_wakes_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path());

@@ -3,8 +3,8 @@
 //!
 //! A produce request goes through two stages. The **write** stage resolves each entry's
 //! partition, checks idempotent producers' epochs against the global registry, and appends
-//! the entries in request order with `Log::write_batches`, which never waits for an fsync
-//! (small requests on the runtime's thread with `Log::try_write_batches`, see
+//! the entries in request order with `Partition::append`, which never waits for an fsync
+//! (small requests on the runtime's thread with `Partition::try_append`, see
 //! `INLINE_WRITE_MAX`).
 //! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
 //! (`Partition::want_durable`: group commit by one syncer task per busy partition, awaited
@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use runnel_proto::pb::{self, Acks, ErrorCode};
+use runnel_storage::batch::{self, BatchHeader};
+
 use super::Broker;
 use super::budget::InFlight;
 use crate::config::DurabilitySetting;
@@ -24,9 +28,6 @@ use crate::error::{At, RpcError};
 use crate::partition::Partition;
 use crate::tasks::blocking;
 use crate::topics::Topic;
-use bytes::Bytes;
-use runnel_proto::pb::{self, Acks, ErrorCode};
-use runnel_storage::batch::{self, BatchHeader};
 
 /// An entry ready to append.
 struct Planned {
@@ -275,7 +276,7 @@ impl Writes {
 
     /// Appends the next entry and records its result. With `inline` the entry is written only
     /// if the log needs no waiting beyond a brief one for the writer lock
-    /// (`Log::try_write_batches`); otherwise it is handed back, untouched, for a blocking
+    /// (`Partition::try_append`); otherwise it is handed back, untouched, for a blocking
     /// context. Without `inline`, blocking.
     fn write(
         &mut self,

@@ -14,8 +14,8 @@ use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use super::finish;
 use super::status::grpc_code;
+use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::consume::{PartitionRead, SubscribeItem, SubscriptionEnd};
 
@@ -53,7 +53,7 @@ pub(crate) fn subscribe_done(started: Instant) -> impl FnOnce(SubscriptionEnd) +
             SubscriptionEnd::ClientLeft => Code::Cancelled,
             SubscriptionEnd::Failed(code) => grpc_code(code),
         };
-        super::rpc_done("Subscribe", code, started);
+        rpc_done("Subscribe", code, started);
     }
 }
 

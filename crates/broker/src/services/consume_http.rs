@@ -32,7 +32,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::consume::{Consume, subscribe_done, subscribe_response};
-use super::finish;
+use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::consume::SubscribeItem;
 
@@ -110,7 +110,7 @@ async fn subscribe(
             done: false,
         }),
         Err(e) => {
-            super::rpc_done("Subscribe", e.grpc_code(), started);
+            rpc_done("Subscribe", e.grpc_code(), started);
             e.status().into_http()
         }
     }

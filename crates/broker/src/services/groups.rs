@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::finish;
+use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
@@ -210,7 +210,7 @@ impl GroupService for Groups {
         let (tx, rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         tokio::spawn(async move {
             let code = run_member(&broker, inbound, host, &tx).await;
-            super::rpc_done("Membership", code, started);
+            rpc_done("Membership", code, started);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

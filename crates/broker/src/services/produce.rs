@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::finish;
+use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::budget::kib;
 use crate::broker::produce::Written;
@@ -173,7 +173,7 @@ impl ProduceService for Produce {
                     }
                 }
             }
-            super::rpc_done("ProduceStream", code, started);
+            rpc_done("ProduceStream", code, started);
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(out_rx)) as ResponseStream

@@ -7,12 +7,12 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::common::*;
+use runnel_test_support::prelude::*;
 
 #[tokio::test]
 async fn health_reports_serving_for_the_broker_and_each_service() {
     let b = TestBroker::start().await;
-    let mut health = HealthClient::new(b.channel.clone());
+    let mut health = HealthClient::new(b.channel());
     for service in [
         "",
         "runnel.v1.AdminService",
@@ -36,7 +36,7 @@ async fn reflection_v1_lists_and_describes_every_service() {
     use v1::server_reflection_request::MessageRequest;
     use v1::server_reflection_response::MessageResponse;
     let b = TestBroker::start().await;
-    let mut client = ServerReflectionClient::new(b.channel.clone());
+    let mut client = ServerReflectionClient::new(b.channel());
     let ask = |m: MessageRequest| v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(m),
@@ -100,7 +100,7 @@ async fn reflection_v1alpha_lists_the_services_too() {
     use v1alpha::server_reflection_request::MessageRequest;
     use v1alpha::server_reflection_response::MessageResponse;
     let b = TestBroker::start().await;
-    let mut client = ServerReflectionClient::new(b.channel.clone());
+    let mut client = ServerReflectionClient::new(b.channel());
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

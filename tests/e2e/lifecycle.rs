@@ -89,17 +89,7 @@ async fn a_hundred_thousand_records_survive_a_restart_in_order() {
 async fn sigterm_under_load_loses_nothing_acknowledged() {
     let mut b = Broker::start().await;
     create_topic(&b, "t", 2).await;
-    let mut subscription = b
-        .consume()
-        .subscribe(pb::SubscribeRequest {
-            topic: "t".into(),
-            partition: 0,
-            start: None,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut subscription = subscribe(&b, "t", 0, None).await;
     within(subscription.next()).await.unwrap().unwrap();
 
     // Two producers write until the broker stops answering; every acknowledged batch is
@@ -160,12 +150,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
         }
     })
     .await;
-    assert_status(
-        &e,
-        tonic::Code::Unavailable,
-        ErrorCode::BrokerShuttingDown,
-        "shutting down",
-    );
+    assert_status(&e, ErrorCode::BrokerShuttingDown, "shutting down");
     let status = b.wait_exit();
     assert!(status.success(), "exit status {status}:\n{}", b.log_text());
     let mut acked = Vec::new();

@@ -7,7 +7,7 @@ use runnel_proto::pb;
 use crate::harness::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = command();
+    let mut cmd = runneld_command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);

@@ -53,17 +53,7 @@ async fn a_long_poll_wakes_on_new_data() {
 async fn subscribe_delivers_a_new_record_promptly() {
     let b = Broker::start().await;
     create_topic(&b, "t", 1).await;
-    let mut s = b
-        .consume()
-        .subscribe(pb::SubscribeRequest {
-            topic: "t".into(),
-            partition: 0,
-            start: None,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = subscribe(&b, "t", 0, None).await;
     assert_eq!(within(s.next()).await.unwrap().unwrap().next_offset, 0);
     let sent = Instant::now();
     produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("new", 0, 1)]).await;

@@ -1,16 +1,15 @@
 //! The in-process harness: `runnel_broker::run` on `127.0.0.1:0` with a temporary data
 //! directory, stopped through its shutdown future and restarted on the same directory.
 
-use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use runnel_broker::Config;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::{Clients, PATIENCE, connect_lazy};
+use crate::{Connection, PATIENCE};
 
 /// A config for tests: the given data directory, metrics off, a short shutdown deadline.
 pub fn test_config(data_dir: &Path) -> Config {
@@ -23,18 +22,18 @@ pub fn test_config(data_dir: &Path) -> Config {
     c
 }
 
-/// A broker running in this process, on a tokio task of the test's runtime.
+/// A broker running in this process, on a tokio task of the test's runtime; its clients are
+/// those of the [`Connection`] it dereferences to.
 ///
 /// Dropping it begins shutdown without waiting; [`TestBroker::stop`] waits for `run` to
 /// return cleanly.
 pub struct TestBroker {
-    addr: SocketAddr,
+    connection: Connection,
     /// The config the broker runs with.
     pub config: Config,
     dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), runnel_broker::Error>>>,
-    channel: Channel,
 }
 
 impl TestBroker {
@@ -66,12 +65,11 @@ impl TestBroker {
             let _ = stopped.await;
         }));
         TestBroker {
-            addr,
+            connection: Connection::new(addr, PATIENCE),
             config,
             dir,
             stop: Some(stop),
             task: Some(task),
-            channel: connect_lazy(addr, PATIENCE),
         }
     }
 
@@ -118,13 +116,11 @@ impl TestBroker {
     }
 }
 
-impl Clients for TestBroker {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
+impl Deref for TestBroker {
+    type Target = Connection;
 
-    fn channel(&self) -> Channel {
-        self.channel.clone()
+    fn deref(&self) -> &Connection {
+        &self.connection
     }
 }
 

@@ -5,7 +5,7 @@
 //! (`crates/broker/tests`), which run [`broker::TestBroker`] on `127.0.0.1:0`, and the
 //! end-to-end suite (`tests/`), which spawns the real binaries with [`process::Broker`] and
 //! [`process::runnel`]. Both harnesses hand out the same generated gRPC clients through
-//! [`Clients`], so every helper in [`rpc`] and every assertion in [`errors`] works against
+//! [`Connection`], so every helper in [`rpc`] and every assertion in [`errors`] works against
 //! either. Tests usually import [`prelude`].
 //!
 //! Everything here panics on failure: it is test code, and a panic is a failed test with its
@@ -46,53 +46,67 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("finished within the patience")
 }
 
-/// A lazily connected channel to `addr` (a separate client connection, in effect).
-///
-/// # Panics
-///
-/// Never for a socket address (the endpoint URI is always valid).
-pub fn connect_lazy(addr: SocketAddr, connect_timeout: Duration) -> Channel {
+/// A lazily connected channel to `addr`.
+fn connect_lazy(addr: SocketAddr, connect_timeout: Duration) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("an http:// URI of a socket address is valid")
         .connect_timeout(connect_timeout)
         .connect_lazy()
 }
 
-/// The generated gRPC clients of a broker under test, in process or as a real process.
+/// A connection to a broker under test: its address, a channel, and the generated clients
+/// on that channel.
 ///
-/// Every helper of [`rpc`] takes an `impl Clients`, so both suites share them.
-pub trait Clients {
-    /// The broker's gRPC address.
-    fn addr(&self) -> SocketAddr;
+/// Both harnesses dereference to one, so every helper of [`rpc`] takes a `&Connection` and
+/// accepts `&TestBroker` and `&Broker` alike.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    addr: SocketAddr,
+    channel: Channel,
+}
 
-    /// A channel on the harness's own connection.
-    fn channel(&self) -> Channel;
-
-    /// A channel on a new connection of its own (a separate client process, in effect).
-    fn new_channel(&self) -> Channel {
-        connect_lazy(self.addr(), PATIENCE)
+impl Connection {
+    /// A lazily connected channel to `addr` that gives up connecting after `connect_timeout`.
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+        let channel = connect_lazy(addr, connect_timeout);
+        Connection { addr, channel }
     }
 
-    /// An `AdminService` client on [`Clients::channel`].
-    fn admin(&self) -> AdminServiceClient<Channel> {
+    /// The broker's gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A channel on this connection.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A channel on a new connection of its own (a separate client process, in effect).
+    pub fn new_channel(&self) -> Channel {
+        connect_lazy(self.addr, PATIENCE)
+    }
+
+    /// An `AdminService` client on this connection.
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel())
     }
 
-    /// A `ProduceService` client on [`Clients::channel`] that sends requests of any size (the
+    /// A `ProduceService` client on this connection that sends requests of any size (the
     /// broker, not the client, enforces the request limit).
-    fn produce(&self) -> ProduceServiceClient<Channel> {
+    pub fn produce(&self) -> ProduceServiceClient<Channel> {
         ProduceServiceClient::new(self.channel())
             .max_decoding_message_size(MAX_DECODING_BYTES)
             .max_encoding_message_size(usize::MAX)
     }
 
-    /// A `ConsumeService` client on [`Clients::channel`].
-    fn consume(&self) -> ConsumeServiceClient<Channel> {
+    /// A `ConsumeService` client on this connection.
+    pub fn consume(&self) -> ConsumeServiceClient<Channel> {
         ConsumeServiceClient::new(self.channel()).max_decoding_message_size(MAX_DECODING_BYTES)
     }
 
-    /// A `GroupService` client on [`Clients::channel`].
-    fn groups(&self) -> GroupServiceClient<Channel> {
+    /// A `GroupService` client on this connection.
+    pub fn groups(&self) -> GroupServiceClient<Channel> {
         GroupServiceClient::new(self.channel())
     }
 }
@@ -106,5 +120,5 @@ pub mod prelude {
     pub use crate::rpc::{
         create_topic, entry, fetch_all, fetch_partition, produce, produce_request, subscribe,
     };
-    pub use crate::{Clients, PATIENCE, within};
+    pub use crate::{Connection, PATIENCE, within};
 }

@@ -9,18 +9,18 @@
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
-use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::{Clients, PATIENCE, connect_lazy};
+use crate::{Connection, PATIENCE};
 
 /// A binary of the workspace that the end-to-end suite runs.
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +228,8 @@ pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
     )
 }
 
-/// A running `runneld`, killed when dropped.
+/// A running `runneld`, killed when dropped; its clients are those of the [`Connection`] it
+/// dereferences to.
 pub struct Broker {
     child: Option<Child>,
     /// The gRPC address.
@@ -240,7 +241,7 @@ pub struct Broker {
     log: PathBuf,
     args: Vec<String>,
     dir: TempDir,
-    channel: Channel,
+    connection: Connection,
 }
 
 impl Broker {
@@ -300,7 +301,8 @@ impl Broker {
             log,
             args,
             dir,
-            channel: connect_lazy(grpc, Duration::from_secs(5)),
+            // Short: the health check below retries its connection until PATIENCE.
+            connection: Connection::new(grpc, Duration::from_secs(5)),
         };
         broker.wait_ready().await;
         broker
@@ -320,7 +322,7 @@ impl Broker {
                     self.log_text()
                 );
             }
-            let mut health = HealthClient::new(self.channel.clone());
+            let mut health = HealthClient::new(self.channel());
             let check = health.check(HealthCheckRequest {
                 service: String::new(),
             });
@@ -470,13 +472,11 @@ impl Broker {
     }
 }
 
-impl Clients for Broker {
-    fn addr(&self) -> SocketAddr {
-        self.grpc
-    }
+impl Deref for Broker {
+    type Target = Connection;
 
-    fn channel(&self) -> Channel {
-        self.channel.clone()
+    fn deref(&self) -> &Connection {
+        &self.connection
     }
 }
 

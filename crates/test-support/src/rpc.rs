@@ -1,16 +1,16 @@
-//! Requests that tests send again and again, against either harness ([`Clients`]).
+//! Requests that tests send again and again, against either harness (both dereference to a [`Connection`]).
 
 use bytes::Bytes;
 use runnel_proto::pb::{self, start_position::Position};
 
-use crate::Clients;
+use crate::Connection;
 
 /// Creates a topic with `partitions` partitions and the broker's default config.
 ///
 /// # Panics
 ///
 /// If the broker refuses it.
-pub async fn create_topic(b: &impl Clients, topic: &str, partitions: u32) {
+pub async fn create_topic(b: &Connection, topic: &str, partitions: u32) {
     b.admin()
         .create_topic(pb::CreateTopicRequest {
             topic: topic.into(),
@@ -51,7 +51,7 @@ pub fn produce_request(
 ///
 /// If the whole request fails.
 pub async fn produce(
-    b: &impl Clients,
+    b: &Connection,
     topic: &str,
     partition: u32,
     acks: pb::Acks,
@@ -78,7 +78,7 @@ pub fn fetch_partition(topic: &str, partition: u32, offset: u64) -> pb::FetchPar
 /// # Panics
 ///
 /// If a fetch fails, as a whole or for the partition.
-pub async fn fetch_all(b: &impl Clients, topic: &str, partition: u32, offset: u64) -> Vec<Bytes> {
+pub async fn fetch_all(b: &Connection, topic: &str, partition: u32, offset: u64) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut consume = b.consume();
     let mut offset = offset;
@@ -107,7 +107,7 @@ pub async fn fetch_all(b: &impl Clients, topic: &str, partition: u32, offset: u6
 ///
 /// If the broker refuses the subscription.
 pub async fn subscribe(
-    b: &impl Clients,
+    b: &Connection,
     topic: &str,
     partition: u32,
     start: Option<Position>,

@@ -12,17 +12,7 @@ async fn shutdown_ends_subscriptions_and_closes_logs_cleanly() {
     for p in 0..2 {
         produce(&b, "t", p, pb::Acks::Written, vec![batch(10, 1_000)]).await;
     }
-    let mut s = b
-        .consume()
-        .subscribe(pb::SubscribeRequest {
-            topic: "t".into(),
-            partition: 0,
-            start: None,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = subscribe(&b, "t", 0, None).await;
     within(s.next()).await.unwrap().unwrap();
     b.signal_stop();
     let e = within(s.next()).await.unwrap().unwrap_err();

@@ -13,19 +13,8 @@ use runnel_test_support::random::Rng;
 
 /// The end offsets of a topic's partitions.
 async fn end_offsets(b: &Broker, topic: &str) -> Vec<u64> {
-    b.admin()
-        .describe_topic(pb::DescribeTopicRequest {
-            topic: topic.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.log_end_offset)
-        .collect()
+    let d = describe_topic(b, topic).await;
+    d.partitions.iter().map(|p| p.log_end_offset).collect()
 }
 
 #[tokio::test]

@@ -68,16 +68,7 @@ async fn a_hundred_thousand_records_survive_a_restart_in_order() {
         count += got.len();
     }
     assert_eq!(count, 100_000);
-    let d = b
-        .admin()
-        .describe_topic(pb::DescribeTopicRequest {
-            topic: "events".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap();
+    let d = describe_topic(&b, "events").await;
     assert!(
         d.partitions
             .iter()
@@ -123,14 +114,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     // Let some traffic through, then stop the broker in the middle of it.
     within(async {
         loop {
-            let d = b
-                .admin()
-                .describe_topic(pb::DescribeTopicRequest { topic: "t".into() })
-                .await
-                .unwrap()
-                .into_inner()
-                .topic
-                .unwrap();
+            let d = describe_topic(&b, "t").await;
             if d.partitions.iter().all(|p| p.log_end_offset >= 500) {
                 break;
             }

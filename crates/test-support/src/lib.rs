@@ -26,6 +26,7 @@ pub mod broker;
 pub mod errors;
 pub mod process;
 pub mod random;
+pub mod reflection;
 pub mod rpc;
 
 /// Bounds every wait in the tests so that a bug hangs nothing. Never an assertion on speed.
@@ -118,7 +119,8 @@ pub mod prelude {
     pub use crate::errors::{assert_inline, assert_status, assert_too_large};
     pub use crate::process::Broker;
     pub use crate::rpc::{
-        create_topic, entry, fetch_all, fetch_partition, produce, produce_request, subscribe,
+        create_topic, describe_topic, entry, fetch_all, fetch_partition, produce, produce_request,
+        subscribe,
     };
     pub use crate::{Connection, PATIENCE, within};
 }

@@ -21,6 +21,23 @@ pub async fn create_topic(b: &Connection, topic: &str, partitions: u32) {
         .expect("create topic");
 }
 
+/// Describes a topic.
+///
+/// # Panics
+///
+/// If the broker refuses (the topic does not exist, for one).
+pub async fn describe_topic(b: &Connection, topic: &str) -> pb::TopicDescription {
+    let request = pb::DescribeTopicRequest {
+        topic: topic.into(),
+    };
+    let response = b
+        .admin()
+        .describe_topic(request)
+        .await
+        .expect("describe topic");
+    response.into_inner().topic.expect("a description")
+}
+
 /// A produce entry of `batches` for one partition.
 pub fn entry(partition: u32, batches: Vec<Bytes>) -> pb::ProducePartition {
     pb::ProducePartition {

@@ -44,15 +44,7 @@ async fn create_list_describe_and_delete_a_topic() {
     assert_eq!(names, [("alpha", 1), ("orders", 3)]);
 
     produce(&b, "orders", 1, pb::Acks::Written, vec![batch(5, 1_000)]).await;
-    let d = admin
-        .describe_topic(pb::DescribeTopicRequest {
-            topic: "orders".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap();
+    let d = describe_topic(&b, "orders").await;
     let p1 = &d.partitions[1];
     assert_eq!(
         (p1.partition, p1.log_start_offset, p1.log_end_offset),
@@ -295,13 +287,7 @@ async fn alter_topic_config_takes_effect_without_restart() {
         let e = admin.alter_topic_config(req).await.unwrap_err();
         assert_status(&e, ErrorCode::InvalidConfig, needle);
     }
-    let d = admin
-        .describe_topic(pb::DescribeTopicRequest { topic: "t".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap();
+    let d = describe_topic(&b, "t").await;
     assert_eq!(d.config_overrides, ["segment_ms"]);
 }
 
@@ -369,15 +355,7 @@ async fn topics_and_config_survive_a_restart() {
         .unwrap();
     produce(&b, "t", 2, pb::Acks::Written, vec![batch(4, 1_000)]).await;
     let b = b.restart().await;
-    let d = within(
-        b.admin()
-            .describe_topic(pb::DescribeTopicRequest { topic: "t".into() }),
-    )
-    .await
-    .unwrap()
-    .into_inner()
-    .topic
-    .unwrap();
+    let d = within(describe_topic(&b, "t")).await;
     assert_eq!(d.partition_count, 3);
     assert_eq!(d.config_overrides, ["durability"]);
     assert_eq!(

@@ -4,6 +4,17 @@ use tokio_stream::StreamExt as _;
 
 use crate::{Connection, within};
 
+/// Every service a broker serves and its reflection services list, sorted by name.
+pub const SERVICES: [&str; 7] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "runnel.v1.AdminService",
+    "runnel.v1.ConsumeService",
+    "runnel.v1.GroupService",
+    "runnel.v1.ProduceService",
+];
+
 /// What a reflection service answered in one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reflected {

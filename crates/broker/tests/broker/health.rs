@@ -2,7 +2,7 @@
 //! tool uses them.
 
 use runnel_test_support::prelude::*;
-use runnel_test_support::reflection::{reflect_v1, reflect_v1alpha};
+use runnel_test_support::reflection::{SERVICES, reflect_v1, reflect_v1alpha};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -37,18 +37,7 @@ async fn reflection_v1_lists_and_describes_every_service() {
         "runnel.v1.FetchRequest",
     ];
     let r = reflect_v1(&b, &symbols).await;
-    assert_eq!(
-        r.services,
-        [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-            "runnel.v1.AdminService",
-            "runnel.v1.ConsumeService",
-            "runnel.v1.GroupService",
-            "runnel.v1.ProduceService",
-        ]
-    );
+    assert_eq!(r.services, SERVICES);
     assert_eq!(r.files.len(), 3);
     for files in r.files {
         assert!(!files.is_empty());

@@ -2,9 +2,8 @@
 //! directory, waits until its health check answers, and can stop it with SIGTERM, kill it with
 //! SIGKILL and restart it on the same data directory; [`runnel`] finds the CLI.
 //!
-//! The binaries are found next to the test binary in `target/<profile>/` and rebuilt with
-//! cargo when missing or older than their sources, so `cargo test -p runnel-e2e` runs against
-//! the code of the tree.
+//! The binaries are built with cargo in the test binary's profile and found next to it in
+//! `target/<profile>/`, so `cargo test -p runnel-e2e` runs against the code of the tree.
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -31,8 +30,6 @@ pub struct Binary {
     pub package: &'static str,
     /// The binary's name.
     pub name: &'static str,
-    /// The workspace directories it is built from: newer files there make it stale.
-    pub sources: &'static [&'static str],
 }
 
 /// The broker, `runneld`; `RUNNELD_BIN` overrides it.
@@ -40,13 +37,6 @@ pub const RUNNELD: Binary = Binary {
     env_var: "RUNNELD_BIN",
     package: "runnel-broker",
     name: "runneld",
-    sources: &[
-        "crates/broker",
-        "crates/storage",
-        "crates/format",
-        "crates/proto",
-        "proto",
-    ],
 };
 
 /// The CLI, `runnel`; `RUNNEL_CLI_BIN` overrides it.
@@ -54,19 +44,16 @@ pub const RUNNEL: Binary = Binary {
     env_var: "RUNNEL_CLI_BIN",
     package: "runnel-cli",
     name: "runnel",
-    sources: &[
-        "crates/cli",
-        "crates/client",
-        "crates/format",
-        "crates/proto",
-        "proto",
-    ],
 };
 
 impl Binary {
     /// The binary's path: its environment variable if set, else `target/<profile>/<name>` next
-    /// to the running test binary, built with cargo first if missing or older than a file of
-    /// its sources (`cargo test --workspace` always builds it fresh, `cargo test -p` may not).
+    /// to the running test binary, after `cargo build` of it in that profile.
+    ///
+    /// Cargo, not a guess from file times, decides whether the binary is current: a no-op
+    /// build takes a fraction of a second, and it is the only check that also notices a
+    /// binary built from another checkout sharing the target directory.
+    /// `cargo test --workspace` has built it already; `cargo test -p runnel-e2e` has not.
     ///
     /// # Panics
     ///
@@ -77,19 +64,24 @@ impl Binary {
         }
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-        let bin = exe
+        let profile_dir = exe
             .parent()
             .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps")
-            .join(self.name);
-        if is_stale(&bin, self.sources) {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", self.package, "--bin", self.name])
-                .current_dir(workspace_root())
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build of {} failed", self.name);
-        }
+            .expect("test binary in target/<profile>/deps");
+        // Cargo names the `dev` profile's directory `debug`; every other one by its name.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory in {}", exe.display()),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", self.package, "--bin", self.name])
+            .args(["--profile", profile])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of {} failed", self.name);
+        let bin = profile_dir.join(self.name);
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
     }
@@ -118,34 +110,6 @@ pub fn workspace_root() -> PathBuf {
         .nth(2)
         .expect("crates/test-support is two levels below the workspace root")
         .to_path_buf()
-}
-
-/// True if `bin` is missing or older than a file under one of `sources` (directories of the
-/// workspace).
-fn is_stale(bin: &Path, sources: &[&str]) -> bool {
-    fn newest(dir: &Path) -> SystemTime {
-        let mut latest = SystemTime::UNIX_EPOCH;
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let t = if path.is_dir() {
-                    newest(&path)
-                } else {
-                    entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH)
-                };
-                latest = latest.max(t);
-            }
-        }
-        latest
-    }
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return true;
-    };
-    let root = workspace_root();
-    sources.iter().any(|d| newest(&root.join(d)) > built)
 }
 
 /// A command for `program` without the caller's `RUNNEL_*` and `RUST_LOG` variables, so the

@@ -34,7 +34,7 @@ async fn every_bad_input_returns_its_documented_status() {
     .await;
     create_topic(&b, "t", 2).await;
     for p in 0..2 {
-        produce(&b, "t", p, pb::Acks::Written, vec![batch_of("ok", 0, 10)]).await;
+        produce(&b, "t", p, vec![batch_of("ok", 0, 10)]).await;
     }
     let mut admin = b.admin();
     let mut prod = b.produce();
@@ -201,14 +201,7 @@ async fn every_bad_input_returns_its_documented_status() {
         .into_inner();
     let (id, epoch) = (init.producer_id, init.producer_epoch as i16);
     for seq in 0..6 {
-        let r = produce(
-            &b,
-            "t",
-            0,
-            pb::Acks::Written,
-            vec![idempotent_batch(1, id, epoch, seq)],
-        )
-        .await;
+        let r = produce(&b, "t", 0, vec![idempotent_batch(1, id, epoch, seq)]).await;
         assert!(r.error.is_none());
     }
     // (partition, sequence, expected error, message), in order; the epoch is bumped before
@@ -252,7 +245,6 @@ async fn every_bad_input_returns_its_documented_status() {
             &b,
             "t",
             partition,
-            pb::Acks::Written,
             vec![idempotent_batch(1, id, epoch, seq)],
         )
         .await;
@@ -387,7 +379,7 @@ async fn random_bytes_never_crash_the_broker_or_store_bad_batches() {
             m[at] ^= 1 << (rng.next_u64() % 8);
             m.freeze()
         };
-        let r = produce(&b, "t", 0, pb::Acks::Written, vec![input]).await;
+        let r = produce(&b, "t", 0, vec![input]).await;
         match &r.error {
             None => stored += 1,
             Some(e) => {
@@ -461,12 +453,12 @@ async fn a_full_disk_fails_writes_with_disk_full_and_reads_keep_working() {
         bb.build()
     };
     for _ in 0..20 {
-        let r = produce(&b, "filler", 0, pb::Acks::Written, vec![chunk("f")]).await;
+        let r = produce(&b, "filler", 0, vec![chunk("f")]).await;
         assert!(r.error.is_none(), "{r:?}");
     }
     let mut acked = 0;
     let full = loop {
-        let r = produce(&b, "t", 0, pb::Acks::Written, vec![chunk("t")]).await;
+        let r = produce(&b, "t", 0, vec![chunk("t")]).await;
         match r.error {
             None => acked += 1,
             Some(e) => break e,
@@ -507,7 +499,7 @@ async fn a_full_disk_fails_writes_with_disk_full_and_reads_keep_working() {
         .unwrap();
     within(async {
         loop {
-            let r = produce(&b, "t", 0, pb::Acks::Written, vec![chunk("t")]).await;
+            let r = produce(&b, "t", 0, vec![chunk("t")]).await;
             if r.error.is_none() {
                 break;
             }

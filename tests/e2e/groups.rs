@@ -75,7 +75,7 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     let b = Broker::start_with(&["--set", "groups.lag_refresh_interval_ms=100"]).await;
     create_topic(&b, "t", 3).await;
     for (p, n) in [(0, 10), (1, 20), (2, 30)] {
-        produce(&b, "t", p, pb::Acks::Written, vec![batch_of("r", 0, n)]).await;
+        produce(&b, "t", p, vec![batch_of("r", 0, n)]).await;
     }
     commit(&b, "g", &[(0, 3, "three"), (1, 20, ""), (2, 25, "")]).await;
     commit(&b, "other", &[(0, 10, "done")]).await;
@@ -145,7 +145,7 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     assert_eq!(lags, [Some(7), Some(0), Some(3)]);
 
     // New records raise the lag; a deleted group's series disappear.
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch_of("r", 20, 5)]).await;
+    produce(&b, "t", 1, vec![batch_of("r", 20, 5)]).await;
     b.groups()
         .delete_group(pb::DeleteGroupRequest {
             group: "other".into(),

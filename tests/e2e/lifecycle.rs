@@ -163,7 +163,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     create_topic(&b, "t", 1).await;
     let mut acked = Vec::new();
     for i in 0..200u64 {
-        let r = produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("k", i * 5, 5)]).await;
+        let r = produce(&b, "t", 0, vec![batch_of("k", i * 5, 5)]).await;
         acked.push(r.batches[0].base_offset);
     }
     b.kill9();

@@ -61,13 +61,28 @@ pub fn produce_request(
     }
 }
 
-/// Produces `batches` to one partition in one request; returns that entry's result (which
-/// may hold an inline error).
+/// Produces `batches` to one partition in one request with `acks` = written; returns that
+/// entry's result (which may hold an inline error).
 ///
 /// # Panics
 ///
 /// If the whole request fails.
 pub async fn produce(
+    b: &Connection,
+    topic: &str,
+    partition: u32,
+    batches: Vec<Bytes>,
+) -> pb::ProducePartitionResult {
+    produce_acked(b, topic, partition, pb::Acks::Written, batches).await
+}
+
+/// Produces `batches` to one partition in one request with the given `acks`; returns that
+/// entry's result (which may hold an inline error).
+///
+/// # Panics
+///
+/// If the whole request fails.
+pub async fn produce_acked(
     b: &Connection,
     topic: &str,
     partition: u32,

@@ -43,7 +43,7 @@ async fn create_list_describe_and_delete_a_topic() {
         .collect();
     assert_eq!(names, [("alpha", 1), ("orders", 3)]);
 
-    produce(&b, "orders", 1, pb::Acks::Written, vec![batch(5, 1_000)]).await;
+    produce(&b, "orders", 1, vec![batch(5, 1_000)]).await;
     let d = describe_topic(&b, "orders").await;
     let p1 = &d.partitions[1];
     assert_eq!(
@@ -223,7 +223,7 @@ async fn alter_topic_config_takes_effect_without_restart() {
 
     let big = batch(20, 1_000);
     assert!(big.len() > 200);
-    let r = produce(&b, "t", 0, pb::Acks::Written, vec![big.clone()]).await;
+    let r = produce(&b, "t", 0, vec![big.clone()]).await;
     assert_inline(
         r.error.as_ref(),
         ErrorCode::BatchTooLarge,
@@ -247,7 +247,7 @@ async fn alter_topic_config_takes_effect_without_restart() {
         .into_inner();
     assert_eq!(reset.config_overrides, ["segment_ms"]);
     assert_eq!(reset.config.unwrap().max_batch_bytes, Some(1 << 20));
-    let r = produce(&b, "t", 0, pb::Acks::Written, vec![big]).await;
+    let r = produce(&b, "t", 0, vec![big]).await;
     assert!(r.error.is_none(), "{:?}", r.error);
 
     // Invalid changes change nothing.
@@ -295,7 +295,7 @@ async fn alter_topic_config_takes_effect_without_restart() {
 async fn create_partitions_grows_a_topic() {
     let b = TestBroker::start().await;
     create_topic(&b, "t", 2).await;
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch(3, 1_000)]).await;
+    produce(&b, "t", 1, vec![batch(3, 1_000)]).await;
     let mut admin = b.admin();
     let grow = |n| pb::CreatePartitionsRequest {
         topic: "t".into(),
@@ -326,7 +326,7 @@ async fn create_partitions_grows_a_topic() {
         ErrorCode::InvalidPartitionCount,
         "partition_count 3 is below the current count 4 of topic \"t\"",
     );
-    let r = produce(&b, "t", 3, pb::Acks::Written, vec![batch(2, 1_000)]).await;
+    let r = produce(&b, "t", 3, vec![batch(2, 1_000)]).await;
     assert_eq!(r.batches[0].base_offset, 0);
     assert_eq!(fetch_all(&b, "t", 1, 0).await.len(), 1);
 }
@@ -353,7 +353,7 @@ async fn topics_and_config_survive_a_restart() {
         })
         .await
         .unwrap();
-    produce(&b, "t", 2, pb::Acks::Written, vec![batch(4, 1_000)]).await;
+    produce(&b, "t", 2, vec![batch(4, 1_000)]).await;
     let b = b.restart().await;
     let d = within(describe_topic(&b, "t")).await;
     assert_eq!(d.partition_count, 3);

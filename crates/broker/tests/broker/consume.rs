@@ -26,7 +26,7 @@ async fn a_long_poll_wakes_on_new_data() {
     // before its 30 s wait is over; `within` only bounds the test.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poll.is_finished());
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch(3, 1_000)]).await;
+    produce(&b, "t", 1, vec![batch(3, 1_000)]).await;
     let resp = within(poll).await.unwrap().unwrap().into_inner();
     assert!(resp.results[0].batches.is_empty());
     assert_eq!(resp.results[1].batches.len(), 1);
@@ -39,7 +39,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
     let b = TestBroker::start_with(|c| c.limits.fetch_max_wait_ms = 1_000).await;
     create_topic(&b, "t", 1).await;
     for _ in 0..4 {
-        produce(&b, "t", 0, pb::Acks::Written, vec![batch(10, 1_000)]).await;
+        produce(&b, "t", 0, vec![batch(10, 1_000)]).await;
     }
     let mut consume = b.consume();
     let resp = consume
@@ -144,8 +144,8 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
 async fn subscribe_pushes_new_batches_from_each_start_position() {
     let b = TestBroker::start().await;
     create_topic(&b, "t", 1).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(5, 1_000)]).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(5, 5_000)]).await;
+    produce(&b, "t", 0, vec![batch(5, 1_000)]).await;
+    produce(&b, "t", 0, vec![batch(5, 5_000)]).await;
 
     let mut latest = subscribe(&b, "t", 0, None).await;
     let first = within(latest.next()).await.unwrap().unwrap();
@@ -185,7 +185,7 @@ async fn subscribe_pushes_new_batches_from_each_start_position() {
     );
 
     // A new batch is pushed to the live subscriber.
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(2, 9_000)]).await;
+    produce(&b, "t", 0, vec![batch(2, 9_000)]).await;
     let r = within(latest.next()).await.unwrap().unwrap();
     assert_eq!(r.batches.len(), 1);
     assert_eq!(r.next_offset, 12);
@@ -240,8 +240,8 @@ async fn deleting_a_topic_ends_its_subscriptions_with_not_found() {
 async fn list_offsets_finds_boundaries_and_times() {
     let b = TestBroker::start().await;
     create_topic(&b, "t", 1).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(5, 1_000)]).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(5, 2_000)]).await;
+    produce(&b, "t", 0, vec![batch(5, 1_000)]).await;
+    produce(&b, "t", 0, vec![batch(5, 2_000)]).await;
     let q = |query| pb::OffsetQuery {
         topic: "t".into(),
         partition: 0,

@@ -800,8 +800,8 @@ async fn commits_from_members_that_do_not_own_the_partition_are_fenced() {
 async fn describe_reports_members_offsets_and_lag_clamped_by_retention() {
     let b = group_broker().await;
     create_topic(&b, "t", 2).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(10, 1_000)]).await;
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch(3, 1_000)]).await;
+    produce(&b, "t", 0, vec![batch(10, 1_000)]).await;
+    produce(&b, "t", 1, vec![batch(3, 1_000)]).await;
     let r = commit(&b, "standalone", "", 0, &[("t", 0, 4), ("t", 1, 3)])
         .await
         .unwrap();
@@ -845,14 +845,7 @@ async fn describe_reports_members_offsets_and_lag_clamped_by_retention() {
         .await
         .unwrap();
     for i in 0..12 {
-        produce(
-            &b,
-            "short",
-            0,
-            pb::Acks::Written,
-            vec![batch(20, 1_000 + i)],
-        )
-        .await;
+        produce(&b, "short", 0, vec![batch(20, 1_000 + i)]).await;
     }
     commit(&b, "standalone", "", 0, &[("short", 0, 0)])
         .await
@@ -940,9 +933,9 @@ async fn committed(b: &TestBroker, group: &str) -> BTreeMap<u32, Option<u64>> {
 async fn reset_offsets_plans_dry_runs_and_applies_and_respects_members() {
     let b = group_broker().await;
     create_topic(&b, "t", 2).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(10, 1_000)]).await;
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch(10, 5_000)]).await;
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch(4, 1_000)]).await;
+    produce(&b, "t", 0, vec![batch(10, 1_000)]).await;
+    produce(&b, "t", 0, vec![batch(10, 5_000)]).await;
+    produce(&b, "t", 1, vec![batch(4, 1_000)]).await;
     commit(&b, "g", "", 0, &[("t", 0, 12)]).await.unwrap();
     let all_t = || {
         vec![pb::TopicPartitions {

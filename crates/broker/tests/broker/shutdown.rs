@@ -1,6 +1,6 @@
 //! Graceful shutdown: streams end with UNAVAILABLE, logs close cleanly, nothing is lost.
 
-use runnel_proto::pb::{self, ErrorCode};
+use runnel_proto::pb::ErrorCode;
 use tokio_stream::StreamExt as _;
 
 use runnel_test_support::prelude::*;
@@ -10,7 +10,7 @@ async fn shutdown_ends_subscriptions_and_closes_logs_cleanly() {
     let mut b = TestBroker::start().await;
     create_topic(&b, "t", 2).await;
     for p in 0..2 {
-        produce(&b, "t", p, pb::Acks::Written, vec![batch(10, 1_000)]).await;
+        produce(&b, "t", p, vec![batch(10, 1_000)]).await;
     }
     let mut s = subscribe(&b, "t", 0, None).await;
     within(s.next()).await.unwrap().unwrap();

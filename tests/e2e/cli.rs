@@ -5,30 +5,15 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Broker, PATIENCE, free_addr, runnel};
+use crate::harness::{Broker, free_addr, runnel, runnel_command, wait_bounded};
 
 /// A `runnel` command with a clean environment, talking to `b`.
 fn cli(b: &Broker) -> Command {
-    let mut cmd = bare();
+    let mut cmd = runnel_command();
     cmd.arg("--broker").arg(b.grpc.to_string());
-    cmd
-}
-
-/// A `runnel` command without RUNNEL_* variables or a config file from the caller.
-fn bare() -> Command {
-    let mut cmd = Command::new(runnel());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RUNNEL_") {
-            cmd.env_remove(&key);
-        }
-    }
-    // No profile file of the person running the tests.
-    cmd.env("XDG_CONFIG_HOME", "/nonexistent-runnel-test-config");
-    cmd.stdin(Stdio::null());
     cmd
 }
 
@@ -298,11 +283,11 @@ async fn cli_errors_are_one_line_with_distinct_exit_codes() {
         assert_error(args, &run(&b, args), code, needle);
     }
     let args = ["--profile", "nope", "topic", "list"];
-    let out = bare().args(args).output().expect("run runnel");
+    let out = runnel_command().args(args).output().expect("run runnel");
     assert_error(&args, &out, 3, "profile \"nope\" not found");
     // No broker there: exit 4.
     let args = ["--broker", &free_addr().to_string(), "topic", "list"];
-    let out = bare().args(args).output().expect("run runnel");
+    let out = runnel_command().args(args).output().expect("run runnel");
     assert_error(&args, &out, 4, "broker unreachable at");
     // --if-exists and --if-not-exists succeed.
     run_ok(&b, &["topic", "delete", "missing", "--if-exists"]);
@@ -423,14 +408,15 @@ async fn cli_follow_waits_for_new_records_and_count_stops_it() {
     run_ok(&b, &["topic", "create", "f"]);
     let args = ["produce", "f", "-q"];
     ok(&args, &run_with_input(&b, &args, b"a\nb\n"));
-    let child = cli(&b)
+    let mut child = cli(&b)
         .args(["consume", "f", "--follow", "--count", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn runnel");
     ok(&args, &run_with_input(&b, &args, b"c\nd\ne\n"));
-    let out = wait_bounded(child);
+    wait_bounded(&mut child);
+    let out = child.wait_with_output().expect("output");
     assert_eq!(ok(&["consume", "--follow"], &out), "a\nb\nc\nd\n");
     assert!(out.stderr.is_empty());
     // Without --follow it stops at the log end.
@@ -511,7 +497,7 @@ async fn cli_topic_lifecycle_binary_values_and_profiles() {
         format!("[profiles.test]\nbroker = \"{}\"\n", b.grpc),
     )
     .expect("write config");
-    let out = bare()
+    let out = runnel_command()
         .args([
             "--config",
             path(&config),
@@ -523,7 +509,7 @@ async fn cli_topic_lifecycle_binary_values_and_profiles() {
         .output()
         .expect("run runnel");
     assert!(ok(&["--profile"], &out).contains("life"));
-    let out = bare()
+    let out = runnel_command()
         .env("RUNNEL_PROFILE", "test")
         .env("RUNNEL_CLI_CONFIG", &config)
         .args(["topic", "list"])
@@ -537,19 +523,4 @@ async fn cli_topic_lifecycle_binary_values_and_profiles() {
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
-}
-
-/// Waits for a child within [`PATIENCE`], killing it and failing otherwise.
-fn wait_bounded(mut child: std::process::Child) -> Output {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            panic!("runnel did not exit within {PATIENCE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -6,17 +6,13 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use runnel_proto::pb::{self, group_service_client::GroupServiceClient};
-use tonic::transport::Channel;
+use runnel_proto::pb;
 
 use crate::harness::*;
 
-fn groups(b: &Broker) -> GroupServiceClient<Channel> {
-    GroupServiceClient::new(b.channel())
-}
-
 async fn commit(b: &Broker, group: &str, offsets: &[(u32, u64, &str)]) {
-    let r = groups(b)
+    let r = b
+        .groups()
         .commit_offsets(pb::CommitOffsetsRequest {
             group: group.into(),
             member_id: String::new(),
@@ -38,7 +34,7 @@ async fn commit(b: &Broker, group: &str, offsets: &[(u32, u64, &str)]) {
 }
 
 async fn fetch(b: &Broker, group: &str) -> BTreeMap<u32, (u64, String)> {
-    groups(b)
+    b.groups()
         .fetch_offsets(pb::FetchOffsetsRequest {
             group: group.into(),
             partitions: vec![],
@@ -79,7 +75,7 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     let b = Broker::start_with(&["--set", "groups.lag_refresh_interval_ms=100"]).await;
     create_topic(&b, "t", 3).await;
     for (p, n) in [(0, 10), (1, 20), (2, 30)] {
-        produce(&b, "t", p, pb::Acks::Written, vec![batch_of("r", 0, n)]).await;
+        produce(&b, "t", p, vec![batch_of("r", 0, n)]).await;
     }
     commit(&b, "g", &[(0, 3, "three"), (1, 20, ""), (2, 25, "")]).await;
     commit(&b, "other", &[(0, 10, "done")]).await;
@@ -139,7 +135,8 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     assert_eq!(age("g", 1), Some(0.0), "no lag, no age");
 
     // DescribeGroup agrees with the gauges.
-    let d = groups(&b)
+    let d = b
+        .groups()
         .describe_group(pb::DescribeGroupRequest { group: "g".into() })
         .await
         .unwrap()
@@ -148,8 +145,8 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     assert_eq!(lags, [Some(7), Some(0), Some(3)]);
 
     // New records raise the lag; a deleted group's series disappear.
-    produce(&b, "t", 1, pb::Acks::Written, vec![batch_of("r", 20, 5)]).await;
-    groups(&b)
+    produce(&b, "t", 1, vec![batch_of("r", 20, 5)]).await;
+    b.groups()
         .delete_group(pb::DeleteGroupRequest {
             group: "other".into(),
         })

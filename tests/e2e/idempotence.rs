@@ -17,25 +17,11 @@ async fn a_retried_batch_returns_its_original_offsets_and_is_stored_once() {
     let id = init.producer_id;
     let mut originals = Vec::new();
     for seq in 0..5 {
-        let r = produce(
-            &b,
-            "t",
-            0,
-            pb::Acks::Written,
-            vec![idempotent_batch(4, id, 0, seq * 4)],
-        )
-        .await;
+        let r = produce(&b, "t", 0, vec![idempotent_batch(4, id, 0, seq * 4)]).await;
         originals.push(r.batches[0]);
     }
     // A retry in the same broker life.
-    let r = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(4, id, 0, 8)],
-    )
-    .await;
+    let r = produce(&b, "t", 0, vec![idempotent_batch(4, id, 0, 8)]).await;
     assert_eq!(
         r.batches[0],
         pb::BatchResult {
@@ -48,14 +34,7 @@ async fn a_retried_batch_returns_its_original_offsets_and_is_stored_once() {
     b.kill9();
     let b = b.start_again().await;
     for seq in 0..5 {
-        let r = produce(
-            &b,
-            "t",
-            0,
-            pb::Acks::Written,
-            vec![idempotent_batch(4, id, 0, seq * 4)],
-        )
-        .await;
+        let r = produce(&b, "t", 0, vec![idempotent_batch(4, id, 0, seq * 4)]).await;
         assert!(r.error.is_none(), "{r:?}");
         assert_eq!(
             r.batches[0],
@@ -67,14 +46,7 @@ async fn a_retried_batch_returns_its_original_offsets_and_is_stored_once() {
     }
     // And after a clean restart too.
     let b = b.restart().await;
-    let r = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(4, id, 0, 16)],
-    )
-    .await;
+    let r = produce(&b, "t", 0, vec![idempotent_batch(4, id, 0, 16)]).await;
     assert_eq!(
         r.batches[0],
         pb::BatchResult {
@@ -82,14 +54,7 @@ async fn a_retried_batch_returns_its_original_offsets_and_is_stored_once() {
             ..originals[4]
         }
     );
-    let next = produce(
-        &b,
-        "t",
-        0,
-        pb::Acks::Written,
-        vec![idempotent_batch(4, id, 0, 20)],
-    )
-    .await;
+    let next = produce(&b, "t", 0, vec![idempotent_batch(4, id, 0, 20)]).await;
     assert_eq!(
         (next.batches[0].base_offset, next.batches[0].duplicate),
         (20, false)

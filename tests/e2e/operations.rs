@@ -7,7 +7,7 @@ use runnel_proto::pb;
 use crate::harness::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = command();
+    let mut cmd = runneld_command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -117,7 +117,7 @@ async fn sigint_shuts_down_cleanly_and_json_logs_record_the_life_of_the_broker()
 async fn metrics_are_served_in_prometheus_format() {
     let b = Broker::start().await;
     create_topic(&b, "t", 2).await;
-    produce(&b, "t", 1, pb::Acks::Durable, vec![batch_of("m", 0, 10)]).await;
+    produce_acked(&b, "t", 1, pb::Acks::Durable, vec![batch_of("m", 0, 10)]).await;
     fetch_all(&b, "t", 1, 0).await;
     let text = b.scrape_metrics();
     for needle in [

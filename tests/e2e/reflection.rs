@@ -4,10 +4,9 @@
 
 use prost::Message as _;
 use prost_types::{FileDescriptorProto, FileDescriptorSet};
-use tokio_stream::StreamExt as _;
-use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::harness::*;
+use runnel_test_support::reflection::{SERVICES, reflect_v1, reflect_v1alpha};
 
 /// Every `package.Service/Method` of a descriptor set.
 fn methods(files: &[FileDescriptorProto]) -> Vec<String> {
@@ -26,16 +25,7 @@ fn methods(files: &[FileDescriptorProto]) -> Vec<String> {
 
 #[tokio::test]
 async fn reflection_lists_and_describes_every_method() {
-    use v1::server_reflection_client::ServerReflectionClient;
-    use v1::server_reflection_request::MessageRequest;
-    use v1::server_reflection_response::MessageResponse;
-
     let b = Broker::start().await;
-    let mut client = ServerReflectionClient::new(b.channel());
-    let ask = |m| v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(m),
-    };
     let services = [
         "runnel.v1.AdminService",
         "runnel.v1.ProduceService",
@@ -43,54 +33,15 @@ async fn reflection_lists_and_describes_every_method() {
         "runnel.v1.GroupService",
         "grpc.health.v1.Health",
     ];
-    let mut requests = vec![ask(MessageRequest::ListServices(String::new()))];
-    requests.extend(
-        services
-            .iter()
-            .map(|s| ask(MessageRequest::FileContainingSymbol((*s).into()))),
-    );
-    let mut responses = within(client.server_reflection_info(tokio_stream::iter(requests)))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = reflect_v1(&b, &services).await;
+    assert_eq!(r.services, SERVICES);
 
-    let Some(MessageResponse::ListServicesResponse(list)) = within(responses.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-    else {
-        panic!("expected the service list");
-    };
-    let mut listed: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    listed.sort();
-    assert_eq!(
-        listed,
-        [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-            "runnel.v1.AdminService",
-            "runnel.v1.ConsumeService",
-            "runnel.v1.GroupService",
-            "runnel.v1.ProduceService",
-        ]
-    );
-
-    let mut described = Vec::new();
-    for service in services {
-        let Some(MessageResponse::FileDescriptorResponse(r)) = within(responses.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .message_response
-        else {
-            panic!("expected descriptors for {service}");
-        };
-        for bytes in r.file_descriptor_proto {
-            described.push(FileDescriptorProto::decode(bytes.as_slice()).unwrap());
-        }
-    }
+    let described: Vec<FileDescriptorProto> = r
+        .files
+        .iter()
+        .flatten()
+        .map(|bytes| FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .collect();
     let got = methods(&described);
     let expected = methods(
         &FileDescriptorSet::decode(runnel_proto::FILE_DESCRIPTOR_SET)
@@ -116,37 +67,8 @@ async fn reflection_lists_and_describes_every_method() {
 
 #[tokio::test]
 async fn reflection_v1alpha_serves_the_same_services() {
-    use v1alpha::server_reflection_client::ServerReflectionClient;
-    use v1alpha::server_reflection_request::MessageRequest;
-    use v1alpha::server_reflection_response::MessageResponse;
-
     let b = Broker::start().await;
-    let mut client = ServerReflectionClient::new(b.channel());
-    let requests = vec![
-        v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "runnel.v1.ConsumeService.Subscribe".into(),
-            )),
-        },
-    ];
-    let mut responses = within(client.server_reflection_info(tokio_stream::iter(requests)))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = within(responses.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-    else {
-        panic!("expected the service list");
-    };
-    let listed: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let r = reflect_v1alpha(&b, &["runnel.v1.ConsumeService.Subscribe"]).await;
     for s in [
         "runnel.v1.AdminService",
         "runnel.v1.ProduceService",
@@ -154,15 +76,8 @@ async fn reflection_v1alpha_serves_the_same_services() {
         "runnel.v1.GroupService",
         "grpc.health.v1.Health",
     ] {
+        let listed = &r.services;
         assert!(listed.iter().any(|l| l == s), "{s} not in {listed:?}");
     }
-    let Some(MessageResponse::FileDescriptorResponse(r)) = within(responses.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-    else {
-        panic!("expected descriptors");
-    };
-    assert!(!r.file_descriptor_proto.is_empty());
+    assert!(!r.files[0].is_empty());
 }

@@ -33,7 +33,7 @@ async fn a_long_poll_wakes_on_new_data() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poll.is_finished(), "the poll waits for data");
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("x", 0, 3)]).await;
+    produce(&b, "t", 0, vec![batch_of("x", 0, 3)]).await;
     let started = Instant::now();
     let r = within(poll)
         .await
@@ -53,20 +53,10 @@ async fn a_long_poll_wakes_on_new_data() {
 async fn subscribe_delivers_a_new_record_promptly() {
     let b = Broker::start().await;
     create_topic(&b, "t", 1).await;
-    let mut s = b
-        .consume()
-        .subscribe(pb::SubscribeRequest {
-            topic: "t".into(),
-            partition: 0,
-            start: None,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = subscribe(&b, "t", 0, None).await;
     assert_eq!(within(s.next()).await.unwrap().unwrap().next_offset, 0);
     let sent = Instant::now();
-    produce(&b, "t", 0, pb::Acks::Written, vec![batch_of("new", 0, 1)]).await;
+    produce(&b, "t", 0, vec![batch_of("new", 0, 1)]).await;
     let r = within(s.next()).await.unwrap().unwrap();
     eprintln!(
         "subscription delivered {:?} after the produce started",

@@ -11,6 +11,8 @@ use runnel_format::BatchHeader;
 use super::proxy::Proxy;
 use super::{client, client_at};
 use crate::harness::*;
+use runnel_proto::pb;
+use runnel_test_support::errors::expected_status;
 
 /// Values of every record stored in a partition, in offset order.
 async fn stored_values(b: &Broker, topic: &str, partition: u32) -> Vec<String> {
@@ -266,7 +268,10 @@ async fn errors_are_typed_and_the_buffer_is_bounded() {
         .await
         .expect_err("unknown topic");
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
-    assert_eq!(err.grpc_status(), Some(tonic::Code::NotFound));
+    assert_eq!(
+        err.grpc_status(),
+        Some(expected_status(pb::ErrorCode::UnknownTopic))
+    );
     assert!(err.broker_message().is_some_and(|m| m.contains("nope")));
     assert!(!err.is_retriable());
     // A partition the topic lacks.

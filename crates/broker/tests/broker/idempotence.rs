@@ -1,9 +1,8 @@
 //! Idempotent producers: InitProducer, retries, sequence errors and fencing.
 
 use runnel_proto::pb::{self, ErrorCode};
-use tonic::Code;
 
-use crate::common::*;
+use runnel_test_support::prelude::*;
 
 async fn init(
     b: &TestBroker,
@@ -85,26 +84,11 @@ async fn a_retried_batch_gets_its_original_offsets_and_is_stored_once() {
         );
     }
     let e = init(&b, Some(id), Some(0)).await.unwrap_err();
-    assert_status(
-        &e,
-        Code::FailedPrecondition,
-        ErrorCode::ProducerFenced,
-        "epoch 0 is fenced",
-    );
+    assert_status(&e, ErrorCode::ProducerFenced, "epoch 0 is fenced");
     let e = init(&b, Some(id), Some(5)).await.unwrap_err();
-    assert_status(
-        &e,
-        Code::FailedPrecondition,
-        ErrorCode::UnknownProducer,
-        "never issued",
-    );
+    assert_status(&e, ErrorCode::UnknownProducer, "never issued");
     let e = init(&b, Some(id), None).await.unwrap_err();
-    assert_status(
-        &e,
-        Code::InvalidArgument,
-        ErrorCode::InvalidRequest,
-        "producer_epoch",
-    );
+    assert_status(&e, ErrorCode::InvalidRequest, "producer_epoch");
     let fresh = produce(&b, "t", 0, vec![idempotent_batch(2, id, 1, 0)]).await;
     assert_eq!(fresh.batches[0].base_offset, 5);
 }

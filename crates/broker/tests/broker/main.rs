@@ -1,8 +1,6 @@
 //! In-process tests of the broker: `run` on `127.0.0.1:0` with a temporary data directory,
 //! driven over gRPC with the generated clients. One module per area.
 
-mod common;
-
 mod admin;
 mod consume;
 mod groups;

@@ -1,10 +1,9 @@
 //! Graceful shutdown: streams end with UNAVAILABLE, logs close cleanly, nothing is lost.
 
-use runnel_proto::pb::{self, ErrorCode};
+use runnel_proto::pb::ErrorCode;
 use tokio_stream::StreamExt as _;
-use tonic::Code;
 
-use crate::common::*;
+use runnel_test_support::prelude::*;
 
 #[tokio::test]
 async fn shutdown_ends_subscriptions_and_closes_logs_cleanly() {
@@ -13,26 +12,11 @@ async fn shutdown_ends_subscriptions_and_closes_logs_cleanly() {
     for p in 0..2 {
         produce(&b, "t", p, vec![batch(10, 1_000)]).await;
     }
-    let mut s = b
-        .consume()
-        .subscribe(pb::SubscribeRequest {
-            topic: "t".into(),
-            partition: 0,
-            start: None,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = subscribe(&b, "t", 0, None).await;
     within(s.next()).await.unwrap().unwrap();
     b.signal_stop();
     let e = within(s.next()).await.unwrap().unwrap_err();
-    assert_status(
-        &e,
-        Code::Unavailable,
-        ErrorCode::BrokerShuttingDown,
-        "shutting down",
-    );
+    assert_status(&e, ErrorCode::BrokerShuttingDown, "shutting down");
     let (config, _dir) = b.stop().await;
     for p in 0..2 {
         let marker =
@@ -47,7 +31,7 @@ async fn health_turns_not_serving_at_shutdown_and_watchers_do_not_hold_it_up() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let mut b = TestBroker::start_with(|c| c.shutdown.deadline_ms = 60_000).await;
-    let mut watch = HealthClient::new(b.channel.clone())
+    let mut watch = HealthClient::new(b.channel())
         .watch(HealthCheckRequest {
             service: "runnel.v1.ProduceService".into(),
         })

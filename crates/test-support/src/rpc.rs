@@ -1,0 +1,157 @@
+//! Requests that tests send again and again, against either harness (both dereference to a [`Connection`]).
+
+use bytes::Bytes;
+use runnel_proto::pb::{self, start_position::Position};
+
+use crate::Connection;
+
+/// Creates a topic with `partitions` partitions and the broker's default config.
+///
+/// # Panics
+///
+/// If the broker refuses it.
+pub async fn create_topic(b: &Connection, topic: &str, partitions: u32) {
+    b.admin()
+        .create_topic(pb::CreateTopicRequest {
+            topic: topic.into(),
+            partition_count: partitions,
+            config: None,
+        })
+        .await
+        .expect("create topic");
+}
+
+/// Describes a topic.
+///
+/// # Panics
+///
+/// If the broker refuses (the topic does not exist, for one).
+pub async fn describe_topic(b: &Connection, topic: &str) -> pb::TopicDescription {
+    let request = pb::DescribeTopicRequest {
+        topic: topic.into(),
+    };
+    let response = b
+        .admin()
+        .describe_topic(request)
+        .await
+        .expect("describe topic");
+    response.into_inner().topic.expect("a description")
+}
+
+/// A produce entry of `batches` for one partition.
+pub fn entry(partition: u32, batches: Vec<Bytes>) -> pb::ProducePartition {
+    pb::ProducePartition {
+        partition: Some(partition),
+        partition_key: None,
+        batches,
+    }
+}
+
+/// A produce request with request id 1.
+pub fn produce_request(
+    topic: &str,
+    acks: pb::Acks,
+    partitions: Vec<pb::ProducePartition>,
+) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        request_id: 1,
+        topic: topic.into(),
+        acks: acks as i32,
+        partitions,
+    }
+}
+
+/// Produces `batches` to one partition in one request with `acks` = written; returns that
+/// entry's result (which may hold an inline error).
+///
+/// # Panics
+///
+/// If the whole request fails.
+pub async fn produce(
+    b: &Connection,
+    topic: &str,
+    partition: u32,
+    batches: Vec<Bytes>,
+) -> pb::ProducePartitionResult {
+    produce_acked(b, topic, partition, pb::Acks::Written, batches).await
+}
+
+/// Produces `batches` to one partition in one request with the given `acks`; returns that
+/// entry's result (which may hold an inline error).
+///
+/// # Panics
+///
+/// If the whole request fails.
+pub async fn produce_acked(
+    b: &Connection,
+    topic: &str,
+    partition: u32,
+    acks: pb::Acks,
+    batches: Vec<Bytes>,
+) -> pb::ProducePartitionResult {
+    let request = produce_request(topic, acks, vec![entry(partition, batches)]);
+    let response = b.produce().produce(request).await.expect("produce");
+    let result = response.into_inner().results.into_iter().next();
+    result.expect("one result per entry")
+}
+
+/// A `Fetch` entry for one partition from `offset`, without a byte limit of its own.
+pub fn fetch_partition(topic: &str, partition: u32, offset: u64) -> pb::FetchPartition {
+    pb::FetchPartition {
+        topic: topic.into(),
+        partition,
+        offset,
+        max_bytes: 0,
+    }
+}
+
+/// Reads a partition from `offset` to its end with `Fetch`; returns the stored batches.
+///
+/// # Panics
+///
+/// If a fetch fails, as a whole or for the partition.
+pub async fn fetch_all(b: &Connection, topic: &str, partition: u32, offset: u64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut consume = b.consume();
+    let mut offset = offset;
+    loop {
+        let request = pb::FetchRequest {
+            partitions: vec![fetch_partition(topic, partition, offset)],
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 0,
+        };
+        let response = consume.fetch(request).await.expect("fetch").into_inner();
+        let r = response.results.into_iter().next().expect("one result");
+        assert!(r.error.is_none(), "fetch error {:?}", r.error);
+        if r.batches.is_empty() {
+            return out;
+        }
+        offset = r.next_offset;
+        out.extend(r.batches);
+    }
+}
+
+/// Opens a `Subscribe` stream on one partition from `start` (the broker's default when
+/// `None`).
+///
+/// # Panics
+///
+/// If the broker refuses the subscription.
+pub async fn subscribe(
+    b: &Connection,
+    topic: &str,
+    partition: u32,
+    start: Option<Position>,
+) -> tonic::Streaming<pb::SubscribeResponse> {
+    b.consume()
+        .subscribe(pb::SubscribeRequest {
+            topic: topic.into(),
+            partition,
+            start: start.map(|p| pb::StartPosition { position: Some(p) }),
+            max_bytes: 0,
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
+}

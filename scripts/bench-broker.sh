@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
-# machine's own limits, in one run: `runnel bench cpu`, `disk`, `net`, `sync` and `paced`
+# machine's own limits, in one run: `runnel-bench cpu`, `disk`, `net`, `sync` and `paced`
 # (time the machine keeps from spinning threads, plain sequential write + fdatasync, plain
 # loopback TCP, the group commit of a minimal thread-per-connection program, and a minimal
 # program's write latency at the latency rows' rate), then every broker figure,
@@ -43,12 +43,13 @@ SETTLE_LOST=${SETTLE_LOST:-5}
 SETTLE_MAX=${SETTLE_MAX:-60}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  cargo build --release -p runnel-cli -p runnel-broker
+  cargo build --release -p runnel-cli -p runnel-broker -p runnel-bench
 fi
 # Copies, so that a build during the run cannot swap the binaries under it.
 mkdir -p "$BENCH_DIR/bin"
-cp target/release/runnel target/release/runneld "$BENCH_DIR/bin/"
+cp target/release/runnel target/release/runneld target/release/runnel-bench "$BENCH_DIR/bin/"
 RUNNEL=$BENCH_DIR/bin/runnel
+RUNNEL_BENCH=$BENCH_DIR/bin/runnel-bench
 RUNNELD=$BENCH_DIR/bin/runneld
 
 quiet_machine() {
@@ -93,7 +94,7 @@ settle_deletes() {
 settle_host() {
   local waited=0 lost
   while ((waited < SETTLE_MAX)); do
-    lost=$("$RUNNEL" --output json bench cpu --duration 2s |
+    lost=$("$RUNNEL_BENCH" --output json cpu --duration 2s |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["details"]["lost_percent"])')
     python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' \
       "$lost" "$SETTLE_LOST" && break
@@ -116,7 +117,7 @@ run() {
   local load
   load=$(cut -d' ' -f1 /proc/loadavg)
   local json
-  json=$("$RUNNEL" --broker "127.0.0.1:$PORT" --output json bench "$@" --quiet)
+  json=$("$RUNNEL_BENCH" --broker "127.0.0.1:$PORT" --output json "$@" --quiet)
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"name":sys.argv[2],"round":int(sys.argv[3]),"load":float(sys.argv[4]),"settled_s":int(sys.argv[5]),"result":r}))' \
     "$json" "$name" "$round" "$load" "$settled" >>"$RESULTS"
   echo "$name round $round (load $load, settled ${settled}s): $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["latency_ms"] or {}; print("%.0f rec/s, %.1f MB/s, p99 %s ms%s" % (r["records_per_sec"], r["mb_per_sec"], l.get("p99", "-"), ", %.2f%% lost" % r["details"]["lost_percent"] if "lost_percent" in r["details"] else ""))' "$json")" >&2

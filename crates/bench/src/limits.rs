@@ -39,8 +39,8 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::BenchArgs;
-use super::report::{Latency, Report, micros_histogram};
+use crate::args::BenchArgs;
+use crate::report::{Latency, Report, micros_histogram};
 
 const BUF: usize = 1 << 20;
 
@@ -712,7 +712,7 @@ mod tests {
     use super::*;
 
     fn args(argv: &[&str]) -> BenchArgs {
-        super::super::parse_args(argv).unwrap()
+        crate::args::parse_args(argv).unwrap()
     }
 
     #[test]

@@ -216,7 +216,6 @@ if runs.get("cpu"):
     gmax = lambda r: (r["result"]["latency_ms"] or {}).get("max", 0.0)
     print(f"| cpu: time kept from {runs['cpu'][0]['result']['config']['threads']} spinning threads | {fmt(med('cpu', lost), ' %', 2)}, longest gap {fmt(med('cpu', gmax), ' ms', 1)} | - | - | {fmt(med('cpu', load), '', 2)} |")
 if disk: print(f"| disk: 1 MiB writes + fdatasync | {fmt(disk, ' MB/s')} | - | - | {fmt(med('disk', load), '', 2)} |")
-if disk: print(f"| disk: 1 KiB write + fdatasync, p50 | {fmt(med('disk', lambda r: r['result']['latency_ms']['p50']), ' ms', 3)} | - | - | |")
 if net: print(f"| net: loopback TCP, 1 connection | {fmt(net, ' MB/s')} | - | - | {fmt(med('net', load), '', 2)} |")
 def row(label, name, f, unit, limit, limit_name, digits=0, limit_unit=" MB/s"):
     m = med(name, f)

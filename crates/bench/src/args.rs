@@ -17,7 +17,7 @@ pub enum Mode {
     Consume,
     /// Producers and consumers at once: end-to-end latency.
     E2e,
-    /// The machine's sequential write speed and fdatasync latency (no broker).
+    /// The machine's sequential write speed (no broker).
     Disk,
     /// The machine's loopback TCP speed (no broker).
     Net,
@@ -135,9 +135,6 @@ pub struct BenchArgs {
     /// directory's filesystem.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// `disk`: number of 1 KiB write + fdatasync rounds of the latency probe.
-    #[arg(long, default_value_t = 2000)]
-    pub fsyncs: u32,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,

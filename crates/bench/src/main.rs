@@ -8,7 +8,7 @@
 //! | `produce` | `--producers` producers, each its own connection and `Producer` | acknowledged records/s and MB/s; produce-to-ack latency |
 //! | `consume` | tops the topic up to `--records` if needed (not timed), then `--consumers` consumers read it from the start | consumed records/s and MB/s |
 //! | `e2e` | producers and consumers at once; consumers start at the log end | consumed records/s; produce-to-consume latency (and produce-to-ack) |
-//! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
+//! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync` | MB/s |
 //! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
 //! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
 //! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir`, answers it and passes it on to a consumer thread: a minimal program, no broker | records/s; message-to-consumer latency (and message-to-answer) |
@@ -90,7 +90,7 @@ pub(crate) enum Command {
     Consume(BenchArgs),
     /// Producers and consumers at once: end-to-end latency
     E2e(BenchArgs),
-    /// The machine's sequential write speed and fdatasync latency (no broker)
+    /// The machine's sequential write speed, one fdatasync included (no broker)
     Disk(BenchArgs),
     /// The machine's loopback TCP speed (no broker)
     Net(BenchArgs),

@@ -173,3 +173,71 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
         "--cleanup deleted the topic: {topics:?}"
     );
 }
+
+#[test]
+fn bench_startup_stops_opens_and_recovers_the_real_broker_and_reports_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(runnel_bench())
+        .args(["--output", "json", "startup", "--runneld"])
+        .arg(harness::runneld())
+        .arg("--dir")
+        .arg(dir.path())
+        .args([
+            "--partitions",
+            "8",
+            "--bytes",
+            "1MiB",
+            "--bytes-per-partition",
+            "512KiB",
+            "--rounds",
+            "2",
+            "--quiet",
+        ])
+        .output()
+        .expect("run runnel-bench startup");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runnel-bench startup failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(v["mode"], "startup");
+    let scenarios = v["scenarios"].as_array().expect("scenarios");
+    let names: Vec<_> = scenarios.iter().map(|s| s["scenario"].clone()).collect();
+    assert_eq!(names, ["clean", "kill9-large", "kill9-torn"], "{v}");
+    for s in scenarios {
+        let rounds = s["rounds"].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2, "{s}");
+        for r in rounds {
+            assert!(r["open_seconds"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        }
+        assert!(s["open_seconds"]["median"].as_f64().is_some(), "{s}");
+        assert_eq!(s["records_recovered"], s["records"], "nothing lost: {s}");
+    }
+    let (clean, large, torn) = (&scenarios[0], &scenarios[1], &scenarios[2]);
+    assert_eq!(clean["partitions"], 8);
+    assert_eq!(clean["records"], 8);
+    assert_eq!(clean["bytes"], 8 * 1024);
+    assert!(
+        clean["stop_seconds"]["median"].as_f64().is_some(),
+        "{clean}"
+    );
+    assert!(
+        clean["rounds"][0]["stop_seconds"].as_f64().is_some(),
+        "{clean}"
+    );
+    assert_eq!(large["partitions"], 2);
+    assert_eq!(large["bytes"], 1 << 20);
+    assert_eq!(large["segment_bytes"], 2u64 << 30);
+    assert!(large["stop_seconds"].is_null(), "{large}");
+    assert_eq!(torn["partitions"], 8);
+    assert_eq!(torn["rounds"][1]["torn_files"], 8, "{torn}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("read --dir").count(),
+        0,
+        "the temporary data directories are removed"
+    );
+}

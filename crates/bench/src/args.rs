@@ -209,7 +209,13 @@ pub(crate) fn parse_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
 
     let cli =
         crate::Cli::try_parse_from(std::iter::once("runnel-bench").chain(argv.iter().copied()))?;
-    Ok(cli.command.into_args())
+    match cli.command.into_run() {
+        crate::Run::Bench(args) => Ok(args),
+        crate::Run::Startup(_) => Err(clap::Error::raw(
+            clap::error::ErrorKind::InvalidSubcommand,
+            "startup is not a load or yardstick run",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod limits;
 mod load;
 mod memory;
 mod report;
+mod startup;
 mod units;
 
 use std::io::Write as _;
@@ -103,11 +104,23 @@ pub(crate) enum Command {
     Paced(BenchArgs),
     /// How much time the machine keeps from busy threads, one per CPU (no broker)
     Cpu(BenchArgs),
+    /// How long runneld takes to stop, to open after a clean stop, and to recover after
+    /// kill -9 (spawns the runneld binary on a temporary data directory)
+    #[command(after_help = startup::EXAMPLES)]
+    Startup(startup::StartupArgs),
+}
+
+/// A parsed command: a load or yardstick run, or the startup benchmark.
+pub(crate) enum Run {
+    /// `produce`, `consume`, `e2e` and the yardsticks.
+    Bench(BenchArgs),
+    /// `startup`.
+    Startup(startup::StartupArgs),
 }
 
 impl Command {
-    /// The run's arguments, their mode set from the subcommand.
-    pub(crate) fn into_args(self) -> BenchArgs {
+    /// The run the subcommand asks for; a load's or yardstick's mode is set from it.
+    pub(crate) fn into_run(self) -> Run {
         let (mode, mut args) = match self {
             Command::Produce(a) => (Mode::Produce, a),
             Command::Consume(a) => (Mode::Consume, a),
@@ -117,9 +130,10 @@ impl Command {
             Command::Sync(a) => (Mode::Sync, a),
             Command::Paced(a) => (Mode::Paced, a),
             Command::Cpu(a) => (Mode::Cpu, a),
+            Command::Startup(a) => return Run::Startup(a),
         };
         args.mode = mode;
-        args
+        Run::Bench(args)
     }
 }
 
@@ -150,17 +164,25 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.output == Output::Json;
-    let args = cli.command.into_args();
-    args.validate()?;
+    let run = cli.command.into_run();
+    match &run {
+        Run::Bench(args) => args.validate()?,
+        Run::Startup(args) => args.validate()?,
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = runtime.block_on(measure(cli.broker, args))?;
-    let text = if json {
-        format!("{}\n", report.to_json())
-    } else {
-        report.to_text()
+    let text = match run {
+        Run::Bench(args) => {
+            let report = runtime.block_on(measure(cli.broker, args))?;
+            if json {
+                format!("{}\n", report.to_json())
+            } else {
+                report.to_text()
+            }
+        }
+        Run::Startup(args) => runtime.block_on(startup::run(&args, json))?,
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

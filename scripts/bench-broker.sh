@@ -77,7 +77,7 @@ done
 # Waits until the broker has removed the files of deleted topics: it does so in the
 # background after DeleteTopic answers, and removing the gigabytes of a "sustained" run keeps
 # the disk busy for seconds, slowing the fsyncs of whatever runs next (durable1 right after
-# it: 1,265 instead of 1,963-2,061 records/s, docs/benchmarks.md, "Sixth session").
+# it: 1,265 instead of 1,963-2,061 records/s).
 settle_deletes() {
   for _ in $(seq 600); do
     [[ -z "$(ls -A "$DATA/deleted" 2>/dev/null)" ]] && return
@@ -90,7 +90,7 @@ settle_deletes() {
 # SETTLE_LOST percent of their time, probing 2 s at a time; prints the seconds waited. After
 # a run has written and deleted gigabytes, this VM loses 8-14% of its CPU time in gaps of
 # 30-45 ms for 15-20 s (the guest hands the freed memory back to the host), and a latency run
-# started then measures that (docs/benchmarks.md, "Seventh session").
+# started then measures that (docs/benchmarks.md, "Machine").
 settle_host() {
   local waited=0 lost
   while ((waited < SETTLE_MAX)); do
@@ -147,7 +147,7 @@ for round in $(seq "$ROUNDS"); do
     # Each round writes its own data (untimed: the consume mode's top-up) and reads it from
     # the start right after. Data left from an earlier round would be read from disk: this
     # VM pages out what was not touched for 30 s (DAMON), and rounds 2-3 then measured the
-    # disk's reads (docs/benchmarks.md, "Eighth session").
+    # disk's reads (docs/benchmarks.md, "Machine").
     run consume "$round" consume --topic "consume-$round" --records "$RECORDS" \
       --batch-size 1000 --cleanup
   fi

@@ -601,21 +601,24 @@ impl Runneld {
     /// Sends SIGTERM and waits for the process to exit; returns the time that took.
     async fn stop(&mut self) -> anyhow::Result<Duration> {
         let mut child = self.child.take().context("runneld is not running")?;
+        let pid = rustix::process::Pid::from_child(&child);
         let sent = Instant::now();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::Signal::TERM,
-        )
-        .context("sending SIGTERM to runneld")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("sending SIGTERM to runneld")?;
         let timeout = self.timeout;
         let exited = tokio::task::spawn_blocking(move || {
             let status = child.wait();
-            (status, sent.elapsed(), child)
+            (status, sent.elapsed())
         });
-        let (status, took, _child) = tokio::time::timeout(timeout, exited)
-            .await
-            .with_context(|| format!("runneld did not exit within {timeout:?} of SIGTERM"))?
-            .context("the waiting thread panicked")?;
+        let Ok(waited) = tokio::time::timeout(timeout, exited).await else {
+            // The waiting thread owns the child and reaps it once it is gone.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            bail!(
+                "runneld did not exit within {timeout:?} of SIGTERM (killed); its log ends:\n{}",
+                self.log_tail()
+            );
+        };
+        let (status, took) = waited.context("the waiting thread panicked")?;
         let status = status.context("waiting for runneld")?;
         if !status.success() {
             bail!(

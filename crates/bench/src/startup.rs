@@ -34,6 +34,10 @@ use crate::units;
 
 /// How often the health check is asked while the broker starts.
 const POLL: Duration = Duration::from_millis(2);
+/// How long a broker runs after its first SERVING before it is sent SIGTERM: `runneld`
+/// answers SERVING a moment before it installs its signal handlers, and a SIGTERM in between
+/// ends it by the default action, without its shutdown.
+const SETTLE: Duration = Duration::from_millis(500);
 /// The broker's default `limits.max_partitions_per_topic`: the bench spreads
 /// `--partitions` over topics of at most this many.
 const PARTITIONS_PER_TOPIC: u32 = 1024;
@@ -598,8 +602,10 @@ impl Runneld {
         }
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns the time that took.
+    /// Waits [`SETTLE`], sends SIGTERM and waits for the process to exit; returns the time
+    /// from the signal to the exit.
     async fn stop(&mut self) -> anyhow::Result<Duration> {
+        tokio::time::sleep(SETTLE).await;
         let mut child = self.child.take().context("runneld is not running")?;
         let pid = rustix::process::Pid::from_child(&child);
         let sent = Instant::now();
@@ -621,8 +627,13 @@ impl Runneld {
         let (status, took) = waited.context("the waiting thread panicked")?;
         let status = status.context("waiting for runneld")?;
         if !status.success() {
+            let early = if std::os::unix::process::ExitStatusExt::signal(&status) == Some(15) {
+                " (ended by the signal itself: its handlers were not installed yet)"
+            } else {
+                ""
+            };
             bail!(
-                "runneld exited with {status} after SIGTERM; its log ends:\n{}",
+                "runneld exited with {status} after SIGTERM{early}; its log ends:\n{}",
                 self.log_tail()
             );
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the broker against the targets of docs/benchmarks.md ("Broker") and against the
-# machine's own limits, in one run: `runnel bench cpu`, `disk`, `net`, `sync` and `paced`
+# machine's own limits, in one run: `runnel-bench cpu`, `disk`, `net`, `sync` and `paced`
 # (time the machine keeps from spinning threads, plain sequential write + fdatasync, plain
 # loopback TCP, the group commit of a minimal thread-per-connection program, and a minimal
 # program's write latency at the latency rows' rate), then every broker figure,
@@ -43,12 +43,13 @@ SETTLE_LOST=${SETTLE_LOST:-5}
 SETTLE_MAX=${SETTLE_MAX:-60}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  cargo build --release -p runnel-cli -p runnel-broker
+  cargo build --release -p runnel-cli -p runnel-broker -p runnel-bench
 fi
 # Copies, so that a build during the run cannot swap the binaries under it.
 mkdir -p "$BENCH_DIR/bin"
-cp target/release/runnel target/release/runneld "$BENCH_DIR/bin/"
+cp target/release/runnel target/release/runneld target/release/runnel-bench "$BENCH_DIR/bin/"
 RUNNEL=$BENCH_DIR/bin/runnel
+RUNNEL_BENCH=$BENCH_DIR/bin/runnel-bench
 RUNNELD=$BENCH_DIR/bin/runneld
 
 quiet_machine() {
@@ -76,7 +77,7 @@ done
 # Waits until the broker has removed the files of deleted topics: it does so in the
 # background after DeleteTopic answers, and removing the gigabytes of a "sustained" run keeps
 # the disk busy for seconds, slowing the fsyncs of whatever runs next (durable1 right after
-# it: 1,265 instead of 1,963-2,061 records/s, docs/benchmarks.md, "Sixth session").
+# it: 1,265 instead of 1,963-2,061 records/s).
 settle_deletes() {
   for _ in $(seq 600); do
     [[ -z "$(ls -A "$DATA/deleted" 2>/dev/null)" ]] && return
@@ -89,11 +90,11 @@ settle_deletes() {
 # SETTLE_LOST percent of their time, probing 2 s at a time; prints the seconds waited. After
 # a run has written and deleted gigabytes, this VM loses 8-14% of its CPU time in gaps of
 # 30-45 ms for 15-20 s (the guest hands the freed memory back to the host), and a latency run
-# started then measures that (docs/benchmarks.md, "Seventh session").
+# started then measures that (docs/benchmarks.md, "Machine").
 settle_host() {
   local waited=0 lost
   while ((waited < SETTLE_MAX)); do
-    lost=$("$RUNNEL" --output json bench cpu --duration 2s |
+    lost=$("$RUNNEL_BENCH" --output json cpu --duration 2s |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["details"]["lost_percent"])')
     python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' \
       "$lost" "$SETTLE_LOST" && break
@@ -116,7 +117,7 @@ run() {
   local load
   load=$(cut -d' ' -f1 /proc/loadavg)
   local json
-  json=$("$RUNNEL" --broker "127.0.0.1:$PORT" --output json bench "$@" --quiet)
+  json=$("$RUNNEL_BENCH" --broker "127.0.0.1:$PORT" --output json "$@" --quiet)
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"name":sys.argv[2],"round":int(sys.argv[3]),"load":float(sys.argv[4]),"settled_s":int(sys.argv[5]),"result":r}))' \
     "$json" "$name" "$round" "$load" "$settled" >>"$RESULTS"
   echo "$name round $round (load $load, settled ${settled}s): $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["latency_ms"] or {}; print("%.0f rec/s, %.1f MB/s, p99 %s ms%s" % (r["records_per_sec"], r["mb_per_sec"], l.get("p99", "-"), ", %.2f%% lost" % r["details"]["lost_percent"] if "lost_percent" in r["details"] else ""))' "$json")" >&2
@@ -146,7 +147,7 @@ for round in $(seq "$ROUNDS"); do
     # Each round writes its own data (untimed: the consume mode's top-up) and reads it from
     # the start right after. Data left from an earlier round would be read from disk: this
     # VM pages out what was not touched for 30 s (DAMON), and rounds 2-3 then measured the
-    # disk's reads (docs/benchmarks.md, "Eighth session").
+    # disk's reads (docs/benchmarks.md, "Machine").
     run consume "$round" consume --topic "consume-$round" --records "$RECORDS" \
       --batch-size 1000 --cleanup
   fi
@@ -215,7 +216,6 @@ if runs.get("cpu"):
     gmax = lambda r: (r["result"]["latency_ms"] or {}).get("max", 0.0)
     print(f"| cpu: time kept from {runs['cpu'][0]['result']['config']['threads']} spinning threads | {fmt(med('cpu', lost), ' %', 2)}, longest gap {fmt(med('cpu', gmax), ' ms', 1)} | - | - | {fmt(med('cpu', load), '', 2)} |")
 if disk: print(f"| disk: 1 MiB writes + fdatasync | {fmt(disk, ' MB/s')} | - | - | {fmt(med('disk', load), '', 2)} |")
-if disk: print(f"| disk: 1 KiB write + fdatasync, p50 | {fmt(med('disk', lambda r: r['result']['latency_ms']['p50']), ' ms', 3)} | - | - | |")
 if net: print(f"| net: loopback TCP, 1 connection | {fmt(net, ' MB/s')} | - | - | {fmt(med('net', load), '', 2)} |")
 def row(label, name, f, unit, limit, limit_name, digits=0, limit_unit=" MB/s"):
     m = med(name, f)

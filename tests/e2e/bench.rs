@@ -1,27 +1,81 @@
-//! `runnel bench` against the real broker: tiny runs whose JSON output must parse and whose
+//! `runnel-bench` against the real broker: tiny runs whose JSON output must parse and whose
 //! counts must match what was asked. No timing is asserted (timing belongs in
 //! `docs/benchmarks.md`).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use serde_json::Value;
 
 use crate::harness::{self, Broker};
 
-/// Runs `runnel --broker <b> --output json bench <args>` and parses its one JSON object.
+/// The `runnel-bench` binary: `RUNNEL_BENCH_BIN` if set, else `runnel-bench` next to
+/// `runneld`, built with cargo if missing or older than the sources it is built from
+/// (`cargo test --workspace` always builds it fresh, `cargo test -p runnel-e2e` may not).
+fn runnel_bench() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("RUNNEL_BENCH_BIN") {
+            return PathBuf::from(bin);
+        }
+        let bin = harness::runneld().with_file_name("runnel-bench");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is in the workspace root");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let sources = [
+            "crates/bench",
+            "crates/client",
+            "crates/format",
+            "crates/proto",
+            "proto",
+        ];
+        if built.is_none_or(|t| sources.iter().any(|d| newest(&workspace.join(d)) > t)) {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "runnel-bench", "--bin", "runnel-bench"])
+                .current_dir(workspace)
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of runnel-bench failed");
+        }
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// The newest modification time of a file under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    let mut latest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        latest = latest.max(t);
+    }
+    latest
+}
+
+/// Runs `runnel-bench --broker <b> --output json <args>` and parses its one JSON object.
 fn bench_json(b: &Broker, args: &[&str]) -> Value {
-    let out = Command::new(harness::runnel())
+    let out = Command::new(runnel_bench())
         .env_remove("RUNNEL_BROKER")
-        .env_remove("RUNNEL_PROFILE")
-        .args(["--broker", &b.grpc.to_string(), "--output", "json", "bench"])
+        .args(["--broker", &b.grpc.to_string(), "--output", "json"])
         .args(args)
         .arg("--quiet")
         .output()
-        .expect("run runnel bench");
+        .expect("run runnel-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "runnel bench {args:?} failed: {}\n{stdout}\n{}",
+        "runnel-bench {args:?} failed: {}\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -117,5 +171,73 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
     assert!(
         topics.topics.iter().all(|t| t.topic != "bench"),
         "--cleanup deleted the topic: {topics:?}"
+    );
+}
+
+#[test]
+fn bench_startup_stops_opens_and_recovers_the_real_broker_and_reports_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(runnel_bench())
+        .args(["--output", "json", "startup", "--runneld"])
+        .arg(harness::runneld())
+        .arg("--dir")
+        .arg(dir.path())
+        .args([
+            "--partitions",
+            "8",
+            "--bytes",
+            "1MiB",
+            "--bytes-per-partition",
+            "512KiB",
+            "--rounds",
+            "2",
+            "--quiet",
+        ])
+        .output()
+        .expect("run runnel-bench startup");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runnel-bench startup failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(v["mode"], "startup");
+    let scenarios = v["scenarios"].as_array().expect("scenarios");
+    let names: Vec<_> = scenarios.iter().map(|s| s["scenario"].clone()).collect();
+    assert_eq!(names, ["clean", "kill9-large", "kill9-torn"], "{v}");
+    for s in scenarios {
+        let rounds = s["rounds"].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2, "{s}");
+        for r in rounds {
+            assert!(r["open_seconds"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        }
+        assert!(s["open_seconds"]["median"].as_f64().is_some(), "{s}");
+        assert_eq!(s["records_recovered"], s["records"], "nothing lost: {s}");
+    }
+    let (clean, large, torn) = (&scenarios[0], &scenarios[1], &scenarios[2]);
+    assert_eq!(clean["partitions"], 8);
+    assert_eq!(clean["records"], 8);
+    assert_eq!(clean["bytes"], 8 * 1024);
+    assert!(
+        clean["stop_seconds"]["median"].as_f64().is_some(),
+        "{clean}"
+    );
+    assert!(
+        clean["rounds"][0]["stop_seconds"].as_f64().is_some(),
+        "{clean}"
+    );
+    assert_eq!(large["partitions"], 2);
+    assert_eq!(large["bytes"], 1 << 20);
+    assert_eq!(large["segment_bytes"], 2u64 << 30);
+    assert!(large["stop_seconds"].is_null(), "{large}");
+    assert_eq!(torn["partitions"], 8);
+    assert_eq!(torn["rounds"][1]["torn_files"], 8, "{torn}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("read --dir").count(),
+        0,
+        "the temporary data directories are removed"
     );
 }

@@ -5,9 +5,8 @@
 //! builds the async runtime, runs the command, and turns an error into one line on stderr
 //! and an exit code (`error.rs`; `docs/cli.md` lists them). A broken pipe on stdout is
 //! success. Each command group is a module: `topic`, `group`, `produce`, `consume`,
-//! `offsets`, `broker`; `bench` is the benchmark tool.
+//! `offsets`, `broker`. The benchmark tool is a binary of its own, `runnel-bench`.
 
-mod bench;
 mod broker;
 mod consume;
 mod error;
@@ -118,8 +117,6 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Measure the broker's throughput and latency
-    Bench(bench::BenchArgs),
 }
 
 /// What every command needs: where the broker is and how to print.
@@ -231,7 +228,6 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Command::Consume(a) => consume::run(&ctx, a).await,
             Command::Offsets(a) => offsets::run(&ctx, a).await,
             Command::Broker(c) => broker::run(&ctx, c).await,
-            Command::Bench(a) => bench::run(ctx.broker, ctx.output == Output::Json, a).await,
             Command::Completions { .. } => Ok(()),
         }
     })
@@ -259,7 +255,7 @@ mod tests {
                 assert!(help.contains("Examples:"), "{path} has no examples");
             }
             for sub in subs {
-                if sub.get_name() != "help" && sub.get_name() != "bench" {
+                if sub.get_name() != "help" {
                     check(sub, &path);
                 }
             }

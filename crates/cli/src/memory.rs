@@ -5,10 +5,10 @@
 //! serves such sizes from fresh `mmap`s and hands them back with `munmap` (or trims them off
 //! its heaps with `MADV_DONTNEED`) when they are freed, so every response's pages are faulted
 //! in and zeroed again by the kernel. On a VM that reports free memory to its host, each of
-//! those faults is a trip to the host. Measured with `runnel bench consume --records 2000000`,
+//! those faults is a trip to the host. Measured with `runnel-bench consume --records 2000000`,
 //! six alternating pairs against one broker: 0.34-0.38 s of system time instead of
-//! 0.45-1.21 s, and 1,260-1,466 instead of 911-1,372 MB/s (docs/benchmarks.md, fourth
-//! session).
+//! 0.45-1.21 s, and 1,260-1,466 instead of 911-1,372 MB/s (docs/benchmarks.md, "Malloc
+//! tunables").
 
 /// Keeps freed memory in the process for reuse: allocations below 32 MiB come from malloc's
 /// heaps, which give memory back to the kernel only once 64 MiB at their top are free. A

@@ -1,38 +1,15 @@
-//! `runnel bench`: load the broker through `runnel-client` and report throughput and latency,
-//! and measure the machine's own limits (sequential disk writes, fdatasync, loopback TCP) so
-//! the broker's figures can be read as ratios of what the machine allows.
-//!
-//! | mode | what runs | what is reported |
-//! |------|-----------|------------------|
-//! | `produce` | `--producers` producers, each its own connection and `Producer` | acknowledged records/s and MB/s; produce-to-ack latency |
-//! | `consume` | tops the topic up to `--records` if needed (not timed), then `--consumers` consumers read it from the start | consumed records/s and MB/s |
-//! | `e2e` | producers and consumers at once; consumers start at the log end | consumed records/s; produce-to-consume latency (and produce-to-ack) |
-//! | `disk` | a plain sequential file write of `--bytes` in 1 MiB buffers + one `fdatasync`, then a 1 KiB `write` + `fdatasync` latency probe | MB/s; fdatasync percentiles |
-//! | `net` | a plain loopback TCP transfer of `--bytes`, one connection, 1 MiB buffers | MB/s |
-//! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
-//! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir`, answers it and passes it on to a consumer thread: a minimal program, no broker | records/s; message-to-consumer latency (and message-to-answer) |
-//! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
-//!
-//! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
-//! Produce-to-ack runs from the `send` call to the record's delivery; produce-to-consume
-//! from the `send` call to the consumer receiving it, carried as nanoseconds since the
-//! bench's start in the value's first 8 bytes (the consumers run in the same process). MB is
-//! 10^6 bytes of record values. `--output json` prints one JSON object (`report.rs`); a
-//! progress line goes to stderr once a second.
-
-mod limits;
-mod load;
-mod report;
+//! The flags of the load generators (`produce`, `consume`, `e2e`) and the machine's
+//! yardsticks, one set shared by all of them, and the checks clap cannot make.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
-use crate::parse;
+use crate::units;
 
-/// What `runnel bench` measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What a load or yardstick run measures: the subcommand that was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Producers only: acknowledged throughput and produce-to-ack latency.
     Produce,
@@ -40,7 +17,7 @@ pub enum Mode {
     Consume,
     /// Producers and consumers at once: end-to-end latency.
     E2e,
-    /// The machine's sequential write speed and fdatasync latency (no broker).
+    /// The machine's sequential write speed (no broker).
     Disk,
     /// The machine's loopback TCP speed (no broker).
     Net,
@@ -75,26 +52,25 @@ pub enum CompressionArg {
     Zstd,
 }
 
-/// Examples shown by `runnel bench --help`.
+/// Examples shown by `runnel-bench --help`.
 pub const EXAMPLES: &str = "Examples:
-  runnel bench produce --records 1000000 --batch-size 1000           # written acks, 1 KiB records
-  runnel bench produce --acks durable --batch-size 1 --max-in-flight 1 --producers 16 --duration 10s
-  runnel bench produce --rate 200000 --linger 1ms --duration 20s       # latency at a fixed rate
-  runnel bench consume --records 1000000                             # catch up on written data
-  runnel bench e2e --rate 100000 --duration 20s --output json
-  runnel bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
-  runnel bench disk --dir /var/lib/runnel && runnel bench net        # the machine's own limits
-  runnel bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
-  runnel bench paced --rate 150000 --linger 1ms --duration 20s --dir /var/lib/runnel # the machine's latency at a rate
-  runnel bench cpu --duration 10s                                    # time the host keeps from busy CPUs
+  runnel-bench produce --records 1000000 --batch-size 1000           # written acks, 1 KiB records
+  runnel-bench produce --acks durable --batch-size 1 --max-in-flight 1 --producers 16 --duration 10s
+  runnel-bench produce --rate 200000 --linger 1ms --duration 20s       # latency at a fixed rate
+  runnel-bench consume --records 1000000                             # catch up on written data
+  runnel-bench e2e --rate 100000 --duration 20s --output json
+  runnel-bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
+  runnel-bench disk --dir /var/lib/runnel && runnel-bench net        # the machine's own limits
+  runnel-bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
+  runnel-bench paced --rate 150000 --linger 1ms --duration 20s --dir /var/lib/runnel # the machine's latency at a rate
+  runnel-bench cpu --duration 10s                                    # time the host keeps from busy CPUs
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 
-/// Arguments of `runnel bench`.
+/// Arguments of the load generators and the yardsticks.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
-    /// What to measure.
-    #[arg(value_enum)]
+    /// What to measure: set from the subcommand.
+    #[arg(skip = Mode::Produce)]
     pub mode: Mode,
     /// The topic to use; created with `--partitions` partitions if missing.
     #[arg(long, default_value = "runnel-bench")]
@@ -114,7 +90,7 @@ pub struct BenchArgs {
     pub records: u64,
     /// Run for this long instead of a record count (`30s`, `2m`); `cpu` spins this long
     /// (5 s unless given).
-    #[arg(long, value_parser = parse::parse_duration)]
+    #[arg(long, value_parser = units::parse_duration)]
     pub duration: Option<Duration>,
     /// Bytes per record value (`100`, `1KiB`).
     #[arg(long, value_parser = parse_usize_size, default_value = "1KiB")]
@@ -124,7 +100,7 @@ pub struct BenchArgs {
     pub batch_size: usize,
     /// How long a batch may wait for more records (`0`, `1ms`, `5ms`); `paced`: the interval
     /// between messages.
-    #[arg(long, value_parser = parse::parse_duration, default_value = "5ms")]
+    #[arg(long, value_parser = units::parse_duration, default_value = "5ms")]
     pub linger: Duration,
     /// Batch compression.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
@@ -137,7 +113,7 @@ pub struct BenchArgs {
     pub max_in_flight: usize,
     /// The producer's memory for records not yet acknowledged (`32MiB`); a buffer of a few
     /// records makes each producer wait for its acknowledgements (a closed loop).
-    #[arg(long, value_parser = parse::parse_size, default_value = "32MiB")]
+    #[arg(long, value_parser = units::parse_size, default_value = "32MiB")]
     pub buffer: u64,
     /// Target rate in records/s, all producers together (unlimited if unset).
     #[arg(long, value_name = "RECORDS_PER_SEC")]
@@ -153,15 +129,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub cleanup: bool,
     /// `disk` and `net`: bytes to write or transfer (`1GiB`).
-    #[arg(long, value_parser = parse::parse_size, default_value = "1GiB")]
+    #[arg(long, value_parser = units::parse_size, default_value = "1GiB")]
     pub bytes: u64,
     /// `disk`, `sync` and `paced`: the directory to write in; use the broker's data
     /// directory's filesystem.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// `disk`: number of 1 KiB write + fdatasync rounds of the latency probe.
-    #[arg(long, default_value_t = 2000)]
-    pub fsyncs: u32,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -169,7 +142,7 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// Checks the values that clap cannot.
-    fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.producers == 0 && matches!(self.mode, Mode::Produce | Mode::E2e | Mode::Sync) {
             bail!("--producers must be at least 1");
         }
@@ -221,62 +194,28 @@ impl BenchArgs {
 
 /// A size in bytes that fits memory (`--record-size`).
 fn parse_usize_size(text: &str) -> Result<usize, String> {
-    let n = parse::parse_size(text)?;
+    let n = units::parse_size(text)?;
     usize::try_from(n)
         .ok()
         .filter(|&n| n <= 64 << 20)
         .ok_or_else(|| format!("{text:?} is too large for a record (at most 64 MiB)"))
 }
 
-/// A measurement of the machine's own limits (`limits.rs`): blocking, no broker.
-type Probe = fn(&BenchArgs) -> anyhow::Result<report::Report>;
-
-/// Runs a benchmark against the broker at `broker`; `json` selects machine-readable output
-/// (one JSON object on stdout).
-///
-/// # Errors
-/// Invalid arguments, an unreachable broker, a record that could not be delivered, or an
-/// I/O error of the `disk`, `net`, `sync` and `paced` modes.
-pub async fn run(broker: String, json: bool, args: BenchArgs) -> anyhow::Result<()> {
-    args.validate()?;
-    // The machine's limits are plain blocking programs.
-    let probe: Option<(Probe, &str)> = match args.mode {
-        Mode::Disk => Some((limits::disk, "disk")),
-        Mode::Net => Some((limits::net, "network")),
-        Mode::Sync => Some((limits::sync, "group commit")),
-        Mode::Paced => Some((limits::paced, "paced write")),
-        Mode::Cpu => Some((limits::cpu, "CPU")),
-        Mode::Produce | Mode::Consume | Mode::E2e => None,
-    };
-    let report = match probe {
-        Some((probe, name)) => {
-            let a = args.clone();
-            tokio::task::spawn_blocking(move || probe(&a))
-                .await
-                .with_context(|| format!("the {name} probe panicked"))??
-        }
-        None => load::run(&broker, &args).await?,
-    };
-    if json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.to_text());
-    }
-    Ok(())
-}
-
-/// Parses `runnel bench <argv>` into its arguments, for the tests of this module and its
-/// children.
+/// Parses `runnel-bench <argv>` into the mode's arguments, for the tests of this module and
+/// its siblings.
 #[cfg(test)]
-fn parse_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
+pub(crate) fn parse_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
     use clap::Parser as _;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        bench: BenchArgs,
+    let cli =
+        crate::Cli::try_parse_from(std::iter::once("runnel-bench").chain(argv.iter().copied()))?;
+    match cli.command.into_run() {
+        crate::Run::Bench(args) => Ok(args),
+        crate::Run::Startup(_) => Err(clap::Error::raw(
+            clap::error::ErrorKind::InvalidSubcommand,
+            "startup is not a load or yardstick run",
+        )),
     }
-    Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.bench)
 }
 
 #[cfg(test)]

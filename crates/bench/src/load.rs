@@ -23,8 +23,8 @@ use runnel_client::{
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::report::{Latency, Report, Rss, micros_histogram};
-use super::{AcksArg, BenchArgs, CompressionArg, Mode};
+use crate::args::{AcksArg, BenchArgs, CompressionArg, Mode};
+use crate::report::{Latency, Report, Rss, micros_histogram};
 
 /// Records waiting for their acknowledgement per producer, beyond those the producer's own
 /// buffer holds back.
@@ -83,7 +83,7 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let description = admin.describe_topic(&args.topic).await?;
     if !created && description.partition_count != args.partitions {
         eprintln!(
-            "runnel bench: topic {:?} exists with {} partitions; using them",
+            "runnel-bench: topic {:?} exists with {} partitions; using them",
             args.topic, description.partition_count
         );
     }
@@ -140,7 +140,7 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     }
     report.config = config_of(args, description.partition_count);
     if report.errors > 0 {
-        eprintln!("runnel bench: {} records failed", report.errors);
+        eprintln!("runnel-bench: {} records failed", report.errors);
     }
     Ok(report)
 }

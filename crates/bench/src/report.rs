@@ -7,7 +7,7 @@
 //! | `mode` | `produce`, `consume`, `e2e`, `disk`, `net`, `sync`, `paced` or `cpu` |
 //! | `records`, `bytes`, `seconds` | what was measured: records acknowledged (produce), consumed (consume, e2e), answered (sync) or delivered to the consumer in messages (paced), their value bytes, and the time it took |
 //! | `records_per_sec`, `mb_per_sec` | `records / seconds`, `bytes / seconds / 10^6` |
-//! | `latency_ms` | `{p50, p90, p99, p999, max, mean, count}`: produce-to-ack (produce), produce-to-consume (e2e), one 1 KiB write + fdatasync (disk), request to answer (sync), message send to consumer (paced), the gaps of 50 µs or more in which a spinning thread did not run (cpu); `null` when nothing was timed |
+//! | `latency_ms` | `{p50, p90, p99, p999, max, mean, count}`: produce-to-ack (produce), produce-to-consume (e2e), request to answer (sync), message send to consumer (paced), the gaps of 50 µs or more in which a spinning thread did not run (cpu); `null` when nothing was timed |
 //! | `ack_latency_ms` | e2e: produce-to-ack; paced: message-to-answer; same shape |
 //! | `errors` | records that failed |
 //! | `broker_rss_kib` | with `--broker-pid`: `{start, max, end, samples}` of the broker's VmRSS |

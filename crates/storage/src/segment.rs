@@ -43,6 +43,45 @@ pub const DROP_STEP: u64 = 4 << 20;
 /// pages anyway).
 const PAGE_BYTES: u64 = 4096;
 
+/// Whole batches read from a segment: the one walk over their headers splits them, counts
+/// their records and finds where the next read starts, so nothing downstream walks them again.
+pub(crate) struct SegmentRead {
+    /// One `Bytes` per batch, exactly as stored.
+    pub batches: Vec<Bytes>,
+    /// Records in `batches`.
+    pub records: u64,
+    /// One past the last record in `batches` (`from` if there are none).
+    pub next_offset: u64,
+}
+
+impl SegmentRead {
+    /// Splits `buf`, read from a batch boundary, into its whole batches; a partial batch at
+    /// the end (the read stopped at `max_bytes`) is left out.
+    fn split(buf: Bytes, from: u64) -> Self {
+        let mut read = SegmentRead {
+            batches: Vec::new(),
+            records: 0,
+            next_offset: from,
+        };
+        let mut pos = 0;
+        // The length check first: decoding a short tail would build an error message.
+        while buf.len() - pos >= HEADER_LEN {
+            let Ok(header) = BatchHeader::decode(&buf[pos..]) else {
+                break;
+            };
+            let total = header.total_len();
+            if total < HEADER_LEN || pos + total > buf.len() {
+                break;
+            }
+            read.batches.push(buf.slice(pos..pos + total));
+            read.records += u64::from(header.record_count);
+            read.next_offset = header.next_offset();
+            pos += total;
+        }
+        read
+    }
+}
+
 /// File name stem of the segment starting at `base_offset`.
 pub(crate) fn file_stem(base_offset: u64) -> String {
     format!("{base_offset:020}")
@@ -494,22 +533,14 @@ impl Segment {
     /// Reads whole batches starting with the one that contains `offset`, about `max_bytes`
     /// of them; the first batch is returned whole even if it is larger. `None` if the segment
     /// has nothing at or after `offset`.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<SegmentRead>> {
         let size = self.size();
         let Some((pos, first)) = self.locate(offset, size)? else {
             return Ok(None);
         };
         let available = (size - pos) as usize;
         let want = max_bytes.min(available).max(first.total_len());
-        let buf = self.read_at(pos, want)?;
-        let mut end = 0usize;
-        while let Some(total) = batch::batch_total_len(&buf[end..]) {
-            if total < HEADER_LEN || end + total > buf.len() {
-                break;
-            }
-            end += total;
-        }
-        Ok(Some(buf.slice(..end)))
+        Ok(Some(SegmentRead::split(self.read_at(pos, want)?, offset)))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every

@@ -194,7 +194,7 @@ fn check_holds(log: &Log, expected: &[&Stored], context: &str) {
                 .read(offset, 0)
                 .unwrap_or_else(|e| panic!("{context}: read {offset}: {e}"));
             assert!(
-                r.data == b.bytes,
+                common::joined(&r) == b.bytes,
                 "{context}: read({offset}) is not the batch at {}",
                 b.base
             );
@@ -672,7 +672,7 @@ fn a_damaged_entry_inside_a_sealed_index_never_returns_wrong_batches() {
             for offset in b.base..b.next {
                 match log.read(offset, 0) {
                     Ok(r) => assert!(
-                        r.data == b.bytes,
+                        common::joined(&r) == b.bytes,
                         "{context}: read({offset}) returned the wrong batch"
                     ),
                     Err(Error::CorruptSegment { path: p, .. }) => {

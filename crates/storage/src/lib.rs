@@ -10,6 +10,8 @@
 //!   (`segments.rs`), durability by group commit with blocking and async waits ([`Durable`],
 //!   `sync.rs`), retention (`retention.rs`), recovery on open (`recovery.rs`).
 //! - [`Flusher`]: the background fsync thread of the `interval` policy.
+//! - [`open_logs`] and [`close_logs`]: many logs at once, in parallel, with one filesystem
+//!   sync instead of one per log (`bulk.rs`).
 //!
 //! ```
 //! use runnel_storage::{Log, LogConfig, batch::BatchBuilder};
@@ -24,6 +26,7 @@
 //! log.close().unwrap();
 //! ```
 
+mod bulk;
 mod config;
 mod env;
 mod error;
@@ -44,6 +47,7 @@ use std::path::{Path, PathBuf};
 /// The record batch format, from `runnel-format` (shared with the client).
 pub use runnel_format as batch;
 
+pub use bulk::{ClosedLogs, LogSpec, OpenedLogs, close_logs, open_logs};
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES, MIN_CACHE_WINDOW};
 pub use env::{
     Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, Spawner, SystemClock, ThreadSpawner,
@@ -52,7 +56,7 @@ pub use error::{Error, Result};
 pub use flusher::Flusher;
 pub use log::{Appended, Log};
 pub use producer::REMEMBERED_BATCHES;
-pub use recovery::CLEAN_SHUTDOWN_MARKER;
+pub use recovery::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
 pub use retention::RetentionOutcome;
 pub use segments::ReadResult;
 pub use sync::Durable;

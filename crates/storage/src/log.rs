@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::batch::{self, BatchHeader, REWRITTEN_LEN, TimestampType};
 use crate::config::{Durability, LogConfig};
 use crate::env::{LogEnv, Repair};
 use crate::error::{Error, Result};
 use crate::producer::{self, ProducerStates, Undo, Verdict};
-use crate::recovery::{self, CLEAN_SHUTDOWN_MARKER};
+use crate::recovery::{self, CLEAN_SHUTDOWN_MARKER, DirSync};
 use crate::segment::Segment;
 use crate::segments::{ReadResult, SegmentSet};
 use crate::sync::SyncState;
@@ -77,6 +77,7 @@ pub struct Log {
     pub(crate) synced: AtomicU64,
     pub(crate) failed: AtomicBool,
     repairs: Vec<Repair>,
+    reread_bytes: u64,
 }
 
 impl std::fmt::Debug for Log {
@@ -117,9 +118,19 @@ impl Log {
     /// # Errors
     /// As [`Log::open`].
     pub fn open_with(dir: impl Into<PathBuf>, config: LogConfig, env: LogEnv) -> Result<Self> {
+        Self::open_in(dir.into(), config, env, DirSync::Now)
+    }
+
+    /// Opens the log; with [`DirSync::Deferred`] the caller makes the directory changes
+    /// durable with one filesystem sync before it appends ([`open_logs`](crate::open_logs)).
+    pub(crate) fn open_in(
+        dir: PathBuf,
+        config: LogConfig,
+        env: LogEnv,
+        dir_sync: DirSync,
+    ) -> Result<Self> {
         config.validate()?;
-        let dir = dir.into();
-        let opened = recovery::open(&dir, &config, &env)?;
+        let opened = recovery::open(&dir, &config, &env, dir_sync)?;
         let segments = opened.segments;
         // `recovery::open` always returns at least one segment.
         let active = segments
@@ -147,6 +158,7 @@ impl Log {
             synced: AtomicU64::new(end),
             failed: AtomicBool::new(false),
             repairs: opened.repairs,
+            reread_bytes: opened.reread_bytes,
             dir,
             config: RwLock::new(config),
             env,
@@ -416,7 +428,7 @@ impl Log {
         if let Err(e) = written {
             w.producers.revert(undo);
             if !rolled_back {
-                self.failed.store(true, Ordering::Release);
+                self.fail();
                 error!(path = %segment.log_path.display(), error = %e,
                     "append failed and could not be rolled back; log refuses appends until reopened");
             }
@@ -459,11 +471,11 @@ impl Log {
     /// Completes a roll outside the writer lock: writes the producer snapshot taken at the
     /// roll, seals the old segment and makes the new segment's directory entry durable.
     fn finish_roll(&self, rolled: Rolled) -> Result<()> {
-        let result = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot)
+        let result = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot, true)
             .and_then(|()| rolled.old.seal())
             .and_then(|()| recovery::sync_dir(&self.dir));
         if let Err(e) = &result {
-            self.failed.store(true, Ordering::Release);
+            self.fail();
             error!(path = %rolled.old.log_path.display(), error = %e,
                 "sealing a segment failed; log refuses appends until reopened");
         }
@@ -532,32 +544,76 @@ impl Log {
     /// [`Error::LogFailed`] if the log had failed (no marker is written, so the next open
     /// recovers), or the fsync's error.
     pub fn close(&self) -> Result<()> {
+        if self.prepare_close(DirSync::Now)? {
+            self.write_clean_marker(DirSync::Now)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses further appends and puts the log in the shape the clean-shutdown marker
+    /// promises: a producer snapshot at the end, sealed segments sealed, the active
+    /// segment's preallocation given back, and with [`DirSync::Now`] everything fsynced. With
+    /// [`DirSync::Deferred`] nothing is fsynced: the caller syncs the filesystem before it
+    /// writes the marker ([`close_logs`](crate::close_logs)). False if it was closed already.
+    pub(crate) fn prepare_close(&self, dir_sync: DirSync) -> Result<bool> {
         let (end, snapshot) = {
             let mut w = lock(&self.writer);
             if w.closed {
-                return Ok(());
+                return Ok(false);
             }
             w.closed = true;
             let config = self.config();
             (w.next_offset, self.producer_snapshot(&mut w, &config))
         };
-        self.sync_to(end)?;
-        producer::write_snapshot(&self.dir, end, &snapshot)?;
+        if dir_sync == DirSync::Now {
+            self.sync_to(end)?;
+        } else if self.has_failed() {
+            return Err(Error::LogFailed {
+                path: self.dir.clone(),
+            });
+        }
+        producer::write_snapshot(&self.dir, end, &snapshot, dir_sync == DirSync::Now)?;
         let segments = self.segments.snapshot();
         if let Some((active, sealed)) = segments.split_last() {
             for s in sealed {
                 s.seal()?;
             }
-            active.flush_indexes()?;
+            if dir_sync == DirSync::Now {
+                active.flush_indexes()?;
+            }
             active.trim_preallocation()?;
         }
+        Ok(true)
+    }
+
+    /// Writes the clean-shutdown marker, durably with [`DirSync::Now`]; with
+    /// [`DirSync::Deferred`] the caller syncs the filesystem afterwards.
+    pub(crate) fn write_clean_marker(&self, dir_sync: DirSync) -> Result<()> {
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         std::fs::File::create(&marker)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| match dir_sync {
+                DirSync::Now => f.sync_all(),
+                DirSync::Deferred => Ok(()),
+            })
             .map_err(|e| Error::io("create clean-shutdown marker", &marker, e))?;
-        recovery::sync_dir(&self.dir)?;
-        info!(path = %self.dir.display(), end_offset = self.end_offset(), "closed log");
+        if dir_sync == DirSync::Now {
+            recovery::sync_dir(&self.dir)?;
+        }
+        debug!(path = %self.dir.display(), end_offset = self.end_offset(), "closed log");
         Ok(())
+    }
+
+    /// Fails the log after a write or fsync error: appends are refused, and the next open
+    /// rereads what the failure may have left instead of trusting the page cache.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        recovery::unmark_running(&self.dir);
+    }
+
+    /// Bytes of segment data read when the log was opened: the tails recovery checked, or
+    /// the segments it rebuilt.
+    pub fn reread_bytes(&self) -> u64 {
+        self.reread_bytes
     }
 
     /// Closes the log and deletes its directory with everything in it.

@@ -123,17 +123,11 @@ impl ProducerStates {
             } else {
                 segment.position_of(from)?
             };
-            Segment::scan(
-                &segment.log_path,
-                pos,
-                from.max(segment.base_offset),
-                false,
-                |_, h| {
-                    if h.base_offset >= from {
-                        states.record(h, h.base_offset, h.append_time);
-                    }
-                },
-            )?;
+            Segment::scan_headers(&segment.log_path, pos, segment.size(), |h| {
+                if h.base_offset >= from {
+                    states.record(h, h.base_offset, h.append_time);
+                }
+            })?;
         }
         Ok(states)
     }
@@ -354,15 +348,18 @@ pub(crate) fn snapshot_path(dir: &Path, offset: u64) -> PathBuf {
     dir.join(format!("{offset:020}.snapshot"))
 }
 
-/// Writes a snapshot atomically: temporary file, fsync, rename. The caller fsyncs the
-/// directory. Keeps only the two newest snapshots.
-pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+/// Writes a snapshot atomically: temporary file, fsync (unless `fsync` is false: then the
+/// caller syncs the filesystem before it relies on the snapshot), rename. The caller fsyncs
+/// the directory. Keeps only the two newest snapshots.
+pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8], fsync: bool) -> Result<()> {
     let path = snapshot_path(dir, offset);
     let tmp = path.with_extension("snapshot.tmp");
     (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if fsync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, &path)
     })()
     .map_err(|e| Error::io("write producer snapshot", &path, e))?;

@@ -631,13 +631,12 @@ impl Segment {
     }
 
     /// Reads the batches from `from_pos` to the end of the file in order, checking each one
-    /// (CRC and offsets too when `verify` is set), and calls `on_batch` with the position and
-    /// header of every valid one. Stops at the first batch that is torn or fails a check.
+    /// (offsets, CRC, layout), and calls `on_batch` with the position and header of every
+    /// valid one. Stops at the first batch that is torn or fails a check.
     pub fn scan(
         path: &Path,
         from_pos: u64,
         expected_next: u64,
-        verify: bool,
         mut on_batch: impl FnMut(u64, &BatchHeader),
     ) -> Result<ScanOutcome> {
         let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
@@ -678,26 +677,20 @@ impl Segment {
                 out.stopped = stop(format!("batch of {total} bytes runs past the end"));
                 break;
             }
-            if verify {
-                if header.base_offset != out.next_offset {
-                    out.stopped = stop(format!(
-                        "base offset {} where {} was expected",
-                        header.base_offset, out.next_offset
-                    ));
-                    break;
-                }
-                buf.resize(total as usize, 0);
-                reader
-                    .read_exact(&mut buf[HEADER_LEN..])
-                    .map_err(|e| Error::io("read segment", path, e))?;
-                if let Err(e) = batch::validate_stored(&buf, &header) {
-                    out.stopped = stop(e.to_string());
-                    break;
-                }
-            } else {
-                reader
-                    .seek_relative((total - HEADER_LEN as u64) as i64)
-                    .map_err(|e| Error::io("seek segment", path, e))?;
+            if header.base_offset != out.next_offset {
+                out.stopped = stop(format!(
+                    "base offset {} where {} was expected",
+                    header.base_offset, out.next_offset
+                ));
+                break;
+            }
+            buf.resize(total as usize, 0);
+            reader
+                .read_exact(&mut buf[HEADER_LEN..])
+                .map_err(|e| Error::io("read segment", path, e))?;
+            if let Err(e) = batch::validate_stored(&buf, &header) {
+                out.stopped = stop(e.to_string());
+                break;
             }
             on_batch(pos, &header);
             if out.first_append_time == i64::MIN && pos == 0 {
@@ -709,6 +702,35 @@ impl Segment {
             out.valid_len = pos;
         }
         Ok(out)
+    }
+
+    /// Reads only the header of each batch from `from_pos` to `end` (a position the segment
+    /// was opened or recovered with, so every batch before it is whole), one `pread` per
+    /// batch: what the producer state needs, without reading the records.
+    pub fn scan_headers(
+        path: &Path,
+        from_pos: u64,
+        end: u64,
+        mut on_batch: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
+        let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+        let mut buf = [0u8; HEADER_LEN];
+        let mut pos = from_pos;
+        while pos + HEADER_LEN as u64 <= end {
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| Error::io("read segment", path, e))?;
+            let header = BatchHeader::decode(&buf)?;
+            if header.total_len() < HEADER_LEN {
+                return Err(Error::CorruptSegment {
+                    path: path.to_path_buf(),
+                    position: pos,
+                    reason: format!("batch of {} bytes", header.total_len()),
+                });
+            }
+            on_batch(&header);
+            pos += header.total_len() as u64;
+        }
+        Ok(())
     }
 
     /// Truncates the `.log` file to `len` bytes and fsyncs it (recovery only, before the

@@ -243,7 +243,7 @@ impl Log {
                     take_covered(&mut st.waiters, synced)
                 }
                 Err(e) => {
-                    self.failed.store(true, Ordering::Release);
+                    self.fail();
                     error!(path = %self.dir().display(), error = %e,
                         "fsync failed; log refuses appends until reopened");
                     st.failure = Some(e.reissue(self.dir()));
@@ -681,6 +681,10 @@ mod tests {
             "{err}"
         );
         assert!(log.has_failed());
+        assert!(
+            !dir.path().join(crate::RUNNING_MARKER).exists(),
+            "a failed log is reread in full at the next open"
+        );
         assert!(matches!(
             log.append(batch(1, 3, 10)),
             Err(Error::LogFailed { .. })

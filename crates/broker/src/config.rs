@@ -229,6 +229,8 @@ pub struct StorageSettings {
     /// After each fsync, drop from the page cache what lies more than this many bytes behind
     /// the end of each segment; 0 keeps everything (the kernel evicts as it sees fit).
     pub cache_window_bytes: u64,
+    /// Threads that open the partitions' logs at start and close them at shutdown.
+    pub log_threads: u32,
 }
 
 impl Default for StorageSettings {
@@ -240,6 +242,7 @@ impl Default for StorageSettings {
             flush_check_interval_ms: 20,
             retention_check_interval_ms: 300_000,
             cache_window_bytes: 0,
+            log_threads: 8,
         }
     }
 }
@@ -642,6 +645,7 @@ impl StorageSettings {
             10,
             u64::MAX >> 1,
         )?;
+        range("storage.log_threads", s.log_threads, 1, 256)?;
         Ok(())
     }
 }

@@ -59,6 +59,10 @@ pub enum Error {
         #[source]
         source: runnel_storage::Error,
     },
+    /// The partitions' logs were opened but their filesystem could not be synced.
+    #[error("cannot open the partitions' logs: {0}")]
+    Logs(#[source] runnel_storage::Error),
+
     /// The metrics exporter could not start.
     #[error("cannot start the metrics exporter on {addr} (metrics_listen): {reason}")]
     Metrics {

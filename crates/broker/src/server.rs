@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use runnel_storage::{LogEnv, SystemClock};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +27,7 @@ use crate::metrics::{self, GroupGauges};
 use crate::producers::Producers;
 use crate::services::router;
 use crate::shutdown::{self, Shutdown};
+use crate::tasks::BlockingPool;
 use crate::topics::Topics;
 
 /// Runs the broker on an already bound `listener` until `shutdown` completes, then shuts down
@@ -143,6 +145,7 @@ async fn open_state(
     let env = LogEnv {
         clock: Arc::new(SystemClock),
         observer: metrics::StorageObserver::new(),
+        spawner: Arc::new(BlockingPool(Handle::current())),
     };
     let dir = config.data_dir.clone();
     let (defaults, storage, limits) = (

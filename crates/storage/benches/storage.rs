@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_storage::batch::BatchBuilder;
-use runnel_storage::{Durability, Log, LogConfig, LogEnv, Observer, SystemClock};
+use runnel_storage::{Durability, Log, LogConfig, LogEnv, Observer};
 
 const MIB: usize = 1 << 20;
 const RECORD_BYTES: usize = 1024;
@@ -193,8 +193,8 @@ fn append_never(dir: &Path, total: u64) -> (Figure, Log) {
 fn append_always(dir: &Path, threads: usize, run_for: Duration, debug: bool) -> Figure {
     let fsyncs = Arc::new(FsyncCounter::default());
     let env = LogEnv {
-        clock: Arc::new(SystemClock),
         observer: fsyncs.clone(),
+        ..LogEnv::default()
     };
     let path = dir.join(format!("always-{threads}"));
     let log = Arc::new(Log::open_with(&path, config(Durability::Always), env).expect("open"));
@@ -252,7 +252,7 @@ fn read_all(log: &Log) -> Figure {
     let end = log.end_offset();
     while at < end {
         let r = log.read(at, MIB).expect("read");
-        bytes += r.data.len() as u64;
+        bytes += r.len_bytes() as u64;
         at = r.next_offset;
     }
     let secs = started.elapsed().as_secs_f64();

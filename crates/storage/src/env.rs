@@ -1,5 +1,6 @@
-//! What a log needs from its surroundings: a clock and someone to tell about fsyncs and
-//! repairs (the broker turns these into metrics).
+//! What a log needs from its surroundings: a clock, someone to tell about fsyncs and repairs
+//! (the broker turns these into metrics), and somewhere to run blocking work (the broker
+//! lends its blocking thread pool).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,13 +74,40 @@ pub struct NoopObserver;
 
 impl Observer for NoopObserver {}
 
-/// Clock and observer handed to [`Log::open_with`](crate::Log::open_with).
+/// Runs a log's blocking jobs: the group commit's syncer, started when a
+/// [`Durable`](crate::Durable) wait finds none running. A job may fsync, so it must run where
+/// blocking is allowed (a thread of its own, or an async runtime's blocking pool), never on
+/// an async runtime's worker.
+pub trait Spawner: Send + Sync + std::fmt::Debug {
+    /// Runs `job` on a thread that may block. A job dropped without being run (no thread
+    /// could be had) gives its work back: the waiters it would have served retry.
+    fn spawn(&self, job: Box<dyn FnOnce() + Send>);
+}
+
+/// A spawner that starts a thread per job: for programs without a thread pool of their own.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ThreadSpawner;
+
+impl Spawner for ThreadSpawner {
+    fn spawn(&self, job: Box<dyn FnOnce() + Send>) {
+        let spawned = std::thread::Builder::new()
+            .name("runnel-sync".into())
+            .spawn(job);
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start a syncer thread");
+        }
+    }
+}
+
+/// Clock, observer and spawner handed to [`Log::open_with`](crate::Log::open_with).
 #[derive(Debug, Clone)]
 pub struct LogEnv {
     /// Time source for append times, segment age and retention.
     pub clock: Arc<dyn Clock>,
     /// Told about fsyncs and repairs.
     pub observer: Arc<dyn Observer>,
+    /// Runs the group commit's syncer for [`Durable`](crate::Durable) waits.
+    pub spawner: Arc<dyn Spawner>,
 }
 
 impl Default for LogEnv {
@@ -87,6 +115,7 @@ impl Default for LogEnv {
         LogEnv {
             clock: Arc::new(SystemClock),
             observer: Arc::new(NoopObserver),
+            spawner: Arc::new(ThreadSpawner),
         }
     }
 }

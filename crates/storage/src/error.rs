@@ -151,6 +151,26 @@ impl Error {
         }
     }
 
+    /// The same error again, for each waiter of an fsync that failed with it: I/O errors keep
+    /// their kind and message; any other error becomes [`Error::LogFailed`] for `dir`.
+    pub(crate) fn reissue(&self, dir: &Path) -> Self {
+        let again = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: again(source),
+            },
+            Error::DiskFull { path, source } => Error::DiskFull {
+                path: path.clone(),
+                source: again(source),
+            },
+            _ => Error::LogFailed {
+                path: dir.to_path_buf(),
+            },
+        }
+    }
+
     pub(crate) fn malformed(field: &'static str, reason: impl Into<String>) -> Self {
         Error::Batch(runnel_format::Error::malformed(field, reason))
     }

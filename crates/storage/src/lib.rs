@@ -6,9 +6,12 @@
 //!
 //! - [`batch`]: the record batch format (the `runnel-format` crate): validation, a builder,
 //!   record decoding.
-//! - [`Log`]: one partition: append, read, seek by time, roll, retention, durability,
-//!   recovery on open.
+//! - [`Log`]: one partition: append, read, seek by time, roll (`log.rs`), its segment set
+//!   (`segments.rs`), durability by group commit with blocking and async waits ([`Durable`],
+//!   `sync.rs`), retention (`retention.rs`), recovery on open (`recovery.rs`).
 //! - [`Flusher`]: the background fsync thread of the `interval` policy.
+//! - [`open_logs`] and [`close_logs`]: many logs at once, in parallel, with one filesystem
+//!   sync instead of one per log (`bulk.rs`).
 //!
 //! ```
 //! use runnel_storage::{Log, LogConfig, batch::BatchBuilder};
@@ -19,10 +22,11 @@
 //! let appended = log.append(b.build()).unwrap();
 //! assert_eq!(appended.base_offsets, vec![0]);
 //! let read = log.read(0, 1 << 20).unwrap();
-//! assert_eq!(read.next_offset, 1);
+//! assert_eq!((read.batches.len(), read.records, read.next_offset), (1, 1, 1));
 //! log.close().unwrap();
 //! ```
 
+mod bulk;
 mod config;
 mod env;
 mod error;
@@ -31,20 +35,31 @@ mod index;
 mod log;
 mod producer;
 mod recovery;
+mod retention;
 mod segment;
+mod segments;
+mod sync;
+#[cfg(test)]
+mod testing;
 
 use std::path::{Path, PathBuf};
 
 /// The record batch format, from `runnel-format` (shared with the client).
 pub use runnel_format as batch;
 
+pub use bulk::{ClosedLogs, LogSpec, OpenedLogs, close_logs, open_logs};
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES, MIN_CACHE_WINDOW};
-pub use env::{Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, SystemClock};
+pub use env::{
+    Clock, LogEnv, NoopObserver, Observer, Repair, RepairKind, Spawner, SystemClock, ThreadSpawner,
+};
 pub use error::{Error, Result};
 pub use flusher::Flusher;
-pub use log::{Appended, Log, ReadResult, RetentionOutcome};
+pub use log::{Appended, Log};
 pub use producer::REMEMBERED_BATCHES;
-pub use recovery::CLEAN_SHUTDOWN_MARKER;
+pub use recovery::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
+pub use retention::RetentionOutcome;
+pub use segments::ReadResult;
+pub use sync::Durable;
 
 /// The directory of a partition's log: `<data_dir>/topics/<topic>/<partition>`.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {

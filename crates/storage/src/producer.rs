@@ -27,9 +27,11 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
+use crate::segment::Segment;
 
 /// How many of each producer's last batches are remembered for duplicate detection. A
 /// producer may have at most this many batches in flight per partition.
@@ -87,6 +89,49 @@ pub(crate) struct ProducerStates {
 }
 
 impl ProducerStates {
+    /// Rebuilds the producer state: the newest valid snapshot at or below the log end, then the
+    /// batch headers after it. Snapshots past the end (the tail was cut by recovery) are deleted.
+    pub(crate) fn rebuild(dir: &Path, segments: &[Arc<Segment>], end: u64) -> Result<Self> {
+        let mut offsets = list_snapshots(dir)?;
+        offsets.sort_unstable();
+        let mut state = None;
+        for &offset in offsets.iter().rev() {
+            let path = snapshot_path(dir, offset);
+            if offset > end {
+                crate::recovery::remove_file(&path)?;
+                continue;
+            }
+            let bytes =
+                std::fs::read(&path).map_err(|e| Error::io("read producer snapshot", &path, e))?;
+            match Self::decode(&bytes) {
+                Some((at, states)) if at == offset => {
+                    state = Some((at, states));
+                    break;
+                }
+                _ => tracing::warn!(path = %path.display(), "ignoring invalid producer snapshot"),
+            }
+        }
+        let (from, mut states) = state.unwrap_or_else(|| {
+            (
+                segments.first().map_or(0, |s| s.base_offset),
+                Self::default(),
+            )
+        });
+        for segment in segments.iter().filter(|s| s.next_offset() > from) {
+            let pos = if from <= segment.base_offset {
+                0
+            } else {
+                segment.position_of(from)?
+            };
+            Segment::scan_headers(&segment.log_path, pos, segment.size(), |h| {
+                if h.base_offset >= from {
+                    states.record(h, h.base_offset, h.append_time);
+                }
+            })?;
+        }
+        Ok(states)
+    }
+
     /// Checks a batch against the state and, if it is new, records it as appended at
     /// `base_offset`, saving what it changed in `undo`.
     pub fn apply(
@@ -303,15 +348,18 @@ pub(crate) fn snapshot_path(dir: &Path, offset: u64) -> PathBuf {
     dir.join(format!("{offset:020}.snapshot"))
 }
 
-/// Writes a snapshot atomically: temporary file, fsync, rename. The caller fsyncs the
-/// directory. Keeps only the two newest snapshots.
-pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+/// Writes a snapshot atomically: temporary file, fsync (unless `fsync` is false: then the
+/// caller syncs the filesystem before it relies on the snapshot), rename. The caller fsyncs
+/// the directory. Keeps only the two newest snapshots.
+pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8], fsync: bool) -> Result<()> {
     let path = snapshot_path(dir, offset);
     let tmp = path.with_extension("snapshot.tmp");
     (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if fsync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, &path)
     })()
     .map_err(|e| Error::io("write producer snapshot", &path, e))?;

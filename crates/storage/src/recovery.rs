@@ -1,13 +1,25 @@
-//! Opening a partition directory: find the segments, check what a clean shutdown promises,
-//! and after a crash cut the torn tail and rebuild indexes. See "Recovery" in
+//! Opening a partition directory: find the segments, decide how far their files can be
+//! trusted, read only what cannot be, cut a torn tail. See "Recovery" in
 //! `docs/storage-format.md`.
+//!
+//! How far the files are trusted ([`Trust`]):
+//! - after a clean close (the `.clean-shutdown` marker): everything was fsynced, indexes
+//!   included; only the tail after the active segment's last index entry is read.
+//! - after a crash of the process within the same boot of the machine (`.running` holds this
+//!   boot's id): the page cache survived, so the files are what the process last wrote,
+//!   indexes included, and only a write the process died in can be torn. The same tail is
+//!   read, and cut where it stops checking. A segment whose sealing the crash interrupted is
+//!   opened the same way, then sealed.
+//! - otherwise (power loss or a reboot, a log that failed, data from an older release): the
+//!   active segment, and one whose sealing was interrupted, are reread in full and their
+//!   indexes rebuilt.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::LogConfig;
 use crate::env::{LogEnv, Repair, RepairKind};
@@ -17,6 +29,65 @@ use crate::segment::{self, ScanOutcome, Segment, SegmentIndexes};
 
 /// Name of the marker file a clean close leaves in the partition directory.
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
+
+/// Name of the file an open log keeps in its directory: the id of the boot it was opened in.
+pub const RUNNING_MARKER: &str = ".running";
+
+/// This boot of the machine (Linux's `boot_id`), read once; `None` where there is none.
+fn boot_id() -> Option<&'static str> {
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id = id.trim();
+        (!id.is_empty()).then(|| id.to_owned())
+    })
+    .as_deref()
+}
+
+/// How far a partition's files can be trusted at open (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    Clean,
+    SameBoot,
+    None,
+}
+
+impl Trust {
+    fn of(dir: &Path) -> Self {
+        if dir.join(CLEAN_SHUTDOWN_MARKER).exists() {
+            return Trust::Clean;
+        }
+        let running = fs::read_to_string(dir.join(RUNNING_MARKER)).ok();
+        match (running, boot_id()) {
+            (Some(was), Some(now)) if was.trim() == now => Trust::SameBoot,
+            _ => Trust::None,
+        }
+    }
+
+    fn trusted(self) -> bool {
+        self != Trust::None
+    }
+}
+
+/// Records that the log in `dir` is open in this boot, so that a crash of the process is
+/// recovered from the page cache's state (module docs). Not fsynced: a copy lost to a power
+/// cut means another boot anyway.
+pub(crate) fn mark_running(dir: &Path) -> Result<()> {
+    let Some(boot) = boot_id() else {
+        return Ok(());
+    };
+    let path = dir.join(RUNNING_MARKER);
+    fs::write(&path, boot).map_err(|e| Error::io("write running marker", &path, e))
+}
+
+/// Forgets that the log in `dir` is open, so that the next open rereads what a failed write
+/// or fsync may have left. Best effort: the failure is already being reported.
+pub(crate) fn unmark_running(dir: &Path) {
+    let path = dir.join(RUNNING_MARKER);
+    if let Err(e) = remove_file(&path) {
+        warn!(path = %path.display(), error = %e, "could not remove the running marker");
+    }
+}
 
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -38,6 +109,16 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
 pub(crate) struct Opened {
     pub segments: Vec<Arc<Segment>>,
     pub repairs: Vec<Repair>,
+    /// Bytes of segment data read to open it.
+    pub reread_bytes: u64,
+}
+
+/// Whether [`open`] makes its directory changes durable itself, or leaves that to one
+/// filesystem sync after many logs are open ([`open_logs`](crate::open_logs)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirSync {
+    Now,
+    Deferred,
 }
 
 #[derive(Default)]
@@ -47,34 +128,82 @@ struct Files {
     time_index: bool,
 }
 
-fn report(env: &LogEnv, repairs: &mut Vec<Repair>, repair: Repair) {
-    warn!(
-        path = %repair.path.display(),
-        kind = ?repair.kind,
-        offset = repair.offset,
-        position = repair.position,
-        bytes_dropped = repair.bytes_dropped,
-        reason = %repair.reason,
-        "storage recovery repair"
-    );
-    env.observer.on_repair(&repair);
-    repairs.push(repair);
+/// One partition being opened: where, how far its files are trusted, what was done.
+struct Recovery<'a> {
+    dir: &'a Path,
+    config: &'a LogConfig,
+    env: &'a LogEnv,
+    trust: Trust,
+    repairs: Vec<Repair>,
+    reread_bytes: u64,
+}
+
+impl Recovery<'_> {
+    fn report(&mut self, repair: Repair) {
+        warn!(
+            path = %repair.path.display(),
+            kind = ?repair.kind,
+            offset = repair.offset,
+            position = repair.position,
+            bytes_dropped = repair.bytes_dropped,
+            reason = %repair.reason,
+            "storage recovery repair"
+        );
+        self.env.observer.on_repair(&repair);
+        self.repairs.push(repair);
+    }
 }
 
 /// Opens or creates the partition log in `dir`.
-pub(crate) fn open(dir: &Path, config: &LogConfig, env: &LogEnv) -> Result<Opened> {
+pub(crate) fn open(
+    dir: &Path,
+    config: &LogConfig,
+    env: &LogEnv,
+    dir_sync: DirSync,
+) -> Result<Opened> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
-    let clean = marker.exists();
-    let mut repairs = Vec::new();
+    let mut r = Recovery {
+        dir,
+        config,
+        env,
+        trust: Trust::of(dir),
+        repairs: Vec::new(),
+        reread_bytes: 0,
+    };
+    let mut found = list_segment_files(dir)?;
+    delete_orphan_indexes(&mut r, &mut found)?;
+    let segments = open_segments(&mut r, &found)?;
+    if r.trust == Trust::Clean {
+        remove_file(&dir.join(CLEAN_SHUTDOWN_MARKER))?;
+    }
+    mark_running(dir)?;
+    if dir_sync == DirSync::Now {
+        sync_dir(dir)?;
+    }
+    debug!(
+        path = %dir.display(),
+        segments = segments.len(),
+        trust = ?r.trust,
+        reread_bytes = r.reread_bytes,
+        repairs = r.repairs.len(),
+        "opened log"
+    );
+    Ok(Opened {
+        segments,
+        repairs: r.repairs,
+        reread_bytes: r.reread_bytes,
+    })
+}
 
+/// The segment files in `dir`, by base offset.
+fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, Files>> {
     let mut found: BTreeMap<u64, Files> = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io("list directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list directory", dir, e))?;
         let name = entry.file_name();
         let Some((base, ext)) = name.to_str().and_then(segment::parse_file_name) else {
-            if name != CLEAN_SHUTDOWN_MARKER {
+            if name != CLEAN_SHUTDOWN_MARKER && name != RUNNING_MARKER {
                 debug!(path = %entry.path().display(), "ignoring file that is not a segment");
             }
             continue;
@@ -87,8 +216,11 @@ pub(crate) fn open(dir: &Path, config: &LogConfig, env: &LogEnv) -> Result<Opene
             _ => debug!(path = %entry.path().display(), "ignoring unknown segment file"),
         }
     }
+    Ok(found)
+}
 
-    // Index files whose log is gone: left by a deletion that a crash interrupted.
+/// Deletes index files whose log is gone: left by a deletion that a crash interrupted.
+fn delete_orphan_indexes(r: &mut Recovery<'_>, found: &mut BTreeMap<u64, Files>) -> Result<()> {
     let orphans: Vec<u64> = found
         .iter()
         .filter(|(_, f)| !f.log)
@@ -96,86 +228,70 @@ pub(crate) fn open(dir: &Path, config: &LogConfig, env: &LogEnv) -> Result<Opene
         .collect();
     for base in orphans {
         found.remove(&base);
-        let (_, index, time_index) = Segment::file_paths(dir, base);
+        let (_, index, time_index) = Segment::file_paths(r.dir, base);
         for path in [index, time_index] {
             if path.exists() {
                 remove_file(&path)?;
-                let reason = "index without its segment".to_string();
-                report(
-                    env,
-                    &mut repairs,
-                    Repair {
-                        path,
-                        kind: RepairKind::DeletedOrphan,
-                        offset: base,
-                        position: 0,
-                        bytes_dropped: 0,
-                        reason,
-                    },
-                );
+                r.report(Repair {
+                    path,
+                    kind: RepairKind::DeletedOrphan,
+                    offset: base,
+                    position: 0,
+                    bytes_dropped: 0,
+                    reason: "index without its segment".to_string(),
+                });
             }
         }
     }
+    Ok(())
+}
 
+/// Opens every segment, oldest first. A segment whose tail was cut becomes the active one:
+/// the segments after it are past the log's end and are deleted.
+fn open_segments(r: &mut Recovery<'_>, found: &BTreeMap<u64, Files>) -> Result<Vec<Arc<Segment>>> {
     let bases: Vec<u64> = found.keys().copied().collect();
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
-    let mut truncated_at: Option<usize> = None;
     for (i, &base) in bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied();
-        let opened = if next_base.is_some() {
-            open_sealed(dir, base, next_base, clean, config, env, &mut repairs)?
-        } else {
-            open_active(dir, base, clean, config, env, &mut repairs)?
+        let (segment, was_truncated) = match next_base {
+            Some(next) => open_sealed(r, base, next)?,
+            None => open_active(r, base)?,
         };
-        let (segment, was_truncated) = opened;
         segments.push(Arc::new(segment));
         if was_truncated && next_base.is_some() {
-            truncated_at = Some(i);
+            delete_segments_after_cut(r, &bases[i + 1..])?;
             break;
         }
     }
-
-    if let Some(i) = truncated_at {
-        // Everything after a torn segment is after the log's end: delete it, newest first
-        // so that a crash in between leaves a prefix.
-        for &base in bases[i + 1..].iter().rev() {
-            let (log, index, time_index) = Segment::file_paths(dir, base);
-            let bytes = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-            remove_file(&log)?;
-            remove_file(&index)?;
-            remove_file(&time_index)?;
-            report(
-                env,
-                &mut repairs,
-                Repair {
-                    path: log,
-                    kind: RepairKind::DeletedSegment,
-                    offset: base,
-                    position: 0,
-                    bytes_dropped: bytes,
-                    reason: "segment after a torn segment".into(),
-                },
-            );
-        }
-        // The torn segment, opened with fresh preallocated indexes, is now the active one.
-    }
-
     if segments.is_empty() {
-        segments.push(Arc::new(Segment::create(dir, 0, config.max_index_bytes)?));
+        segments.push(Arc::new(Segment::create(
+            r.dir,
+            0,
+            r.config.max_index_bytes,
+        )?));
     }
+    Ok(segments)
+}
 
-    if clean {
-        remove_file(&marker)?;
+/// Deletes the segments after a torn one, newest first so that a crash in between leaves a
+/// prefix.
+fn delete_segments_after_cut(r: &mut Recovery<'_>, bases: &[u64]) -> Result<()> {
+    for &base in bases.iter().rev() {
+        let (log, index, time_index) = Segment::file_paths(r.dir, base);
+        let bytes = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        remove_file(&log)?;
+        remove_file(&index)?;
+        remove_file(&time_index)?;
+        r.report(Repair {
+            path: log,
+            kind: RepairKind::DeletedSegment,
+            offset: base,
+            position: 0,
+            bytes_dropped: bytes,
+            reason: "segment after a torn segment".into(),
+        });
     }
-    sync_dir(dir)?;
-    info!(
-        path = %dir.display(),
-        segments = segments.len(),
-        clean_shutdown = clean,
-        repairs = repairs.len(),
-        "opened log"
-    );
-    Ok(Opened { segments, repairs })
+    Ok(())
 }
 
 /// Scans a whole segment, verifying every batch, into freshly created indexes.
@@ -192,7 +308,7 @@ fn rebuild(
         max_timestamp: i64::MIN,
     };
     let interval = u64::from(config.index_interval_bytes);
-    let outcome = Segment::scan(&log, 0, base, true, |pos, h| {
+    let outcome = Segment::scan(&log, 0, base, |pos, h| {
         // Offsets inside a segment fit in u32 (the writer rolls before they would not).
         let rel = (h.base_offset - base) as u32;
         indexes.on_batch(
@@ -208,12 +324,7 @@ fn rebuild(
 
 /// Cuts the segment at the end of its valid batches, if the scan stopped early. Returns true
 /// if anything was cut.
-fn cut_torn_tail(
-    log: &Path,
-    outcome: &ScanOutcome,
-    env: &LogEnv,
-    repairs: &mut Vec<Repair>,
-) -> Result<bool> {
+fn cut_torn_tail(r: &mut Recovery<'_>, log: &Path, outcome: &ScanOutcome) -> Result<bool> {
     let Some(reason) = &outcome.stopped else {
         return Ok(false);
     };
@@ -221,18 +332,14 @@ fn cut_torn_tail(
         .map_err(|e| Error::io("stat segment", log, e))?
         .len();
     Segment::truncate_file(log, outcome.valid_len)?;
-    report(
-        env,
-        repairs,
-        Repair {
-            path: log.to_path_buf(),
-            kind: RepairKind::TruncatedTail,
-            offset: outcome.next_offset,
-            position: outcome.valid_len,
-            bytes_dropped: len - outcome.valid_len,
-            reason: reason.clone(),
-        },
-    );
+    r.report(Repair {
+        path: log.to_path_buf(),
+        kind: RepairKind::TruncatedTail,
+        offset: outcome.next_offset,
+        position: outcome.valid_len,
+        bytes_dropped: len - outcome.valid_len,
+        reason: reason.clone(),
+    });
     Ok(true)
 }
 
@@ -248,86 +355,94 @@ fn rebuilt_index_repair(log: &Path, base: u64, reason: &str) -> Repair {
 }
 
 /// Opens the active (last) segment. Returns the segment and whether its tail was cut.
-fn open_active(
-    dir: &Path,
-    base: u64,
-    clean: bool,
-    config: &LogConfig,
-    env: &LogEnv,
-    repairs: &mut Vec<Repair>,
-) -> Result<(Segment, bool)> {
-    let (log, index_path, time_path) = Segment::file_paths(dir, base);
-    if clean
-        && let (Some(offset), Some(time)) = (
-            Index::<OffsetEntry>::open_active(&index_path)?,
-            Index::<TimeEntry>::open_active(&time_path)?,
-        )
+fn open_active(r: &mut Recovery<'_>, base: u64) -> Result<(Segment, bool)> {
+    if r.trust.trusted()
+        && let Some(opened) = open_from_indexes(r, base)?
     {
-        // Only the tail after the last index entry is read.
-        let (from_pos, from_offset) = offset.last().map_or((0, base), |e| {
-            (u64::from(e.position), base + u64::from(e.relative_offset))
-        });
-        let mut tail_ts = i64::MIN;
-        let mut bytes = 0u64;
-        let outcome = Segment::scan(&log, from_pos, from_offset, true, |_, h| {
-            bytes += h.total_len() as u64;
-            tail_ts = tail_ts.max(h.effective_max_timestamp());
-        })?;
-        let bytes_since_entry = bytes;
-        if outcome.stopped.is_none() {
-            let max_timestamp = time.last().map_or(tail_ts, |e| e.timestamp.max(tail_ts));
-            let first_append_time =
-                Segment::read_first_append_time(&log)?.unwrap_or(outcome.first_append_time);
-            let outcome = ScanOutcome {
-                max_timestamp,
-                first_append_time,
-                ..outcome
-            };
-            let indexes = SegmentIndexes {
-                offset,
-                time,
-                bytes_since_entry,
-                max_timestamp,
-            };
-            return Ok((
-                Segment::from_parts(dir, base, indexes, &outcome, false)?,
-                false,
-            ));
-        }
-        warn!(path = %log.display(), "clean-shutdown marker present but the tail does not check; recovering");
+        return Ok(opened);
     }
-
-    let (indexes, outcome, log) = rebuild(dir, base, config)?;
-    let cut = cut_torn_tail(&log, &outcome, env, repairs)?;
-    if clean {
-        report(
-            env,
-            repairs,
-            rebuilt_index_repair(&log, base, "active index missing or invalid"),
-        );
+    let (indexes, outcome, log) = rebuild(r.dir, base, r.config)?;
+    r.reread_bytes += outcome.valid_len;
+    let cut = cut_torn_tail(r, &log, &outcome)?;
+    if r.trust.trusted() {
+        r.report(rebuilt_index_repair(
+            &log,
+            base,
+            "active index missing or invalid",
+        ));
     }
     Ok((
-        Segment::from_parts(dir, base, indexes, &outcome, false)?,
+        Segment::from_parts(r.dir, base, indexes, &outcome, false)?,
         cut,
     ))
 }
 
-/// Opens a sealed segment (one with a successor at `next_base`). Returns the segment and
-/// whether its tail was cut (only possible for a segment whose sealing a crash interrupted).
-fn open_sealed(
-    dir: &Path,
-    base: u64,
-    next_base: Option<u64>,
-    clean: bool,
-    config: &LogConfig,
-    env: &LogEnv,
-    repairs: &mut Vec<Repair>,
-) -> Result<(Segment, bool)> {
-    let (log, index_path, time_path) = Segment::file_paths(dir, base);
+/// Opens a segment from its preallocated (active-shaped) indexes as they are, reading only
+/// the tail after the last index entry. After a clean close the tail must check; after a
+/// crash in the same boot a tail that stops checking is torn, and is cut. `None` when the
+/// indexes cannot be used: the caller rebuilds them.
+fn open_from_indexes(r: &mut Recovery<'_>, base: u64) -> Result<Option<(Segment, bool)>> {
+    let (log, index_path, time_path) = Segment::file_paths(r.dir, base);
+    let (Some(offset), Some(time)) = (
+        Index::<OffsetEntry>::open_active(&index_path)?,
+        Index::<TimeEntry>::open_active(&time_path)?,
+    ) else {
+        return Ok(None);
+    };
+    let (from_pos, from_offset) = offset.last().map_or((0, base), |e| {
+        (u64::from(e.position), base + u64::from(e.relative_offset))
+    });
     let len = fs::metadata(&log)
         .map_err(|e| Error::io("stat segment", &log, e))?
         .len();
-    let next = next_base.unwrap_or(base);
+    if from_pos > len {
+        warn!(path = %log.display(), "index points past the end of its segment; rebuilding");
+        return Ok(None);
+    }
+    let mut tail_ts = i64::MIN;
+    let mut bytes_since_entry = 0u64;
+    let outcome = Segment::scan(&log, from_pos, from_offset, |_, h| {
+        bytes_since_entry += h.total_len() as u64;
+        tail_ts = tail_ts.max(h.effective_max_timestamp());
+    })?;
+    r.reread_bytes += len - from_pos;
+    if outcome.stopped.is_some() && r.trust == Trust::Clean {
+        warn!(path = %log.display(), "clean-shutdown marker present but the tail does not check; recovering");
+        return Ok(None);
+    }
+    if outcome.stopped.is_some() && outcome.valid_len == from_pos && from_pos > 0 {
+        // Not even the batch the last index entry points at checks: not a torn write but
+        // damage, or an index the crash left ahead of its data. Let the full rebuild decide.
+        return Ok(None);
+    }
+    let cut = cut_torn_tail(r, &log, &outcome)?;
+    let max_timestamp = time.last().map_or(tail_ts, |e| e.timestamp.max(tail_ts));
+    let first_append_time =
+        Segment::read_first_append_time(&log)?.unwrap_or(outcome.first_append_time);
+    let outcome = ScanOutcome {
+        max_timestamp,
+        first_append_time,
+        ..outcome
+    };
+    let indexes = SegmentIndexes {
+        offset,
+        time,
+        bytes_since_entry,
+        max_timestamp,
+    };
+    Ok(Some((
+        Segment::from_parts(r.dir, base, indexes, &outcome, false)?,
+        cut,
+    )))
+}
+
+/// Opens a sealed segment (one with a successor at `next`). Returns the segment and whether
+/// its tail was cut (only possible for a segment whose sealing a crash interrupted).
+fn open_sealed(r: &mut Recovery<'_>, base: u64, next: u64) -> Result<(Segment, bool)> {
+    let (log, index_path, time_path) = Segment::file_paths(r.dir, base);
+    let len = fs::metadata(&log)
+        .map_err(|e| Error::io("stat segment", &log, e))?
+        .len();
     let offset = Index::<OffsetEntry>::open_sealed(&index_path)?;
     let time = Index::<TimeEntry>::open_sealed(&time_path)?;
     let sealed_on_disk = offset.is_some();
@@ -357,7 +472,7 @@ fn open_sealed(
                 max_timestamp,
             };
             return Ok((
-                Segment::from_parts(dir, base, indexes, &outcome, true)?,
+                Segment::from_parts(r.dir, base, indexes, &outcome, true)?,
                 false,
             ));
         }
@@ -367,13 +482,14 @@ fn open_sealed(
     // sealing. Missing ones, or ones of any other bad shape, are damage to a segment whose
     // data was complete and acknowledged: it must not be cut.
     let interrupted = !sealed_on_disk
-        && !clean
+        && r.trust != Trust::Clean
         && (Index::<OffsetEntry>::looks_preallocated(&index_path)?
             || Index::<TimeEntry>::looks_preallocated(&time_path)?);
     if !interrupted {
         // The data was complete when sealed; only an index is bad. Rebuild it, and treat a
         // batch that does not check as corruption of acknowledged data.
-        let (indexes, outcome, log) = rebuild(dir, base, config)?;
+        let (indexes, outcome, log) = rebuild(r.dir, base, r.config)?;
+        r.reread_bytes += outcome.valid_len;
         if let Some(reason) = outcome.stopped {
             return Err(Error::CorruptSegment {
                 path: log,
@@ -381,36 +497,47 @@ fn open_sealed(
                 reason,
             });
         }
-        report(
-            env,
-            repairs,
-            rebuilt_index_repair(&log, base, "sealed index missing or invalid"),
-        );
-        let segment = Segment::from_parts(dir, base, indexes, &outcome, false)?;
+        r.report(rebuilt_index_repair(
+            &log,
+            base,
+            "sealed index missing or invalid",
+        ));
+        let segment = Segment::from_parts(r.dir, base, indexes, &outcome, false)?;
         segment.seal()?;
         return Ok((segment, false));
     }
 
-    // A crash interrupted the sealing: the data may be torn like an active segment's.
-    let (indexes, outcome, log) = rebuild(dir, base, config)?;
-    let cut = cut_torn_tail(&log, &outcome, env, repairs)?;
-    if !cut && outcome.next_offset != next {
+    // A crash interrupted the sealing: the data may be torn like an active segment's. Within
+    // the same boot its indexes are as the writer left them.
+    let from_indexes = if r.trust == Trust::SameBoot {
+        open_from_indexes(r, base)?
+    } else {
+        None
+    };
+    let (segment, cut) = match from_indexes {
+        Some(opened) => opened,
+        None => {
+            let (indexes, outcome, log) = rebuild(r.dir, base, r.config)?;
+            r.reread_bytes += outcome.valid_len;
+            let cut = cut_torn_tail(r, &log, &outcome)?;
+            r.report(rebuilt_index_repair(&log, base, "sealing was interrupted"));
+            (
+                Segment::from_parts(r.dir, base, indexes, &outcome, false)?,
+                cut,
+            )
+        }
+    };
+    if !cut && segment.next_offset() != next {
         let reason = format!(
             "segment ends at offset {} but the next starts at {next}",
-            outcome.next_offset
+            segment.next_offset()
         );
         return Err(Error::CorruptSegment {
             path: log,
-            position: outcome.valid_len,
+            position: segment.size(),
             reason,
         });
     }
-    report(
-        env,
-        repairs,
-        rebuilt_index_repair(&log, base, "sealing was interrupted"),
-    );
-    let segment = Segment::from_parts(dir, base, indexes, &outcome, false)?;
     if !cut {
         segment.seal()?;
     }

@@ -43,6 +43,45 @@ pub const DROP_STEP: u64 = 4 << 20;
 /// pages anyway).
 const PAGE_BYTES: u64 = 4096;
 
+/// Whole batches read from a segment: the one walk over their headers splits them, counts
+/// their records and finds where the next read starts, so nothing downstream walks them again.
+pub(crate) struct SegmentRead {
+    /// One `Bytes` per batch, exactly as stored.
+    pub batches: Vec<Bytes>,
+    /// Records in `batches`.
+    pub records: u64,
+    /// One past the last record in `batches` (`from` if there are none).
+    pub next_offset: u64,
+}
+
+impl SegmentRead {
+    /// Splits `buf`, read from a batch boundary, into its whole batches; a partial batch at
+    /// the end (the read stopped at `max_bytes`) is left out.
+    fn split(buf: Bytes, from: u64) -> Self {
+        let mut read = SegmentRead {
+            batches: Vec::new(),
+            records: 0,
+            next_offset: from,
+        };
+        let mut pos = 0;
+        // The length check first: decoding a short tail would build an error message.
+        while buf.len() - pos >= HEADER_LEN {
+            let Ok(header) = BatchHeader::decode(&buf[pos..]) else {
+                break;
+            };
+            let total = header.total_len();
+            if total < HEADER_LEN || pos + total > buf.len() {
+                break;
+            }
+            read.batches.push(buf.slice(pos..pos + total));
+            read.records += u64::from(header.record_count);
+            read.next_offset = header.next_offset();
+            pos += total;
+        }
+        read
+    }
+}
+
 /// File name stem of the segment starting at `base_offset`.
 pub(crate) fn file_stem(base_offset: u64) -> String {
     format!("{base_offset:020}")
@@ -494,22 +533,14 @@ impl Segment {
     /// Reads whole batches starting with the one that contains `offset`, about `max_bytes`
     /// of them; the first batch is returned whole even if it is larger. `None` if the segment
     /// has nothing at or after `offset`.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<SegmentRead>> {
         let size = self.size();
         let Some((pos, first)) = self.locate(offset, size)? else {
             return Ok(None);
         };
         let available = (size - pos) as usize;
         let want = max_bytes.min(available).max(first.total_len());
-        let buf = self.read_at(pos, want)?;
-        let mut end = 0usize;
-        while let Some(total) = batch::batch_total_len(&buf[end..]) {
-            if total < HEADER_LEN || end + total > buf.len() {
-                break;
-            }
-            end += total;
-        }
-        Ok(Some(buf.slice(..end)))
+        Ok(Some(SegmentRead::split(self.read_at(pos, want)?, offset)))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every
@@ -600,13 +631,12 @@ impl Segment {
     }
 
     /// Reads the batches from `from_pos` to the end of the file in order, checking each one
-    /// (CRC and offsets too when `verify` is set), and calls `on_batch` with the position and
-    /// header of every valid one. Stops at the first batch that is torn or fails a check.
+    /// (offsets, CRC, layout), and calls `on_batch` with the position and header of every
+    /// valid one. Stops at the first batch that is torn or fails a check.
     pub fn scan(
         path: &Path,
         from_pos: u64,
         expected_next: u64,
-        verify: bool,
         mut on_batch: impl FnMut(u64, &BatchHeader),
     ) -> Result<ScanOutcome> {
         let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
@@ -647,26 +677,20 @@ impl Segment {
                 out.stopped = stop(format!("batch of {total} bytes runs past the end"));
                 break;
             }
-            if verify {
-                if header.base_offset != out.next_offset {
-                    out.stopped = stop(format!(
-                        "base offset {} where {} was expected",
-                        header.base_offset, out.next_offset
-                    ));
-                    break;
-                }
-                buf.resize(total as usize, 0);
-                reader
-                    .read_exact(&mut buf[HEADER_LEN..])
-                    .map_err(|e| Error::io("read segment", path, e))?;
-                if let Err(e) = batch::validate_stored(&buf, &header) {
-                    out.stopped = stop(e.to_string());
-                    break;
-                }
-            } else {
-                reader
-                    .seek_relative((total - HEADER_LEN as u64) as i64)
-                    .map_err(|e| Error::io("seek segment", path, e))?;
+            if header.base_offset != out.next_offset {
+                out.stopped = stop(format!(
+                    "base offset {} where {} was expected",
+                    header.base_offset, out.next_offset
+                ));
+                break;
+            }
+            buf.resize(total as usize, 0);
+            reader
+                .read_exact(&mut buf[HEADER_LEN..])
+                .map_err(|e| Error::io("read segment", path, e))?;
+            if let Err(e) = batch::validate_stored(&buf, &header) {
+                out.stopped = stop(e.to_string());
+                break;
             }
             on_batch(pos, &header);
             if out.first_append_time == i64::MIN && pos == 0 {
@@ -678,6 +702,35 @@ impl Segment {
             out.valid_len = pos;
         }
         Ok(out)
+    }
+
+    /// Reads only the header of each batch from `from_pos` to `end` (a position the segment
+    /// was opened or recovered with, so every batch before it is whole), one `pread` per
+    /// batch: what the producer state needs, without reading the records.
+    pub fn scan_headers(
+        path: &Path,
+        from_pos: u64,
+        end: u64,
+        mut on_batch: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
+        let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+        let mut buf = [0u8; HEADER_LEN];
+        let mut pos = from_pos;
+        while pos + HEADER_LEN as u64 <= end {
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| Error::io("read segment", path, e))?;
+            let header = BatchHeader::decode(&buf)?;
+            if header.total_len() < HEADER_LEN {
+                return Err(Error::CorruptSegment {
+                    path: path.to_path_buf(),
+                    position: pos,
+                    reason: format!("batch of {} bytes", header.total_len()),
+                });
+            }
+            on_batch(&header);
+            pos += header.total_len() as u64;
+        }
+        Ok(())
     }
 
     /// Truncates the `.log` file to `len` bytes and fsyncs it (recovery only, before the

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use runnel_storage::batch::{BatchBuilder, BatchHeader, Record};
-use runnel_storage::{CLEAN_SHUTDOWN_MARKER, Durability, Error, Log, LogConfig, RepairKind};
+use runnel_storage::{
+    CLEAN_SHUTDOWN_MARKER, Durability, Error, Log, LogConfig, RUNNING_MARKER, RepairKind,
+};
 
 use common::{Rng, batch, read_all, seg_file, small_config};
 
@@ -135,6 +137,8 @@ impl Fixture {
     }
 
     /// A fresh copy of the pristine log to damage.
+    /// A copy of the pristine log to damage. The copy models a power cut: nothing says the
+    /// files are as a process of this boot left them, so recovery trusts none of it.
     fn trial(&self, name: &str) -> PathBuf {
         let dir = self.path.parent().expect("parent").join(name);
         if dir.exists() {
@@ -153,6 +157,9 @@ fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("mkdir");
     for entry in fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
+        if entry.file_name() == RUNNING_MARKER {
+            continue;
+        }
         fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
@@ -194,7 +201,7 @@ fn check_holds(log: &Log, expected: &[&Stored], context: &str) {
                 .read(offset, 0)
                 .unwrap_or_else(|e| panic!("{context}: read {offset}: {e}"));
             assert!(
-                r.data == b.bytes,
+                common::joined(&r) == b.bytes,
                 "{context}: read({offset}) is not the batch at {}",
                 b.base
             );
@@ -672,7 +679,7 @@ fn a_damaged_entry_inside_a_sealed_index_never_returns_wrong_batches() {
             for offset in b.base..b.next {
                 match log.read(offset, 0) {
                     Ok(r) => assert!(
-                        r.data == b.bytes,
+                        common::joined(&r) == b.bytes,
                         "{context}: read({offset}) returned the wrong batch"
                     ),
                     Err(Error::CorruptSegment { path: p, .. }) => {
@@ -687,10 +694,10 @@ fn a_damaged_entry_inside_a_sealed_index_never_returns_wrong_batches() {
     assert!(caught > 0, "no read ever used a damaged entry");
 }
 
-/// Opening after a clean close reads no sealed data and only the active segment's tail after
-/// its last index entry: damage planted before that tail goes unnoticed by the open (it is
-/// caught later by the consumer's CRC check), while an unclean open, which verifies the whole
-/// active segment, finds it.
+/// Opening after a clean close, or after a crash of the process within the same boot, reads no
+/// sealed data and only the active segment's tail after its last index entry: damage planted
+/// before that tail goes unnoticed by the open (it is caught later by the consumer's CRC
+/// check), while an open after a power cut, which verifies the whole active segment, finds it.
 #[test]
 fn a_clean_open_reads_only_the_tail_after_the_last_index_entry() {
     let dir = tempfile::tempdir().unwrap();
@@ -724,9 +731,27 @@ fn a_clean_open_reads_only_the_tail_after_the_last_index_entry() {
 
     let log = Log::open(dir.path(), config.clone()).unwrap();
     assert!(log.repairs().is_empty(), "{:?}", log.repairs());
+    assert!(
+        log.reread_bytes() < 1024,
+        "read {} bytes",
+        log.reread_bytes()
+    );
     let end = log.end_offset();
-    drop(log); // a crash: no marker this time
+    drop(log); // a crash of the process: no marker this time, but the same boot
 
+    // The page cache holds what the process wrote: again only the tail is read.
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    assert!(log.repairs().is_empty(), "{:?}", log.repairs());
+    assert!(
+        log.reread_bytes() < 1024,
+        "read {} bytes",
+        log.reread_bytes()
+    );
+    assert_eq!(log.end_offset(), end);
+    drop(log);
+
+    // A power cut: nothing of the last boot is trusted, the active segment is read whole.
+    fs::remove_file(dir.path().join(RUNNING_MARKER)).unwrap();
     let log = Log::open(dir.path(), config).unwrap();
     let cut: Vec<_> = log.repairs().iter().filter(|r| r.path == active).collect();
     assert_eq!(cut.len(), 1, "{:?}", log.repairs());
@@ -736,4 +761,85 @@ fn a_clean_open_reads_only_the_tail_after_the_last_index_entry() {
     );
     assert!(log.end_offset() < end);
     assert_eq!(log.end_offset(), bases[bases.len() - 1]);
+}
+
+/// A process killed in the middle of a write leaves a torn tail; within the same boot the open
+/// reads only the tail after the last index entry, cuts what does not check, and keeps the
+/// indexes the process wrote.
+#[test]
+fn a_crash_in_the_same_boot_cuts_a_torn_tail_and_keeps_the_indexes() {
+    let fx = Fixture::new(3, 2, 6, false);
+    // The pristine copy keeps its running marker: a crash of the process, no power cut.
+    let dir = fx.path.parent().expect("parent").join("same-boot");
+    fs::create_dir_all(&dir).expect("mkdir");
+    for entry in fs::read_dir(&fx.path).expect("read_dir") {
+        let entry = entry.expect("entry");
+        fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+    let target = seg_file(&dir, fx.active(), "log");
+    let valid_len = fs::metadata(&target).expect("stat").len();
+    // Half a batch: the write the process died in.
+    let last = fx.batches.last().expect("batch");
+    let mut torn = fs::OpenOptions::new()
+        .append(true)
+        .open(&target)
+        .expect("open");
+    std::io::Write::write_all(&mut torn, &last.bytes[..last.bytes.len() / 2]).expect("write");
+    drop(torn);
+
+    let log = Log::open(&dir, fx.config.clone()).expect("open");
+    assert_eq!(log.repairs().len(), 1, "{:?}", log.repairs());
+    let r = &log.repairs()[0];
+    assert_eq!(r.kind, RepairKind::TruncatedTail);
+    assert_eq!((r.position, r.offset), (valid_len, last.next));
+    assert!(
+        log.reread_bytes() < valid_len / 2,
+        "read {} of {valid_len} bytes",
+        log.reread_bytes()
+    );
+    assert_eq!(fs::metadata(&target).expect("stat").len(), valid_len);
+    let everything: Vec<&Stored> = fx.batches.iter().collect();
+    check_holds(&log, &everything, "same boot");
+    log.verify_indexes()
+        .expect("the kept indexes agree with the data");
+    drop(log);
+    append_after_recovery(&dir, &fx.config, &everything, "same boot");
+}
+
+/// A crash between a roll and the sealing of the old segment, within the same boot: the old
+/// segment's preallocated indexes are as the writer left them, so it is opened from them and
+/// sealed, without reading it again.
+#[test]
+fn a_crash_between_roll_and_seal_in_the_same_boot_reads_only_the_tail() {
+    let fx = Fixture::new(7, 3, 2, false);
+    let everything: Vec<&Stored> = fx.batches.iter().collect();
+    let segment = fx.segments[1];
+    let dir = fx.path.parent().expect("parent").join("unsealed-same-boot");
+    fs::create_dir_all(&dir).expect("mkdir");
+    for entry in fs::read_dir(&fx.path).expect("read_dir") {
+        let entry = entry.expect("entry");
+        fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+    unseal(&dir, segment, fx.config.max_index_bytes, true);
+    let sealed_len = fs::metadata(seg_file(&dir, segment, "log"))
+        .expect("stat")
+        .len();
+    let log = Log::open(&dir, fx.config.clone()).expect("open");
+    assert!(log.repairs().is_empty(), "{:?}", log.repairs());
+    assert!(
+        log.reread_bytes() < sealed_len,
+        "read {} bytes, the segment holds {sealed_len}",
+        log.reread_bytes()
+    );
+    check_holds(&log, &everything, "unsealed in the same boot");
+    for ext in ["index", "timeindex"] {
+        let len = fs::metadata(seg_file(&dir, segment, ext))
+            .expect("stat")
+            .len();
+        assert!(
+            len < u64::from(fx.config.max_index_bytes) / 2,
+            "{ext} is sealed again"
+        );
+    }
+    log.verify_indexes().expect("indexes agree");
 }

@@ -41,7 +41,7 @@ fn values(log: &Log) -> Vec<u32> {
     let mut next = log.start_offset();
     while next < log.end_offset() {
         let r = log.read(next, 1 << 20).unwrap();
-        for b in Batches::new(r.data) {
+        for b in r.batches.into_iter().flat_map(Batches::new) {
             for rec in b.unwrap().records().unwrap() {
                 let key = rec.unwrap().key.unwrap();
                 out.push(u32::from_le_bytes(key[..4].try_into().unwrap()));

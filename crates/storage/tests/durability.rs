@@ -73,7 +73,7 @@ fn concurrent_appenders_under_always_get_dense_distinct_offsets() {
                 let end = log.end_offset();
                 let at = if end == 0 { 0 } else { reads % end };
                 let r = log.read(at, 4096).expect("concurrent read");
-                for b in Batches::new(r.data) {
+                for b in r.batches.into_iter().flat_map(Batches::new) {
                     b.expect("a reader never sees part of a batch");
                 }
                 reads += 1;

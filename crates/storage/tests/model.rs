@@ -388,7 +388,7 @@ impl Model {
             got.map_err(|e| TestCaseError::fail(format!("read({from}, {max_bytes}): {e}")))?;
         prop_assert_eq!((got.log_start_offset, got.log_end_offset), (start, end));
         if from == end {
-            prop_assert!(got.data.is_empty());
+            prop_assert!(got.is_empty());
             prop_assert_eq!(got.next_offset, from);
             return Ok(());
         }
@@ -418,7 +418,7 @@ impl Model {
             .flat_map(|b| b.bytes.iter().copied())
             .collect();
         prop_assert_eq!(
-            got.data.len(),
+            got.len_bytes(),
             expected_bytes.len(),
             "read({}, {}) length; batches {:?}",
             from,
@@ -426,12 +426,12 @@ impl Model {
             expected.iter().map(|b| b.base).collect::<Vec<_>>()
         );
         prop_assert!(
-            got.data[..] == expected_bytes[..],
+            common::joined(&got)[..] == expected_bytes[..],
             "read({from}, {max_bytes}) bytes differ"
         );
         let expected_records: Vec<&Record> =
             expected.iter().flat_map(|b| b.records.iter()).collect();
-        let got_records = records(&got.data);
+        let got_records = records(&common::joined(&got));
         prop_assert_eq!(got_records.iter().collect::<Vec<_>>(), expected_records);
         prop_assert_eq!(
             got.next_offset,

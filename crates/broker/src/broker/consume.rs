@@ -12,7 +12,6 @@ use bytes::Bytes;
 use runnel_proto::pb::{
     self, ErrorCode, OffsetBoundary, offset_query::Query, start_position::Position,
 };
-use runnel_storage::batch::{self, BatchHeader, HEADER_LEN};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -102,12 +101,11 @@ fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitio
         let limit = t.max_bytes.min(budget.max(1) as usize);
         match p.read(t.offset, limit) {
             Ok(read) => {
-                let (batches, records) = split_batches(&read.data);
-                let bytes = read.data.len() as u64;
+                let bytes = read.len_bytes() as u64;
                 total += bytes;
-                p.topic_metrics.records_out.increment(records);
+                p.topic_metrics.records_out.increment(read.records);
                 p.topic_metrics.bytes_out.increment(bytes);
-                result.batches = batches;
+                result.batches = read.batches;
                 result.next_offset = read.next_offset;
                 result.log_start_offset = read.log_start_offset;
                 result.log_end_offset = read.log_end_offset;
@@ -172,25 +170,6 @@ pub enum SubscriptionEnd {
     ClientLeft,
     /// The subscription ended with this error, the last item of its queue.
     Failed(ErrorCode),
-}
-
-/// Splits whole stored batches, back to back, into one `Bytes` per batch without copying.
-/// Returns the batches and their total record count.
-pub(crate) fn split_batches(data: &Bytes) -> (Vec<Bytes>, u64) {
-    let mut batches = Vec::new();
-    let mut records = 0u64;
-    let mut pos = 0;
-    while let Some(total) = batch::batch_total_len(&data[pos..]) {
-        if total < HEADER_LEN || pos + total > data.len() {
-            break;
-        }
-        if let Ok(header) = BatchHeader::decode(&data[pos..]) {
-            records += u64::from(header.record_count);
-        }
-        batches.push(data.slice(pos..pos + total));
-        pos += total;
-    }
-    (batches, records)
 }
 
 impl Broker {
@@ -402,13 +381,12 @@ impl Broker {
                 Err(e) => break RpcError::internal(format!("read task failed: {e}")),
             };
             match read {
-                Ok(read) if !read.data.is_empty() => {
-                    let (batches, records) = split_batches(&read.data);
-                    p.topic_metrics.records_out.increment(records);
-                    p.topic_metrics.bytes_out.increment(read.data.len() as u64);
+                Ok(read) if !read.is_empty() => {
+                    p.topic_metrics.records_out.increment(read.records);
+                    p.topic_metrics.bytes_out.increment(read.len_bytes() as u64);
                     next = read.next_offset;
                     slot.send(Ok(PartitionRead {
-                        batches,
+                        batches: read.batches,
                         next_offset: next,
                         log_start_offset: read.log_start_offset,
                         log_end_offset: read.log_end_offset,

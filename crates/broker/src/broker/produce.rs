@@ -7,7 +7,7 @@
 //! (small requests on the runtime's thread with `Partition::try_append`, see
 //! `INLINE_WRITE_MAX`).
 //! The **finish** stage waits for the fsyncs that `ACKS_DURABLE` or the `always` policy ask for
-//! (`Partition::want_durable`: group commit by one syncer task per busy partition, awaited
+//! (`Partition::want_durable`: the log's group commit, run on the blocking pool and awaited
 //! without a thread per request) and builds the response. A front end runs both in turn for one
 //! request, or, for a stream of requests, writes them in the order received and finishes them
 //! in that order on a second task, so appends of later requests overlap the fsyncs of earlier
@@ -230,7 +230,7 @@ impl Broker {
             .map(|(p, offset, entries)| (p.want_durable(offset), p, entries))
             .collect();
         for (wait, p, entries) in waits {
-            if let Err(e) = wait.wait().await {
+            if let Err(e) = wait.await {
                 let e = storage_error(&e, &p, None).to_pb();
                 for i in entries {
                     results[i].batches.clear();

@@ -82,13 +82,14 @@ pub fn compute(topics: &Topics, offsets: Vec<(String, Tp, u64)>, now_ms: i64) ->
 /// documentation). `None` if it cannot be read (retention or the end moved meanwhile).
 pub fn oldest_timestamp(p: &Partition, position: u64) -> Option<i64> {
     let read = p.read(position, 1).ok()?;
-    let header = BatchHeader::decode(&read.data).ok()?;
+    let first = read.batches.into_iter().next()?;
+    let header = BatchHeader::decode(&first).ok()?;
     if header.timestamp_type() == TimestampType::LogAppendTime {
         return Some(header.append_time);
     }
     let total = header.total_len();
-    if header.compression() == Some(Compression::None) && total <= read.data.len() {
-        let records = RecordBatch::new(read.data.slice(..total), usize::MAX)
+    if header.compression() == Some(Compression::None) && total <= first.len() {
+        let records = RecordBatch::new(first, usize::MAX)
             .ok()
             .and_then(|b| b.records().ok());
         if let Some(records) = records {

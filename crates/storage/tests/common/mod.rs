@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use runnel_storage::batch::{BatchBuilder, Batches, Record};
-use runnel_storage::{Clock, Log, LogConfig, LogEnv, NoopObserver};
+use runnel_storage::{Clock, Log, LogConfig, LogEnv, ReadResult};
 
 /// A clock that moves only when told to.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl Clock for ManualClock {
 pub fn env_with(clock: &Arc<ManualClock>) -> LogEnv {
     LogEnv {
         clock: clock.clone(),
-        observer: Arc::new(NoopObserver),
+        ..LogEnv::default()
     }
 }
 
@@ -93,17 +93,22 @@ pub fn read_all(log: &Log) -> Vec<Bytes> {
     while at < log.end_offset() {
         let r = log.read(at, 64 << 10).expect("read");
         assert!(
-            !r.data.is_empty(),
+            !r.is_empty(),
             "empty read at {at} below end {}",
             log.end_offset()
         );
-        for b in Batches::new(r.data.clone()) {
+        for b in r.batches.iter().flat_map(|b| Batches::new(b.clone())) {
             out.push(b.expect("stored batch checks").bytes().clone());
         }
         assert!(r.next_offset > at);
         at = r.next_offset;
     }
     out
+}
+
+/// The batches of a read back to back, as they lie in the segment.
+pub fn joined(r: &ReadResult) -> Bytes {
+    r.batches.concat().into()
 }
 
 /// Decodes every record in `data`.

@@ -162,6 +162,14 @@ impl RpcError {
         Self::new(ErrorCode::BrokerShuttingDown, "the broker is shutting down")
     }
 
+    /// `BROKER_STARTING`: the partitions are still opening.
+    pub fn starting() -> Self {
+        Self::new(
+            ErrorCode::BrokerStarting,
+            "the broker is starting: its partitions are still opening; retry once health says SERVING",
+        )
+    }
+
     /// `LIMIT_EXCEEDED`.
     pub fn limit(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::LimitExceeded, message)

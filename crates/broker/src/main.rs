@@ -138,10 +138,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        // Handlers first: a signal that arrives while the broker starts is not lost.
+        let shutdown = signal();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
-        runnel_broker::run(config, listener, signal()).await?;
+        runnel_broker::run(config, listener, shutdown).await?;
         Ok(())
     });
     // Every log is closed by now; do not wait long for background file removal.
@@ -149,21 +151,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future completes on the first of them.
+fn signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "received shutdown signal");
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "received shutdown signal");
+    }
 }
 
 /// Asks glibc's malloc to keep freed memory for reuse, unless the operator tuned it through

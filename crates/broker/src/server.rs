@@ -45,7 +45,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     // Open: check the config, lock the data directory (held until the end: one broker per
-    // data directory), start the metrics exporter, recover the topics, producers and groups.
+    // data directory), start the metrics exporter; serve, with health NOT_SERVING and the
+    // services answering BROKER_STARTING, while the topics, producers and groups recover.
     config
         .validate()
         .map_err(|(key, reason)| Error::Config { key, reason })?;
@@ -53,11 +54,14 @@ pub async fn run(
     let lock = data_dir::open(&config.data_dir)?;
     let group_gauges = GroupGauges::new();
     let exporter = start_metrics(&config, &started, &group_gauges)?;
+    let (trigger, signal) = shutdown::channel();
+    let health = router::Health::starting().await;
+    let (router, services) = router::router(&config, &health)?;
+    let mut serving = Serving::start(router, listener, &config, &signal);
     let (topics, producers, groups) = open_state(&config, group_gauges).await?;
 
-    // Serve: the broker over that state, the gRPC services on the listener, the background
-    // loops, all watching one shutdown signal.
-    let (trigger, signal) = shutdown::channel();
+    // Serve: the broker over that state behind the services, the background loops, all
+    // watching one shutdown signal; then health says SERVING.
     let broker = Arc::new(Broker::new(
         config,
         topics,
@@ -67,9 +71,9 @@ pub async fn run(
         started.at,
         started.unix_ms,
     ));
-    let (router, health) = router::router(&broker).await?;
-    let mut serving = Serving::start(router, listener, &broker, &signal);
+    services.open(&broker);
     let background = Background::spawn(&broker, &signal);
+    health.serving().await;
     log_started(&broker, &serving);
 
     // Wait until the shutdown future completes, or the server fails.
@@ -182,11 +186,9 @@ struct Serving {
 impl Serving {
     /// Serves `router` on the connections accepted from `listener` (at most
     /// `limits.max_connections` at once) until the shutdown signal.
-    fn start(router: Router, listener: TcpListener, broker: &Broker, signal: &Shutdown) -> Self {
+    fn start(router: Router, listener: TcpListener, config: &Config, signal: &Shutdown) -> Self {
         let local_addr = listener.local_addr().ok();
-        let slots = Arc::new(Semaphore::new(
-            broker.config.limits.max_connections as usize,
-        ));
+        let slots = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(1);
         let accept = tokio::spawn(accept_loop(listener, slots, conn_tx, signal.clone()));
         let stop_serving = signal.clone();

@@ -107,7 +107,7 @@ fn client_code(e: &ClientError) -> u8 {
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidPartitionCount
             | ErrorCode::InvalidGroupId => USAGE,
-            ErrorCode::BrokerShuttingDown => UNAVAILABLE,
+            ErrorCode::BrokerShuttingDown | ErrorCode::BrokerStarting => UNAVAILABLE,
             _ => FAILURE,
         },
         ClientError::Unreachable { .. }

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The broker is shutting down; retry against the restarted broker.
     BrokerShuttingDown,
+    /// The broker is starting and its partitions are still opening; retry shortly.
+    BrokerStarting,
     /// A broker limit was reached (topics, partitions, subscriptions, request size...).
     LimitExceeded,
     /// The topic does not exist.
@@ -88,6 +90,7 @@ impl ErrorCode {
             Ok(P::Internal) => Self::Internal,
             Ok(P::InvalidRequest) => Self::InvalidRequest,
             Ok(P::BrokerShuttingDown) => Self::BrokerShuttingDown,
+            Ok(P::BrokerStarting) => Self::BrokerStarting,
             Ok(P::LimitExceeded) => Self::LimitExceeded,
             Ok(P::UnknownTopic) => Self::UnknownTopic,
             Ok(P::UnknownPartition) => Self::UnknownPartition,
@@ -123,6 +126,7 @@ impl ErrorCode {
             Self::Internal => P::Internal,
             Self::InvalidRequest => P::InvalidRequest,
             Self::BrokerShuttingDown => P::BrokerShuttingDown,
+            Self::BrokerStarting => P::BrokerStarting,
             Self::LimitExceeded => P::LimitExceeded,
             Self::UnknownTopic => P::UnknownTopic,
             Self::UnknownPartition => P::UnknownPartition,
@@ -165,7 +169,7 @@ impl ErrorCode {
             | Self::CorruptBatch
             | Self::UnsupportedBatchVersion
             | Self::InvalidGroupId => C::InvalidArgument,
-            Self::BrokerShuttingDown | Self::LogFailed => C::Unavailable,
+            Self::BrokerShuttingDown | Self::BrokerStarting | Self::LogFailed => C::Unavailable,
             Self::LimitExceeded | Self::DiskFull => C::ResourceExhausted,
             Self::UnknownTopic | Self::UnknownPartition | Self::UnknownGroup => C::NotFound,
             Self::TopicExists | Self::DuplicateSequence => C::AlreadyExists,
@@ -189,6 +193,7 @@ impl ErrorCode {
         matches!(
             self,
             Self::BrokerShuttingDown
+                | Self::BrokerStarting
                 | Self::LimitExceeded
                 | Self::CorruptBatch
                 | Self::DiskFull

@@ -64,12 +64,30 @@ impl TestBroker {
         let task = tokio::spawn(runnel_broker::run(config.clone(), listener, async move {
             let _ = stopped.await;
         }));
-        TestBroker {
+        let broker = TestBroker {
             connection: Connection::new(addr, PATIENCE),
             config,
             dir,
             stop: Some(stop),
             task: Some(task),
+        };
+        broker.wait_ready().await;
+        broker
+    }
+
+    /// Waits until the broker's health check says `SERVING` (its partitions are open), or
+    /// until `run` has returned (a test of a start that fails looks at its result).
+    async fn wait_ready(&self) {
+        let started = std::time::Instant::now();
+        while !self.task.as_ref().is_none_or(JoinHandle::is_finished) {
+            if self.is_serving().await {
+                return;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the broker was not serving after {PATIENCE:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

@@ -49,6 +49,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::FencedMember, Code::FailedPrecondition),
     row(ErrorCode::GroupNotEmpty, Code::FailedPrecondition),
     row(ErrorCode::BrokerShuttingDown, Code::Unavailable),
+    row(ErrorCode::BrokerStarting, Code::Unavailable),
     row(ErrorCode::Internal, Code::Internal),
 ];
 

@@ -83,6 +83,21 @@ impl Connection {
         self.channel.clone()
     }
 
+    /// True if the broker answers its health check for the server as a whole with `SERVING`
+    /// within two seconds. Asks on a connection of its own, closed afterwards, so that a test
+    /// of the connection limit finds every slot free.
+    pub async fn is_serving(&self) -> bool {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.new_channel());
+        let check = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(Ok(r)) if r.get_ref().status()
+                == tonic_health::pb::health_check_response::ServingStatus::Serving
+        )
+    }
+
     /// A channel on a new connection of its own (a separate client process, in effect).
     pub fn new_channel(&self) -> Channel {
         connect_lazy(self.addr, PATIENCE)

@@ -15,9 +15,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 use crate::{Connection, PATIENCE};
 
@@ -286,13 +283,7 @@ impl Broker {
                     self.log_text()
                 );
             }
-            let mut health = HealthClient::new(self.channel());
-            let check = health.check(HealthCheckRequest {
-                service: String::new(),
-            });
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), check).await
-                && r.into_inner().status() == ServingStatus::Serving
-            {
+            if self.is_serving().await {
                 return;
             }
             assert!(

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod consume;
 pub mod consume_http;
+mod gate;
 pub mod groups;
 pub mod produce;
 pub mod router;

@@ -12,13 +12,16 @@ use runnel_proto::pb::{
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use super::admin::Admin;
 use super::consume_http::ConsumeRoutes;
+use super::gate::Gated;
 use super::groups::Groups;
 use super::produce::Produce;
 use crate::broker::Broker;
+use crate::config::Config;
 use crate::error::Error;
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
@@ -35,12 +38,34 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    /// The statuses while the broker opens its partitions: the server as a whole and every
+    /// service `NOT_SERVING`.
+    pub(crate) async fn starting() -> Self {
+        let health = Health {
+            reporter: HealthReporter::new(),
+        };
+        health.not_serving().await;
+        health
+    }
+
+    /// A health service answering with these statuses.
+    fn service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
+    }
+
+    /// Every service, and the server as a whole, `SERVING`.
+    pub(crate) async fn serving(&self) {
+        self.set_all(ServingStatus::Serving).await;
+    }
+
     /// Every service, and the server as a whole, `NOT_SERVING`.
     pub(crate) async fn not_serving(&self) {
+        self.set_all(ServingStatus::NotServing).await;
+    }
+
+    async fn set_all(&self, status: ServingStatus) {
         for name in std::iter::once("").chain(SERVICE_NAMES) {
-            self.reporter
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
+            self.reporter.set_service_status(name, status).await;
         }
     }
 
@@ -53,46 +78,68 @@ impl Health {
     }
 }
 
-/// The router of the broker's gRPC services over `broker`, with health (every service
-/// `SERVING`) and reflection (v1 and v1alpha), configured from `[server]` and `[limits]`;
-/// and the health statuses, to change at shutdown.
+/// The broker's services behind their gates ([`Gated`]): served from the start, reached once
+/// [`Services::open`] puts the broker behind them.
+pub(crate) struct Services {
+    admin: Gated<AdminServiceServer<Admin>>,
+    produce: Gated<ProduceServiceServer<Produce>>,
+    consume: Gated<ConsumeRoutes>,
+    groups: Gated<GroupServiceServer<Groups>>,
+}
+
+impl Services {
+    /// Opens the gates: every service now calls `broker`.
+    pub(crate) fn open(&self, broker: &Arc<Broker>) {
+        let max_request =
+            usize::try_from(broker.config.limits.max_request_bytes).unwrap_or(usize::MAX);
+        self.admin.open(
+            AdminServiceServer::new(Admin::new(broker.clone()))
+                .max_decoding_message_size(max_request),
+        );
+        self.produce.open(
+            ProduceServiceServer::new(Produce::new(broker.clone()))
+                .max_decoding_message_size(max_request),
+        );
+        // The generated service, but `Subscribe` and `Fetch` skip tonic's encoder (one copy less).
+        self.consume
+            .open(ConsumeRoutes::new(broker.clone(), max_request));
+        self.groups.open(
+            GroupServiceServer::new(Groups::new(broker.clone()))
+                .max_decoding_message_size(max_request),
+        );
+    }
+}
+
+/// The router of the broker's gRPC services, with health (the statuses of `health`) and
+/// reflection (v1 and v1alpha), configured from `[server]` and `[limits]`. The `runnel.v1`
+/// services answer `BROKER_STARTING` until [`Services::open`].
 ///
 /// # Errors
 /// [`Error::Metadata`] if the services' descriptors cannot be read.
-pub(crate) async fn router(broker: &Arc<Broker>) -> Result<(Router, Health), Error> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICE_NAMES {
-        reporter
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        // Each reflection service also describes the other version, so a tool using either
-        // one lists (and can describe) every service the broker serves.
-        b.register_encoded_file_descriptor_set(runnel_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
+pub(crate) fn router(config: &Config, health: &Health) -> Result<(Router, Services), Error> {
+    let (v1, v1alpha) = reflection()?;
+    let services = Services {
+        admin: Gated::closed(),
+        produce: Gated::closed(),
+        consume: Gated::closed(),
+        groups: Gated::closed(),
     };
-    let descriptor_error = |e: tonic_reflection::server::Error| Error::Metadata {
-        path: PathBuf::from("runnel_proto::FILE_DESCRIPTOR_SET"),
-        reason: e.to_string(),
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(descriptor_error)?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(descriptor_error)?;
+    let router = server(config)
+        .add_service(health.service())
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(services.admin.clone())
+        .add_service(services.produce.clone())
+        .add_service(services.consume.clone())
+        .add_service(services.groups.clone());
+    Ok((router, services))
+}
 
-    let config = &broker.config;
-    let limits = &config.limits;
-    let max_request = usize::try_from(limits.max_request_bytes).unwrap_or(usize::MAX);
+/// A server configured from `[server]` and `[limits]`.
+fn server(config: &Config) -> Server {
     let keepalive = config.server.http2_keepalive_interval_ms;
-    let router = Server::builder()
-        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+    Server::builder()
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .tcp_nodelay(true)
         // Larger than HTTP/2's defaults (1 MiB windows, 16 KiB frames), so that a producer
         // keeps several 1 MiB batches moving and each arrives in a few frames
@@ -104,22 +151,34 @@ pub(crate) async fn router(broker: &Arc<Broker>) -> Result<(Router, Health), Err
         .http2_keepalive_timeout(Some(Duration::from_millis(
             config.server.http2_keepalive_timeout_ms,
         )))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            AdminServiceServer::new(Admin::new(broker.clone()))
-                .max_decoding_message_size(max_request),
-        )
-        .add_service(
-            ProduceServiceServer::new(Produce::new(broker.clone()))
-                .max_decoding_message_size(max_request),
-        )
-        // The generated service, but `Subscribe` and `Fetch` skip tonic's encoder (one copy less).
-        .add_service(ConsumeRoutes::new(broker.clone(), max_request))
-        .add_service(
-            GroupServiceServer::new(Groups::new(broker.clone()))
-                .max_decoding_message_size(max_request),
-        );
-    Ok((router, Health { reporter }))
+}
+
+type Reflection<S> = tonic_reflection::server::v1::ServerReflectionServer<S>;
+type ReflectionAlpha<S> = tonic_reflection::server::v1alpha::ServerReflectionServer<S>;
+
+/// Server reflection, v1 and v1alpha. Each also describes the other version, so a tool using
+/// either one lists (and can describe) every service the broker serves.
+fn reflection() -> Result<
+    (
+        Reflection<impl tonic_reflection::server::v1::ServerReflection>,
+        ReflectionAlpha<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ),
+    Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(runnel_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let descriptor_error = |e: tonic_reflection::server::Error| Error::Metadata {
+        path: PathBuf::from("runnel_proto::FILE_DESCRIPTOR_SET"),
+        reason: e.to_string(),
+    };
+    let v1 = builder().build_v1().map_err(descriptor_error)?;
+    let v1alpha = builder().build_v1alpha().map_err(descriptor_error)?;
+    Ok((v1, v1alpha))
 }

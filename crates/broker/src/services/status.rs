@@ -42,7 +42,9 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::CorruptBatch
         | ErrorCode::UnsupportedBatchVersion
         | ErrorCode::InvalidGroupId => Code::InvalidArgument,
-        ErrorCode::BrokerShuttingDown | ErrorCode::LogFailed => Code::Unavailable,
+        ErrorCode::BrokerShuttingDown | ErrorCode::BrokerStarting | ErrorCode::LogFailed => {
+            Code::Unavailable
+        }
         ErrorCode::LimitExceeded | ErrorCode::DiskFull => Code::ResourceExhausted,
         ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
             Code::NotFound

@@ -165,7 +165,7 @@ impl Log {
             }
             if !st.running {
                 st.running = true;
-                let result = self.run_syncer(st);
+                let result = self.run_syncer(st, Some(offset));
                 st = lock(&self.sync);
                 let outcome = self.outcome(&mut st, id);
                 // The syncer's own failure is the fsync's error, as for every waiter.
@@ -214,11 +214,24 @@ impl Log {
     }
 
     /// Runs group fsyncs until nothing more is wanted, then marks the syncer stopped. The
-    /// caller has set `running`.
-    fn run_syncer<'a>(&'a self, mut st: MutexGuard<'a, SyncState>) -> Result<()> {
+    /// caller has set `running`. A blocking caller passes its own offset (`until`): once that
+    /// is on disk it stops and wakes the other waiters, one of which starts the next syncer,
+    /// so that a thread such as the flusher never serves another log's waiters for long.
+    fn run_syncer<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, SyncState>,
+        until: Option<u64>,
+    ) -> Result<()> {
         loop {
             if st.synced_offset >= st.wanted || self.has_failed() {
                 st.running = false;
+                return Ok(());
+            }
+            if until.is_some_and(|own| st.synced_offset >= own) {
+                st.running = false;
+                let wakers: Vec<Waker> = st.waiters.iter().map(|w| w.waker.clone()).collect();
+                drop(st);
+                wakers.into_iter().for_each(Waker::wake);
                 return Ok(());
             }
             st = self.collect(st, COLLECT_MAX);
@@ -406,7 +419,7 @@ impl SyncerJob {
     fn run(mut self) {
         if let Some(log) = self.log.take() {
             // A failure is the waiters' to report; the syncer has logged it.
-            let _ = log.run_syncer(lock(&log.sync));
+            let _ = log.run_syncer(lock(&log.sync), None);
         }
     }
 }
@@ -477,6 +490,7 @@ impl Drop for Durable {
 mod tests {
     use std::path::Path;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
 
     use super::*;
     use crate::testing::{batch, offsets_in, small};
@@ -802,7 +816,7 @@ mod tests {
         let waits: Vec<_> = (0..3).map(|_| log.durable(written.next_offset)).collect();
         // Play the syncer whose fsync fails.
         crate::segment::fault::FAIL_NEXT_FSYNC.with(|f| f.set(true));
-        let failed = log.run_syncer(lock(&log.sync));
+        let failed = log.run_syncer(lock(&log.sync), None);
         assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
         for wait in waits {
             let e = block_on(wait).unwrap_err();
@@ -864,5 +878,45 @@ mod tests {
         assert!(lock(&log.sync).collector.is_none());
         drop(waits);
         assert!(lock(&log.sync).waiters.is_empty(), "dropped waits are gone");
+    }
+
+    /// A blocking caller that ran the group fsync returns once its own offset is on disk; a
+    /// waiter that came during its fsync gets a syncer of its own, not the caller's thread.
+    #[test]
+    fn a_blocking_caller_hands_later_waiters_to_a_syncer_of_their_own() {
+        #[derive(Debug, Default)]
+        struct Arrive {
+            log: OnceLock<Arc<Log>>,
+            later: Mutex<Option<(u64, Durable)>>,
+        }
+        impl crate::Observer for Arrive {
+            fn on_fsync(&self, _: Duration) {
+                let mut later = self.later.lock().unwrap();
+                if let (None, Some(log)) = (later.as_ref(), self.log.get()) {
+                    // A write and a wait that arrive while the caller's fsync runs.
+                    let written = log.write_batches(&[batch(1, 2, 10)]).unwrap();
+                    *later = Some((written.next_offset, log.durable(written.next_offset)));
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let arrive = Arc::new(Arrive::default());
+        let env = LogEnv {
+            observer: arrive.clone(),
+            ..LogEnv::default()
+        };
+        let log = Arc::new(Log::open_with(dir.path(), never(), env).unwrap());
+        let first = log.write_batches(&[batch(1, 1, 10)]).unwrap().next_offset;
+        arrive.log.set(log.clone()).unwrap();
+        log.sync_to(first).unwrap();
+        let (later_offset, later) = arrive.later.lock().unwrap().take().unwrap();
+        assert!(log.synced_offset() >= first);
+        assert!(
+            log.synced_offset() < later_offset,
+            "the caller did not fsync for the later waiter"
+        );
+        assert!(!lock(&log.sync).running, "the caller's syncer stopped");
+        block_on(later).unwrap();
+        assert!(log.synced_offset() >= later_offset);
     }
 }

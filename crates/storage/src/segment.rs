@@ -10,8 +10,10 @@
 //! concurrently with `pread`, up to the segment's published size, which the writer advances
 //! only after a batch is completely written; so no reader ever sees part of a batch.
 //!
-//! The active segment's blocks are reserved ahead of the writer, [`PREALLOCATE_STEP`] at a
-//! time, with `fallocate(FALLOC_FL_KEEP_SIZE)`: the file's size stays the end of the last
+//! The active segment's blocks are reserved ahead of the writer with
+//! `fallocate(FALLOC_FL_KEEP_SIZE)`, as far ahead as the segment already holds, between
+//! [`PREALLOCATE_MIN`] and [`PREALLOCATE_STEP`] (so that a broker with thousands of nearly
+//! empty partitions does not reserve 16 MiB for each): the file's size stays the end of the last
 //! batch (the on-disk format does not change), but the filesystem has no blocks to allocate
 //! when it writes the pages back. On ext4 that allocation holds the inode's block-map lock,
 //! which a concurrent `write` then waits for: milliseconds of stall on the produce path
@@ -33,8 +35,11 @@ use crate::batch::{self, BatchHeader, Compression, HEADER_LEN, LENGTH_PREFIX_LEN
 use crate::error::{Error, Result};
 use crate::index::{Index, OffsetEntry, TimeEntry};
 
-/// How far ahead of the writer the active segment's blocks are reserved.
+/// The farthest ahead of the writer the active segment's blocks are reserved.
 pub const PREALLOCATE_STEP: u64 = 16 << 20;
+
+/// The least ahead of the writer the active segment's blocks are reserved.
+pub const PREALLOCATE_MIN: u64 = 256 << 10;
 
 /// Pages behind the cache window are dropped at least this many bytes at a time.
 pub const DROP_STEP: u64 = 4 << 20;
@@ -328,16 +333,17 @@ impl Segment {
         (res, true)
     }
 
-    /// Reserves blocks up to `PREALLOCATE_STEP` past `end` once a write would pass the
-    /// reserved range. Best effort: a failure only means the write allocates as usual, and the
-    /// next attempt waits for the next step.
+    /// Reserves blocks past `end` once a write would pass the reserved range: as many as `end`
+    /// bytes, at least `PREALLOCATE_MIN` and at most `PREALLOCATE_STEP`. Best effort: a
+    /// failure only means the write allocates as usual, and the next attempt waits for the
+    /// next step.
     fn preallocate(&self, end: u64) {
         let reserved = self.preallocated.load(Ordering::Relaxed);
         if end <= reserved {
             return;
         }
         let from = self.size();
-        let to = end + PREALLOCATE_STEP;
+        let to = end + end.clamp(PREALLOCATE_MIN, PREALLOCATE_STEP);
         self.preallocated.store(to, Ordering::Relaxed);
         if let Err(e) = rustix::fs::fallocate(
             &self.file,

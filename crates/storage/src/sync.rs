@@ -564,19 +564,8 @@ mod tests {
 
     #[test]
     fn always_syncs_before_returning_and_shares_fsyncs() {
-        #[derive(Debug, Default)]
-        struct Count(AtomicU64);
-        impl crate::Observer for Count {
-            fn on_fsync(&self, _: Duration) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
-        let fsyncs = Arc::new(Count::default());
-        let env = LogEnv {
-            observer: fsyncs.clone(),
-            ..LogEnv::default()
-        };
+        let (fsyncs, env) = counting_fsyncs();
         let config = LogConfig {
             durability: Durability::Always,
             ..LogConfig::default()
@@ -715,6 +704,25 @@ mod tests {
         assert_eq!(log.append(batch(1, 3, 10)).unwrap().base_offsets, vec![2]);
     }
 
+    /// Counts the fsyncs of the logs opened with the returned environment.
+    #[derive(Debug, Default)]
+    struct FsyncCount(AtomicU64);
+
+    impl crate::Observer for FsyncCount {
+        fn on_fsync(&self, _: Duration) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_fsyncs() -> (Arc<FsyncCount>, LogEnv) {
+        let fsyncs = Arc::new(FsyncCount::default());
+        let env = LogEnv {
+            observer: fsyncs.clone(),
+            ..LogEnv::default()
+        };
+        (fsyncs, env)
+    }
+
     /// Polls `f` on this thread until it is ready, parking in between.
     fn block_on<F: Future>(f: F) -> F::Output {
         let mut f = std::pin::pin!(f);
@@ -737,19 +745,8 @@ mod tests {
 
     #[test]
     fn durable_waits_share_fsyncs_and_the_syncer_stops() {
-        #[derive(Debug, Default)]
-        struct Count(AtomicU64);
-        impl crate::Observer for Count {
-            fn on_fsync(&self, _: Duration) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
-        let fsyncs = Arc::new(Count::default());
-        let env = LogEnv {
-            observer: fsyncs.clone(),
-            ..LogEnv::default()
-        };
+        let (fsyncs, env) = counting_fsyncs();
         let log = Arc::new(Log::open_with(dir.path(), never(), env).unwrap());
         for round in 0..20u32 {
             let waits: Vec<_> = (0..8u32)

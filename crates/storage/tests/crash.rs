@@ -137,6 +137,15 @@ impl Fixture {
     }
 
     /// A fresh copy of the pristine log to damage.
+    /// A copy of the pristine log with its running marker: what a crash of the process left,
+    /// within the same boot.
+    fn same_boot_copy(&self, name: &str) -> PathBuf {
+        let dir = self.trial(name);
+        fs::copy(self.path.join(RUNNING_MARKER), dir.join(RUNNING_MARKER))
+            .expect("copy the running marker");
+        dir
+    }
+
     /// A copy of the pristine log to damage. The copy models a power cut: nothing says the
     /// files are as a process of this boot left them, so recovery trusts none of it.
     fn trial(&self, name: &str) -> PathBuf {
@@ -508,6 +517,19 @@ fn unseal(dir: &Path, segment: u64, max_index_bytes: u32, keep_entries: bool) {
     }
 }
 
+/// Both index files of `segment` are trimmed again: the segment was sealed.
+fn assert_sealed_again(dir: &Path, segment: u64, config: &LogConfig, context: &str) {
+    for ext in ["index", "timeindex"] {
+        let len = fs::metadata(seg_file(dir, segment, ext))
+            .expect("stat")
+            .len();
+        assert!(
+            len < u64::from(config.max_index_bytes) / 2,
+            "{context}: {ext} is sealed again"
+        );
+    }
+}
+
 #[test]
 fn a_crash_between_roll_and_seal_is_recovered() {
     let fx = Fixture::new(6, 3, 2, false);
@@ -522,15 +544,7 @@ fn a_crash_between_roll_and_seal_is_recovered() {
             assert_eq!(log.repairs().len(), 1, "{context}: {:?}", log.repairs());
             assert_eq!(log.repairs()[0].kind, RepairKind::RebuiltIndex, "{context}");
             check_holds(&log, &everything, &context);
-            for ext in ["index", "timeindex"] {
-                let len = fs::metadata(seg_file(&dir, segment, ext))
-                    .expect("stat")
-                    .len();
-                assert!(
-                    len < u64::from(fx.config.max_index_bytes) / 2,
-                    "{context}: {ext} is sealed again"
-                );
-            }
+            assert_sealed_again(&dir, segment, &fx.config, &context);
             drop(log);
             append_after_recovery(&dir, &fx.config, &everything, &context);
         }
@@ -770,12 +784,7 @@ fn a_clean_open_reads_only_the_tail_after_the_last_index_entry() {
 fn a_crash_in_the_same_boot_cuts_a_torn_tail_and_keeps_the_indexes() {
     let fx = Fixture::new(3, 2, 6, false);
     // The pristine copy keeps its running marker: a crash of the process, no power cut.
-    let dir = fx.path.parent().expect("parent").join("same-boot");
-    fs::create_dir_all(&dir).expect("mkdir");
-    for entry in fs::read_dir(&fx.path).expect("read_dir") {
-        let entry = entry.expect("entry");
-        fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
-    }
+    let dir = fx.same_boot_copy("same-boot");
     let target = seg_file(&dir, fx.active(), "log");
     let valid_len = fs::metadata(&target).expect("stat").len();
     // Half a batch: the write the process died in.
@@ -814,12 +823,7 @@ fn a_crash_between_roll_and_seal_in_the_same_boot_reads_only_the_tail() {
     let fx = Fixture::new(7, 3, 2, false);
     let everything: Vec<&Stored> = fx.batches.iter().collect();
     let segment = fx.segments[1];
-    let dir = fx.path.parent().expect("parent").join("unsealed-same-boot");
-    fs::create_dir_all(&dir).expect("mkdir");
-    for entry in fs::read_dir(&fx.path).expect("read_dir") {
-        let entry = entry.expect("entry");
-        fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
-    }
+    let dir = fx.same_boot_copy("unsealed-same-boot");
     unseal(&dir, segment, fx.config.max_index_bytes, true);
     let sealed_len = fs::metadata(seg_file(&dir, segment, "log"))
         .expect("stat")
@@ -832,14 +836,6 @@ fn a_crash_between_roll_and_seal_in_the_same_boot_reads_only_the_tail() {
         log.reread_bytes()
     );
     check_holds(&log, &everything, "unsealed in the same boot");
-    for ext in ["index", "timeindex"] {
-        let len = fs::metadata(seg_file(&dir, segment, ext))
-            .expect("stat")
-            .len();
-        assert!(
-            len < u64::from(fx.config.max_index_bytes) / 2,
-            "{ext} is sealed again"
-        );
-    }
+    assert_sealed_again(&dir, segment, &fx.config, "unsealed in the same boot");
     log.verify_indexes().expect("indexes agree");
 }

@@ -71,13 +71,17 @@ impl Trust {
 
 /// Records that the log in `dir` is open in this boot, so that a crash of the process is
 /// recovered from the page cache's state (module docs). Not fsynced: a copy lost to a power
-/// cut means another boot anyway.
-pub(crate) fn mark_running(dir: &Path) -> Result<()> {
+/// cut means another boot anyway. Best effort: on a full disk the log still opens, and a
+/// marker left empty or missing only makes the next recovery read more.
+pub(crate) fn mark_running(dir: &Path) {
     let Some(boot) = boot_id() else {
-        return Ok(());
+        return;
     };
     let path = dir.join(RUNNING_MARKER);
-    fs::write(&path, boot).map_err(|e| Error::io("write running marker", &path, e))
+    if let Err(e) = fs::write(&path, boot) {
+        warn!(path = %path.display(), error = %e,
+            "could not write the running marker; a crash will be recovered by rereading");
+    }
 }
 
 /// Forgets that the log in `dir` is open, so that the next open rereads what a failed write
@@ -176,7 +180,7 @@ pub(crate) fn open(
     if r.trust == Trust::Clean {
         remove_file(&dir.join(CLEAN_SHUTDOWN_MARKER))?;
     }
-    mark_running(dir)?;
+    mark_running(dir);
     if dir_sync == DirSync::Now {
         sync_dir(dir)?;
     }

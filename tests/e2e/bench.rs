@@ -2,70 +2,15 @@
 //! counts must match what was asked. No timing is asserted (timing belongs in
 //! `docs/benchmarks.md`).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use serde_json::Value;
 
 use crate::harness::{self, Broker};
 
-/// The `runnel-bench` binary: `RUNNEL_BENCH_BIN` if set, else `runnel-bench` next to
-/// `runneld`, built with cargo if missing or older than the sources it is built from
-/// (`cargo test --workspace` always builds it fresh, `cargo test -p runnel-e2e` may not).
-fn runnel_bench() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("RUNNEL_BENCH_BIN") {
-            return PathBuf::from(bin);
-        }
-        let bin = harness::runneld().with_file_name("runnel-bench");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is in the workspace root");
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let sources = [
-            "crates/bench",
-            "crates/client",
-            "crates/format",
-            "crates/proto",
-            "proto",
-        ];
-        if built.is_none_or(|t| sources.iter().any(|d| newest(&workspace.join(d)) > t)) {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "runnel-bench", "--bin", "runnel-bench"])
-                .current_dir(workspace)
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build of runnel-bench failed");
-        }
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-}
-
-/// The newest modification time of a file under `dir`.
-fn newest(dir: &Path) -> SystemTime {
-    let mut latest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest(&path)
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        latest = latest.max(t);
-    }
-    latest
-}
-
 /// Runs `runnel-bench --broker <b> --output json <args>` and parses its one JSON object.
 fn bench_json(b: &Broker, args: &[&str]) -> Value {
-    let out = Command::new(runnel_bench())
+    let out = Command::new(harness::runnel_bench())
         .env_remove("RUNNEL_BROKER")
         .args(["--broker", &b.grpc.to_string(), "--output", "json"])
         .args(args)
@@ -177,7 +122,7 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
 #[test]
 fn bench_startup_stops_opens_and_recovers_the_real_broker_and_reports_json() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(runnel_bench())
+    let out = Command::new(harness::runnel_bench())
         .args(["--output", "json", "startup", "--runneld"])
         .arg(harness::runneld())
         .arg("--dir")

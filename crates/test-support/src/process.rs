@@ -43,6 +43,13 @@ pub const RUNNEL: Binary = Binary {
     name: "runnel",
 };
 
+/// The benchmark tool, `runnel-bench`; `RUNNEL_BENCH_BIN` overrides it.
+pub const RUNNEL_BENCH: Binary = Binary {
+    env_var: "RUNNEL_BENCH_BIN",
+    package: "runnel-bench",
+    name: "runnel-bench",
+};
+
 impl Binary {
     /// The binary's path: its environment variable if set, else `target/<profile>/<name>` next
     /// to the running test binary, after `cargo build` of it in that profile.
@@ -94,6 +101,12 @@ pub fn runneld() -> &'static Path {
 pub fn runnel() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| RUNNEL.path())
+}
+
+/// The `runnel-bench` binary ([`RUNNEL_BENCH`]), located once per test binary.
+pub fn runnel_bench() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| RUNNEL_BENCH.path())
 }
 
 /// The workspace's root directory.

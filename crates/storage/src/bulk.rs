@@ -21,7 +21,7 @@ use tracing::error;
 use crate::config::LogConfig;
 use crate::env::LogEnv;
 use crate::error::{Error, Result};
-use crate::log::Log;
+use crate::log::{Log, lock};
 use crate::recovery::DirSync;
 
 /// A log for [`open_logs`] to open: its directory and configuration.
@@ -151,10 +151,10 @@ fn parallel<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R 
                     let Some(slot) = slots.get(i) else {
                         return;
                     };
-                    let item = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let item = lock(slot).take();
                     if let Some(item) = item {
                         let r = f(item);
-                        *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                        *lock(&results[i]) = Some(r);
                     }
                 }
             });

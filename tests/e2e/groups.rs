@@ -1,5 +1,5 @@
 //! Consumer groups against the real binary: committed offsets survive `kill -9` (and a torn
-//! append left in the offsets journal), and the lag gauges on `/metrics` match the logs.
+//! append left in their internal log), and the lag gauges on `/metrics` match the logs.
 //! Membership and assignment are tested in-process (`crates/broker/tests/broker/groups.rs`).
 
 use std::collections::BTreeMap;
@@ -83,19 +83,27 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
 
     let mut b = b;
     b.kill9();
-    // A crash in the middle of an append leaves a torn record at the end of the journal.
-    let journal = b.data_dir.join("groups/offsets.log");
+    // A crash in the middle of an append leaves a torn batch at the end of the internal
+    // log's active segment; recovery cuts it as it does a partition's.
+    let log_dir = b.data_dir.join("internal/consumer_offsets");
+    let active = std::fs::read_dir(&log_dir)
+        .expect("the committed offsets log")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .expect("an active segment");
     std::fs::OpenOptions::new()
         .append(true)
-        .open(&journal)
-        .expect("offsets journal")
-        .write_all(&[48, 0, 0, 0, 1, 2, 3])
-        .expect("append a torn record");
+        .open(&active)
+        .expect("active segment")
+        .write_all(b"torn-tail")
+        .expect("append a torn batch");
     let b = b.start_again().await;
+    let log = b.log_text();
     assert!(
-        b.log_text().contains("dropped a torn last record"),
-        "{}",
-        b.log_text()
+        log.lines()
+            .any(|l| l.contains("storage recovery repair") && l.contains("consumer_offsets")),
+        "{log}"
     );
 
     let g = fetch(&b, "g").await;

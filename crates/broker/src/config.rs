@@ -334,7 +334,8 @@ pub struct GroupSettings {
     pub max_members_per_group: u32,
     /// Largest metadata string stored with a committed offset, bytes.
     pub offset_metadata_max_bytes: u32,
-    /// Size past which the offsets journal is compacted while running, bytes.
+    /// Size past which the committed offsets' internal log is compacted, bytes; a quarter of
+    /// it is the log's segment size and the largest commit.
     pub offsets_compact_bytes: u64,
 }
 

@@ -59,6 +59,15 @@ pub enum Error {
         #[source]
         source: runnel_storage::Error,
     },
+    /// An internal log (committed offsets, producer ids) could not be opened or written.
+    #[error("cannot open the internal log {}: {source}", dir.display())]
+    InternalLog {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The storage error.
+        #[source]
+        source: runnel_storage::Error,
+    },
     /// The partitions' logs were opened but their filesystem could not be synced.
     #[error("cannot open the partitions' logs: {0}")]
     Logs(#[source] runnel_storage::Error),

@@ -19,7 +19,8 @@
 //!    topic administration and group operations; they know nothing of tonic).
 //! 4. the state: [`groups`] (the coordinator, assignors, committed offsets, lag), [`producers`]
 //!    (idempotent producer ids and epochs), [`topics`] (the topic registry and its metadata).
-//! 5. [`partition`]: one partition, the only door to its log.
+//! 5. [`partition`]: one partition, the only door to its log; `internal_log`: one internal log
+//!    (the broker's own state: committed offsets, producer ids), the only door to it.
 //! 6. shared by all: [`config`] (the typed configuration tree and its layers), [`error`]
 //!    (startup errors, and client errors with stable codes), [`metrics`] (every metric name,
 //!    and the exporter), [`shutdown`] (the one cancellation signal), `files` (atomic file
@@ -33,6 +34,7 @@ mod data_dir;
 pub mod error;
 mod files;
 pub mod groups;
+mod internal_log;
 pub mod metrics;
 pub mod partition;
 pub mod producers;

@@ -93,9 +93,9 @@ pub async fn run(
     background.join().await;
 
     // Close: commits answered before this point are durable, later ones were refused; then
-    // every log is closed cleanly.
+    // every log is closed cleanly, the internal logs with the partitions.
     broker.groups.close().await;
-    let failed = close_logs(&broker.topics).await;
+    let failed = close_logs(&broker).await;
     if let Some(exporter) = exporter {
         exporter.abort();
     }
@@ -159,9 +159,9 @@ async fn open_state(
     );
     let group_settings = config.groups.clone();
     let (topics, producers, groups) = tokio::task::spawn_blocking(move || {
-        let topics = Arc::new(Topics::open(&dir, defaults, storage, limits, env)?);
-        let producers = Producers::open(&dir)?;
-        let groups = Groups::open(&dir, group_settings, topics.clone(), group_gauges)?;
+        let topics = Arc::new(Topics::open(&dir, defaults, storage, limits, env.clone())?);
+        let producers = Producers::open(&dir, &env)?;
+        let groups = Groups::open(&dir, group_settings, topics.clone(), group_gauges, &env)?;
         Ok::<_, Error>((topics, producers, groups))
     })
     .await
@@ -279,10 +279,20 @@ fn stopped(
     }
 }
 
-/// Closes every log cleanly; returns how many failed to close.
-async fn close_logs(topics: &Arc<Topics>) -> usize {
-    let t = topics.clone();
-    tokio::task::spawn_blocking(move || t.close_all())
-        .await
-        .unwrap_or(usize::MAX)
+/// Closes every partition's log and the producer ids' log cleanly; returns how many failed
+/// to close.
+async fn close_logs(broker: &Arc<Broker>) -> usize {
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let producers = match b.producers.close() {
+            Ok(()) => 0,
+            Err(e) => {
+                warn!(error = %e, "closing the producer ids log failed; the next start recovers it");
+                1
+            }
+        };
+        b.topics.close_all() + producers
+    })
+    .await
+    .unwrap_or(usize::MAX)
 }

@@ -1,13 +1,17 @@
 //! Retention: deletes the oldest sealed segments once they are older or the log larger than
-//! its topic keeps, and moves the log start offset past them.
+//! its topic keeps, or once their owner no longer needs them, and moves the log start offset
+//! past them.
+
+use std::sync::Arc;
 
 use tracing::info;
 
 use crate::error::Result;
 use crate::log::{Log, lock};
 use crate::recovery;
+use crate::segment::Segment;
 
-/// What [`Log::enforce_retention`] removed.
+/// What [`Log::enforce_retention`] or [`Log::delete_before`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionOutcome {
     /// Number of segments deleted.
@@ -60,8 +64,42 @@ impl Log {
             self.segments.publish(kept);
             (segments[..n].to_vec(), start)
         };
+        self.remove_segments(&doomed, start)
+    }
+
+    /// Deletes the sealed segments whose records all lie below `offset` (the active segment
+    /// never) and moves the log start offset past them: for a log whose owner has rewritten
+    /// what those records say further on, as an internal log's snapshot does.
+    ///
+    /// # Errors
+    /// As [`Log::enforce_retention`].
+    pub fn delete_before(&self, offset: u64) -> Result<RetentionOutcome> {
+        let (doomed, start) = {
+            let _w = lock(&self.writer);
+            let segments = self.segments.snapshot();
+            // A segment's records all lie below the next segment's base offset.
+            let n = segments
+                .windows(2)
+                .take_while(|pair| pair[1].base_offset <= offset)
+                .count();
+            if n == 0 {
+                return Ok(RetentionOutcome {
+                    log_start_offset: self.start_offset(),
+                    ..Default::default()
+                });
+            }
+            let kept = segments[n..].to_vec();
+            let start = kept[0].base_offset;
+            self.segments.publish(kept);
+            (segments[..n].to_vec(), start)
+        };
+        self.remove_segments(&doomed, start)
+    }
+
+    /// Removes the files of segments already taken out of the segment set.
+    fn remove_segments(&self, doomed: &[Arc<Segment>], start: u64) -> Result<RetentionOutcome> {
         let mut bytes_deleted = 0;
-        for s in &doomed {
+        for s in doomed {
             bytes_deleted += s.size();
             // The log file first: an index left without its log is cleaned up on open, while
             // a log without its index would come back to life.
@@ -69,7 +107,7 @@ impl Log {
             recovery::remove_file(&s.index_path)?;
             recovery::remove_file(&s.time_index_path)?;
             info!(path = %s.log_path.display(), base_offset = s.base_offset,
-                bytes = s.size(), "retention deleted segment");
+                bytes = s.size(), "deleted segment");
         }
         recovery::sync_dir(self.dir())?;
         Ok(RetentionOutcome {
@@ -128,6 +166,29 @@ mod tests {
         let log = Log::open(dir.path(), small()).unwrap();
         assert_eq!(log.start_offset(), log.segment_base_offsets()[0]);
         assert_eq!(log.end_offset(), 80);
+    }
+
+    #[test]
+    fn delete_before_removes_only_segments_wholly_below_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        for i in 0..40 {
+            log.append(batch(2, i, 200)).unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 4, "{bases:?}");
+        // An offset inside the third segment keeps it: only the first two go.
+        let out = log.delete_before(bases[2] + 1).unwrap();
+        assert_eq!(out.segments_deleted, 2);
+        assert_eq!(log.start_offset(), bases[2]);
+        assert_eq!(log.delete_before(bases[2]).unwrap().segments_deleted, 0);
+        // Past the end, everything sealed goes and the active segment stays.
+        log.delete_before(u64::MAX).unwrap();
+        assert_eq!(log.segment_base_offsets(), [*bases.last().unwrap()]);
+        assert_eq!(log.end_offset(), 80);
+        drop(log);
+        let log = Log::open(dir.path(), small()).unwrap();
+        assert_eq!(log.start_offset(), *bases.last().unwrap());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use runnel_proto::pb::{self, ErrorCode, OffsetBoundary, reset_offsets_request::Target};
+use runnel_storage::LogEnv;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -103,8 +104,8 @@ fn tps_of(list: &[pb::TopicPartitions]) -> Vec<Tp> {
 }
 
 impl Groups {
-    /// Loads the committed offsets under `data_dir`. Blocking. Call [`Groups::start`] on the
-    /// runtime before use.
+    /// Loads the committed offsets under `data_dir` (their internal log opened with `env`).
+    /// Blocking. Call [`Groups::start`] on the runtime before use.
     ///
     /// # Errors
     /// As [`OffsetStore::open`].
@@ -113,8 +114,9 @@ impl Groups {
         settings: GroupSettings,
         topics: Arc<Topics>,
         gauges: Arc<GroupGauges>,
+        env: &LogEnv,
     ) -> Result<Self, Error> {
-        let offsets = OffsetStore::open(data_dir, settings.offsets_compact_bytes)?;
+        let offsets = OffsetStore::open(data_dir, settings.offsets_compact_bytes, env)?;
         let nonce = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -133,8 +135,8 @@ impl Groups {
         self.offsets.start();
     }
 
-    /// Ends every member's stream (`BROKER_SHUTTING_DOWN` is sent by the streams themselves)
-    /// and stops the offsets writer after the commits already queued.
+    /// Ends every member's stream (`BROKER_SHUTTING_DOWN` is sent by the streams themselves),
+    /// stops the offsets writer after the commits already queued and closes its log.
     pub async fn close(&self) {
         self.offsets.close().await;
     }

@@ -1,50 +1,42 @@
-//! Committed offsets: held in memory and stored durably in the offsets journal,
-//! `<data_dir>/groups/offsets.log` (`docs/storage-format.md`, "Group offsets journal").
+//! Committed offsets: held in memory and stored durably in the internal log
+//! `<data_dir>/internal/consumer_offsets` (`docs/storage-format.md`, "Committed offsets").
 //!
-//! The journal is an append-only file of records, each a CRC-checked batch of commits of one
-//! group (one `CommitOffsets` or `ResetOffsets` request, so a request is applied all or
-//! nothing) or a group deletion. One writer task owns the file: it takes every request queued
-//! meanwhile, appends them with one `write` and one `fdatasync` (group commit), and only then
-//! applies them to memory and answers, so readers never see an offset that is not durable. The
-//! file moves into `spawn_blocking` for the I/O; no lock is held across it.
+//! Every change is one record in a batch of its own: the commits of one group (one
+//! `CommitOffsets` or `ResetOffsets` request, so a request is applied all or nothing) or a
+//! group deletion. One writer task owns the writes: it takes every request queued meanwhile,
+//! writes them with one call, awaits the storage group commit ([`InternalLog::durable`]), and
+//! only then applies them to memory and answers, so readers never see an offset that is not
+//! durable. No lock is held across the write or the fsync.
 //!
-//! At start the journal is replayed (a torn last record, left by a crash or power loss during
-//! an append that was never answered, is dropped with a WARN line; damage anywhere else stops
-//! the broker) and rewritten compactly and atomically (temporary file, fsync, rename, directory
-//! fsync). While running it is compacted the same way when it grows past
-//! `groups.offsets_compact_bytes` and twice its live size.
+//! At start the log is recovered like every partition and replayed. While running it is
+//! compacted by snapshot (`internal_log.rs`) once it outgrows `groups.offsets_compact_bytes`.
 //!
-//! Byte layout, little-endian:
+//! A record's value, little-endian: `kind` u8 (1 commit, 2 delete group), `time_ms` i64,
+//! `group_len` u16, `group` (UTF-8), `count` u32, and `count` entries of `topic_len` u16,
+//! `topic`, `partition` u32, `offset` u64, `metadata_len` u32, `metadata` (UTF-8). A delete
+//! has `count` 0.
 //!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0 | 4 | magic `RNGO` |
-//! | 4 | 4 | version, u32, 1 |
-//! | 8 | ... | records |
-//!
-//! A record: `body_len` u32, `crc` u32 (CRC-32 of the body), then the body: `kind` u8 (1
-//! commit, 2 delete group), `time_ms` i64, `group_len` u16, `group` (UTF-8), `count` u32, and
-//! `count` entries of `topic_len` u16, `topic`, `partition` u32, `offset` u64, `metadata_len`
-//! u32, `metadata` (UTF-8). A delete has `count` 0.
+//! The previous release kept the same records in a journal file, `groups/offsets.log`: a
+//! header (magic `RNGO`, version u32 1), then records each framed by `body_len` u32 and `crc`
+//! u32 (CRC-32 of the body). It is migrated into the internal log on first start.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
+use runnel_storage::LogEnv;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::assignor::Tp;
 use crate::error::{Error, RpcError};
-use crate::files;
-use runnel_proto::pb::ErrorCode;
+use crate::internal_log::{self, InternalLog, Legacy};
 
-/// The directory of group state under the data directory.
-pub const GROUPS_DIR: &str = "groups";
-/// The journal's file name in [`GROUPS_DIR`].
-pub const OFFSETS_FILE: &str = "offsets.log";
+/// The internal log of committed offsets, under `internal/`.
+pub const OFFSETS_LOG: &str = "consumer_offsets";
+/// The previous release's journal, `groups/offsets.log` under the data directory.
+const LEGACY_JOURNAL: [&str; 2] = ["groups", "offsets.log"];
 const MAGIC: &[u8; 4] = b"RNGO";
 const VERSION: u32 = 1;
 const FILE_HEADER_LEN: usize = 8;
@@ -53,6 +45,9 @@ const KIND_COMMIT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 /// Requests written with one fsync at most.
 const MAX_GROUP_COMMIT: usize = 1024;
+/// Bytes a batch of one record adds to the record's value, at most: the batch header (65)
+/// and the record's framing (30).
+const BATCH_OVERHEAD: usize = 96;
 
 /// A committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +63,7 @@ pub struct Committed {
 /// Every group's committed offsets.
 pub type OffsetMap = BTreeMap<String, BTreeMap<Tp, Committed>>;
 
-/// What one journal record does.
+/// What one record does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Store these offsets (all or none).
@@ -88,7 +83,7 @@ pub struct Entry {
 /// A queued job for the writer task.
 #[derive(Debug)]
 pub enum Job {
-    /// Append a change and answer once it is durable and applied.
+    /// Write a change and answer once it is durable and applied.
     Write {
         /// The change.
         entry: Entry,
@@ -100,50 +95,55 @@ pub enum Job {
 }
 
 /// A slot in the writer's queue, taken before the change is validated so that changes reach
-/// the journal in the order they were validated.
+/// the log in the order they were validated.
 pub type Slot = mpsc::OwnedPermit<Job>;
 
 /// The committed offsets of every group.
 #[derive(Debug)]
 pub struct OffsetStore {
     state: Arc<RwLock<OffsetMap>>,
+    log: Arc<InternalLog>,
     tx: mpsc::Sender<Job>,
     writer: Mutex<Option<Writer>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl OffsetStore {
-    /// Replays and compacts the journal under `data_dir` (creating it if absent). Blocking.
-    /// The writer starts with [`OffsetStore::start`].
+    /// Opens (recovering) and replays the internal log of committed offsets under
+    /// `data_dir`, creating it, from the previous release's journal if there is one.
+    /// Blocking. The writer starts with [`OffsetStore::start`].
     ///
     /// # Errors
-    /// [`Error::Metadata`] for a journal damaged other than at its tail, [`Error::Io`].
-    pub fn open(data_dir: &Path, compact_bytes: u64) -> Result<Self, Error> {
-        let dir = data_dir.join(GROUPS_DIR);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-            files::sync_dir(data_dir).map_err(|e| Error::io("fsync", data_dir, e))?;
-        }
-        let path = dir.join(OFFSETS_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("read", &path, e)),
+    /// As [`InternalLog::open`] and [`InternalLog::replay`].
+    pub fn open(data_dir: &Path, compact_bytes: u64, env: &LogEnv) -> Result<Self, Error> {
+        let legacy_path = LEGACY_JOURNAL
+            .iter()
+            .fold(data_dir.to_path_buf(), |p, part| p.join(part));
+        let read_legacy = |bytes: &[u8], max_batch: usize| {
+            let (state, dropped) = replay_journal(bytes)?;
+            if dropped > 0 {
+                warn!(
+                    bytes = dropped,
+                    "offsets journal: dropped a torn last record (an append that was never acknowledged)"
+                );
+            }
+            Ok(snapshot(&state, max_batch))
         };
-        let (state, dropped) = replay(&bytes).map_err(|reason| Error::Metadata {
-            path: path.clone(),
-            reason,
+        let log = InternalLog::open(
+            data_dir,
+            OFFSETS_LOG,
+            compact_bytes,
+            env,
+            Some(Legacy {
+                path: legacy_path,
+                read: &read_legacy,
+            }),
+        )?;
+        let mut state = OffsetMap::new();
+        log.replay(|value, _| {
+            apply(&mut state, &decode_body(value)?);
+            Ok(())
         })?;
-        if dropped > 0 {
-            warn!(path = %path.display(), bytes = dropped,
-                "offsets journal: dropped a torn last record (an append that was never acknowledged)");
-        }
-        let compact = encode_state(&state);
-        files::write_atomic(&path, &compact).map_err(|e| Error::io("write", &path, e))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
         let committed: usize = state.values().map(BTreeMap::len).sum();
         info!(
             groups = state.len(),
@@ -152,18 +152,15 @@ impl OffsetStore {
         );
         let (tx, rx) = mpsc::channel(MAX_GROUP_COMMIT);
         let state = Arc::new(RwLock::new(state));
+        let log = Arc::new(log);
         Ok(OffsetStore {
             writer: Mutex::new(Some(Writer {
-                path,
-                file: Some(file),
-                size: compact.len() as u64,
-                live: compact.len() as u64,
-                compact_bytes,
-                failed: false,
+                log: log.clone(),
                 state: state.clone(),
                 rx,
             })),
             state,
+            log,
             tx,
             task: Mutex::new(None),
         })
@@ -254,7 +251,8 @@ impl OffsetStore {
             .collect()
     }
 
-    /// Stops the writer after the changes already queued, and waits for it.
+    /// Stops the writer after the changes already queued, waits for it, and closes the log
+    /// cleanly (blocking work on the runtime's blocking pool).
     pub async fn close(&self) {
         let task = lock(&self.task).take();
         if let Some(task) = task {
@@ -264,18 +262,21 @@ impl OffsetStore {
             }
             let _ = task.await;
         }
+        let log = self.log.clone();
+        let closed = tokio::task::spawn_blocking(move || log.close()).await;
+        if let Ok(Err(e)) = closed {
+            warn!(error = %e, "closing the committed offsets log failed; the next start recovers it");
+        }
     }
 }
 
-/// The writer task's state: it alone touches the file.
+/// A change waiting for its answer.
+type Pending = (Entry, oneshot::Sender<Result<(), RpcError>>);
+
+/// The writer task's state: it alone writes to the log.
 #[derive(Debug)]
 struct Writer {
-    path: PathBuf,
-    file: Option<File>,
-    size: u64,
-    live: u64,
-    compact_bytes: u64,
-    failed: bool,
+    log: Arc<InternalLog>,
     state: Arc<RwLock<OffsetMap>>,
     rx: mpsc::Receiver<Job>,
 }
@@ -310,151 +311,79 @@ impl Writer {
         }
     }
 
-    /// Appends the changes with one write and one fsync, then applies and answers them.
-    async fn write(&mut self, jobs: Vec<(Entry, oneshot::Sender<Result<(), RpcError>>)>) {
-        let file = if self.failed { None } else { self.file.take() };
-        let Some(file) = file else {
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(failed_error(&self.path)));
+    /// Writes the changes with one call, one batch each, awaits the group commit, then
+    /// applies and answers them; compacts the log when it is due.
+    async fn write(&mut self, jobs: Vec<Pending>) {
+        let max = self.log.max_batch_bytes();
+        let mut batches = Vec::with_capacity(jobs.len());
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for (entry, reply) in jobs {
+            let mut value = Vec::new();
+            encode_body(&mut value, &entry);
+            if value.len() + BATCH_OVERHEAD > max {
+                let _ = reply.send(Err(too_large(&entry, value.len(), max)));
+                continue;
+            }
+            batches.push(internal_log::batch([value]));
+            accepted.push((entry, reply));
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let log = self.log.clone();
+        let outcome = match tokio::task::spawn_blocking(move || log.write(&batches)).await {
+            Ok(Ok(end)) => self.log.durable(end).await.map_err(|e| self.log.rpc(&e)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(RpcError::internal(format!("offsets writer failed: {e}"))),
+        };
+        if let Err(e) = outcome {
+            for (_, reply) in accepted {
+                let _ = reply.send(Err(e.clone()));
             }
             return;
-        };
-        let mut buf = Vec::new();
-        for (entry, _) in &jobs {
-            encode_record(&mut buf, entry);
         }
-        let size = self.size;
-        let len = buf.len() as u64;
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let result = append(&mut file, &buf, size);
-            (file, result)
-        })
-        .await;
-        let (file, result) = match joined {
-            Ok(r) => r,
-            Err(e) => {
-                self.failed = true;
-                let message = format!("offsets journal writer failed: {e}");
-                for (_, reply) in jobs {
-                    let _ = reply.send(Err(RpcError::internal(message.clone())));
-                }
-                return;
+        {
+            let mut state = write(&self.state);
+            for (entry, _) in &accepted {
+                apply(&mut state, entry);
             }
-        };
-        self.file = Some(file);
-        match result {
-            Ok(()) => {
-                self.size += len;
-                {
-                    let mut state = write(&self.state);
-                    for (entry, _) in &jobs {
-                        apply(&mut state, entry);
-                    }
-                }
-                for (_, reply) in jobs {
-                    let _ = reply.send(Ok(()));
-                }
-                if self.size > self.compact_bytes && self.size > self.live.saturating_mul(2) {
-                    self.compact().await;
-                }
-            }
-            Err(AppendError { error, fatal }) => {
-                if fatal {
-                    self.failed = true;
-                    tracing::error!(path = %self.path.display(), error = %error,
-                        "offsets journal failed; commits are refused until the broker restarts");
-                }
-                let e = io_error(&self.path, &error, fatal);
-                for (_, reply) in jobs {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        }
+        for (_, reply) in accepted {
+            let _ = reply.send(Ok(()));
+        }
+        if self.log.compact_due() {
+            self.compact().await;
         }
     }
 
+    /// Writes the whole state as a snapshot and deletes what it replaces; no other write
+    /// runs meanwhile (this task is the only writer).
     async fn compact(&mut self) {
-        let contents = encode_state(&read(&self.state));
-        let path = self.path.clone();
-        let old = self.file.take();
-        let reopened = tokio::task::spawn_blocking(move || {
-            let written = files::write_atomic(&path, &contents);
-            // Whatever happened, the file at `path` is the journal now: the old one if the
-            // rename did not happen, else the compacted one.
-            drop(old);
-            let file = OpenOptions::new().append(true).open(&path)?;
-            let size = file.metadata()?.len();
-            Ok::<_, io::Error>((file, size, written.err(), contents.len() as u64))
+        let batches = snapshot(&read(&self.state), self.log.max_batch_bytes());
+        let log = self.log.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let c = log.start_compaction(&batches)?;
+            log.finish_compaction(c)
         })
         .await;
-        match reopened {
-            Ok(Ok((file, size, error, live))) => {
-                self.file = Some(file);
-                self.size = size;
-                match error {
-                    None => {
-                        self.live = live;
-                        info!(path = %self.path.display(), bytes = size, "compacted the offsets journal");
-                    }
-                    Some(e) => {
-                        warn!(path = %self.path.display(), error = %e, "compacting the offsets journal failed; appending to it as it is");
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                self.failed = true;
-                tracing::error!(path = %self.path.display(), error = %e,
-                    "reopening the offsets journal failed; commits are refused until the broker restarts");
-            }
-            Err(e) => {
-                self.failed = true;
-                tracing::error!(error = %e, "offsets journal compaction task failed");
-            }
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "compacting the committed offsets log failed"),
+            Err(e) => warn!(error = %e, "compacting the committed offsets log failed"),
         }
     }
 }
 
-struct AppendError {
-    error: io::Error,
-    /// True if the file may hold data that is not known to be durable or not known to be
-    /// absent (an fsync failure, or a failed rollback): no more appends.
-    fatal: bool,
-}
-
-/// Appends `buf` at `size` and fdatasyncs. A failed write is rolled back by truncation.
-fn append(file: &mut File, buf: &[u8], size: u64) -> Result<(), AppendError> {
-    if let Err(error) = file.write_all(buf) {
-        let fatal = file.set_len(size).is_err();
-        return Err(AppendError { error, fatal });
-    }
-    file.sync_data()
-        .map_err(|error| AppendError { error, fatal: true })
-}
-
-fn failed_error(path: &Path) -> RpcError {
-    RpcError::new(
-        ErrorCode::LogFailed,
-        format!(
-            "the offsets journal {} refuses commits after an earlier write or fsync failure; restart the broker",
-            path.display()
-        ),
-    )
-}
-
-fn io_error(path: &Path, e: &io::Error, fatal: bool) -> RpcError {
-    if e.kind() == io::ErrorKind::StorageFull && !fatal {
-        RpcError::new(
-            ErrorCode::DiskFull,
-            format!(
-                "disk full while writing {}; the commit was rolled back",
-                path.display()
-            ),
-        )
-    } else if fatal {
-        failed_error(path)
-    } else {
-        RpcError::internal(format!("writing {}: {e}", path.display()))
-    }
+fn too_large(entry: &Entry, bytes: usize, max: usize) -> RpcError {
+    let count = match &entry.change {
+        Change::Commit(o) => o.len(),
+        Change::DeleteGroup => 0,
+    };
+    RpcError::limit(format!(
+        "the change of group {:?} ({count} offsets) takes {bytes} bytes, more than the offsets log's largest record ({} bytes, a quarter of groups.offsets_compact_bytes); commit fewer partitions at once or raise groups.offsets_compact_bytes",
+        entry.group,
+        max - BATCH_OVERHEAD
+    ))
 }
 
 fn apply(state: &mut OffsetMap, entry: &Entry) {
@@ -472,16 +401,11 @@ fn apply(state: &mut OffsetMap, entry: &Entry) {
     }
 }
 
-/// The largest record body compaction writes (a request's record is bounded by the request
-/// size limit instead).
-const MAX_COMPACT_BODY: usize = 16 << 20;
-
-/// The whole state as a journal: per group and commit time, records of at most
-/// [`MAX_COMPACT_BODY`], so every entry keeps its own commit time.
-fn encode_state(state: &OffsetMap) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(FILE_HEADER_LEN);
-    buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&VERSION.to_le_bytes());
+/// The whole state as the batches of a snapshot: per group and commit time, records that
+/// fit a batch of at most `max_batch` bytes, so every entry keeps its own commit time.
+fn snapshot(state: &OffsetMap, max_batch: usize) -> Vec<Bytes> {
+    let max_value = max_batch.saturating_sub(BATCH_OVERHEAD).max(1);
+    let mut values = Vec::new();
     for (group, offsets) in state {
         let mut by_time: BTreeMap<i64, Vec<(Tp, Committed)>> = BTreeMap::new();
         for (tp, c) in offsets {
@@ -490,39 +414,45 @@ fn encode_state(state: &OffsetMap) -> Vec<u8> {
                 .or_default()
                 .push((tp.clone(), c.clone()));
         }
+        // The fixed part of a value: kind, time, group length, group, count.
+        let fixed = 15 + group.len();
         for (time_ms, entries) in by_time {
             let mut chunk = Vec::new();
-            let mut size = 0;
+            let mut size = fixed;
             for e in entries {
                 let len = 18 + e.0.0.len() + e.1.metadata.len();
-                if !chunk.is_empty() && size + len > MAX_COMPACT_BODY {
+                if !chunk.is_empty() && size + len > max_value {
                     let full = std::mem::take(&mut chunk);
-                    encode_record(&mut buf, &commit_entry(group, time_ms, full));
-                    size = 0;
+                    values.push(commit_value(group, time_ms, full));
+                    size = fixed;
                 }
                 size += len;
                 chunk.push(e);
             }
-            encode_record(&mut buf, &commit_entry(group, time_ms, chunk));
+            values.push(commit_value(group, time_ms, chunk));
         }
     }
-    buf
+    internal_log::batches(values, max_batch)
 }
 
-fn commit_entry(group: &str, time_ms: i64, offsets: Vec<(Tp, Committed)>) -> Entry {
-    Entry {
-        group: group.to_owned(),
-        time_ms,
-        change: Change::Commit(offsets),
-    }
+fn commit_value(group: &str, time_ms: i64, offsets: Vec<(Tp, Committed)>) -> Vec<u8> {
+    let mut value = Vec::new();
+    encode_body(
+        &mut value,
+        &Entry {
+            group: group.to_owned(),
+            time_ms,
+            change: Change::Commit(offsets),
+        },
+    );
+    value
 }
 
-/// Appends one record. Lengths fit their fields: group ids and topic names are at most 249
-/// bytes, metadata at most `groups.offset_metadata_max_bytes` (1 MiB at most), and a record
-/// holds one request's entries (a request is at most `limits.max_request_bytes`, 2 GiB at
-/// most) or at most [`MAX_COMPACT_BODY`] bytes of them, so its body fits a u32.
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) {
-    let mut body = Vec::new();
+/// Appends a record's value. Lengths fit their fields: group ids and topic names are at most
+/// 249 bytes, metadata at most `groups.offset_metadata_max_bytes` (1 MiB at most), and a
+/// value holds one request's entries (a request is at most `limits.max_request_bytes`, 2 GiB
+/// at most), so its count fits a u32.
+fn encode_body(body: &mut Vec<u8>, entry: &Entry) {
     let (kind, offsets): (u8, &[(Tp, Committed)]) = match &entry.change {
         Change::Commit(o) => (KIND_COMMIT, o),
         Change::DeleteGroup => (KIND_DELETE, &[]),
@@ -540,13 +470,11 @@ fn encode_record(buf: &mut Vec<u8>, entry: &Entry) {
         body.extend_from_slice(&(c.metadata.len() as u32).to_le_bytes());
         body.extend_from_slice(c.metadata.as_bytes());
     }
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    buf.extend_from_slice(&body);
 }
 
-/// Replays a journal. Returns the state and the number of bytes of a torn tail dropped.
-fn replay(bytes: &[u8]) -> Result<(OffsetMap, usize), String> {
+/// Replays the previous release's journal. Returns the state and the number of bytes of a
+/// torn tail dropped.
+fn replay_journal(bytes: &[u8]) -> Result<(OffsetMap, usize), String> {
     let mut state = OffsetMap::new();
     if bytes.is_empty() {
         return Ok((state, 0));
@@ -698,12 +626,32 @@ mod tests {
         }
     }
 
+    /// A journal of the previous release, framed as `docs/storage-format.md` describes it.
     fn journal(entries: &[Entry]) -> Vec<u8> {
-        let mut buf = encode_state(&OffsetMap::new());
+        let mut buf = MAGIC.to_vec();
+        buf.extend_from_slice(&VERSION.to_le_bytes());
         for e in entries {
-            encode_record(&mut buf, e);
+            let mut body = Vec::new();
+            encode_body(&mut body, e);
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
         }
         buf
+    }
+
+    fn replay_batches(batches: &[Bytes]) -> OffsetMap {
+        let mut state = OffsetMap::new();
+        for b in batches {
+            let batch = runnel_storage::batch::RecordBatch::new(b.clone(), usize::MAX).unwrap();
+            for r in batch.records().unwrap() {
+                apply(
+                    &mut state,
+                    &decode_body(&r.unwrap().value.unwrap()).unwrap(),
+                );
+            }
+        }
+        state
     }
 
     #[test]
@@ -718,7 +666,7 @@ mod tests {
                 change: Change::DeleteGroup,
             },
         ]);
-        let (state, dropped) = replay(&bytes).unwrap();
+        let (state, dropped) = replay_journal(&bytes).unwrap();
         assert_eq!(dropped, 0);
         assert_eq!(state.len(), 1);
         let c = &state["g"][&("t".to_owned(), 0)];
@@ -726,17 +674,24 @@ mod tests {
             (c.offset, c.metadata.as_str(), c.commit_time_ms),
             (7, "m7", 11)
         );
-        // Compaction keeps exactly the state, commit times included.
+        // A snapshot keeps exactly the state, commit times included, however small its
+        // batches.
         let mut bigger = state.clone();
-        bigger.get_mut("g").unwrap().insert(
-            ("u".to_owned(), 3),
-            Committed {
-                offset: 1,
-                metadata: String::new(),
-                commit_time_ms: 99,
-            },
-        );
-        assert_eq!(replay(&encode_state(&bigger)).unwrap().0, bigger);
+        for p in 0..50 {
+            bigger.get_mut("g").unwrap().insert(
+                ("u".to_owned(), p),
+                Committed {
+                    offset: u64::from(p),
+                    metadata: String::new(),
+                    commit_time_ms: 99 + i64::from(p % 3),
+                },
+            );
+        }
+        for max in [256, 1 << 20] {
+            let batches = snapshot(&bigger, max);
+            assert!(batches.iter().all(|b| b.len() <= max), "max {max}");
+            assert_eq!(replay_batches(&batches), bigger, "max {max}");
+        }
     }
 
     #[test]
@@ -744,7 +699,7 @@ mod tests {
         let whole = journal(&[commit("g", "t", 0, 5, 10), commit("g", "t", 0, 9, 11)]);
         let first_end = journal(&[commit("g", "t", 0, 5, 10)]).len();
         for cut in first_end + 1..whole.len() {
-            let (state, dropped) = replay(&whole[..cut]).unwrap();
+            let (state, dropped) = replay_journal(&whole[..cut]).unwrap();
             assert_eq!(dropped, cut - first_end, "cut at {cut}");
             assert_eq!(state["g"][&("t".to_owned(), 0)].offset, 5);
         }
@@ -752,71 +707,125 @@ mod tests {
         let mut bad_tail = whole.clone();
         *bad_tail.last_mut().unwrap() ^= 0xff;
         assert_eq!(
-            replay(&bad_tail).unwrap().0["g"][&("t".to_owned(), 0)].offset,
+            replay_journal(&bad_tail).unwrap().0["g"][&("t".to_owned(), 0)].offset,
             5
         );
         // Zeros after the last record (a power loss after the size grew) are a tail.
         let mut zeros = whole.clone();
         zeros.extend_from_slice(&[0; 64]);
-        assert_eq!(replay(&zeros).unwrap().1, 64);
+        assert_eq!(replay_journal(&zeros).unwrap().1, 64);
         // A bad CRC in the middle is damage.
         let mut middle = whole.clone();
         middle[first_end - 1] ^= 0xff;
-        assert!(replay(&middle).unwrap_err().contains("CRC"));
-        assert!(replay(b"nope, not a journal").is_err());
+        assert!(replay_journal(&middle).unwrap_err().contains("CRC"));
+        assert!(replay_journal(b"nope, not a journal").is_err());
+    }
+
+    async fn commit_one(store: &OffsetStore, group: &str, partition: u32, offset: u64) {
+        let slot = store.slot().await.unwrap();
+        let change = Change::Commit(vec![(
+            ("t".into(), partition),
+            Committed {
+                offset,
+                metadata: String::new(),
+                commit_time_ms: 1_000,
+            },
+        )]);
+        OffsetStore::wait(OffsetStore::submit(slot, group, 1_000, change))
+            .await
+            .unwrap();
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("internal").join(OFFSETS_LOG))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+            .count()
     }
 
     #[tokio::test]
     async fn commits_are_durable_across_reopen_and_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = OffsetStore::open(dir.path(), 4096).unwrap();
+        let env = LogEnv::default();
+        let store = OffsetStore::open(dir.path(), 4096, &env).unwrap();
         store.start();
-        for i in 0..200u64 {
-            let slot = store.slot().await.unwrap();
-            let answer = OffsetStore::submit(
-                slot,
-                "g",
-                1_000,
-                Change::Commit(vec![(
-                    ("t".into(), (i % 3) as u32),
-                    Committed {
-                        offset: i,
-                        metadata: String::new(),
-                        commit_time_ms: 1_000,
-                    },
-                )]),
-            );
-            OffsetStore::wait(answer).await.unwrap();
+        for i in 0..300u64 {
+            commit_one(&store, "g", (i % 3) as u32, i).await;
         }
-        let slot = store.slot().await.unwrap();
-        let one = vec![(
-            ("t".to_owned(), 0),
-            Committed {
-                offset: 1,
-                metadata: String::new(),
-                commit_time_ms: 5,
-            },
-        )];
-        OffsetStore::wait(OffsetStore::submit(slot, "gone", 5, Change::Commit(one)))
-            .await
-            .unwrap();
+        commit_one(&store, "gone", 0, 1).await;
         assert!(store.has_group("gone"));
         let slot = store.slot().await.unwrap();
         OffsetStore::wait(OffsetStore::submit(slot, "gone", 6, Change::DeleteGroup))
             .await
             .unwrap();
-        assert_eq!(store.get("g", &("t".into(), 2)).unwrap().offset, 197);
-        let size = std::fs::metadata(dir.path().join("groups/offsets.log"))
-            .unwrap()
-            .len();
-        assert!(size < 4096 + 200, "compacted while running: {size} bytes");
+        assert_eq!(store.get("g", &("t".into(), 2)).unwrap().offset, 299);
+        // 300 commits of about 130 bytes in segments of 4 KiB: compaction keeps a few.
+        let segments = segment_files(dir.path());
+        assert!(segments <= 4, "{segments} segments left after compaction");
+        // A change larger than the log's largest record is refused, alone.
+        let slot = store.slot().await.unwrap();
+        let many = (0..400)
+            .map(|p| {
+                (
+                    ("t".to_owned(), p),
+                    Committed {
+                        offset: 1,
+                        metadata: String::new(),
+                        commit_time_ms: 7,
+                    },
+                )
+            })
+            .collect();
+        let err = OffsetStore::wait(OffsetStore::submit(slot, "big", 7, Change::Commit(many)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, runnel_proto::pb::ErrorCode::LimitExceeded);
+        assert!(
+            err.message.contains("groups.offsets_compact_bytes"),
+            "{err}"
+        );
         store.close().await;
         assert!(store.slot().await.is_err());
 
-        let again = OffsetStore::open(dir.path(), 4096).unwrap();
+        let again = OffsetStore::open(dir.path(), 4096, &env).unwrap();
         assert_eq!(again.groups(), ["g"]);
-        let g = again.group("g");
-        let offsets: Vec<u64> = g.values().map(|c| c.offset).collect();
-        assert_eq!(offsets, [198, 199, 197]);
+        let offsets: Vec<u64> = again.group("g").values().map(|c| c.offset).collect();
+        assert_eq!(offsets, [297, 298, 299]);
+    }
+
+    #[tokio::test]
+    async fn the_previous_releases_journal_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
+        std::fs::create_dir(&groups).unwrap();
+        let mut old = journal(&[commit("g", "t", 0, 5, 10), commit("h", "t", 1, 8, 12)]);
+        old.extend_from_slice(&[48, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(groups.join("offsets.log"), &old).unwrap();
+        let env = LogEnv::default();
+        let store = OffsetStore::open(dir.path(), 1 << 20, &env).unwrap();
+        assert_eq!(store.get("g", &("t".into(), 0)).unwrap().offset, 5);
+        assert_eq!(store.get("h", &("t".into(), 1)).unwrap().commit_time_ms, 12);
+        assert!(
+            !groups.exists(),
+            "the old journal and its directory are gone"
+        );
+        store.start();
+        commit_one(&store, "g", 0, 6).await;
+        store.close().await;
+
+        // A leftover journal next to a migrated log (a crash before its deletion) is not
+        // replayed again: the log wins and the file goes.
+        std::fs::create_dir(&groups).unwrap();
+        std::fs::write(groups.join("offsets.log"), &old).unwrap();
+        let again = OffsetStore::open(dir.path(), 1 << 20, &env).unwrap();
+        assert_eq!(again.get("g", &("t".into(), 0)).unwrap().offset, 6);
+        assert!(!groups.exists());
+
+        // A damaged journal stops the start, naming the file.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir(other.path().join("groups")).unwrap();
+        std::fs::write(other.path().join("groups/offsets.log"), b"nope").unwrap();
+        let err = OffsetStore::open(other.path(), 1 << 20, &env).unwrap_err();
+        assert!(err.to_string().contains("offsets.log"), "{err}");
     }
 }

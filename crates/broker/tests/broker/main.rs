@@ -9,3 +9,4 @@ mod idempotence;
 mod limits;
 mod produce;
 mod shutdown;
+mod upgrade;

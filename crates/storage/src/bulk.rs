@@ -2,8 +2,8 @@
 //!
 //! Logs open and close on a bounded number of threads, and the directory changes they make
 //! are made durable once per filesystem (`syncfs`) instead of once per log: a clean open
-//! removes each log's clean-shutdown marker, a close writes producer snapshots, trims
-//! preallocation and writes the markers, and none of that needs its own fsync as long as
+//! renames each log's clean-shutdown marker back to its running file, a close writes
+//! producer snapshots and renames the running files to markers, and none of that needs its own fsync as long as
 //! one filesystem sync follows before anything relies on it. At open that sync comes
 //! before [`open_logs`] returns, so before any append; at close the data is synced before
 //! the markers are written, and the markers once more after.

@@ -20,7 +20,7 @@ use crate::config::{Durability, LogConfig};
 use crate::env::{LogEnv, Repair};
 use crate::error::{Error, Result};
 use crate::producer::{self, ProducerStates, Undo, Verdict};
-use crate::recovery::{self, CLEAN_SHUTDOWN_MARKER, DirSync};
+use crate::recovery::{self, DirSync};
 use crate::segment::Segment;
 use crate::segments::{ReadResult, SegmentSet};
 use crate::sync::SyncState;
@@ -551,8 +551,8 @@ impl Log {
     }
 
     /// Refuses further appends and puts the log in the shape the clean-shutdown marker
-    /// promises: a producer snapshot at the end, sealed segments sealed, the active
-    /// segment's preallocation given back, and with [`DirSync::Now`] everything fsynced. With
+    /// promises: a producer snapshot at the end, sealed segments sealed, and with
+    /// [`DirSync::Now`] everything fsynced. With
     /// [`DirSync::Deferred`] nothing is fsynced: the caller syncs the filesystem before it
     /// writes the marker ([`close_logs`](crate::close_logs)). False if it was closed already.
     pub(crate) fn prepare_close(&self, dir_sync: DirSync) -> Result<bool> {
@@ -581,7 +581,8 @@ impl Log {
             if dir_sync == DirSync::Now {
                 active.flush_indexes()?;
             }
-            active.trim_preallocation()?;
+            // The active segment keeps its block reservation for the next open (module docs
+            // of `segment.rs`).
         }
         Ok(true)
     }
@@ -589,16 +590,7 @@ impl Log {
     /// Writes the clean-shutdown marker, durably with [`DirSync::Now`]; with
     /// [`DirSync::Deferred`] the caller syncs the filesystem afterwards.
     pub(crate) fn write_clean_marker(&self, dir_sync: DirSync) -> Result<()> {
-        let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
-        std::fs::File::create(&marker)
-            .and_then(|f| match dir_sync {
-                DirSync::Now => f.sync_all(),
-                DirSync::Deferred => Ok(()),
-            })
-            .map_err(|e| Error::io("create clean-shutdown marker", &marker, e))?;
-        if dir_sync == DirSync::Now {
-            recovery::sync_dir(&self.dir)?;
-        }
+        recovery::mark_clean(&self.dir, dir_sync == DirSync::Now)?;
         debug!(path = %self.dir.display(), end_offset = self.end_offset(), "closed log");
         Ok(())
     }
@@ -654,6 +646,7 @@ mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, Compression};
     use crate::testing::{batch, offsets_in, small, with_clock};
+    use crate::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
 
     #[test]
     fn appends_get_dense_offsets_and_read_back_whole_batches() {
@@ -851,6 +844,45 @@ mod tests {
         assert_eq!(log.end_offset(), 60);
         assert_eq!(log.append(batch(1, 1, 1)).unwrap().base_offsets, vec![60]);
         log.verify_indexes().unwrap();
+    }
+
+    #[test]
+    fn a_restart_without_appends_creates_and_deletes_no_file() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        log.append(batch(2, 1, 100)).unwrap();
+        log.close().unwrap();
+        drop(log);
+        let inodes = || {
+            let mut v: Vec<(String, u64)> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // The marker and the running file are one inode under two names.
+                    let name = if name == RUNNING_MARKER {
+                        CLEAN_SHUTDOWN_MARKER.to_owned()
+                    } else {
+                        name
+                    };
+                    (name, e.metadata().unwrap().ino())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let closed = inodes();
+        assert!(closed.iter().any(|(n, _)| n == CLEAN_SHUTDOWN_MARKER));
+        for _ in 0..2 {
+            let log = Log::open(dir.path(), small()).unwrap();
+            assert!(!dir.path().join(CLEAN_SHUTDOWN_MARKER).exists());
+            assert_eq!(inodes(), closed, "while open");
+            log.close().unwrap();
+            drop(log);
+            assert_eq!(inodes(), closed, "after the close");
+        }
     }
 
     fn idem(pid: i64, epoch: i16, seq: i32, n: u32) -> Bytes {

@@ -58,7 +58,10 @@ pub struct ClosedLogs {
     pub took: Duration,
 }
 
-/// Opens the logs of `specs` on up to `threads` threads, then syncs their filesystems once.
+/// Opens the logs of `specs` on up to `threads` threads, then syncs their filesystems once,
+/// if any open changed its directory (`recovery::Opened::changed`): after a crash of the
+/// process with nothing to repair there is nothing to sync, and a sync would write back every
+/// dirty page the killed process left, gigabytes after a heavy load.
 ///
 /// # Errors
 /// A failed filesystem sync: then no log is returned open, since what their opening changed
@@ -66,11 +69,16 @@ pub struct ClosedLogs {
 /// [`OpenedLogs::logs`].
 pub fn open_logs(specs: Vec<LogSpec>, env: &LogEnv, threads: usize) -> Result<OpenedLogs> {
     let started = Instant::now();
-    let dirs: Vec<PathBuf> = specs.iter().map(|s| s.dir.clone()).collect();
     let logs = parallel(specs, threads, |spec| {
         Log::open_in(spec.dir, spec.config, env.clone(), DirSync::Deferred)
     });
-    sync_filesystems(&dirs)?;
+    let changed: Vec<PathBuf> = logs
+        .iter()
+        .filter_map(|l| l.as_ref().ok())
+        .filter(|l| l.changed_at_open)
+        .map(|l| l.dir().to_path_buf())
+        .collect();
+    sync_filesystems(&changed)?;
     let opened = logs.iter().filter_map(|l| l.as_ref().ok());
     let (reread_bytes, repairs) = opened.fold((0, 0), |(bytes, repairs), log| {
         (bytes + log.reread_bytes(), repairs + log.repairs().len())

@@ -78,6 +78,8 @@ pub struct Log {
     pub(crate) failed: AtomicBool,
     repairs: Vec<Repair>,
     reread_bytes: u64,
+    /// The open changed the directory (`recovery::Opened::changed`).
+    pub(crate) changed_at_open: bool,
 }
 
 impl std::fmt::Debug for Log {
@@ -159,6 +161,7 @@ impl Log {
             failed: AtomicBool::new(false),
             repairs: opened.repairs,
             reread_bytes: opened.reread_bytes,
+            changed_at_open: opened.changed,
             dir,
             config: RwLock::new(config),
             env,
@@ -844,6 +847,41 @@ mod tests {
         assert_eq!(log.end_offset(), 60);
         assert_eq!(log.append(batch(1, 1, 1)).unwrap().base_offsets, vec![60]);
         log.verify_indexes().unwrap();
+    }
+
+    #[test]
+    fn an_open_reports_whether_it_changed_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let log = Log::open(&path, small()).unwrap();
+        assert!(log.changed_at_open, "created");
+        log.append(batch(2, 1, 100)).unwrap();
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(&path, small()).unwrap();
+        assert!(
+            log.changed_at_open,
+            "the clean-shutdown marker was taken away"
+        );
+        log.append(batch(2, 2, 100)).unwrap();
+        // A crash of the process: dropped without a close.
+        drop(log);
+        let log = Log::open(&path, small()).unwrap();
+        let same_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").is_ok();
+        // Without a boot id the active segment is reread and its indexes rebuilt: a repair.
+        assert_eq!(log.changed_at_open, !same_boot, "{:?}", log.repairs());
+        assert_eq!(log.end_offset(), 4);
+        drop(log);
+        // A torn tail is cut: a repair.
+        let active = path.join(format!("{:020}.log", 0));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"torn").unwrap();
+        let log = Log::open(&path, small()).unwrap();
+        assert!(log.changed_at_open);
+        assert_eq!(log.end_offset(), 4);
     }
 
     #[test]

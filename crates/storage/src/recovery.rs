@@ -148,6 +148,12 @@ pub(crate) struct Opened {
     pub repairs: Vec<Repair>,
     /// Bytes of segment data read to open it.
     pub reread_bytes: u64,
+    /// True if the open changed the directory in a way that must be durable before the log
+    /// is written to (with [`DirSync::Deferred`], the caller's sync): it was created, the
+    /// clean-shutdown marker was taken away, or a repair was made. Not after a crash of the
+    /// process in this boot with nothing to repair: the files are then as the last process
+    /// left them while it ran, and need no more than they needed then.
+    pub changed: bool,
 }
 
 /// Whether [`open`] makes its directory changes durable itself, or leaves that to one
@@ -198,6 +204,7 @@ pub(crate) fn open(
     env: &LogEnv,
     dir_sync: DirSync,
 ) -> Result<Opened> {
+    let existed = dir.is_dir();
     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let mut r = Recovery {
         dir,
@@ -210,6 +217,7 @@ pub(crate) fn open(
     let mut found = list_segment_files(dir)?;
     delete_orphan_indexes(&mut r, &mut found)?;
     let segments = open_segments(&mut r, &found)?;
+    let changed = !existed || found.is_empty() || r.trust == Trust::Clean || !r.repairs.is_empty();
     if r.trust == Trust::Clean {
         unmark_clean(dir)?;
     }
@@ -229,6 +237,7 @@ pub(crate) fn open(
         segments,
         repairs: r.repairs,
         reread_bytes: r.reread_bytes,
+        changed,
     })
 }
 

@@ -33,21 +33,6 @@ async fn commit(b: &Broker, group: &str, offsets: &[(u32, u64, &str)]) {
     assert!(r.results.iter().all(|r| r.error.is_none()), "{r:?}");
 }
 
-async fn fetch(b: &Broker, group: &str) -> BTreeMap<u32, (u64, String)> {
-    b.groups()
-        .fetch_offsets(pb::FetchOffsetsRequest {
-            group: group.into(),
-            partitions: vec![],
-        })
-        .await
-        .expect("fetch offsets")
-        .into_inner()
-        .offsets
-        .into_iter()
-        .map(|c| (c.partition, (c.offset.expect("committed"), c.metadata)))
-        .collect()
-}
-
 /// The value of one series in a scrape, if present.
 fn series(text: &str, name: &str, group: &str, partition: u32) -> Option<f64> {
     let prefix = format!("{name}{{group=\"{group}\",topic=\"t\",partition=\"{partition}\"}} ");
@@ -106,7 +91,7 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
         "{log}"
     );
 
-    let g = fetch(&b, "g").await;
+    let g = committed_offsets(&b, "g").await;
     let want: BTreeMap<u32, (u64, String)> = [
         (0, (3, "three".to_owned())),
         (1, (20, String::new())),
@@ -114,7 +99,10 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     ]
     .into();
     assert_eq!(g, want);
-    assert_eq!(fetch(&b, "other").await[&0], (10, "done".to_owned()));
+    assert_eq!(
+        committed_offsets(&b, "other").await[&0],
+        (10, "done".to_owned())
+    );
 
     // Lag = log end - committed offset; the age is that of the record at the committed
     // offset (harness batches are stamped 1_700_000_000_000 + offset).

@@ -33,10 +33,7 @@ impl Log {
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
         let config = self.config();
         let now = self.env.clock.now_ms();
-        let (doomed, start) = {
-            // Holding the writer lock keeps a roll from changing the segment list meanwhile.
-            let _w = lock(&self.writer);
-            let segments = self.segments.snapshot();
+        self.delete_oldest(|segments| {
             let mut remaining: u64 = segments.iter().map(|s| s.size()).sum();
             let mut n = 0;
             for s in &segments[..segments.len().saturating_sub(1)] {
@@ -53,18 +50,8 @@ impl Log {
                 remaining -= s.size();
                 n += 1;
             }
-            if n == 0 {
-                return Ok(RetentionOutcome {
-                    log_start_offset: self.start_offset(),
-                    ..Default::default()
-                });
-            }
-            let kept = segments[n..].to_vec();
-            let start = kept[0].base_offset;
-            self.segments.publish(kept);
-            (segments[..n].to_vec(), start)
-        };
-        self.remove_segments(&doomed, start)
+            n
+        })
     }
 
     /// Deletes the sealed segments whose records all lie below `offset` (the active segment
@@ -74,14 +61,26 @@ impl Log {
     /// # Errors
     /// As [`Log::enforce_retention`].
     pub fn delete_before(&self, offset: u64) -> Result<RetentionOutcome> {
-        let (doomed, start) = {
-            let _w = lock(&self.writer);
-            let segments = self.segments.snapshot();
+        self.delete_oldest(|segments| {
             // A segment's records all lie below the next segment's base offset.
-            let n = segments
+            segments
                 .windows(2)
                 .take_while(|pair| pair[1].base_offset <= offset)
-                .count();
+                .count()
+        })
+    }
+
+    /// Deletes the `count(segments)` oldest segments (never the active one) and moves the
+    /// log start offset past them.
+    fn delete_oldest(
+        &self,
+        count: impl FnOnce(&[Arc<Segment>]) -> usize,
+    ) -> Result<RetentionOutcome> {
+        let (doomed, start) = {
+            // Holding the writer lock keeps a roll from changing the segment list meanwhile.
+            let _w = lock(&self.writer);
+            let segments = self.segments.snapshot();
+            let n = count(&segments).min(segments.len().saturating_sub(1));
             if n == 0 {
                 return Ok(RetentionOutcome {
                     log_start_offset: self.start_offset(),

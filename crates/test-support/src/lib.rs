@@ -134,8 +134,8 @@ pub mod prelude {
     pub use crate::errors::{assert_inline, assert_status, assert_too_large};
     pub use crate::process::Broker;
     pub use crate::rpc::{
-        create_topic, describe_topic, entry, fetch_all, fetch_partition, produce, produce_acked,
-        produce_request, subscribe,
+        committed_offsets, create_topic, describe_topic, entry, fetch_all, fetch_partition,
+        produce, produce_acked, produce_request, subscribe,
     };
     pub use crate::{Connection, PATIENCE, within};
 }

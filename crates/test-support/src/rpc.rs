@@ -132,6 +132,30 @@ pub async fn fetch_all(b: &Connection, topic: &str, partition: u32, offset: u64)
     }
 }
 
+/// Every committed offset of `group`, by partition: `(offset, metadata)`. Offsets of one
+/// topic are what the tests that use it commit.
+///
+/// # Panics
+///
+/// If the fetch fails, or a partition has no offset.
+pub async fn committed_offsets(
+    b: &Connection,
+    group: &str,
+) -> std::collections::BTreeMap<u32, (u64, String)> {
+    b.groups()
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: group.into(),
+            partitions: vec![],
+        })
+        .await
+        .expect("fetch offsets")
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| (c.partition, (c.offset.expect("committed"), c.metadata)))
+        .collect()
+}
+
 /// Opens a `Subscribe` stream on one partition from `start` (the broker's default when
 /// `None`).
 ///

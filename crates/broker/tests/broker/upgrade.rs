@@ -32,21 +32,6 @@ fn legacy_offsets_journal() -> Vec<u8> {
     file
 }
 
-async fn committed(b: &TestBroker) -> BTreeMap<u32, (u64, String)> {
-    b.groups()
-        .fetch_offsets(pb::FetchOffsetsRequest {
-            group: "g".into(),
-            partitions: vec![],
-        })
-        .await
-        .expect("fetch offsets")
-        .into_inner()
-        .offsets
-        .into_iter()
-        .map(|c| (c.partition, (c.offset.unwrap_or(u64::MAX), c.metadata)))
-        .collect()
-}
-
 async fn init(
     b: &TestBroker,
     id: Option<i64>,
@@ -77,7 +62,7 @@ async fn a_previous_release_data_directory_is_migrated_on_first_start() {
 
     let want: BTreeMap<u32, (u64, String)> =
         [(0, (5, "five".to_owned())), (1, (9, String::new()))].into();
-    assert_eq!(committed(&b).await, want);
+    assert_eq!(committed_offsets(&b, "g").await, want);
     let fenced = init(&b, Some(0), Some(2)).await.unwrap_err();
     assert_status(&fenced, ErrorCode::ProducerFenced, "current epoch is 3");
     assert_eq!(init(&b, Some(0), Some(3)).await.unwrap(), (0, 4));
@@ -89,7 +74,7 @@ async fn a_previous_release_data_directory_is_migrated_on_first_start() {
 
     // The migrated state, and what was added to it, survive a restart.
     let b = b.restart().await;
-    assert_eq!(committed(&b).await, want);
+    assert_eq!(committed_offsets(&b, "g").await, want);
     assert_eq!(init(&b, Some(0), Some(4)).await.unwrap(), (0, 5));
     assert_eq!(init(&b, None, None).await.unwrap(), (6, 0));
 }

@@ -3,13 +3,13 @@
 //!
 //! - [`assignor`]: the assignment strategies, as pure functions.
 //! - [`coordinator`]: one group's membership state machine (cooperative, incremental moves).
-//! - [`offsets`]: committed offsets and their durable journal.
+//! - [`offsets`]: committed offsets and their internal log.
 //! - [`lag`](mod@lag): the periodic computation of the lag gauges.
 //!
 //! [`Groups`] ties them together. Its state is one `std::sync::Mutex`, held for short,
 //! in-memory steps only, never across an `.await` or I/O: a commit takes a slot in the offsets
 //! writer's queue first, then validates ownership and queues the change under the lock (so
-//! changes reach the journal in the order they were validated), then waits for the fsync
+//! changes reach the log in the order they were validated), then waits for the fsync
 //! without the lock. Timeouts are enforced by [`Groups::tick`], which the server calls every
 //! [`TICK`].
 
@@ -525,7 +525,7 @@ impl Groups {
     /// # Errors
     /// `INVALID_GROUP_ID`, `INVALID_REQUEST`, `UNKNOWN_MEMBER`, `GROUP_NOT_EMPTY` (a
     /// standalone commit to a group with members), `LIMIT_EXCEEDED` (`max_groups`), or the
-    /// journal's error (`DISK_FULL`, `LOG_FAILED`). Per-partition problems are inline.
+    /// offsets log's error (`DISK_FULL`, `LOG_FAILED`). Per-partition problems are inline.
     pub async fn commit(
         &self,
         req: pb::CommitOffsetsRequest,
@@ -792,7 +792,7 @@ impl Groups {
     /// Deletes a group's committed offsets.
     ///
     /// # Errors
-    /// `INVALID_GROUP_ID`, `UNKNOWN_GROUP`, `GROUP_NOT_EMPTY`, or the journal's error.
+    /// `INVALID_GROUP_ID`, `UNKNOWN_GROUP`, `GROUP_NOT_EMPTY`, or the offsets log's error.
     pub async fn delete(&self, group: &str) -> Result<(), RpcError> {
         validate_group_id("group", group)?;
         let slot = self.offsets.slot().await?;
@@ -834,7 +834,7 @@ impl Groups {
     /// # Errors
     /// `INVALID_GROUP_ID`, `INVALID_REQUEST`, `UNKNOWN_TOPIC`, `UNKNOWN_PARTITION`,
     /// `GROUP_NOT_EMPTY`, `LIMIT_EXCEEDED`, a storage error reading a timestamp, or the
-    /// journal's error.
+    /// offsets log's error.
     pub async fn reset(
         &self,
         req: pb::ResetOffsetsRequest,

@@ -604,11 +604,20 @@ impl Groups {
                     r.error = fenced.map(|msg| RpcError::new(ErrorCode::FencedMember, msg).to_pb());
                 }
             }
-            let accepted: Vec<(Tp, Committed)> = results
+            if let Some(refused) = results.iter().position(|r| r.error.is_some()) {
+                // All or none: the others are not stored either, and say why.
+                let why = format!(
+                    "not stored: offsets[{refused}] was refused, and the commits of one request are stored all or none"
+                );
+                for r in results.iter_mut().filter(|r| r.error.is_none()) {
+                    r.error = Some(RpcError::invalid(why.clone()).to_pb());
+                }
+                return Ok(pb::CommitOffsetsResponse { results });
+            }
+            let accepted: Vec<(Tp, Committed)> = req
+                .offsets
                 .iter()
-                .zip(&req.offsets)
-                .filter(|(r, _)| r.error.is_none())
-                .map(|(_, o)| {
+                .map(|o| {
                     (
                         (o.topic.clone(), o.partition),
                         Committed {
@@ -619,23 +628,12 @@ impl Groups {
                     )
                 })
                 .collect();
-            if accepted.is_empty() {
-                None
-            } else {
-                if self.over_group_limit(&state, &req.group) {
-                    return Err(self.group_limit_error(&req.group));
-                }
-                Some(OffsetStore::submit(
-                    slot,
-                    &req.group,
-                    time_ms,
-                    Change::Commit(accepted),
-                ))
+            if self.over_group_limit(&state, &req.group) {
+                return Err(self.group_limit_error(&req.group));
             }
+            OffsetStore::submit(slot, &req.group, time_ms, Change::Commit(accepted))
         };
-        if let Some(answer) = answer {
-            OffsetStore::wait(answer).await?;
-        }
+        OffsetStore::wait(answer).await?;
         Ok(pb::CommitOffsetsResponse { results })
     }
 

@@ -737,12 +737,25 @@ async fn commits_from_members_that_do_not_own_the_partition_are_fenced() {
     )
     .await
     .unwrap();
-    assert!(r.results[0].error.is_none(), "{r:?}");
     assert_inline(
         r.results[1].error.as_ref(),
         ErrorCode::FencedMember,
         "does not own",
     );
+    // All or none: the partition a still owns was not stored either.
+    assert_inline(
+        r.results[0].error.as_ref(),
+        ErrorCode::InvalidRequest,
+        "not stored: offsets[1] was refused",
+    );
+    assert_eq!(
+        committed_offsets(&b, "g").await[&kept_p].0,
+        if kept_p == 0 { 5 } else { 6 }
+    );
+    let r = commit(&b, "g", &a.id(), epoch_a, &[("t", kept_p, 7)])
+        .await
+        .unwrap();
+    assert!(r.results[0].error.is_none(), "{r:?}");
     // b owns moved_p since its current epoch; an epoch before that is stale.
     let epoch_b = m2.state().epoch;
     let r = commit(&b, "g", &m2.id(), epoch_b, &[("t", moved_p, 8)])

@@ -116,11 +116,15 @@ pub struct Overrides {
     pub flush_interval_ms: Option<u64>,
 }
 
+/// The longest duration a topic config holds, ms; larger requested values are taken as it.
+const MAX_MS: u64 = i64::MAX as u64;
+
 impl Overrides {
     /// Reads the fields set in a protocol `TopicConfig`.
     ///
     /// # Errors
-    /// `INVALID_CONFIG` for a durability value that is not a policy, naming `field`.
+    /// `INVALID_CONFIG` for `DURABILITY_POLICY_UNSPECIFIED`, `INVALID_REQUEST` for a value
+    /// that is not in the enum; both name `field`.
     pub fn from_pb(c: &pb::TopicConfig, field: &str) -> Result<Self, RpcError> {
         let durability = match c.durability {
             None => None,
@@ -133,21 +137,26 @@ impl Overrides {
                         "{field}.durability DURABILITY_POLICY_UNSPECIFIED is not a policy; leave the field unset for the default"
                     )));
                 }
+                // An enum value this broker does not know, as from a newer client: a
+                // malformed request (`docs/protocol.md`, "Compatibility").
                 Err(_) => {
-                    return Err(invalid_config(format!(
+                    return Err(RpcError::invalid(format!(
                         "{field}.durability {v} is not a known policy (1 ALWAYS, 2 INTERVAL, 3 NEVER)"
                     )));
                 }
             }),
         };
+        // Durations past i64::MAX ms (292 million years) mean the same and are stored as that:
+        // the topic's metadata is TOML, whose integers are i64.
+        let ms = |v: Option<u64>| v.map(|v| v.min(MAX_MS));
         Ok(Overrides {
-            retention_ms: c.retention_ms,
+            retention_ms: ms(c.retention_ms),
             retention_bytes: c.retention_bytes,
             segment_bytes: c.segment_bytes,
-            segment_ms: c.segment_ms,
+            segment_ms: ms(c.segment_ms),
             max_batch_bytes: c.max_batch_bytes,
             durability,
-            flush_interval_ms: c.flush_interval_ms,
+            flush_interval_ms: ms(c.flush_interval_ms),
         })
     }
 

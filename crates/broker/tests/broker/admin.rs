@@ -159,6 +159,20 @@ async fn admin_errors_carry_their_documented_status() {
         .await
         .unwrap_err();
     assert_status(&e, ErrorCode::InvalidConfig, "config.durability");
+    // An enum value the broker does not know is a malformed request (Compatibility).
+    let bad = pb::TopicConfig {
+        durability: Some(99),
+        ..Default::default()
+    };
+    let e = admin
+        .create_topic(create("b", 1, Some(bad)))
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        ErrorCode::InvalidRequest,
+        "config.durability 99 is not a known policy",
+    );
     let bad = pb::TopicConfig {
         max_batch_bytes: Some(100),
         ..Default::default()
@@ -363,6 +377,37 @@ async fn topics_and_config_survive_a_restart() {
         Some(DurabilityPolicy::Always as i32)
     );
     assert_eq!(d.partitions[2].log_end_offset, 4);
+}
+
+#[tokio::test]
+async fn the_largest_uint64_values_are_taken_and_survive_a_restart() {
+    let b = TestBroker::start().await;
+    let config = pb::TopicConfig {
+        retention_ms: Some(u64::MAX),
+        retention_bytes: Some(u64::MAX),
+        segment_ms: Some(u64::MAX),
+        flush_interval_ms: Some(u64::MAX),
+        ..Default::default()
+    };
+    b.admin()
+        .create_topic(pb::CreateTopicRequest {
+            topic: "forever".into(),
+            partition_count: 1,
+            config: Some(config),
+        })
+        .await
+        .expect("0 or more, as documented");
+    produce(&b, "forever", 0, vec![batch(2, 1_000)]).await;
+    let b = b.restart().await;
+    let c = within(describe_topic(&b, "forever")).await.config.unwrap();
+    // Durations past i64::MAX ms (292 million years) are held as that.
+    let max_ms = i64::MAX as u64;
+    assert_eq!(
+        (c.retention_ms, c.segment_ms, c.flush_interval_ms),
+        (Some(max_ms), Some(max_ms), Some(max_ms))
+    );
+    assert_eq!(c.retention_bytes, Some(u64::MAX));
+    assert_eq!(fetch_all(&b, "forever", 0, 0).await.len(), 1);
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 use runnel_proto::pb::{self, DurabilityPolicy, ErrorCode};
 use runnel_storage::{Durability, Flusher, LogConfig, LogEnv, LogSpec};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{DurabilitySetting, Limits, StorageSettings, TopicDefaults};
 use crate::error::{Error, RpcError};
@@ -774,7 +774,7 @@ impl Topics {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let to = deleted.join(format!("{name}.{stamp}"));
+        let to = deleted.join(deleted_name(stamp, name));
         fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
         files::sync_dir(&self.data_dir.join(TOPICS_DIR))
             .and_then(|()| files::sync_dir(&deleted))
@@ -800,9 +800,11 @@ impl Topics {
                 warn!(topic = name, partition = p.index, error = %e, "closing a deleted partition");
             }
         }
-        let to = self
-            .move_to_deleted(name)
-            .map_err(|e| RpcError::internal(format!("deleting topic {name:?}: {e}")))?;
+        let to = self.move_to_deleted(name).map_err(|e| {
+            error!(topic = name, error = %e,
+                "deleting the topic failed: its partitions are closed; delete it again, or restart the broker to reopen them");
+            RpcError::internal(format!("deleting topic {name:?}: {e}"))
+        })?;
         write(&self.map).remove(name);
         self.update_counts();
         info!(topic = name, partitions = partitions.len(), "deleted topic");
@@ -959,6 +961,14 @@ impl Topics {
         );
         closed.failed
     }
+}
+
+/// The name of a deleted topic's directory in `deleted/`: `<nanoseconds>.<topic>`, the topic's
+/// name cut to fit a file name's 255 bytes (topic names are ASCII, up to 249 bytes).
+fn deleted_name(stamp: u128, topic: &str) -> String {
+    let mut name = format!("{stamp}.{topic}");
+    name.truncate(255);
+    name
 }
 
 /// Removes one directory of `deleted/`, logging a failure.

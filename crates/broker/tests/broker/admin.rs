@@ -380,6 +380,31 @@ async fn topics_and_config_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn topics_with_the_longest_names_are_deleted_and_created_again() {
+    let b = TestBroker::start().await;
+    for len in [236, 249] {
+        let name = "n".repeat(len);
+        for _ in 0..2 {
+            create_topic(&b, &name, 2).await;
+            produce(&b, &name, 1, vec![batch(2, 1_000)]).await;
+            b.admin()
+                .delete_topic(pb::DeleteTopicRequest {
+                    topic: name.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("deleting a {len}-character name: {e:?}"));
+            let listed = b
+                .admin()
+                .list_topics(pb::ListTopicsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(listed.topics.iter().all(|t| t.topic != name), "{listed:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_largest_uint64_values_are_taken_and_survive_a_restart() {
     let b = TestBroker::start().await;
     let config = pb::TopicConfig {

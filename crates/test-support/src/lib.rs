@@ -135,7 +135,7 @@ pub mod prelude {
     pub use crate::process::Broker;
     pub use crate::rpc::{
         committed_offsets, create_topic, describe_topic, entry, fetch_all, fetch_partition,
-        produce, produce_acked, produce_request, subscribe,
+        produce, produce_acked, produce_request, raw_stream_first, raw_unary, subscribe,
     };
     pub use crate::{Connection, PATIENCE, within};
 }

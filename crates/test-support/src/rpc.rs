@@ -179,3 +179,103 @@ pub async fn subscribe(
         .expect("subscribe")
         .into_inner()
 }
+
+/// A codec that sends and receives message bodies as they are, so that a test can send bytes
+/// that are not the method's message (not protobuf at all, or a string that is not UTF-8).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
+    }
+}
+
+/// Calls the unary method at `path` (`/package.Service/Method`) with `body` as the request
+/// message's bytes; returns the response message's bytes.
+///
+/// # Errors
+///
+/// The call's status.
+pub async fn raw_unary(
+    b: &Connection,
+    path: &'static str,
+    body: Bytes,
+) -> Result<Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(b.channel());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Calls the streaming method at `path` with one request message of `body`'s bytes (then
+/// ends the requests for a server-streaming method, or keeps them open for a bidirectional
+/// one, with `keep_open`), and returns the first response message's bytes, or the status the
+/// stream ended with.
+///
+/// # Errors
+///
+/// The call's or the stream's status.
+pub async fn raw_stream_first(
+    b: &Connection,
+    path: &'static str,
+    body: Bytes,
+    keep_open: bool,
+) -> Result<Option<Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(b.channel());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let one = tokio_stream::iter([body]);
+    let requests: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Bytes> + Send>> = if keep_open {
+        Box::pin(tokio_stream::StreamExt::chain(one, tokio_stream::pending()))
+    } else {
+        Box::pin(one)
+    };
+    let mut responses = grpc
+        .streaming(tonic::Request::new(requests), path, RawCodec)
+        .await?
+        .into_inner();
+    responses.message().await
+}

@@ -35,6 +35,7 @@ use super::consume::{Consume, subscribe_done, subscribe_response};
 use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::consume::SubscribeItem;
+use crate::error::RpcError;
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
 pub(crate) const SUBSCRIBE_PATH: &str = "/runnel.v1.ConsumeService/Subscribe";
@@ -181,12 +182,17 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
         )));
     }
     if buf.len() != PREFIX_LEN + len {
-        return Err(Status::internal(
-            "expected exactly one request message of the length its prefix gives",
-        ));
+        return Err(RpcError::invalid(
+            "malformed request: expected exactly one request message of the length its prefix gives",
+        )
+        .status());
     }
-    M::decode(&buf[PREFIX_LEN..])
-        .map_err(|e| Status::internal(format!("failed to decode the request: {e}")))
+    M::decode(&buf[PREFIX_LEN..]).map_err(|e| {
+        RpcError::invalid(format!(
+            "malformed request: failed to decode Protobuf message: {e}"
+        ))
+        .status()
+    })
 }
 
 /// A response body: the chunks of the messages (for `Subscribe`, of each one the stream

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{finish, rpc_done};
+use super::{finish, rpc_done, status};
 use crate::broker::Broker;
 use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
@@ -56,6 +56,17 @@ async fn end(b: &Broker, tx: &mpsc::Sender<MembershipItem>, e: RpcError) -> Code
     code
 }
 
+/// Ends the stream after reading from the client failed: a message that could not be decoded
+/// is answered as a malformed request; anything else means the client went away.
+async fn inbound_failed(b: &Broker, tx: &mpsc::Sender<MembershipItem>, status: Status) -> Code {
+    let status = status::inbound(status);
+    if status.code() != Code::InvalidArgument {
+        return Code::Cancelled;
+    }
+    let _ = tokio::time::timeout(b.config.shutdown_deadline(), tx.send(Err(status))).await;
+    Code::InvalidArgument
+}
+
 /// Runs one Membership stream: the join, then heartbeats, acknowledgements and leave from
 /// the client, and assignments from the coordinator. Returns the status code it ended with.
 async fn run_member(
@@ -94,7 +105,8 @@ async fn run_member(
             )
             .await;
         }
-        Ok(Ok(None) | Err(_)) => return Code::Cancelled,
+        Ok(Ok(None)) => return Code::Cancelled,
+        Ok(Err(status)) => return inbound_failed(b, tx, status).await,
     };
     let Joined {
         group,
@@ -134,9 +146,13 @@ async fn run_member(
                 message = inbound.message() => {
                     let request = match message {
                         Ok(Some(m)) => m.request,
-                        Ok(None) | Err(_) => {
+                        Ok(None) => {
                             groups.disconnected(&group, &member_id);
                             return Code::Cancelled;
+                        }
+                        Err(status) => {
+                            groups.disconnected(&group, &member_id);
+                            return inbound_failed(b, tx, status).await;
                         }
                     };
                     match request {

@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{finish, rpc_done};
+use super::{finish, rpc_done, status};
 use crate::broker::Broker;
 use crate::broker::budget::kib;
 use crate::broker::produce::Written;
@@ -109,7 +109,7 @@ impl ProduceService for Produce {
                     Ok(Some(req)) => req,
                     Ok(None) => return,
                     Err(status) => {
-                        let _ = steps_tx.send(Step::End(status)).await;
+                        let _ = steps_tx.send(Step::End(status::inbound(status))).await;
                         return;
                     }
                 };

@@ -2,6 +2,8 @@
 //! Runnel code (`docs/protocol.md`, the error table) and the `runnel-error-code` trailer.
 
 use runnel_proto::pb::ErrorCode;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -27,6 +29,38 @@ impl RpcError {
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Self {
         e.status()
+    }
+}
+
+/// A status about a request message: tonic answers a message it cannot decode (not protobuf,
+/// or a string field that is not UTF-8) with `INTERNAL` and no trailer; that is a malformed
+/// request, `INVALID_ARGUMENT` / `INVALID_REQUEST` with the trailer (`docs/protocol.md`).
+/// Any other status is returned as it is.
+pub fn inbound(status: Status) -> Status {
+    if status.code() == Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+    {
+        RpcError::invalid(format!("malformed request: {}", status.message())).status()
+    } else {
+        status
+    }
+}
+
+/// [`inbound`] for a whole response: a trailers-only response (how tonic answers a unary or
+/// server-streaming call whose request it could not decode) is rewritten; others pass.
+pub fn inbound_response(response: http::Response<Body>) -> http::Response<Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() == Code::Internal => {
+            let mapped = inbound(status);
+            if mapped.code() == Code::Internal {
+                response
+            } else {
+                mapped.into_http()
+            }
+        }
+        _ => response,
     }
 }
 

@@ -7,6 +7,7 @@ mod groups;
 mod health;
 mod idempotence;
 mod limits;
+mod malformed;
 mod produce;
 mod shutdown;
 mod upgrade;

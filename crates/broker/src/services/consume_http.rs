@@ -153,7 +153,9 @@ fn grpc_response(body: ResponseBody) -> http::Response<Body> {
     response
 }
 
-/// Reads the one request message of the call, as tonic's decoder would.
+/// Reads the one request message of the call, as tonic's decoder would, except that a
+/// message that is missing or does not decode is a malformed request (`INVALID_REQUEST`),
+/// as for every other method (`status::inbound`).
 async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Result<M, Status> {
     let mut buf = BytesMut::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -168,7 +170,7 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
         }
     }
     if buf.len() < PREFIX_LEN {
-        return Err(Status::internal("no request message was sent"));
+        return Err(RpcError::invalid("malformed request: no request message was sent").status());
     }
     if buf[0] != 0 {
         return Err(Status::unimplemented(
@@ -438,7 +440,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_request_is_read_and_checked_as_tonic_would() {
+    async fn the_request_is_read_and_checked() {
         let request = pb::SubscribeRequest {
             topic: "t".into(),
             partition: 3,
@@ -464,18 +466,22 @@ mod tests {
             e.message().contains("server.max_request_bytes (4)"),
             "{e:?}"
         );
-        let e = read_request::<pb::SubscribeRequest>(framed(0, &bytes, Some(3)), 1024)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::Internal, "{e:?}");
-        let e = read_request::<pb::SubscribeRequest>(Body::new(String::from("ab")), 1024)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::Internal, "{e:?}");
-        // Field 1 claims 5 bytes and has 2.
-        let e = read_request::<pb::SubscribeRequest>(framed(0, b"\x0a\x05ab", None), 1024)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::Internal, "{e:?}");
+        // A wrong length, no message, a message that does not decode: malformed requests.
+        let truncated = framed(0, b"\x0a\x05ab", None);
+        for body in [
+            framed(0, &bytes, Some(3)),
+            Body::new(String::from("ab")),
+            truncated,
+        ] {
+            let e = read_request::<pb::SubscribeRequest>(body, 1024)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.metadata()
+                    .get(runnel_proto::ERROR_CODE_METADATA_KEY)
+                    .is_some()
+            );
+        }
     }
 }

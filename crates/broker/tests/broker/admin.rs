@@ -137,51 +137,49 @@ async fn admin_errors_carry_their_documented_status() {
         "max_partitions_per_topic",
     );
 
-    let bad = pb::TopicConfig {
-        segment_bytes: Some(1000),
-        ..Default::default()
-    };
-    let e = admin
-        .create_topic(create("b", 1, Some(bad)))
-        .await
-        .unwrap_err();
-    assert_status(
-        &e,
-        ErrorCode::InvalidConfig,
-        "config.segment_bytes 1000 is outside [4096, 2147483648]",
-    );
-    let bad = pb::TopicConfig {
-        durability: Some(0),
-        ..Default::default()
-    };
-    let e = admin
-        .create_topic(create("b", 1, Some(bad)))
-        .await
-        .unwrap_err();
-    assert_status(&e, ErrorCode::InvalidConfig, "config.durability");
-    // An enum value the broker does not know is a malformed request (Compatibility).
-    let bad = pb::TopicConfig {
-        durability: Some(99),
-        ..Default::default()
-    };
-    let e = admin
-        .create_topic(create("b", 1, Some(bad)))
-        .await
-        .unwrap_err();
-    assert_status(
-        &e,
-        ErrorCode::InvalidRequest,
-        "config.durability 99 is not a known policy",
-    );
-    let bad = pb::TopicConfig {
-        max_batch_bytes: Some(100),
-        ..Default::default()
-    };
-    let e = admin
-        .create_topic(create("b", 1, Some(bad)))
-        .await
-        .unwrap_err();
-    assert_status(&e, ErrorCode::InvalidConfig, "config.max_batch_bytes 100");
+    // Each bad config, with the status it gets. An enum value the broker does not know is a
+    // malformed request ("Compatibility"); the unspecified value is a bad config.
+    let bad_configs = [
+        (
+            pb::TopicConfig {
+                segment_bytes: Some(1000),
+                ..Default::default()
+            },
+            ErrorCode::InvalidConfig,
+            "config.segment_bytes 1000 is outside [4096, 2147483648]",
+        ),
+        (
+            pb::TopicConfig {
+                durability: Some(0),
+                ..Default::default()
+            },
+            ErrorCode::InvalidConfig,
+            "config.durability",
+        ),
+        (
+            pb::TopicConfig {
+                durability: Some(99),
+                ..Default::default()
+            },
+            ErrorCode::InvalidRequest,
+            "config.durability 99 is not a known policy",
+        ),
+        (
+            pb::TopicConfig {
+                max_batch_bytes: Some(100),
+                ..Default::default()
+            },
+            ErrorCode::InvalidConfig,
+            "config.max_batch_bytes 100",
+        ),
+    ];
+    for (bad, code, needle) in bad_configs {
+        let e = admin
+            .create_topic(create("b", 1, Some(bad)))
+            .await
+            .unwrap_err();
+        assert_status(&e, code, needle);
+    }
 
     let e = admin.create_topic(create("b", 3, None)).await.unwrap_err();
     assert_status(&e, ErrorCode::LimitExceeded, "max_partitions (10)");

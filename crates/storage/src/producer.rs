@@ -375,16 +375,24 @@ pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8], fsync: bool)
                 Ok(())
             };
         }
-        let mut f = match redundant {
-            Some(old) => {
-                fs::rename(snapshot_path(dir, old), &tmp)?;
-                // Overwritten, then cut: a file truncated to zero and rewritten is flushed
-                // by ext4 when it is closed.
-                let f = fs::OpenOptions::new().write(true).open(&tmp)?;
-                f.set_len(bytes.len() as u64)?;
-                f
-            }
-            None => fs::File::create(&tmp)?,
+        // A roll writes its snapshot outside the writer lock, so two may run at once and pick
+        // the same file to reuse: the one that finds it gone creates a file instead.
+        let reused = match redundant {
+            Some(old) => match fs::rename(snapshot_path(dir, old), &tmp) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        let mut f = if reused {
+            // Overwritten, then cut: a file truncated to zero and rewritten is flushed by ext4
+            // when it is closed.
+            let f = fs::OpenOptions::new().write(true).open(&tmp)?;
+            f.set_len(bytes.len() as u64)?;
+            f
+        } else {
+            fs::File::create(&tmp)?
         };
         f.write_all(bytes)?;
         if fsync {

@@ -145,6 +145,7 @@ async fn every_bad_input_returns_its_documented_status() {
         partition: Some(0),
         partition_key: Some(Bytes::from_static(b"k")),
         batches: vec![batch_of("x", 0, 1)],
+        ..Default::default()
     };
     let big = {
         let mut bb = runnel_format::BatchBuilder::new();
@@ -272,6 +273,7 @@ async fn every_bad_input_returns_its_documented_status() {
         max_wait_ms,
         min_bytes: 0,
         max_bytes: 0,
+        ..Default::default()
     };
     let r = cons
         .fetch(fetch(vec![fp(0, 999)], 0))
@@ -307,6 +309,7 @@ async fn every_bad_input_returns_its_documented_status() {
         partition: 0,
         start: position.map(|p| pb::StartPosition { position: Some(p) }),
         max_bytes: 0,
+        ..Default::default()
     };
     let e = cons.subscribe(sub("zz", None)).await.unwrap_err();
     assert_status(&e, ErrorCode::UnknownTopic, "\"zz\"");

@@ -28,6 +28,7 @@ async fn a_long_poll_wakes_on_new_data() {
                 max_wait_ms: 30_000,
                 min_bytes: 1,
                 max_bytes: 0,
+                ..Default::default()
             })
             .await
     });
@@ -115,6 +116,7 @@ async fn a_stalled_subscriber_does_not_grow_broker_memory() {
                 position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
             }),
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -26,13 +26,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use runnel_storage::batch::{BatchBuilder, RecordBatch};
 use runnel_storage::{Durability, Durable, Log, LogConfig, LogEnv, MAX_SEGMENT_BYTES};
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::error::{At, Error, RpcError};
 use crate::files;
 
@@ -328,12 +328,6 @@ where
         out.push(b.build());
     }
     out
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The configuration of an internal log: segments of a quarter of `compact_bytes`, so that

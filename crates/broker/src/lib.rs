@@ -28,6 +28,7 @@
 
 mod background;
 mod broker;
+mod clock;
 pub mod config;
 mod connections;
 mod data_dir;

@@ -64,7 +64,6 @@
 
 mod admin;
 mod client;
-pub mod compression;
 mod connection;
 mod consumer;
 mod error;
@@ -91,3 +90,4 @@ pub use record::{
     ConsumerRecord, Header, InvalidTraceParent, ProducerRecord, RecordMetadata, TRACEPARENT_HEADER,
     TraceParent,
 };
+pub use runnel_format::compression;

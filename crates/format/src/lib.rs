@@ -3,8 +3,9 @@
 //! The same bytes travel from the producer over gRPC to the broker's disk and back to the
 //! consumer, so this crate is shared by the storage engine (which validates and stores
 //! batches) and the client (which builds and decodes them). It has no dependency beyond
-//! `bytes`, `crc32fast` and `thiserror`. Compression codecs are the client's business: this
-//! crate stores and returns the compressed records section as it is.
+//! `bytes`, `crc32fast` and `thiserror`, except the codecs of [`compression`], behind the
+//! `compression` feature: the storage engine stores and returns a compressed records section
+//! as it is, while the client and the broker's record-level reads decompress it.
 //!
 //! A batch is a 65-byte header followed by its records (see `docs/storage-format.md`).
 //! All integers little-endian:
@@ -32,6 +33,9 @@
 //! (-1 null), value. Varints are ZigZag LEB128.
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+#[cfg(feature = "compression")]
+pub mod compression;
 
 /// What is wrong with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -213,6 +213,7 @@ mod tests {
             methods("GroupService"),
             [
                 "Membership",
+                "Consume",
                 "CommitOffsets",
                 "FetchOffsets",
                 "ListGroups",
@@ -254,6 +255,7 @@ mod tests {
                 partition: None,
                 partition_key: Some(bytes::Bytes::from_static(b"order-42")),
                 batches: vec![batch.clone()],
+                ..Default::default()
             }],
         };
         let decoded = pb::ProduceRequest::decode(request.encode_to_vec().as_slice())

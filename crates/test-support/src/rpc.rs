@@ -44,6 +44,7 @@ pub fn entry(partition: u32, batches: Vec<Bytes>) -> pb::ProducePartition {
         partition: Some(partition),
         partition_key: None,
         batches,
+        ..Default::default()
     }
 }
 
@@ -120,6 +121,7 @@ pub async fn fetch_all(b: &Connection, topic: &str, partition: u32, offset: u64)
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 0,
+            ..Default::default()
         };
         let response = consume.fetch(request).await.expect("fetch").into_inner();
         let r = response.results.into_iter().next().expect("one result");
@@ -174,6 +176,7 @@ pub async fn subscribe(
             partition,
             start: start.map(|p| pb::StartPosition { position: Some(p) }),
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .expect("subscribe")

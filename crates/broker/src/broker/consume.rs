@@ -1,5 +1,6 @@
-//! Consume: `fetch` (a long poll over several partitions), `subscribe` (batches of one
-//! partition pushed into a bounded queue) and `list_offsets`.
+//! Consume: `fetch` (a long poll over several partitions), `subscribe` (batches of one or more
+//! partitions pushed into a bounded queue) and `list_offsets`. Reads return stored batches as
+//! they are, or decoded records ([`super::records`]) when the request asks for them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,6 +55,58 @@ async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
     .await;
 }
 
+/// What a read returns: stored batches, or records decoded from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Whole stored batches, byte for byte.
+    Batches,
+    /// Decoded records, at or after the requested offset.
+    Records,
+}
+
+impl Format {
+    /// The format a request's `format` field asks for.
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` naming `field` for an unknown value.
+    pub(crate) fn from_pb(value: i32, field: &str) -> Result<Self, RpcError> {
+        match pb::RecordFormat::try_from(value) {
+            Ok(pb::RecordFormat::Unspecified | pb::RecordFormat::Batches) => Ok(Format::Batches),
+            Ok(pb::RecordFormat::Records) => Ok(Format::Records),
+            Err(_) => Err(RpcError::invalid(format!(
+                "{field} {value} is not a known value (1 RECORD_FORMAT_BATCHES, 2 RECORD_FORMAT_RECORDS)"
+            ))),
+        }
+    }
+}
+
+/// One partition's read, in the requested format: batches, or records (then `batches` is
+/// empty).
+struct Formatted {
+    batches: Vec<Bytes>,
+    records: Vec<pb::Record>,
+}
+
+/// Turns a read starting at `from` into the requested format. Blocking for records (decodes).
+fn formatted(
+    batches: Vec<Bytes>,
+    from: u64,
+    format: Format,
+    limit: usize,
+    p: &Partition,
+) -> Result<Formatted, RpcError> {
+    Ok(match format {
+        Format::Batches => Formatted {
+            batches,
+            records: Vec::new(),
+        },
+        Format::Records => Formatted {
+            records: super::records::decode(&batches, from, limit, (&p.topic, p.index))?,
+            batches: Vec::new(),
+        },
+    })
+}
+
 /// One partition of a fetch, resolved.
 struct FetchTarget {
     topic: String,
@@ -64,7 +117,12 @@ struct FetchTarget {
 }
 
 /// Reads every partition of a fetch once. Blocking. Returns the results and the batch bytes.
-fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitionResult>, u64) {
+fn read_all(
+    targets: &[FetchTarget],
+    total_max: usize,
+    format: Format,
+    decode_limit: usize,
+) -> (Vec<pb::FetchPartitionResult>, u64) {
     let mut total = 0u64;
     let mut results = Vec::with_capacity(targets.len());
     for t in targets {
@@ -76,6 +134,7 @@ fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitio
             next_offset: t.offset,
             log_start_offset: 0,
             log_end_offset: 0,
+            records: Vec::new(),
         };
         let p = match &t.resolved {
             Ok(p) if p.is_deleted() => {
@@ -105,10 +164,16 @@ fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitio
                 total += bytes;
                 p.topic_metrics.records_out.increment(read.records);
                 p.topic_metrics.bytes_out.increment(bytes);
-                result.batches = read.batches;
-                result.next_offset = read.next_offset;
                 result.log_start_offset = read.log_start_offset;
                 result.log_end_offset = read.log_end_offset;
+                match formatted(read.batches, t.offset, format, decode_limit, p) {
+                    Ok(data) => {
+                        result.batches = data.batches;
+                        result.records = data.records;
+                        result.next_offset = read.next_offset;
+                    }
+                    Err(e) => result.error = Some(e.to_pb()),
+                }
             }
             Err(e) => {
                 if let runnel_storage::Error::OffsetOutOfRange {
@@ -129,39 +194,49 @@ fn read_all(targets: &[FetchTarget], total_max: usize) -> (Vec<pb::FetchPartitio
     (results, total)
 }
 
-/// Holds a subscription slot and the gauge of open subscriptions.
-struct SubscriptionGuard {
+/// Holds a subscription's slots (one per partition) and their share of the gauge of open
+/// subscriptions.
+pub(crate) struct SubscriptionGuard {
     _permit: OwnedSemaphorePermit,
+    partitions: usize,
 }
 
 impl SubscriptionGuard {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::plain_gauge(metrics::SUBSCRIPTIONS).increment(1.0);
-        SubscriptionGuard { _permit: permit }
+    fn new(permit: OwnedSemaphorePermit, partitions: usize) -> Self {
+        metrics::plain_gauge(metrics::SUBSCRIPTIONS).increment(partitions as f64);
+        SubscriptionGuard {
+            _permit: permit,
+            partitions,
+        }
     }
 }
 
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
-        metrics::plain_gauge(metrics::SUBSCRIPTIONS).decrement(1.0);
+        metrics::plain_gauge(metrics::SUBSCRIPTIONS).decrement(self.partitions as f64);
     }
 }
 
-/// Batches read from one partition, and the partition's offsets at the time of the read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionRead {
-    /// Whole stored batches, back to back in offset order; each shares the read buffer.
-    pub batches: Vec<Bytes>,
-    /// The offset to read from next.
-    pub next_offset: u64,
-    /// The partition's first offset.
-    pub log_start_offset: u64,
-    /// The partition's end offset (the next offset to be written).
-    pub log_end_offset: u64,
+/// One partition of a subscription, resolved, with where it starts.
+pub(crate) struct Subscribed {
+    /// The partition.
+    pub(crate) partition: Arc<Partition>,
+    /// The offset its first response confirms and its reads start from.
+    pub(crate) start: u64,
 }
 
-/// What a subscription's queue yields: reads, then at most one error that ends it.
-pub type SubscribeItem = Result<PartitionRead, RpcError>;
+/// How a subscription reads: the format and the most batch bytes per response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadShape {
+    /// Batches or records.
+    pub(crate) format: Format,
+    /// The most batch bytes in one response.
+    pub(crate) max_bytes: usize,
+}
+
+/// What a subscription's queue yields: responses (each naming its partition), then at most
+/// one error that ends it.
+pub type SubscribeItem = Result<pb::SubscribeResponse, RpcError>;
 
 /// How a subscription ended, for the front end's accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +275,8 @@ impl Broker {
                 req.max_wait_ms, limits.fetch_max_wait_ms
             )));
         }
+        let format = Format::from_pb(req.format, "format")?;
+        let decode_limit = self.decode_limit();
         let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
         for (i, p) in req.partitions.iter().enumerate() {
             if let Some(first) = seen.insert((p.topic.as_str(), p.partition), i) {
@@ -235,7 +312,8 @@ impl Broker {
                 w.borrow_and_update();
             }
             let t = targets.clone();
-            let (results, total) = blocking(move || Ok(read_all(&t, total_max))).await?;
+            let (results, total) =
+                blocking(move || Ok(read_all(&t, total_max, format, decode_limit))).await?;
             let any_error = results.iter().any(|r| r.error.is_some());
             let done = req.min_bytes == 0
                 || req.max_wait_ms == 0
@@ -288,36 +366,21 @@ impl Broker {
         })
     }
 
-    /// Opens a subscription to one partition: a queue of reads (the first one, without
-    /// batches, gives the resolved start) fed by a task until the client drops the queue or
-    /// the stream must end, in which case its last item is the error. `on_end` is called once
-    /// the task ends.
+    /// The most bytes a batch may decompress to for a record-level read.
+    fn decode_limit(&self) -> usize {
+        usize::try_from(self.config.limits.max_request_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Resolves a start position to an offset.
     ///
     /// # Errors
-    /// `LIMIT_EXCEEDED` (`max_subscriptions`), an unknown topic or partition, a start out of
-    /// range, shutdown.
-    pub(crate) async fn subscribe(
-        self: &Arc<Self>,
-        req: pb::SubscribeRequest,
-        on_end: impl FnOnce(SubscriptionEnd) + Send + 'static,
-    ) -> Result<ReceiverStream<SubscribeItem>, RpcError> {
-        self.check_running()?;
-        let limits = &self.config.limits;
-        let permit = self
-            .subscriptions
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                metrics::limit_rejected("max_subscriptions");
-                RpcError::limit(format!(
-                    "max_subscriptions ({}) reached; close a subscription or retry later",
-                    limits.max_subscriptions
-                ))
-            })?;
-        let guard = SubscriptionGuard::new(permit);
-        let p = self.topics.get(&req.topic)?.partition(req.partition)?;
-        let max_bytes = capped(req.max_bytes, limits.subscribe_max_bytes);
-        let start = match self.resolve_start(&p, req.start)? {
+    /// An invalid boundary, an offset out of range, a failed time lookup.
+    pub(crate) async fn start_offset(
+        &self,
+        p: &Arc<Partition>,
+        start: Option<pb::StartPosition>,
+    ) -> Result<u64, RpcError> {
+        Ok(match self.resolve_start(p, start)? {
             ResolvedStart::At(o) => o,
             ResolvedStart::Time(ts) => {
                 let part = p.clone();
@@ -329,38 +392,180 @@ impl Broker {
                 })
                 .await?
             }
+        })
+    }
+
+    /// The partitions a Subscribe request names, with their start positions: `topic` and
+    /// `partition`, or the `partitions` list.
+    fn subscribe_targets(
+        req: pb::SubscribeRequest,
+        max_partitions: u32,
+    ) -> Result<Vec<pb::SubscribePartition>, RpcError> {
+        if req.partitions.is_empty() {
+            return Ok(vec![pb::SubscribePartition {
+                topic: req.topic,
+                partition: req.partition,
+                start: req.start,
+            }]);
+        }
+        if !req.topic.is_empty() || req.partition != 0 || req.start.is_some() {
+            return Err(RpcError::invalid(
+                "topic, partition and start are for one partition; with partitions, set them in each entry",
+            ));
+        }
+        if req.partitions.len() > max_partitions as usize {
+            metrics::limit_rejected("fetch_max_partitions");
+            return Err(RpcError::limit(format!(
+                "partitions: {} entries exceed fetch_max_partitions ({max_partitions})",
+                req.partitions.len(),
+            )));
+        }
+        let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
+        for (i, p) in req.partitions.iter().enumerate() {
+            if let Some(first) = seen.insert((p.topic.as_str(), p.partition), i) {
+                return Err(RpcError::invalid(format!(
+                    "partitions[{i}]: topic {:?} partition {} is listed twice (also partitions[{first}])",
+                    p.topic, p.partition
+                )));
+            }
+        }
+        Ok(req.partitions)
+    }
+
+    /// Opens a subscription to one or more partitions: a queue of responses (the first of
+    /// each partition, without data, gives its resolved start) fed by a reader per partition
+    /// until the client drops the queue or the stream must end, in which case its last item
+    /// is the error. `on_end` is called once every reader has ended.
+    ///
+    /// # Errors
+    /// `LIMIT_EXCEEDED` (`max_subscriptions`, `fetch_max_partitions`), a malformed request,
+    /// an unknown topic or partition, a start out of range, shutdown.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        req: pb::SubscribeRequest,
+        on_end: impl FnOnce(SubscriptionEnd) + Send + 'static,
+    ) -> Result<ReceiverStream<SubscribeItem>, RpcError> {
+        self.check_running()?;
+        let limits = &self.config.limits;
+        let shape = ReadShape {
+            format: Format::from_pb(req.format, "format")?,
+            max_bytes: capped(req.max_bytes, limits.subscribe_max_bytes),
         };
-        let (tx, rx) = mpsc::channel(limits.subscribe_queue_depth as usize);
-        let first = PartitionRead {
-            batches: Vec::new(),
-            next_offset: start,
-            log_start_offset: p.start_offset(),
-            log_end_offset: p.end_offset(),
-        };
-        // The queue is new and holds at least one slot.
-        let _ = tx.try_send(Ok(first));
+        let listed = !req.partitions.is_empty();
+        let targets = Self::subscribe_targets(req, limits.fetch_max_partitions)?;
+        let guard = self.subscription_slots(targets.len())?;
+        let mut subscribed = Vec::with_capacity(targets.len());
+        for (i, t) in targets.into_iter().enumerate() {
+            let at = |e: RpcError| {
+                if listed {
+                    e.at(&format!("partitions[{i}]"))
+                } else {
+                    e
+                }
+            };
+            let partition = self
+                .topics
+                .get(&t.topic)
+                .and_then(|topic| topic.partition(t.partition))
+                .map_err(at)?;
+            let start = self.start_offset(&partition, t.start).await.map_err(at)?;
+            subscribed.push(Subscribed { partition, start });
+        }
+        let (tx, rx) = mpsc::channel(limits.subscribe_queue_depth.max(1) as usize);
         let broker = self.clone();
         tokio::spawn(async move {
-            let end = broker.stream_partition(&p, start, max_bytes, &tx).await;
+            let end = broker.stream_partitions(subscribed, shape, tx).await;
             drop(guard);
             on_end(end);
         });
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Pushes a partition's batches into a subscription's queue until the client leaves or
-    /// the stream must end. Reads from disk only when the queue has room, so a client that
-    /// stops reading stops the reader. Returns how the stream ended.
-    async fn stream_partition(
+    /// Takes `n` subscription slots.
+    pub(crate) fn subscription_slots(&self, n: usize) -> Result<SubscriptionGuard, RpcError> {
+        let limits = &self.config.limits;
+        let permit = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.subscriptions.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                metrics::limit_rejected("max_subscriptions");
+                RpcError::limit(format!(
+                    "max_subscriptions ({}) reached: {} open, {n} more asked for; close a subscription or retry later",
+                    limits.max_subscriptions,
+                    limits.max_subscriptions as usize - self.subscriptions.available_permits(),
+                ))
+            })?;
+        Ok(SubscriptionGuard::new(permit, n))
+    }
+
+    /// Runs a reader per partition, all feeding `tx`, until the client leaves or one of them
+    /// ends the stream with an error (then the others stop). Returns how the stream ended.
+    pub(crate) async fn stream_partitions(
+        self: &Arc<Self>,
+        partitions: Vec<Subscribed>,
+        shape: ReadShape,
+        tx: mpsc::Sender<SubscribeItem>,
+    ) -> SubscriptionEnd {
+        let mut readers = tokio::task::JoinSet::new();
+        for Subscribed { partition, start } in partitions {
+            let (broker, tx) = (self.clone(), tx.clone());
+            readers
+                .spawn(async move { broker.stream_partition(&partition, start, shape, &tx).await });
+        }
+        drop(tx);
+        let mut end = SubscriptionEnd::ClientLeft;
+        while let Some(ended) = readers.join_next().await {
+            match ended {
+                Ok(SubscriptionEnd::ClientLeft) => {}
+                Ok(failed) => {
+                    end = failed;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a subscription reader failed");
+                    end = SubscriptionEnd::Failed(ErrorCode::Internal);
+                    break;
+                }
+            }
+        }
+        readers.abort_all();
+        end
+    }
+
+    /// Pushes a partition's batches (or records) into a subscription's queue, starting with
+    /// a response without data that confirms `start`, until the client leaves or the stream
+    /// must end. Reads from disk only when the queue has room, so a client that stops reading
+    /// stops the reader. Returns how the stream ended.
+    pub(crate) async fn stream_partition(
         &self,
         p: &Arc<Partition>,
         start: u64,
-        max_bytes: usize,
+        shape: ReadShape,
         tx: &mpsc::Sender<SubscribeItem>,
     ) -> SubscriptionEnd {
+        let response = |next_offset, log_start_offset, log_end_offset, data: Formatted| {
+            pb::SubscribeResponse {
+                batches: data.batches,
+                next_offset,
+                log_start_offset,
+                log_end_offset,
+                records: data.records,
+                topic: p.topic.to_string(),
+                partition: p.index,
+            }
+        };
+        let empty = || Formatted {
+            batches: Vec::new(),
+            records: Vec::new(),
+        };
+        let first = response(start, p.start_offset(), p.end_offset(), empty());
+        if tx.send(Ok(first)).await.is_err() {
+            return SubscriptionEnd::ClientLeft;
+        }
         let mut end = p.watch_end();
         let mut next = start;
         let shutdown = &self.shutdown;
+        let decode_limit = self.decode_limit();
         let status = loop {
             let slot = tokio::select! {
                 biased;
@@ -375,22 +580,30 @@ impl Broker {
             }
             end.borrow_and_update();
             let part = p.clone();
-            let read = tokio::task::spawn_blocking(move || part.read(next, max_bytes)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut read = part.read(next, shape.max_bytes)?;
+                let bytes = read.len_bytes() as u64;
+                let batches = std::mem::take(&mut read.batches);
+                let data = formatted(batches, next, shape.format, decode_limit, &part);
+                Ok::<_, runnel_storage::Error>((read, bytes, data))
+            })
+            .await;
             let read = match read {
                 Ok(r) => r,
                 Err(e) => break RpcError::internal(format!("read task failed: {e}")),
             };
             match read {
-                Ok(read) if !read.is_empty() => {
+                Ok((_, _, Err(e))) => break e,
+                Ok((read, bytes, Ok(data))) if bytes > 0 => {
                     p.topic_metrics.records_out.increment(read.records);
-                    p.topic_metrics.bytes_out.increment(read.len_bytes() as u64);
+                    p.topic_metrics.bytes_out.increment(bytes);
                     next = read.next_offset;
-                    slot.send(Ok(PartitionRead {
-                        batches: read.batches,
-                        next_offset: next,
-                        log_start_offset: read.log_start_offset,
-                        log_end_offset: read.log_end_offset,
-                    }));
+                    slot.send(Ok(response(
+                        next,
+                        read.log_start_offset,
+                        read.log_end_offset,
+                        data,
+                    )));
                 }
                 Ok(_) => {
                     drop(slot);

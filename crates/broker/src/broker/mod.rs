@@ -11,8 +11,10 @@
 pub mod admin;
 pub mod budget;
 pub mod consume;
+pub mod group_consume;
 pub mod groups;
 pub mod produce;
+pub mod records;
 
 use std::sync::Arc;
 use std::time::Instant;

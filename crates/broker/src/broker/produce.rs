@@ -29,6 +29,39 @@ use crate::partition::Partition;
 use crate::tasks::blocking;
 use crate::topics::Topic;
 
+/// Checks that each entry carries batches or records (not both), and encodes the records of
+/// record-level entries as one batch each, so that the rest of the path sees batches only.
+fn encode_records(entries: &mut [pb::ProducePartition]) -> Result<(), RpcError> {
+    let now_ms = crate::clock::now_ms();
+    for (i, e) in entries.iter_mut().enumerate() {
+        match (e.batches.is_empty(), e.records.is_empty()) {
+            (true, true) => {
+                return Err(RpcError::invalid(format!(
+                    "partitions[{i}]: at least one batch or record is required"
+                )));
+            }
+            (false, false) => {
+                return Err(RpcError::invalid(format!(
+                    "partitions[{i}]: batches and records are both set; send one of them"
+                )));
+            }
+            (false, true) if e.producer.is_some() => {
+                return Err(RpcError::invalid(format!(
+                    "partitions[{i}].producer: only for records; a batch carries its producer fields in its header"
+                )));
+            }
+            (false, true) => {}
+            (true, false) => {
+                let batch = super::records::encode(&e.records, e.producer.as_ref(), now_ms)
+                    .map_err(|err| err.at(&format!("partitions[{i}]")))?;
+                e.records = Vec::new();
+                e.batches = vec![batch];
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An entry ready to append.
 struct Planned {
     /// The entry's index in the request (`partitions[i]`).
@@ -70,11 +103,8 @@ impl Broker {
                 "partitions: at least one entry is required",
             ));
         }
-        if let Some(i) = req.partitions.iter().position(|e| e.batches.is_empty()) {
-            return Err(RpcError::invalid(format!(
-                "partitions[{i}].batches: at least one batch is required"
-            )));
-        }
+        let mut req = req;
+        encode_records(&mut req.partitions)?;
         let bytes: u64 = req
             .partitions
             .iter()

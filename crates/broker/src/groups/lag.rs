@@ -9,12 +9,13 @@
 //! of deleted topics and deleted groups disappear.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use runnel_storage::batch::{BatchHeader, Compression, RecordBatch, TimestampType};
 
 use super::Groups;
 use super::assignor::Tp;
+use crate::clock::now_ms;
 use crate::metrics::{GroupSamples, LagSample};
 use crate::partition::Partition;
 use crate::shutdown::Shutdown;
@@ -39,12 +40,6 @@ pub async fn refresh_loop(groups: Arc<Groups>, interval: Duration, shutdown: Shu
             groups.gauges.replace(GroupSamples { lag, members });
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The samples for `(group, partition, committed offset)` triples. Blocking (one small read

@@ -28,6 +28,7 @@ use runnel_storage::LogEnv;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::clock::now_ms;
 use crate::config::GroupSettings;
 use crate::error::{Error, RpcError};
 use crate::metrics::{self, GroupGauges};
@@ -89,12 +90,6 @@ pub struct Groups {
 struct State {
     groups: BTreeMap<String, Group>,
     next_member: u64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn tps_of(list: &[pb::TopicPartitions]) -> Vec<Tp> {

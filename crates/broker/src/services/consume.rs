@@ -17,7 +17,7 @@ use tonic::{Code, Request, Response, Status};
 use super::status::grpc_code;
 use super::{finish, rpc_done};
 use crate::broker::Broker;
-use crate::broker::consume::{PartitionRead, SubscribeItem, SubscriptionEnd};
+use crate::broker::consume::{SubscribeItem, SubscriptionEnd};
 
 /// The consume service.
 #[derive(Debug, Clone)]
@@ -31,19 +31,9 @@ impl Consume {
     }
 }
 
-/// A subscription's read as its protobuf response (the batches move, they are not copied).
-pub(crate) fn subscribe_response(read: PartitionRead) -> pb::SubscribeResponse {
-    pb::SubscribeResponse {
-        batches: read.batches,
-        next_offset: read.next_offset,
-        log_start_offset: read.log_start_offset,
-        log_end_offset: read.log_end_offset,
-    }
-}
-
 /// A subscription's queue item as a gRPC stream item.
 fn subscribe_item(item: SubscribeItem) -> Result<pb::SubscribeResponse, Status> {
-    item.map(subscribe_response).map_err(|e| e.status())
+    item.map_err(|e| e.status())
 }
 
 /// Counts a `Subscribe` call once its stream ends.

@@ -31,7 +31,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use super::consume::{Consume, subscribe_done, subscribe_response};
+use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
 use crate::broker::Broker;
 use crate::broker::consume::SubscribeItem;
@@ -131,8 +131,9 @@ async fn fetch(
     let result = broker.fetch(request).await;
     match finish("Fetch", started, result) {
         Ok(response) => {
-            let mut framer = Framer::new(response.get_ref().encoded_len());
-            framer.fetch_response(response.get_ref());
+            let response = response.into_inner();
+            let mut framer = Framer::new(response.encoded_len());
+            framer.fetch_response(response);
             grpc_response(ResponseBody {
                 chunks: framer.finish(),
                 stream: None,
@@ -226,10 +227,9 @@ impl http_body::Body for ResponseBody {
                 None => None,
             };
             let status = match next {
-                Some(Ok(read)) => {
-                    let response = subscribe_response(read);
+                Some(Ok(response)) => {
                     let mut framer = Framer::new(response.encoded_len());
-                    framer.subscribe_response(&response);
+                    framer.subscribe_response(response);
                     this.chunks = framer.finish();
                     continue;
                 }
@@ -289,25 +289,24 @@ impl Framer {
         }
     }
 
-    fn subscribe_response(&mut self, r: &pb::SubscribeResponse) {
+    fn subscribe_response(&mut self, r: pb::SubscribeResponse) {
+        // The batches (1), then fields 2-7, in the order prost writes them.
         self.batches(1, &r.batches);
         self.message(&pb::SubscribeResponse {
             batches: Vec::new(),
-            next_offset: r.next_offset,
-            log_start_offset: r.log_start_offset,
-            log_end_offset: r.log_end_offset,
+            ..r
         });
     }
 
-    fn fetch_response(&mut self, r: &pb::FetchResponse) {
-        for result in &r.results {
+    fn fetch_response(&mut self, r: pb::FetchResponse) {
+        for result in r.results {
             encode_key(1, WireType::LengthDelimited, &mut self.head);
             encode_varint(result.encoded_len() as u64, &mut self.head);
-            // Fields 1-3, the batches (4), then 5-7: the order prost writes them in.
+            // Fields 1-3, the batches (4), then 5-8: the order prost writes them in.
             self.message(&pb::FetchPartitionResult {
-                topic: result.topic.clone(),
+                topic: result.topic,
                 partition: result.partition,
-                error: result.error.clone(),
+                error: result.error,
                 ..Default::default()
             });
             self.batches(4, &result.batches);
@@ -315,6 +314,7 @@ impl Framer {
                 next_offset: result.next_offset,
                 log_start_offset: result.log_start_offset,
                 log_end_offset: result.log_end_offset,
+                records: result.records,
                 ..Default::default()
             });
         }
@@ -332,9 +332,22 @@ impl Framer {
 mod tests {
     use super::*;
 
+    fn record(offset: u64) -> pb::Record {
+        pb::Record {
+            offset,
+            timestamp_ms: 1_700_000_000_000,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![pb::RecordHeader {
+                key: "h".into(),
+                value: None,
+            }],
+        }
+    }
+
     fn chunks(response: &pb::SubscribeResponse) -> VecDeque<Bytes> {
         let mut framer = Framer::new(response.encoded_len());
-        framer.subscribe_response(response);
+        framer.subscribe_response(response.clone());
         framer.finish()
     }
 
@@ -357,16 +370,28 @@ mod tests {
         let cases = [
             pb::SubscribeResponse::default(),
             pb::SubscribeResponse {
-                batches: Vec::new(),
                 next_offset: 42,
                 log_start_offset: 3,
                 log_end_offset: 1 << 40,
+                topic: "orders".into(),
+                partition: 7,
+                ..Default::default()
             },
             pb::SubscribeResponse {
                 batches: vec![small.clone(), large.clone(), small.clone(), large.clone()],
                 next_offset: 300,
                 log_start_offset: 0,
                 log_end_offset: 301,
+                topic: "orders".into(),
+                ..Default::default()
+            },
+            pb::SubscribeResponse {
+                records: vec![record(5), record(6)],
+                next_offset: 7,
+                log_end_offset: 9,
+                topic: "orders".into(),
+                partition: 1,
+                ..Default::default()
             },
         ];
         for response in &cases {
@@ -409,6 +434,15 @@ mod tests {
                     next_offset: 10,
                     log_start_offset: 1,
                     log_end_offset: 12,
+                    records: Vec::new(),
+                },
+                pb::FetchPartitionResult {
+                    topic: "orders".into(),
+                    partition: 3,
+                    records: vec![record(1), record(2)],
+                    next_offset: 3,
+                    log_end_offset: 3,
+                    ..Default::default()
                 },
                 pb::FetchPartitionResult {
                     topic: "gone".into(),
@@ -423,7 +457,7 @@ mod tests {
             ],
         };
         let mut framer = Framer::new(response.encoded_len());
-        framer.fetch_response(&response);
+        framer.fetch_response(response.clone());
         let out = framer.finish();
         assert_eq!(wire(&out), tonic_wire(&response));
         assert!(out.iter().any(|c| c.as_ptr() == large.as_ptr()));
@@ -446,6 +480,7 @@ mod tests {
             partition: 3,
             start: None,
             max_bytes: 100,
+            ..Default::default()
         };
         let bytes = request.encode_to_vec();
         assert!(bytes.is_ascii());

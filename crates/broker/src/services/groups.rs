@@ -1,19 +1,24 @@
 //! `runnel.v1.GroupService`: the `Membership` stream of each group member, committed
 //! offsets, and group administration, over the group operations of [`crate::broker::groups`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use runnel_proto::pb::{
-    self, ErrorCode, group_service_server::GroupService, membership_request::Request as Said,
-    membership_response::Response as Tell,
+    self, ErrorCode, group_consume_response::Response as Tell2, group_service_server::GroupService,
+    membership_request::Request as Said, membership_response::Response as Tell,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{finish, rpc_done, status};
 use crate::broker::Broker;
+use crate::broker::consume::SubscribeItem;
+use crate::broker::group_consume::{ConsumeEnd, GroupConsumer, InboundError};
 use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
 
@@ -205,8 +210,94 @@ async fn stopped(b: &Broker, tx: &mpsc::Sender<MembershipItem>) -> Code {
     }
 }
 
+/// A `GroupService.Consume` response stream: the member's control messages first, then its
+/// records; the first error ends it.
+pub struct ConsumeResponses {
+    consumer: GroupConsumer,
+    done: bool,
+}
+
+impl Stream for ConsumeResponses {
+    type Item = Result<pb::GroupConsumeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let response = |r| Ok(pb::GroupConsumeResponse { response: Some(r) });
+        match this.consumer.control.poll_recv(cx) {
+            Poll::Ready(Some(Ok(tell))) => return Poll::Ready(Some(response(tell))),
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                return Poll::Ready(Some(Err(e.status())));
+            }
+            // The member's session is over (after leave): end with OK.
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        match this.consumer.records.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                let item: SubscribeItem = item;
+                Poll::Ready(Some(match item {
+                    Ok(records) => response(Tell2::Records(records)),
+                    Err(e) => {
+                        this.done = true;
+                        Err(e.status())
+                    }
+                }))
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Counts a `Consume` call once the member's session ends.
+fn consume_done(started: Instant) -> impl FnOnce(ConsumeEnd) + Send + 'static {
+    move |end| {
+        let code = match end {
+            ConsumeEnd::Left => Code::Ok,
+            ConsumeEnd::ClientGone => Code::Cancelled,
+            ConsumeEnd::Failed(code) => status::grpc_code(code),
+        };
+        rpc_done("Consume", code, started);
+    }
+}
+
 #[tonic::async_trait]
 impl GroupService for Groups {
+    type ConsumeStream = ConsumeResponses;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<pb::GroupConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let started = Instant::now();
+        let host = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let inbound = request.into_inner().map(|m| {
+            m.map_err(|status| match status::malformed(&status) {
+                Some(e) => InboundError::Malformed(e),
+                None => InboundError::Gone,
+            })
+        });
+        match self
+            .broker
+            .group_consume(inbound, host, consume_done(started))
+        {
+            Ok(consumer) => Ok(Response::new(ConsumeResponses {
+                consumer,
+                done: false,
+            })),
+            Err(e) => finish("Consume", started, Err(e)),
+        }
+    }
+
     type MembershipStream = ReceiverStream<MembershipItem>;
 
     async fn membership(

@@ -37,15 +37,17 @@ impl From<RpcError> for Status {
 /// request, `INVALID_ARGUMENT` / `INVALID_REQUEST` with the trailer (`docs/protocol.md`).
 /// Any other status is returned as it is.
 pub fn inbound(status: Status) -> Status {
-    if status.code() == Code::Internal
+    malformed(&status).map_or(status, |e| e.status())
+}
+
+/// The error to answer a message the client sent with, when reading it failed because it did
+/// not decode; `None` when reading failed otherwise (the client went away).
+pub fn malformed(status: &Status) -> Option<RpcError> {
+    (status.code() == Code::Internal
         && status
             .message()
-            .starts_with("failed to decode Protobuf message")
-    {
-        RpcError::invalid(format!("malformed request: {}", status.message())).status()
-    } else {
-        status
-    }
+            .starts_with("failed to decode Protobuf message"))
+    .then(|| RpcError::invalid(format!("malformed request: {}", status.message())))
 }
 
 /// [`inbound`] for a whole response: a trailers-only response (how tonic answers a unary or

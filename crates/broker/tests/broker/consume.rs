@@ -19,6 +19,7 @@ async fn a_long_poll_wakes_on_new_data() {
                 max_wait_ms: 30_000,
                 min_bytes: 1,
                 max_bytes: 0,
+                ..Default::default()
             })
             .await
     });
@@ -52,6 +53,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 1_000,
             min_bytes: 1_000_000,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -80,6 +82,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -93,6 +96,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 1_001,
             min_bytes: 1,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -107,6 +111,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -121,6 +126,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -133,6 +139,7 @@ async fn fetch_reports_errors_per_partition_and_respects_limits() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -199,6 +206,7 @@ async fn subscribe_pushes_new_batches_from_each_start_position() {
                 position: Some(Position::Offset(13)),
             }),
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -216,6 +224,7 @@ async fn subscribe_pushes_new_batches_from_each_start_position() {
                 position: Some(Position::Boundary(0)),
             }),
             max_bytes: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

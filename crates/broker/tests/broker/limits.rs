@@ -14,6 +14,7 @@ async fn subscriptions_past_the_limit_are_refused_until_one_closes() {
         partition: 0,
         start: None,
         max_bytes: 0,
+        ..Default::default()
     };
     let mut first = b.consume().subscribe(req()).await.unwrap().into_inner();
     within(first.next()).await.unwrap().unwrap();

@@ -3,11 +3,13 @@
 
 mod admin;
 mod consume;
+mod group_consume;
 mod groups;
 mod health;
 mod idempotence;
 mod limits;
 mod malformed;
 mod produce;
+mod records;
 mod shutdown;
 mod upgrade;

@@ -56,6 +56,7 @@ async fn keys_hash_to_partitions_and_keyless_entries_spread() {
         partition: None,
         partition_key: Some(Bytes::from(key.to_owned())),
         batches: vec![batch(1, 1_000)],
+        ..Default::default()
     };
     let resp = b
         .produce()
@@ -77,6 +78,7 @@ async fn keys_hash_to_partitions_and_keyless_entries_spread() {
         partition: None,
         partition_key: None,
         batches: vec![batch(1, 1_000)],
+        ..Default::default()
     };
     let resp = b
         .produce()
@@ -111,6 +113,7 @@ async fn entry_errors_are_inline_and_do_not_affect_other_entries() {
         partition: Some(0),
         partition_key: Some(Bytes::from_static(b"k")),
         batches: vec![good.clone()],
+        ..Default::default()
     };
     let resp = b
         .produce()
@@ -209,7 +212,7 @@ async fn request_errors_fail_the_whole_rpc() {
     assert_status(
         &e,
         ErrorCode::InvalidRequest,
-        "partitions[1].batches: at least one batch is required",
+        "partitions[1]: at least one batch or record is required",
     );
     let mut req = produce_request("t", pb::Acks::Written, vec![entry(0, vec![batch(1, 0)])]);
     req.acks = 9;

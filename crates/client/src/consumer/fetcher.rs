@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use runnel_format::{Batches, Compression, Records};
+use runnel_format::Batches;
 use runnel_proto::pb::{self, consume_service_client::ConsumeServiceClient};
 use tokio::sync::mpsc;
 
@@ -172,6 +172,7 @@ impl Fetcher {
                 position: Some(position),
             }),
             max_bytes: self.config.max_bytes_per_response,
+            ..Default::default()
         };
         let mut stream = match client.subscribe(request).await {
             Ok(r) => r.into_inner(),
@@ -244,18 +245,9 @@ impl Fetcher {
                 if header.next_offset() <= from {
                     continue;
                 }
-                let section = match header.compression() {
-                    Some(Compression::None) => batch.records_section(),
-                    Some(codec) => compression::decompress(
-                        codec,
-                        &batch.records_section(),
-                        self.config.max_decompressed_bytes,
-                    )
-                    .map_err(|e| corrupt(header.base_offset, e))?
-                    .into(),
-                    None => return Err(corrupt(header.base_offset, "unknown codec".into())),
-                };
-                for record in Records::new(section, header) {
+                let records = compression::records(&batch, self.config.max_decompressed_bytes)
+                    .map_err(|e| corrupt(header.base_offset, e))?;
+                for record in records {
                     let r = record.map_err(|e| corrupt(header.base_offset, e.to_string()))?;
                     if r.offset < from {
                         continue;

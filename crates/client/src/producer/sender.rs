@@ -377,8 +377,8 @@ impl Sender {
                         };
                         pb::ProducePartition {
                             partition: Some(b.partition),
-                            partition_key: None,
                             batches: vec![bytes],
+                            ..Default::default()
                         }
                     })
                     .collect(),

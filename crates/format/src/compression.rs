@@ -1,5 +1,7 @@
 //! Batch compression: the producer compresses a batch's records section as a whole, the
-//! broker stores it as it is, and the consumer decompresses it.
+//! broker stores it as it is, and the consumer (or the broker, for a record-level read)
+//! decompresses it. Behind the `compression` feature, so that the storage engine, which
+//! never looks inside a records section, does not link the codecs.
 //!
 //! - **lz4**: the LZ4 frame format, with `lz4_flex` (pure Rust, safe-code decoder).
 //! - **zstd**: a Zstandard frame, with the `zstd` crate (bindings to the reference C
@@ -11,17 +13,14 @@
 
 use std::io::{Read as _, Write as _};
 
-pub use runnel_format::Compression;
+pub use crate::Compression;
+use crate::{RecordBatch, Records};
 
 /// Compresses a records section with `codec`. [`Compression::None`] returns a copy.
 ///
 /// # Errors
 /// A message if the codec fails (it does not on in-memory input, but the API allows it).
-pub(crate) fn compress(
-    codec: Compression,
-    data: &[u8],
-    zstd_level: i32,
-) -> Result<Vec<u8>, String> {
+pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<u8>, String> {
     match codec {
         Compression::None => Ok(data.to_vec()),
         Compression::Lz4 => {
@@ -40,7 +39,7 @@ pub(crate) fn compress(
 ///
 /// # Errors
 /// A message naming the codec and the problem.
-pub(crate) fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity((data.len() * 4).min(limit));
     let cap = limit as u64 + 1;
     let read = match codec {
@@ -61,6 +60,26 @@ pub(crate) fn decompress(codec: Compression, data: &[u8], limit: usize) -> Resul
         ));
     }
     Ok(out)
+}
+
+/// The records of `batch`, decompressed first if its codec says so, refusing to decompress
+/// more than `limit` bytes.
+///
+/// # Errors
+/// A message naming the codec and the problem, or an unknown codec.
+pub fn records(batch: &RecordBatch, limit: usize) -> Result<Records, String> {
+    let header = batch.header();
+    let section = match header.compression() {
+        Some(Compression::None) => batch.records_section(),
+        Some(codec) => decompress(codec, &batch.records_section(), limit)?.into(),
+        None => {
+            return Err(format!(
+                "unknown compression codec in attributes {:#06x}",
+                header.attributes
+            ));
+        }
+    };
+    Ok(Records::new(section, header))
 }
 
 /// The codec's name as users write it: `none`, `lz4`, `zstd`.
@@ -85,7 +104,7 @@ pub fn parse(name: &str) -> Option<Compression> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_format::{BatchBuilder, RecordBatch, Records};
+    use crate::BatchBuilder;
 
     const ALL: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
 
@@ -126,8 +145,8 @@ mod tests {
             let section = compress(codec, b.records_section(), 3).unwrap();
             let batch = RecordBatch::new(b.build_with(codec, &section), 1 << 20).unwrap();
             assert_eq!(batch.header().compression(), Some(codec));
-            let plain = decompress(codec, &batch.records_section(), 1 << 20).unwrap();
-            let values: Vec<_> = Records::new(plain.into(), batch.header())
+            let values: Vec<_> = records(&batch, 1 << 20)
+                .unwrap()
                 .map(|r| r.unwrap().value.unwrap())
                 .collect();
             assert_eq!(values.len(), 50);

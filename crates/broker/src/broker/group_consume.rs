@@ -489,20 +489,19 @@ async fn commit(b: &Broker, mut req: pb::CommitOffsetsRequest) {
         match b.commit_offsets(req.clone()).await {
             Ok(r) if r.results.iter().all(|r| r.error.is_none()) => return,
             Ok(r) => {
-                let refused: Vec<bool> = r
-                    .results
-                    .iter()
-                    .map(|r| {
-                        r.error
+                // An entry refused for its own sake (FENCED_MEMBER: the partition moved) is
+                // dropped; the others were refused only because a commit is all or none.
+                req.offsets = std::mem::take(&mut req.offsets)
+                    .into_iter()
+                    .zip(&r.results)
+                    .filter(|(_, result)| {
+                        result
+                            .error
                             .as_ref()
-                            .is_some_and(|e| e.code != ErrorCode::InvalidRequest as i32)
+                            .is_none_or(|e| e.code == ErrorCode::InvalidRequest as i32)
                     })
+                    .map(|(offset, _)| offset)
                     .collect();
-                let mut i = 0;
-                req.offsets.retain(|_| {
-                    i += 1;
-                    !refused.get(i - 1).copied().unwrap_or(true)
-                });
                 if req.offsets.is_empty() {
                     return;
                 }

@@ -186,7 +186,12 @@ struct Serving {
 impl Serving {
     /// Serves `router` on the connections accepted from `listener` (at most
     /// `limits.max_connections` at once) until the shutdown signal.
-    fn start(router: Router, listener: TcpListener, config: &Config, signal: &Shutdown) -> Self {
+    fn start(
+        router: Router<router::Layers>,
+        listener: TcpListener,
+        config: &Config,
+        signal: &Shutdown,
+    ) -> Self {
         let local_addr = listener.local_addr().ok();
         let slots = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(1);

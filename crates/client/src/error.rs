@@ -33,6 +33,8 @@ pub enum ErrorCode {
     BrokerStarting,
     /// A broker limit was reached (topics, partitions, subscriptions, request size...).
     LimitExceeded,
+    /// The broker does not implement the method called, or a compressed request message.
+    Unimplemented,
     /// The topic does not exist.
     UnknownTopic,
     /// The topic has no partition with that number.
@@ -92,6 +94,7 @@ impl ErrorCode {
             Ok(P::BrokerShuttingDown) => Self::BrokerShuttingDown,
             Ok(P::BrokerStarting) => Self::BrokerStarting,
             Ok(P::LimitExceeded) => Self::LimitExceeded,
+            Ok(P::Unimplemented) => Self::Unimplemented,
             Ok(P::UnknownTopic) => Self::UnknownTopic,
             Ok(P::UnknownPartition) => Self::UnknownPartition,
             Ok(P::TopicExists) => Self::TopicExists,
@@ -128,6 +131,7 @@ impl ErrorCode {
             Self::BrokerShuttingDown => P::BrokerShuttingDown,
             Self::BrokerStarting => P::BrokerStarting,
             Self::LimitExceeded => P::LimitExceeded,
+            Self::Unimplemented => P::Unimplemented,
             Self::UnknownTopic => P::UnknownTopic,
             Self::UnknownPartition => P::UnknownPartition,
             Self::TopicExists => P::TopicExists,
@@ -181,6 +185,7 @@ impl ErrorCode {
             | Self::FencedMember
             | Self::GroupNotEmpty => C::FailedPrecondition,
             Self::CorruptLog => C::DataLoss,
+            Self::Unimplemented => C::Unimplemented,
         }
     }
 
@@ -443,6 +448,7 @@ mod tests {
             (2, tonic::Code::InvalidArgument, false),
             (3, tonic::Code::Unavailable, true),
             (4, tonic::Code::ResourceExhausted, true),
+            (6, tonic::Code::Unimplemented, false),
             (10, tonic::Code::NotFound, false),
             (11, tonic::Code::NotFound, false),
             (12, tonic::Code::AlreadyExists, false),

@@ -40,6 +40,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::UnknownProducer, Code::FailedPrecondition),
     row(ErrorCode::DuplicateSequence, Code::AlreadyExists),
     row(ErrorCode::LimitExceeded, Code::ResourceExhausted),
+    row(ErrorCode::Unimplemented, Code::Unimplemented),
     row(ErrorCode::DiskFull, Code::ResourceExhausted),
     row(ErrorCode::LogFailed, Code::Unavailable),
     row(ErrorCode::CorruptLog, Code::DataLoss),
@@ -112,21 +113,14 @@ pub fn assert_inline(error: Option<&pb::Error>, expected: ErrorCode, needle: &st
     );
 }
 
-/// Asserts the status of a request over the gRPC size limit, which gRPC itself refuses before
-/// the broker sees it: `OUT_OF_RANGE` without a Runnel code.
+/// Asserts the status of a request over the size limit (`server.max_request_bytes`), which
+/// the gRPC library refuses before the broker sees it and the broker answers as its limit.
 ///
 /// # Panics
 ///
-/// If the code differs or the status has a `runnel-error-code` trailer.
+/// If the status is not `LIMIT_EXCEEDED` naming `max_request_bytes`.
 pub fn assert_too_large(status: &tonic::Status) {
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(
-        status
-            .metadata()
-            .get(runnel_proto::ERROR_CODE_METADATA_KEY)
-            .is_none(),
-        "a Runnel code on {status:?}"
-    );
+    assert_status(status, ErrorCode::LimitExceeded, "max_request_bytes");
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body as _, Frame};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
-use runnel_proto::pb::{self, consume_service_server::ConsumeServiceServer};
+use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceServer};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
@@ -163,9 +163,10 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
         let frame = frame?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max + PREFIX_LEN {
-                return Err(Status::out_of_range(format!(
+                return Err(RpcError::limit(format!(
                     "the request is larger than server.max_request_bytes ({max})"
-                )));
+                ))
+                .status());
             }
             buf.extend_from_slice(&data);
         }
@@ -174,15 +175,18 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
         return Err(RpcError::invalid("malformed request: no request message was sent").status());
     }
     if buf[0] != 0 {
-        return Err(Status::unimplemented(
+        return Err(RpcError::new(
+            ErrorCode::Unimplemented,
             "compressed request messages are not accepted",
-        ));
+        )
+        .status());
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len > max {
-        return Err(Status::out_of_range(format!(
+        return Err(RpcError::limit(format!(
             "the request message is {len} bytes, more than server.max_request_bytes ({max})"
-        )));
+        ))
+        .status());
     }
     if buf.len() != PREFIX_LEN + len {
         return Err(RpcError::invalid(
@@ -493,10 +497,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        assert_eq!(
+            e.metadata()
+                .get(runnel_proto::ERROR_CODE_METADATA_KEY)
+                .map(|v| v.as_bytes()),
+            Some(&b"6"[..])
+        );
         let e = read_request::<pb::SubscribeRequest>(framed(0, &bytes, None), 4)
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
         assert!(
             e.message().contains("server.max_request_bytes (4)"),
             "{e:?}"

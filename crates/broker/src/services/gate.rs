@@ -12,7 +12,6 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
-use super::status;
 use crate::error::RpcError;
 
 /// A service `S` that exists once [`Gated::open`] is called; before, every call is answered
@@ -69,7 +68,7 @@ where
         match self.inner.get() {
             Some(service) => {
                 let mut service = service.clone();
-                Box::pin(async move { service.call(req).await.map(status::inbound_response) })
+                Box::pin(async move { service.call(req).await })
             }
             None => Box::pin(async { Ok(RpcError::starting().status().into_http()) }),
         }

@@ -281,7 +281,7 @@ impl GroupService for Groups {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let inbound = request.into_inner().map(|m| {
-            m.map_err(|status| match status::malformed(&status) {
+            m.map_err(|status| match status::inbound_error(&status) {
                 Some(e) => InboundError::Malformed(e),
                 None => InboundError::Gone,
             })

@@ -11,6 +11,10 @@ use runnel_proto::pb::{
 };
 use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tower_layer::{Identity, Stack};
+
+/// The layers around every route: [`status::ErrorCodeLayer`].
+pub(crate) type Layers = Stack<status::ErrorCodeLayer, Identity>;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -20,6 +24,7 @@ use super::consume_http::ConsumeRoutes;
 use super::gate::Gated;
 use super::groups::Groups;
 use super::produce::Produce;
+use super::status;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::Error;
@@ -116,7 +121,10 @@ impl Services {
 ///
 /// # Errors
 /// [`Error::Metadata`] if the services' descriptors cannot be read.
-pub(crate) fn router(config: &Config, health: &Health) -> Result<(Router, Services), Error> {
+pub(crate) fn router(
+    config: &Config,
+    health: &Health,
+) -> Result<(Router<Layers>, Services), Error> {
     let (v1, v1alpha) = reflection()?;
     let services = Services {
         admin: Gated::closed(),
@@ -136,9 +144,10 @@ pub(crate) fn router(config: &Config, health: &Health) -> Result<(Router, Servic
 }
 
 /// A server configured from `[server]` and `[limits]`.
-fn server(config: &Config) -> Server {
+fn server(config: &Config) -> Server<Layers> {
     let keepalive = config.server.http2_keepalive_interval_ms;
     Server::builder()
+        .layer(status::ErrorCodeLayer)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .tcp_nodelay(true)
         // Larger than HTTP/2's defaults (1 MiB windows, 16 KiB frames), so that a producer

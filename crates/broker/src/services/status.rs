@@ -1,9 +1,13 @@
 //! The one place where an [`RpcError`] becomes a gRPC [`Status`]: the status code of each
 //! Runnel code (`docs/protocol.md`, the error table) and the `runnel-error-code` trailer.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use runnel_proto::pb::ErrorCode;
 use tonic::body::Body;
-use tonic::codegen::http;
+use tonic::codegen::{Service, http};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -33,36 +37,96 @@ impl From<RpcError> for Status {
 }
 
 /// A status about a request message: tonic answers a message it cannot decode (not protobuf,
-/// or a string field that is not UTF-8) with `INTERNAL` and no trailer; that is a malformed
-/// request, `INVALID_ARGUMENT` / `INVALID_REQUEST` with the trailer (`docs/protocol.md`).
-/// Any other status is returned as it is.
+/// or a string field that is not UTF-8) with `INTERNAL`, and one over the size limit with
+/// `OUT_OF_RANGE`, both without a trailer; they are a malformed request and a limit
+/// (`docs/protocol.md`, the error table). Any other status is returned as it is.
 pub fn inbound(status: Status) -> Status {
-    malformed(&status).map_or(status, |e| e.status())
+    inbound_error(&status).map_or(status, |e| e.status())
 }
 
-/// The error to answer a message the client sent with, when reading it failed because it did
-/// not decode; `None` when reading failed otherwise (the client went away).
-pub fn malformed(status: &Status) -> Option<RpcError> {
-    (status.code() == Code::Internal
-        && status
-            .message()
-            .starts_with("failed to decode Protobuf message"))
-    .then(|| RpcError::invalid(format!("malformed request: {}", status.message())))
-}
-
-/// [`inbound`] for a whole response: a trailers-only response (how tonic answers a unary or
-/// server-streaming call whose request it could not decode) is rewritten; others pass.
-pub fn inbound_response(response: http::Response<Body>) -> http::Response<Body> {
-    match Status::from_header_map(response.headers()) {
-        Some(status) if status.code() == Code::Internal => {
-            let mapped = inbound(status);
-            if mapped.code() == Code::Internal {
-                response
-            } else {
-                mapped.into_http()
-            }
+/// The error to answer a request message with when reading it failed because it did not
+/// decode or was too large; `None` when reading failed otherwise (the client went away).
+pub fn inbound_error(status: &Status) -> Option<RpcError> {
+    let message = status.message();
+    match status.code() {
+        Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            Some(RpcError::invalid(format!("malformed request: {message}")))
         }
-        _ => response,
+        Code::OutOfRange if message.contains("decoded message length too large") => {
+            Some(RpcError::limit(format!(
+                "the request message exceeds server.max_request_bytes: {}",
+                message.trim_start_matches("Error, ")
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The Runnel error for a status that the gRPC library answered by itself, before or instead
+/// of the broker's code: an undecodable or oversized request, an unknown service or method, a
+/// compressed request. `None` for statuses that carry their trailer already.
+fn library_error(status: &Status) -> Option<RpcError> {
+    inbound_error(status).or_else(|| {
+        (status.code() == Code::Unimplemented).then(|| {
+            RpcError::new(
+                ErrorCode::Unimplemented,
+                format!("not implemented by this broker: {}", status.message()),
+            )
+        })
+    })
+}
+
+/// Gives a trailers-only response (how a call that fails before its first message is
+/// answered) the `runnel-error-code` trailer when the gRPC library produced its status.
+pub fn with_error_code(response: http::Response<Body>) -> http::Response<Body> {
+    let error = Status::from_header_map(response.headers())
+        .filter(|s| {
+            !s.metadata()
+                .contains_key(runnel_proto::ERROR_CODE_METADATA_KEY)
+        })
+        .and_then(|s| library_error(&s));
+    match error {
+        Some(e) => e.status().into_http(),
+        None => response,
+    }
+}
+
+/// The layer that passes every response of the server through [`with_error_code`], so that
+/// the statuses of routes the broker does not serve (an unknown service) get the trailer too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorCodeLayer;
+
+impl<S> tower_layer::Layer<S> for ErrorCodeLayer {
+    type Service = ErrorCodeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorCodeService { inner }
+    }
+}
+
+/// A service whose trailers-only responses get the `runnel-error-code` trailer
+/// ([`ErrorCodeLayer`]).
+#[derive(Debug, Clone)]
+pub struct ErrorCodeService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ErrorCodeService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let response = self.inner.call(req);
+        Box::pin(async move { response.await.map(with_error_code) })
     }
 }
 
@@ -78,6 +142,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::CorruptBatch
         | ErrorCode::UnsupportedBatchVersion
         | ErrorCode::InvalidGroupId => Code::InvalidArgument,
+        ErrorCode::Unimplemented => Code::Unimplemented,
         ErrorCode::BrokerShuttingDown | ErrorCode::BrokerStarting | ErrorCode::LogFailed => {
             Code::Unavailable
         }

@@ -60,3 +60,22 @@ async fn undecodable_requests_are_malformed_requests_on_every_kind_of_method() {
     // Still serving.
     assert_eq!(describe_topic(&b, "t").await.partition_count, 1);
 }
+
+#[tokio::test]
+async fn unknown_services_and_methods_are_unimplemented_with_the_trailer() {
+    let b = TestBroker::start().await;
+    for path in [
+        "/runnel.v1.AdminService/NoSuchMethod",
+        "/runnel.v1.GroupService/NoSuchStream",
+        "/no.such.Service/Call",
+    ] {
+        let e = within(raw_unary(&b, path, Bytes::new()))
+            .await
+            .expect_err(path);
+        assert_status(
+            &e,
+            ErrorCode::Unimplemented,
+            "not implemented by this broker",
+        );
+    }
+}

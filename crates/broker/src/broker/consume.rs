@@ -107,6 +107,30 @@ fn formatted(
     })
 }
 
+/// Checks a request's list of partitions: at most `max` entries (`fetch_max_partitions`), and
+/// none listed twice.
+fn check_partition_list<'a>(
+    entries: impl ExactSizeIterator<Item = (&'a str, u32)>,
+    max: u32,
+) -> Result<(), RpcError> {
+    if entries.len() > max as usize {
+        metrics::limit_rejected("fetch_max_partitions");
+        return Err(RpcError::limit(format!(
+            "partitions: {} entries exceed fetch_max_partitions ({max})",
+            entries.len()
+        )));
+    }
+    let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
+    for (i, (topic, partition)) in entries.enumerate() {
+        if let Some(first) = seen.insert((topic, partition), i) {
+            return Err(RpcError::invalid(format!(
+                "partitions[{i}]: topic {topic:?} partition {partition} is listed twice (also partitions[{first}])"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One partition of a fetch, resolved.
 struct FetchTarget {
     topic: String,
@@ -261,14 +285,12 @@ impl Broker {
                 "partitions: at least one entry is required",
             ));
         }
-        if req.partitions.len() > limits.fetch_max_partitions as usize {
-            metrics::limit_rejected("fetch_max_partitions");
-            return Err(RpcError::limit(format!(
-                "partitions: {} entries exceed fetch_max_partitions ({})",
-                req.partitions.len(),
-                limits.fetch_max_partitions
-            )));
-        }
+        check_partition_list(
+            req.partitions
+                .iter()
+                .map(|p| (p.topic.as_str(), p.partition)),
+            limits.fetch_max_partitions,
+        )?;
         if req.max_wait_ms > limits.fetch_max_wait_ms {
             return Err(RpcError::invalid(format!(
                 "max_wait_ms {} exceeds fetch_max_wait_ms ({})",
@@ -277,15 +299,6 @@ impl Broker {
         }
         let format = Format::from_pb(req.format, "format")?;
         let decode_limit = self.decode_limit();
-        let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
-        for (i, p) in req.partitions.iter().enumerate() {
-            if let Some(first) = seen.insert((p.topic.as_str(), p.partition), i) {
-                return Err(RpcError::invalid(format!(
-                    "partitions[{i}]: topic {:?} partition {} is listed twice (also partitions[{first}])",
-                    p.topic, p.partition
-                )));
-            }
-        }
         let targets: Vec<FetchTarget> = req
             .partitions
             .into_iter()
@@ -413,22 +426,12 @@ impl Broker {
                 "topic, partition and start are for one partition; with partitions, set them in each entry",
             ));
         }
-        if req.partitions.len() > max_partitions as usize {
-            metrics::limit_rejected("fetch_max_partitions");
-            return Err(RpcError::limit(format!(
-                "partitions: {} entries exceed fetch_max_partitions ({max_partitions})",
-                req.partitions.len(),
-            )));
-        }
-        let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
-        for (i, p) in req.partitions.iter().enumerate() {
-            if let Some(first) = seen.insert((p.topic.as_str(), p.partition), i) {
-                return Err(RpcError::invalid(format!(
-                    "partitions[{i}]: topic {:?} partition {} is listed twice (also partitions[{first}])",
-                    p.topic, p.partition
-                )));
-            }
-        }
+        check_partition_list(
+            req.partitions
+                .iter()
+                .map(|p| (p.topic.as_str(), p.partition)),
+            max_partitions,
+        )?;
         Ok(req.partitions)
     }
 

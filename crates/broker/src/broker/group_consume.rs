@@ -82,6 +82,8 @@ struct Member {
     pending: BTreeMap<(String, u32), u64>,
     /// The commit in flight, if any.
     committing: Option<JoinHandle<()>>,
+    /// The partitions of the last assignment sent, to send only changes.
+    told: Option<Vec<pb::TopicPartitions>>,
     records: mpsc::Sender<SubscribeItem>,
     control: mpsc::Sender<Result<Tell, RpcError>>,
 }
@@ -221,6 +223,7 @@ where
         readers: HashMap::new(),
         pending: BTreeMap::new(),
         committing: None,
+        told: None,
         records,
         control,
     };
@@ -299,7 +302,9 @@ impl Member {
                 }
                 request = inbound.next() => match request {
                     Some(Ok(pb::GroupConsumeRequest { request: Some(Said::Processed(p)) })) => {
-                        self.processed(p);
+                        if let Err(e) = self.processed(p) {
+                            return fail(&b, &self.control, e).await;
+                        }
                     }
                     Some(Ok(pb::GroupConsumeRequest { request: Some(Said::Leave(_)) })) | None => {
                         return ConsumeEnd::Left;
@@ -347,12 +352,16 @@ impl Member {
         // Acknowledgements of partitions no longer owned are dropped: their records go to the
         // next owner.
         self.pending.retain(|tp, _| kept.contains(tp));
-        let assignment = pb::Assignment {
-            revoke: Vec::new(),
-            ..a
-        };
-        if !self.tell(Tell::Assignment(assignment)).await {
-            return Err(ConsumeEnd::ClientGone);
+        // A new epoch that changes nothing the client reads (a release elsewhere) is not news.
+        if self.told.as_ref() != Some(&a.assigned) {
+            self.told = Some(a.assigned.clone());
+            let assignment = pb::Assignment {
+                revoke: Vec::new(),
+                ..a
+            };
+            if !self.tell(Tell::Assignment(assignment)).await {
+                return Err(ConsumeEnd::ClientGone);
+            }
         }
         for tp in assigned {
             if self.readers.contains_key(&tp) {
@@ -413,13 +422,31 @@ impl Member {
     }
 
     /// Records an acknowledgement for the next commit; ignored for a partition not read here.
-    fn processed(&mut self, p: pb::Processed) {
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` for an offset at or past the partition's log end: no such record
+    /// exists, and committing after it would skip records not yet written.
+    fn processed(&mut self, p: pb::Processed) -> Result<(), RpcError> {
         let tp = (p.topic, p.partition);
-        if self.readers.contains_key(&tp) {
-            let next = p.offset.saturating_add(1);
-            let e = self.pending.entry(tp).or_insert(next);
-            *e = (*e).max(next);
+        if !self.readers.contains_key(&tp) {
+            return Ok(());
         }
+        let end = self
+            .broker
+            .topics
+            .get(&tp.0)
+            .and_then(|t| t.partition(tp.1))
+            .map_or(0, |part| part.end_offset());
+        if p.offset >= end {
+            return Err(RpcError::invalid(format!(
+                "processed.offset {} is at or past the log end {end} of {}/{}: no such record",
+                p.offset, tp.0, tp.1
+            )));
+        }
+        let next = p.offset + 1;
+        let e = self.pending.entry(tp).or_insert(next);
+        *e = (*e).max(next);
+        Ok(())
     }
 
     /// Starts a commit of every pending acknowledgement, in the background.

@@ -31,8 +31,10 @@ use crate::topics::Topic;
 
 /// Checks that each entry carries batches or records (not both), and encodes the records of
 /// record-level entries as one batch each, so that the rest of the path sees batches only.
-fn encode_records(entries: &mut [pb::ProducePartition]) -> Result<(), RpcError> {
+/// Returns which entries were record-level, for error messages.
+fn encode_records(entries: &mut [pb::ProducePartition]) -> Result<Vec<bool>, RpcError> {
     let now_ms = crate::clock::now_ms();
+    let mut record_level = vec![false; entries.len()];
     for (i, e) in entries.iter_mut().enumerate() {
         match (e.batches.is_empty(), e.records.is_empty()) {
             (true, true) => {
@@ -56,16 +58,17 @@ fn encode_records(entries: &mut [pb::ProducePartition]) -> Result<(), RpcError> 
                     .map_err(|err| err.at(&format!("partitions[{i}]")))?;
                 e.records = Vec::new();
                 e.batches = vec![batch];
+                record_level[i] = true;
             }
         }
     }
-    Ok(())
+    Ok(record_level)
 }
 
 /// An entry ready to append.
 struct Planned {
-    /// The entry's index in the request (`partitions[i]`).
-    entry: usize,
+    /// The entry in the request, for error messages.
+    entry: Field,
     partition: Arc<Partition>,
     batches: Vec<Bytes>,
     headers: Vec<BatchHeader>,
@@ -104,7 +107,7 @@ impl Broker {
             ));
         }
         let mut req = req;
-        encode_records(&mut req.partitions)?;
+        let record_level = encode_records(&mut req.partitions)?;
         let bytes: u64 = req
             .partitions
             .iter()
@@ -120,7 +123,7 @@ impl Broker {
             .partitions
             .into_iter()
             .enumerate()
-            .map(|(i, entry)| self.plan(&topic, i, entry))
+            .map(|(i, entry)| self.plan(&topic, Field::new(i, record_level[i]), entry))
             .collect();
 
         let mut writes = Writes::new(plans.len(), sync);
@@ -157,7 +160,7 @@ impl Broker {
     fn plan(
         &self,
         topic: &Topic,
-        i: usize,
+        i: Field,
         entry: pb::ProducePartition,
     ) -> Result<Planned, (u32, RpcError)> {
         let index = match (entry.partition, &entry.partition_key) {
@@ -165,7 +168,7 @@ impl Broker {
                 return Err((
                     0,
                     RpcError::invalid("partition and partition_key are both set; set one")
-                        .at(&entry_field(i, None)),
+                        .at(&i.entry()),
                 ));
             }
             (Some(p), None) => p,
@@ -176,9 +179,7 @@ impl Broker {
             }
             (None, None) => topic.next_round_robin(),
         };
-        let partition = topic
-            .partition(index)
-            .map_err(|e| (0, e.at(&entry_field(i, None))))?;
+        let partition = topic.partition(index).map_err(|e| (0, e.at(&i.entry())))?;
         let max_batch = partition.max_batch_bytes();
         let mut headers = Vec::with_capacity(entry.batches.len());
         for (j, b) in entry.batches.iter().enumerate() {
@@ -186,10 +187,7 @@ impl Broker {
                 Ok(h) => h,
                 Err(e) => {
                     let e = runnel_storage::Error::from(e);
-                    return Err((
-                        index,
-                        storage_error(&e, &partition, None).at(&entry_field(i, Some(j))),
-                    ));
+                    return Err((index, storage_error(&e, &partition, None).at(&i.batch(j))));
                 }
             };
             if let Err(e) = self.check_producer(&header, &partition) {
@@ -198,7 +196,7 @@ impl Broker {
                     Err(bad) => storage_error(&bad.into(), &partition, None),
                     Ok(_) => e,
                 };
-                return Err((index, e.at(&entry_field(i, Some(j)))));
+                return Err((index, e.at(&i.batch(j))));
             }
             headers.push(header);
         }
@@ -423,10 +421,10 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
         let max = p.max_batch_bytes();
         for (j, b) in plan.batches.iter().enumerate() {
             if let Err(bad) = batch::validate(b, max) {
-                return storage_error(&bad.into(), p, None).at(&entry_field(plan.entry, Some(j)));
+                return storage_error(&bad.into(), p, None).at(&plan.entry.batch(j));
             }
         }
-        return storage_error(e, p, None).at(&entry_field(plan.entry, None));
+        return storage_error(e, p, None).at(&plan.entry.entry());
     }
     let sequence_of = match e {
         S::OutOfOrderSequence {
@@ -452,17 +450,40 @@ fn entry_error(e: &runnel_storage::Error, plan: &Planned) -> RpcError {
             .position(|h| h.producer_id == pid && (seq == i32::MIN || h.base_sequence == seq));
         if let Some(j) = found {
             let epoch = plan.headers[j].producer_epoch;
-            return storage_error(e, p, Some(epoch)).at(&entry_field(plan.entry, Some(j)));
+            return storage_error(e, p, Some(epoch)).at(&plan.entry.batch(j));
         }
     }
-    storage_error(e, p, None).at(&entry_field(plan.entry, None))
+    storage_error(e, p, None).at(&plan.entry.entry())
 }
 
 /// The request field an error concerns: `partitions[i]`, or `partitions[i].batches[j]`.
 /// Formatted only on an error path, so that a request allocates no field names.
-fn entry_field(i: usize, batch: Option<usize>) -> String {
-    match batch {
-        Some(j) => format!("partitions[{i}].batches[{j}]"),
-        None => format!("partitions[{i}]"),
+/// Where an entry is in the request, as error messages name it.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    /// The entry's index (`partitions[i]`).
+    index: usize,
+    /// True for an entry of `records` (encoded as one batch by the broker).
+    records: bool,
+}
+
+impl Field {
+    fn new(index: usize, records: bool) -> Self {
+        Field { index, records }
+    }
+
+    /// The entry: `partitions[i]`.
+    fn entry(self) -> String {
+        format!("partitions[{}]", self.index)
+    }
+
+    /// Its batch `j`: `partitions[i].batches[j]`, or `partitions[i].records` for the one batch
+    /// of a record-level entry.
+    fn batch(self, j: usize) -> String {
+        if self.records {
+            format!("partitions[{}].records", self.index)
+        } else {
+            format!("partitions[{}].batches[{j}]", self.index)
+        }
     }
 }

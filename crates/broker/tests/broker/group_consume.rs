@@ -32,6 +32,8 @@ struct Member {
     /// What it received, per partition: (offset, value).
     got: BTreeMap<(String, u32), Vec<(u64, String)>>,
     assigned: BTreeSet<(String, u32)>,
+    /// True once an assignment arrived.
+    told_once: bool,
 }
 
 fn start(group: &str, topics: &[&str]) -> pb::GroupConsumeStart {
@@ -58,6 +60,7 @@ impl Member {
             rx,
             got: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            told_once: false,
         })
     }
 
@@ -82,11 +85,17 @@ impl Member {
         match &told {
             Told::Assignment(a) => {
                 assert!(a.revoke.is_empty(), "the broker releases partitions itself");
-                self.assigned = a
+                let assigned: BTreeSet<_> = a
                     .assigned
                     .iter()
                     .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
                     .collect();
+                assert!(
+                    !self.told_once || self.assigned != assigned,
+                    "an assignment is sent only when it changes: {assigned:?} again"
+                );
+                self.told_once = true;
+                self.assigned = assigned;
             }
             Told::Records(r) => {
                 let got = self.got.entry((r.topic.clone(), r.partition)).or_default();
@@ -263,6 +272,21 @@ async fn closing_the_request_side_leaves_and_bad_starts_are_refused() {
         .unwrap()
         .into_inner();
     assert!(group.members.is_empty(), "{group:?}");
+
+    // An acknowledgement of a record that does not exist ends the stream.
+    let mut m = Member::join(&b, "g", &["t"]).await;
+    m.consume_until(|m| !m.assigned.is_empty()).await;
+    m.processed("t", 0, 3).await;
+    let status = loop {
+        if let Err(status) = m.next().await {
+            break status;
+        }
+    };
+    assert_status(
+        &status,
+        ErrorCode::InvalidRequest,
+        "processed.offset 3 is at or past the log end 3 of t/0",
+    );
 
     let bad = |s: pb::GroupConsumeStart| pb::GroupConsumeRequest {
         request: Some(Said::Start(s)),

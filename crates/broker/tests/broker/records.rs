@@ -211,7 +211,7 @@ async fn an_idempotent_record_retry_is_stored_once() {
     assert_inline(
         gap.results[0].error.as_ref(),
         ErrorCode::OutOfOrderSequence,
-        "expected",
+        "partitions[0].records: producer",
     );
     let values: Vec<String> = fetch_records(&b, "t", 0, 0)
         .await

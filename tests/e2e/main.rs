@@ -9,6 +9,8 @@
 //! contract the descriptors carry. `client` drives the broker
 //! through `runnel-client`: ordering, retries across broken connections, groups, compression.
 //! `cli` runs the real `runnel` binary and checks its stdout, stderr and exit codes.
+//! `python` runs the Python examples' own checks (`examples/python`), and `grpcurl` the
+//! grpcurl walkthrough of docs/protocol.md, command by command.
 
 mod harness;
 
@@ -17,9 +19,11 @@ mod cli;
 mod client;
 mod errors;
 mod groups;
+mod grpcurl;
 mod idempotence;
 mod lifecycle;
 mod operations;
 mod protocol;
+mod python;
 mod reflection;
 mod streaming;

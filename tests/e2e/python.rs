@@ -1,0 +1,101 @@
+//! The Python examples (`examples/python`) against the real broker: their own driver,
+//! `test_examples.py`, runs the four programs (produce, consume, group member, idempotent
+//! retry) with stubs generated from `proto/`, and checks what they did.
+//!
+//! The interpreter is the `python3` on PATH (3.10 or later); the packages of
+//! `examples/python/requirements.txt` go into a virtualenv at `target/python-venv`, made once
+//! and installed again only when the requirements change (a marker file holds their hash).
+//! The first run needs PyPI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::harness::{Broker, clean_command, workspace_root};
+
+/// The virtualenv's interpreter, with the examples' requirements installed.
+///
+/// # Panics
+///
+/// With one message saying what is missing when `python3`, its `venv` module or pip fails.
+fn venv_python(root: &Path) -> PathBuf {
+    let venv = root.join("target").join("python-venv");
+    let python = venv.join("bin").join("python");
+    let requirements = root.join("examples/python/requirements.txt");
+    let wanted = std::fs::read(&requirements)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+    let marker = venv.join("requirements.hash");
+    let hash = format!("{:016x}\n", fnv1a(&wanted));
+    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == hash) {
+        return python;
+    }
+
+    if !python.exists() {
+        // Also a venv whose interpreter link broke when the system's Python changed.
+        let _ = std::fs::remove_dir_all(&venv);
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        check(
+            &mut create,
+            "`python3 -m venv` failed: the Python examples need Python 3.10 or later with its \
+             venv module (Debian: apt-get install python3 python3-venv)",
+        );
+    }
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(&requirements);
+    check(
+        &mut install,
+        "pip install -r examples/python/requirements.txt failed (it needs PyPI, and Python 3.10 \
+         or later for these versions)",
+    );
+    std::fs::write(&marker, hash).expect("write the virtualenv's marker file");
+    python
+}
+
+/// Runs `cmd`; panics with `failure` and the command's stderr unless it succeeds.
+fn check(cmd: &mut Command, failure: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{failure}: cannot run {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{failure}: {:?} exited with {}:\n{}",
+        cmd.get_program(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across Rust versions, for the marker file.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[tokio::test]
+async fn python_examples_produce_consume_join_a_group_and_retry_idempotently() {
+    let root = workspace_root();
+    let python = venv_python(&root);
+    let b = Broker::start().await;
+
+    // The driver bounds its own waits: 60 s per program and per RPC.
+    let out = clean_command(&python)
+        .arg(root.join("examples/python/test_examples.py"))
+        .env("RUNNEL_BROKER", b.grpc.to_string())
+        .current_dir(root.join("examples/python"))
+        .output()
+        .expect("run test_examples.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "examples/python/test_examples.py exited with {}\n--- stdout\n{stdout}\n--- stderr\n\
+         {stderr}\n--- runneld's log\n{}",
+        out.status,
+        b.log_text()
+    );
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+}

@@ -64,6 +64,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel-bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
   runnel-bench paced --rate 150000 --linger 1ms --duration 20s --dir /var/lib/runnel # the machine's latency at a rate
   runnel-bench cpu --duration 10s                                    # time the host keeps from busy CPUs
+  runnel-bench wire --broker-pid $(pidof runneld)                    # record-level calls next to batches
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 
 /// Arguments of the load generators and the yardsticks.
@@ -211,9 +212,9 @@ pub(crate) fn parse_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
         crate::Cli::try_parse_from(std::iter::once("runnel-bench").chain(argv.iter().copied()))?;
     match cli.command.into_run() {
         crate::Run::Bench(args) => Ok(args),
-        crate::Run::Startup(_) => Err(clap::Error::raw(
+        crate::Run::Startup(_) | crate::Run::Wire(_) => Err(clap::Error::raw(
             clap::error::ErrorKind::InvalidSubcommand,
-            "startup is not a load or yardstick run",
+            "startup and wire are not load or yardstick runs of these flags",
         )),
     }
 }

@@ -668,7 +668,7 @@ pub(crate) fn batch_bytes(record_size: usize, records: usize) -> usize {
 }
 
 /// A value of `size` bytes: random letters, like Kafka's perf tool uses.
-fn payload(size: usize) -> Bytes {
+pub(crate) fn payload(size: usize) -> Bytes {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..size)
         .map(|_| {

@@ -13,6 +13,7 @@
 //! | `sync` | `--producers` loopback connections, one `--record-size` request in flight each, appended to one file in `--dir` by a thread per connection and answered once a group `fdatasync` covers it: a minimal program, no broker | requests/s; request-to-answer latency; fsyncs and records per fsync |
 //! | `paced` | every `--linger`, the records of that interval at `--rate` sent as one message over loopback TCP, not waiting for answers; another thread writes each into a file in `--dir`, answers it and passes it on to a consumer thread: a minimal program, no broker | records/s; message-to-consumer latency (and message-to-answer) |
 //! | `cpu` | one thread per CPU reading the clock in a loop for `--duration` (default 5 s) | the share of their time the machine kept from them, and the gaps' percentiles |
+//! | `wire` | the record-level calls next to the batch form: one producer pipelining `ProduceStream` requests, then one `Subscribe` reading the records back, per form (`wire.rs`) | records/s, and the CPU microseconds per record of the broker, the bench and the rest of the machine, per form and phase; the record form's records/s over the batch form's |
 //!
 //! Latencies come from an HDR histogram (microsecond resolution, three significant digits).
 //! Produce-to-ack runs from the `send` call to the record's delivery; produce-to-consume
@@ -21,8 +22,9 @@
 //! 10^6 bytes of record values. `--output json` prints one JSON object (`report.rs`); a
 //! progress line goes to stderr once a second.
 //!
-//! The bench talks to the broker only through `runnel-client`, as an application does; it
-//! never links the broker or the storage engine.
+//! The bench talks to the broker through `runnel-client`, as an application does, except
+//! `wire`, which uses the generated gRPC stubs of `runnel-proto` as a client in another
+//! language does; it never links the broker or the storage engine.
 
 mod args;
 mod limits;
@@ -31,6 +33,7 @@ mod memory;
 mod report;
 mod startup;
 mod units;
+mod wire;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -55,7 +58,7 @@ measure the machine's own limits.";
     arg_required_else_help = true
 )]
 pub(crate) struct Cli {
-    /// The broker's gRPC address (produce, consume, e2e)
+    /// The broker's gRPC address (produce, consume, e2e, wire)
     #[arg(
         long,
         global = true,
@@ -108,14 +111,20 @@ pub(crate) enum Command {
     /// kill -9 (spawns the runneld binary on a temporary data directory)
     #[command(after_help = startup::EXAMPLES)]
     Startup(startup::StartupArgs),
+    /// Record-level Produce and Subscribe (records as protobuf messages) next to the batch
+    /// form: records/s and CPU per record, through the generated gRPC stubs
+    #[command(after_help = wire::EXAMPLES)]
+    Wire(wire::WireArgs),
 }
 
-/// A parsed command: a load or yardstick run, or the startup benchmark.
+/// A parsed command: a load or yardstick run, the startup benchmark, or the wire comparison.
 pub(crate) enum Run {
     /// `produce`, `consume`, `e2e` and the yardsticks.
     Bench(BenchArgs),
     /// `startup`.
     Startup(startup::StartupArgs),
+    /// `wire`.
+    Wire(wire::WireArgs),
 }
 
 impl Command {
@@ -131,6 +140,7 @@ impl Command {
             Command::Paced(a) => (Mode::Paced, a),
             Command::Cpu(a) => (Mode::Cpu, a),
             Command::Startup(a) => return Run::Startup(a),
+            Command::Wire(a) => return Run::Wire(a),
         };
         args.mode = mode;
         Run::Bench(args)
@@ -168,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &run {
         Run::Bench(args) => args.validate()?,
         Run::Startup(args) => args.validate()?,
+        Run::Wire(args) => args.validate()?,
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -183,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Run::Startup(args) => runtime.block_on(startup::run(&args, json))?,
+        Run::Wire(args) => runtime.block_on(wire::run(&cli.broker, &args, json))?,
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The broker does not implement the method called, or a compressed request message.
     Unimplemented,
+    /// The call's deadline passed before the broker answered.
+    DeadlineExceeded,
     /// The topic does not exist.
     UnknownTopic,
     /// The topic has no partition with that number.
@@ -95,6 +97,7 @@ impl ErrorCode {
             Ok(P::BrokerStarting) => Self::BrokerStarting,
             Ok(P::LimitExceeded) => Self::LimitExceeded,
             Ok(P::Unimplemented) => Self::Unimplemented,
+            Ok(P::DeadlineExceeded) => Self::DeadlineExceeded,
             Ok(P::UnknownTopic) => Self::UnknownTopic,
             Ok(P::UnknownPartition) => Self::UnknownPartition,
             Ok(P::TopicExists) => Self::TopicExists,
@@ -132,6 +135,7 @@ impl ErrorCode {
             Self::BrokerStarting => P::BrokerStarting,
             Self::LimitExceeded => P::LimitExceeded,
             Self::Unimplemented => P::Unimplemented,
+            Self::DeadlineExceeded => P::DeadlineExceeded,
             Self::UnknownTopic => P::UnknownTopic,
             Self::UnknownPartition => P::UnknownPartition,
             Self::TopicExists => P::TopicExists,
@@ -186,6 +190,7 @@ impl ErrorCode {
             | Self::GroupNotEmpty => C::FailedPrecondition,
             Self::CorruptLog => C::DataLoss,
             Self::Unimplemented => C::Unimplemented,
+            Self::DeadlineExceeded => C::DeadlineExceeded,
         }
     }
 
@@ -199,6 +204,7 @@ impl ErrorCode {
             self,
             Self::BrokerShuttingDown
                 | Self::BrokerStarting
+                | Self::DeadlineExceeded
                 | Self::LimitExceeded
                 | Self::CorruptBatch
                 | Self::DiskFull
@@ -449,6 +455,7 @@ mod tests {
             (3, tonic::Code::Unavailable, true),
             (4, tonic::Code::ResourceExhausted, true),
             (6, tonic::Code::Unimplemented, false),
+            (7, tonic::Code::DeadlineExceeded, true),
             (10, tonic::Code::NotFound, false),
             (11, tonic::Code::NotFound, false),
             (12, tonic::Code::AlreadyExists, false),

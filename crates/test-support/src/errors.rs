@@ -41,6 +41,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::DuplicateSequence, Code::AlreadyExists),
     row(ErrorCode::LimitExceeded, Code::ResourceExhausted),
     row(ErrorCode::Unimplemented, Code::Unimplemented),
+    row(ErrorCode::DeadlineExceeded, Code::DeadlineExceeded),
     row(ErrorCode::DiskFull, Code::ResourceExhausted),
     row(ErrorCode::LogFailed, Code::Unavailable),
     row(ErrorCode::CorruptLog, Code::DataLoss),

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use runnel_proto::pb::ErrorCode;
 use tonic::body::Body;
@@ -125,9 +126,60 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
         let response = self.inner.call(req);
-        Box::pin(async move { response.await.map(with_error_code) })
+        Box::pin(async move {
+            let Some(timeout) = deadline else {
+                return response.await.map(with_error_code);
+            };
+            // At its grpc-timeout a client gives up by itself, and tonic answers a call still
+            // unanswered with a bare CANCELLED from outside every layer a server can add;
+            // answering a little earlier gives the client the status gRPC specifies, with its
+            // trailer, in time to arrive.
+            let margin = (timeout / 20).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
+            let early = timeout.saturating_sub(margin.min(timeout / 2));
+            match tokio::time::timeout(early, response).await {
+                Ok(response) => response.map(with_error_code),
+                Err(_) => Ok(RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!(
+                        "the client's deadline (grpc-timeout {} ms) passed before the answer",
+                        timeout.as_millis()
+                    ),
+                )
+                .status()
+                .into_http()),
+            }
+        })
     }
+}
+
+/// The broker answers DEADLINE_EXCEEDED a twentieth of a client's grpc-timeout before it
+/// passes, at least this much earlier...
+const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(2);
+/// ...and at most this much.
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(100);
+
+/// A `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The gRPC status code for each Runnel code.
@@ -143,6 +195,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnsupportedBatchVersion
         | ErrorCode::InvalidGroupId => Code::InvalidArgument,
         ErrorCode::Unimplemented => Code::Unimplemented,
+        ErrorCode::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorCode::BrokerShuttingDown | ErrorCode::BrokerStarting | ErrorCode::LogFailed => {
             Code::Unavailable
         }

@@ -1,9 +1,11 @@
 //! Request messages that are not the method's message (not protobuf, or a string field that
 //! is not UTF-8) are malformed requests: `INVALID_ARGUMENT` with the `runnel-error-code`
-//! trailer `INVALID_REQUEST`, on every kind of method, and the broker goes on serving.
+//! trailer `INVALID_REQUEST`, on every kind of method, and the broker goes on serving. The
+//! other statuses the gRPC library would answer by itself (an unknown method, a deadline that
+//! passed) carry the trailer too.
 
 use bytes::Bytes;
-use runnel_proto::pb::ErrorCode;
+use runnel_proto::pb::{self, ErrorCode};
 
 use runnel_test_support::prelude::*;
 
@@ -78,4 +80,32 @@ async fn unknown_services_and_methods_are_unimplemented_with_the_trailer() {
             "not implemented by this broker",
         );
     }
+}
+
+#[tokio::test]
+async fn a_call_still_unanswered_at_the_client_s_deadline_is_deadline_exceeded_with_the_trailer() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "t", 1).await;
+    // A long poll on an empty partition outlasts a 2 s deadline; the broker answers 100 ms
+    // before it, well ahead of the client's own timer even on a busy machine.
+    let mut request = tonic::Request::new(pb::FetchRequest {
+        partitions: vec![fetch_partition("t", 0, 0)],
+        max_wait_ms: 20_000,
+        min_bytes: 1,
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_secs(2));
+    let e = within(b.consume().fetch(request)).await.unwrap_err();
+    assert_status(&e, ErrorCode::DeadlineExceeded, "grpc-timeout 2000 ms");
+    // Still serving, and a deadline that leaves time is no error.
+    let mut request = tonic::Request::new(pb::FetchRequest {
+        partitions: vec![fetch_partition("t", 0, 0)],
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_secs(30));
+    let r = within(b.consume().fetch(request))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results[0].error.is_none());
 }

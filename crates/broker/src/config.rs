@@ -255,7 +255,8 @@ pub struct Limits {
     pub max_connections: u32,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
-    /// Largest gRPC message accepted.
+    /// Largest gRPC message accepted, and largest records section decompressed for a
+    /// record-level read.
     pub max_request_bytes: u64,
     /// Topics.
     pub max_topics: u32,
@@ -269,13 +270,13 @@ pub struct Limits {
     pub fetch_max_bytes: u32,
     /// Default and cap of `FetchPartition.max_bytes`.
     pub fetch_partition_max_bytes: u32,
-    /// Entries in one `Fetch` or `ListOffsets`.
+    /// Entries in one `Fetch`, `ListOffsets` or many-partition `Subscribe`.
     pub fetch_max_partitions: u32,
     /// Default and cap of `SubscribeRequest.max_bytes`.
     pub subscribe_max_bytes: u32,
     /// Responses queued per subscription.
     pub subscribe_queue_depth: u32,
-    /// Open `Subscribe` streams.
+    /// Partitions being streamed, by `Subscribe` and `GroupService.Consume`.
     pub max_subscriptions: u32,
     /// Requests read but not answered per `ProduceStream`.
     pub produce_stream_max_in_flight: u32,

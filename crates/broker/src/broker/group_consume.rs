@@ -7,7 +7,8 @@
 //! of `Subscribe`) from the committed offset, or the reset boundary without one; for each
 //! partition revoked it stops the reader, commits what was processed and releases the
 //! partition. Acknowledgements become commits of offset + 1, coalesced: one commit is in flight
-//! at a time and the acknowledgements that arrive meanwhile go into the next.
+//! at a time and the acknowledgements that arrive meanwhile go into the next. A commit that
+//! fails as a whole ends the stream with its error.
 //!
 //! Each partition read counts against `max_subscriptions`, as a subscribed partition does.
 //!
@@ -81,7 +82,7 @@ struct Member {
     /// Offsets to commit (the next offset to read), not yet sent to a commit.
     pending: BTreeMap<(String, u32), u64>,
     /// The commit in flight, if any.
-    committing: Option<JoinHandle<()>>,
+    committing: Option<JoinHandle<Result<(), RpcError>>>,
     /// The partitions of the last assignment sent, to send only changes.
     told: Option<Vec<pb::TopicPartitions>>,
     records: mpsc::Sender<SubscribeItem>,
@@ -234,8 +235,11 @@ where
     };
     m.stop_readers();
     if end == ConsumeEnd::Left {
-        m.commit_all().await;
+        let stored = m.commit_all().await;
         m.broker.groups().leave(&m.group, &m.member_id);
+        if let Err(e) = stored {
+            return fail(&b, &m.control, e).await;
+        }
     } else {
         m.broker.groups().disconnected(&m.group, &m.member_id);
     }
@@ -297,8 +301,16 @@ impl Member {
                         return fail(&b, &self.control, e).await;
                     }
                 }
-                () = async { if let Some(c) = self.committing.as_mut() { let _ = c.await; } }, if self.committing.is_some() => {
+                stored = async {
+                    match self.committing.as_mut() {
+                        Some(c) => c.await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.committing.is_some() => {
                     self.committing = None;
+                    if let Err(e) = joined(stored) {
+                        return fail(&b, &self.control, e).await;
+                    }
                 }
                 request = inbound.next() => match request {
                     Some(Ok(pb::GroupConsumeRequest { request: Some(Said::Processed(p)) })) => {
@@ -339,7 +351,10 @@ impl Member {
             }
         }
         if !revoked.is_empty() {
-            self.commit_only(&revoked).await;
+            if let Err(e) = self.commit_only(&revoked).await {
+                let b = self.broker.clone();
+                return Err(fail(&b, &self.control, e).await);
+            }
             let ack = pb::AcknowledgeAssignment {
                 member_epoch: a.member_epoch,
                 released: a.revoke.clone(),
@@ -450,7 +465,7 @@ impl Member {
     }
 
     /// Starts a commit of every pending acknowledgement, in the background.
-    fn start_commit(&mut self) -> JoinHandle<()> {
+    fn start_commit(&mut self) -> JoinHandle<Result<(), RpcError>> {
         let offsets = std::mem::take(&mut self.pending);
         let req = self.commit_request(offsets);
         let b = self.broker.clone();
@@ -458,31 +473,34 @@ impl Member {
     }
 
     /// Waits for the commit in flight, if any.
-    async fn committed(&mut self) {
-        if let Some(c) = self.committing.take() {
-            let _ = c.await;
+    async fn committed(&mut self) -> Result<(), RpcError> {
+        match self.committing.take() {
+            Some(c) => joined(c.await),
+            None => Ok(()),
         }
     }
 
     /// Commits the pending acknowledgements of `tps` now, after the commit in flight.
-    async fn commit_only(&mut self, tps: &[(String, u32)]) {
-        self.committed().await;
+    async fn commit_only(&mut self, tps: &[(String, u32)]) -> Result<(), RpcError> {
+        self.committed().await?;
         let offsets: BTreeMap<_, _> = tps
             .iter()
             .filter_map(|tp| self.pending.remove_entry(tp))
             .collect();
-        if !offsets.is_empty() {
-            commit(&self.broker, self.commit_request(offsets)).await;
+        if offsets.is_empty() {
+            return Ok(());
         }
+        commit(&self.broker, self.commit_request(offsets)).await
     }
 
     /// Commits every pending acknowledgement now, after the commit in flight.
-    async fn commit_all(&mut self) {
-        self.committed().await;
+    async fn commit_all(&mut self) -> Result<(), RpcError> {
+        self.committed().await?;
         let offsets = std::mem::take(&mut self.pending);
-        if !offsets.is_empty() {
-            commit(&self.broker, self.commit_request(offsets)).await;
+        if offsets.is_empty() {
+            return Ok(());
         }
+        commit(&self.broker, self.commit_request(offsets)).await
     }
 
     fn commit_request(&self, offsets: BTreeMap<(String, u32), u64>) -> pb::CommitOffsetsRequest {
@@ -509,12 +527,21 @@ impl Member {
     }
 }
 
+/// The outcome of a commit task.
+fn joined(r: Result<Result<(), RpcError>, tokio::task::JoinError>) -> Result<(), RpcError> {
+    r.unwrap_or_else(|e| Err(RpcError::internal(format!("commit task failed: {e}"))))
+}
+
 /// Stores a commit; the entries refused (a partition that moved meanwhile) are dropped and the
 /// others committed again, since a commit is all or none.
-async fn commit(b: &Broker, mut req: pb::CommitOffsetsRequest) {
+///
+/// # Errors
+/// A failure of the commit as a whole (`DISK_FULL`, `LOG_FAILED`, `UNKNOWN_MEMBER`,
+/// shutdown): what was processed is not stored, so the member's stream ends with it.
+async fn commit(b: &Broker, mut req: pb::CommitOffsetsRequest) -> Result<(), RpcError> {
     for _ in 0..2 {
         match b.commit_offsets(req.clone()).await {
-            Ok(r) if r.results.iter().all(|r| r.error.is_none()) => return,
+            Ok(r) if r.results.iter().all(|r| r.error.is_none()) => return Ok(()),
             Ok(r) => {
                 // An entry refused for its own sake (FENCED_MEMBER: the partition moved) is
                 // dropped; the others were refused only because a commit is all or none.
@@ -530,15 +557,13 @@ async fn commit(b: &Broker, mut req: pb::CommitOffsetsRequest) {
                     .map(|(offset, _)| offset)
                     .collect();
                 if req.offsets.is_empty() {
-                    return;
+                    return Ok(());
                 }
             }
-            Err(e) => {
-                tracing::warn!(group = %req.group, member = %req.member_id, error = %e.message, "commit of processed offsets failed");
-                return;
-            }
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// The (topic, partition) pairs of a list of topic partitions.

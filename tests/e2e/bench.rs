@@ -65,11 +65,18 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
     assert_latency(&e2e["ack_latency_ms"], 2000);
     assert_eq!(e2e["config"]["partitions"], 2);
     assert_eq!(e2e["config"]["batch_size"], 100);
+    // CPU per record: the bench's own always; the broker's only with its pid.
+    let cpu = &e2e["cpu_us_per_record"];
+    assert!(cpu["client"].as_f64().is_some_and(|us| us >= 0.0), "{cpu}");
+    assert!(cpu["broker"].is_null() && cpu["other"].is_null(), "{cpu}");
 
+    let pid = b.pid().to_string();
     let produced = bench_json(
         &b,
         &[
             "produce",
+            "--broker-pid",
+            &pid,
             "--topic",
             "bench",
             "--records",
@@ -89,6 +96,8 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
     assert_eq!(produced["bytes"], 100_000);
     assert_latency(&produced["latency_ms"], 1000);
     assert_eq!(produced["config"]["acks"], "durable");
+    let cpu = &produced["cpu_us_per_record"];
+    assert!(cpu["broker"].as_f64().is_some_and(|us| us >= 0.0), "{cpu}");
 
     // The topic holds 3000 records now; consume reads 2500 of them and cleans up.
     let consumed = bench_json(

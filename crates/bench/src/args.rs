@@ -123,7 +123,8 @@ pub struct BenchArgs {
     /// the broker bounded memory (use with `--broker-pid`).
     #[arg(long, default_value_t = 0)]
     pub stalled_consumers: u32,
-    /// The broker's process id, to sample its resident memory (VmRSS) once a second.
+    /// The broker's process id, to sample its resident memory (VmRSS) once a second and to
+    /// report its CPU per record.
     #[arg(long)]
     pub broker_pid: Option<u32>,
     /// Delete the topic when done.

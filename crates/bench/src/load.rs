@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::args::{AcksArg, BenchArgs, CompressionArg, Mode};
+use crate::proc_cpu::{Cpu, CpuPerRecord};
 use crate::report::{Latency, Report, Rss, micros_histogram};
 
 /// Records waiting for their acknowledgement per producer, beyond those the producer's own
@@ -150,10 +151,13 @@ async fn produce_only(
     args: &BenchArgs,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<Report> {
+    let cpu = Cpu::now(args.broker_pid)?;
     let started = Instant::now();
     let produced = produce_all(broker, args, shared, false).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, produced.acked);
     let mut r = Report::new("produce");
+    r.cpu = Some(cpu);
     r.records = produced.acked;
     r.bytes = produced.acked * args.record_size as u64;
     r.seconds = seconds;
@@ -225,12 +229,15 @@ async fn consume_only(
         })
         .collect();
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let cpu = Cpu::now(args.broker_pid)?;
     let started = Instant::now();
     let consumed = consume_all(broker, args, shared, ranges, false, deadline, None).await?;
     let seconds = consumed
         .last
         .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, consumed.records);
     let mut r = Report::new("consume");
+    r.cpu = Some(cpu);
     r.records = consumed.records;
     r.bytes = consumed.bytes;
     r.seconds = seconds;
@@ -257,6 +264,7 @@ async fn end_to_end(
             consume_all(&broker, &args, &shared, ranges, true, None, Some(stop_rx)).await
         })
     };
+    let cpu = Cpu::now(args.broker_pid)?;
     let started = Instant::now();
     let produced = produce_all(broker, args, shared, true).await;
     // Wait until everything acknowledged has been consumed, or nothing moves any more.
@@ -278,7 +286,9 @@ async fn end_to_end(
     let _ = stop_tx.send(true);
     let consumed = consumers.await.context("the consumer tasks panicked")??;
     let produced = produced?;
+    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, consumed.records);
     let mut r = Report::new("e2e");
+    r.cpu = Some(cpu);
     r.records = consumed.records;
     r.bytes = consumed.bytes;
     r.seconds = consumed

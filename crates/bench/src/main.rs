@@ -30,6 +30,7 @@ mod args;
 mod limits;
 mod load;
 mod memory;
+mod proc_cpu;
 mod report;
 mod startup;
 mod units;

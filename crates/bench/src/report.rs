@@ -11,12 +11,15 @@
 //! | `ack_latency_ms` | e2e: produce-to-ack; paced: message-to-answer; same shape |
 //! | `errors` | records that failed |
 //! | `broker_rss_kib` | with `--broker-pid`: `{start, max, end, samples}` of the broker's VmRSS |
+//! | `cpu_us_per_record` | produce, consume, e2e: `{client, broker, other}`, the CPU microseconds per measured record of the bench's process, of the broker's (with `--broker-pid`, else `null`) and of the rest of the machine (with `--broker-pid`), each from its own `/proc` counters over the measured part; `null` for the other modes |
 //! | `details` | mode-specific figures (for example the disk write and fsync split; for sync `fsyncs`, `records_per_fsync`, `fsync_mean_us`; for paced `messages`, `answered`, `records_per_message`, `message_bytes`, `period_us`; for cpu `lost_percent`, `gaps`, `gaps_over_1ms`) |
 //! | `config` | the settings of the run |
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
+
+use crate::proc_cpu::CpuPerRecord;
 use serde_json::{Value, json};
 
 /// Latency percentiles, in milliseconds.
@@ -119,6 +122,8 @@ pub struct Report {
     pub errors: u64,
     /// The broker's memory, when sampled.
     pub rss: Option<Rss>,
+    /// CPU per record over the measured part, for the load modes.
+    pub cpu: Option<CpuPerRecord>,
     /// Mode-specific figures.
     pub details: Vec<(&'static str, Value)>,
     /// The settings of the run.
@@ -139,6 +144,7 @@ impl Report {
             ack_latency_label: "produce to ack",
             errors: 0,
             rss: None,
+            cpu: None,
             details: Vec::new(),
             config: Vec::new(),
         }
@@ -177,6 +183,7 @@ impl Report {
             "broker_rss_kib": self.rss.map(|r| json!({
                 "start": r.start, "max": r.max, "end": r.end, "samples": r.samples,
             })),
+            "cpu_us_per_record": self.cpu.map(CpuPerRecord::to_json),
             "details": object(&self.details),
             "config": object(&self.config),
         })
@@ -223,6 +230,16 @@ impl Report {
                 s,
                 "broker RSS  start {} KiB, max {} KiB, end {} KiB ({} samples)",
                 r.start, r.max, r.end, r.samples
+            );
+        }
+        if let Some(c) = self.cpu {
+            let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                s,
+                "cpu         client {:.2}, broker {}, rest of the machine {} (us per record)",
+                c.client,
+                us(c.broker),
+                us(c.other)
             );
         }
         for (k, v) in &self.details {

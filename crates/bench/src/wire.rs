@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::proc_cpu::{Cpu, CpuPerRecord};
 use crate::units;
 
 /// The largest response the bench accepts (a `Subscribe` response is about
@@ -143,13 +144,10 @@ struct Phase {
     /// Record value bytes.
     bytes: u64,
     seconds: f64,
-    /// The broker's CPU seconds, with `--broker-pid`.
-    broker_cpu: Option<f64>,
-    /// The bench process's CPU seconds.
-    client_cpu: f64,
-    /// The CPU seconds the rest of the machine used, with `--broker-pid`: kernel threads
-    /// (page cache writeback and reclaim, deferred network work) and other processes.
-    other_cpu: Option<f64>,
+    /// CPU per record: the bench's, and with `--broker-pid` the broker's and the rest of the
+    /// machine's (kernel threads: page cache writeback and reclaim, deferred network work;
+    /// other processes).
+    cpu: CpuPerRecord,
 }
 
 impl Phase {
@@ -169,15 +167,6 @@ impl Phase {
         }
     }
 
-    /// Microseconds of CPU per record.
-    fn per_record(&self, cpu_seconds: f64) -> f64 {
-        if self.records > 0 {
-            cpu_seconds * 1e6 / self.records as f64
-        } else {
-            0.0
-        }
-    }
-
     fn to_json(self, format: Format, phase: &str) -> Value {
         json!({
             "format": format.name(),
@@ -187,9 +176,9 @@ impl Phase {
             "seconds": round3(self.seconds),
             "records_per_sec": self.records_per_sec().round(),
             "mb_per_sec": round3(self.mb_per_sec()),
-            "broker_cpu_us_per_record": self.broker_cpu.map(|s| round3(self.per_record(s))),
-            "client_cpu_us_per_record": round3(self.per_record(self.client_cpu)),
-            "other_cpu_us_per_record": self.other_cpu.map(|s| round3(self.per_record(s))),
+            "broker_cpu_us_per_record": self.cpu.broker.map(round3),
+            "client_cpu_us_per_record": round3(self.cpu.client),
+            "other_cpu_us_per_record": self.cpu.other.map(round3),
         })
     }
 }
@@ -275,9 +264,7 @@ async fn measure(
         records,
         bytes,
         seconds,
-        broker_cpu: after.broker.zip(before.broker).map(|(a, b)| a - b),
-        client_cpu: after.client - before.client,
-        other_cpu: after.other().zip(before.other()).map(|(a, b)| a - b),
+        cpu: CpuPerRecord::between(&before, &after, records),
     })
 }
 
@@ -529,77 +516,6 @@ impl Read {
     }
 }
 
-/// CPU seconds used so far by the bench, the whole machine and, if given, the broker.
-#[derive(Debug, Clone, Copy)]
-struct Cpu {
-    broker: Option<f64>,
-    client: f64,
-    machine: f64,
-}
-
-impl Cpu {
-    fn now(broker_pid: Option<u32>) -> anyhow::Result<Self> {
-        let broker = broker_pid
-            .map(|pid| cpu_seconds(&pid.to_string()))
-            .transpose()?;
-        let client = cpu_seconds("self")?;
-        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let machine = busy_ticks(&stat).context("/proc/stat has no cpu line")?;
-        Ok(Self {
-            broker,
-            client,
-            machine: seconds(machine),
-        })
-    }
-
-    /// What neither the broker nor the bench used; `None` without the broker's figure.
-    fn other(&self) -> Option<f64> {
-        Some(self.machine - self.broker? - self.client)
-    }
-}
-
-/// The user plus system CPU seconds of process `pid` (a number or `self`), from
-/// `/proc/<pid>/stat`.
-fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("{path} has no utime and stime"))?;
-    Ok(seconds(ticks))
-}
-
-/// Clock ticks (`/proc`'s unit, `sysconf(_SC_CLK_TCK)`) in seconds.
-fn seconds(ticks: u64) -> f64 {
-    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
-}
-
-/// The ticks all CPUs spent running anything (user, nice, system, irq, softirq) from the
-/// `cpu` line of `/proc/stat`: not idle, not waiting for I/O, not taken by the host (steal).
-fn busy_ticks(stat: &str) -> Option<u64> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(7)
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq
-    let [user, nice, system, _idle, _iowait, irq, softirq] = f.as_slice() else {
-        return None;
-    };
-    Some(user + nice + system + irq + softirq)
-}
-
-/// `utime + stime` (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat` line. The
-/// command name (field 2) is in parentheses and may hold spaces and parentheses itself, so
-/// the fields are counted from its last `)`.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11); // state is field 3
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// The record form's records/s over the batch form's, per phase; `None` unless both ran.
 fn ratios(runs: &[FormRun]) -> Option<(f64, f64)> {
     let find = |f: Format| runs.iter().find(|r| r.format == f);
@@ -667,9 +583,7 @@ fn to_text(runs: &[FormRun]) -> String {
     );
     for r in runs {
         for (name, p) in [("produce", &r.produce), ("consume", &r.consume)] {
-            let us = |cpu: Option<f64>| {
-                cpu.map_or("-".to_owned(), |s| format!("{:.2}", p.per_record(s)))
-            };
+            let us = |cpu: Option<f64>| cpu.map_or("-".to_owned(), |us| format!("{us:.2}"));
             let _ = writeln!(
                 out,
                 "{:<8} {:<8} {:>10} {:>8.3} {:>11.0} {:>8.1} {:>14} {:>14.2} {:>14}",
@@ -679,9 +593,9 @@ fn to_text(runs: &[FormRun]) -> String {
                 p.seconds,
                 p.records_per_sec(),
                 p.mb_per_sec(),
-                us(p.broker_cpu),
-                p.per_record(p.client_cpu),
-                us(p.other_cpu),
+                us(p.cpu.broker),
+                p.cpu.client,
+                us(p.cpu.other),
             );
         }
     }
@@ -911,37 +825,23 @@ mod tests {
         assert!(e.to_string().contains("5 bytes, not 16"), "{e}");
     }
 
-    #[test]
-    fn cpu_ticks_are_utime_plus_stime_after_the_command_name() {
-        // A command name with a space and a parenthesis, as a thread may name itself.
-        let stat = "4242 (run (x) d) S 1 4242 4242 0 -1 4194560 2113 0 0 0 1234 567 0 0 20 0 \
-                    9 0 123456 1000000 2000 18446744073709551615 1 1 0 0 0 0 0 4096 17664";
-        assert_eq!(cpu_ticks(stat), Some(1801));
-        assert_eq!(cpu_ticks("4242 (runneld) S 1 2"), None);
-        assert_eq!(cpu_ticks("no command name"), None);
-        // The bench's own line parses.
-        assert!(cpu_seconds("self").unwrap() >= 0.0);
-    }
-
-    #[test]
-    fn busy_ticks_leave_out_idle_iowait_and_steal() {
-        let stat = "cpu  100 2 30 5000 40 5 6 700 0 0\ncpu0 50 1 15 2500 20 2 3 350 0 0\nintr 1\n";
-        assert_eq!(busy_ticks(stat), Some(143));
-        assert_eq!(busy_ticks("cpu  1 2 3\n"), None);
-        assert_eq!(busy_ticks("intr 1\n"), None);
-        let now = Cpu::now(None).unwrap();
-        assert!(now.broker.is_none() && now.other().is_none());
-        assert!(now.machine >= now.client);
-    }
-
+    /// A phase whose CPU seconds (the broker's, the bench's) give its per-record figures.
     fn phase(records: u64, seconds: f64, broker: Option<f64>, client: f64) -> Phase {
+        let before = Cpu {
+            broker: broker.map(|_| 0.0),
+            client: 0.0,
+            machine: 0.0,
+        };
+        let after = Cpu {
+            broker,
+            client,
+            machine: client + broker.unwrap_or(0.0) + 0.0005,
+        };
         Phase {
             records,
             bytes: records * 1024,
             seconds,
-            broker_cpu: broker,
-            client_cpu: client,
-            other_cpu: broker.map(|_| 0.0005),
+            cpu: CpuPerRecord::between(&before, &after, records),
         }
     }
 

@@ -51,9 +51,12 @@ async fn bench_e2e_produce_and_consume_report_what_they_did_as_json() {
             "100",
             "--linger",
             "1ms",
+            "--send",
+            "all",
         ],
     );
     assert_eq!(e2e["mode"], "e2e");
+    assert_eq!(e2e["config"]["send"], "all");
     assert_eq!(e2e["records"], 2000, "{e2e}");
     assert_eq!(e2e["bytes"], 2000 * 1024);
     assert_eq!(e2e["errors"], 0);

@@ -42,6 +42,16 @@ pub enum AcksArg {
 }
 
 /// Batch compression.
+/// How the producers hand records to the client library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendArg {
+    /// `Producer::send` per record, awaiting each record's delivery, as applications do.
+    Record,
+    /// `Producer::send_all` of `--batch-size` records built once and sent again and again,
+    /// as iggy-bench resends one prebuilt batch.
+    All,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressionArg {
     /// Uncompressed.
@@ -99,6 +109,10 @@ pub struct BenchArgs {
     /// Records per batch: the producer's batch size is set to hold this many records.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
+    /// How producers hand records to the client: one `send` per record, or `send_all` of
+    /// `--batch-size` prebuilt records.
+    #[arg(long, value_enum, default_value_t = SendArg::Record)]
+    pub send: SendArg,
     /// How long a batch may wait for more records (`0`, `1ms`, `5ms`); `paced`: the interval
     /// between messages.
     #[arg(long, value_parser = units::parse_duration, default_value = "5ms")]

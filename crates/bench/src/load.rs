@@ -23,7 +23,7 @@ use runnel_client::{
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::args::{AcksArg, BenchArgs, CompressionArg, Mode};
+use crate::args::{AcksArg, BenchArgs, CompressionArg, Mode, SendArg};
 use crate::proc_cpu::{Cpu, CpuPerRecord};
 use crate::report::{Latency, Report, Rss, micros_histogram};
 
@@ -331,6 +331,8 @@ async fn produce_all(
             rate: args.rate.map(|r| r / n as f64),
             payload: payload.clone(),
             stamp,
+            send: args.send,
+            batch_size: args.batch_size.max(1),
             shared: shared.clone(),
         };
         tasks.push(tokio::spawn(task.run()));
@@ -365,13 +367,50 @@ struct ProducerTask {
     payload: Bytes,
     /// Carry the send time in the value's first 8 bytes (e2e).
     stamp: bool,
+    /// One `send` per record, or `send_all` of `batch_size` records.
+    send: SendArg,
+    batch_size: usize,
     shared: Arc<Shared>,
 }
 
+/// Counts one delivery's outcome into `out` (failures and the first error); 1 if it was
+/// acknowledged, else 0.
+fn settle(
+    delivery: runnel_client::Result<runnel_client::RecordMetadata>,
+    out: &mut Produced,
+) -> u64 {
+    match delivery {
+        Ok(_) => 1,
+        Err(e) => {
+            out.failed += 1;
+            out.first_error.get_or_insert_with(|| e.to_string());
+            0
+        }
+    }
+}
+
+/// What a producer task hands its acknowledger: one record's delivery, or a `send_all`'s.
+enum Sent {
+    One(DeliveryFuture),
+    All(Vec<DeliveryFuture>),
+}
+
 impl ProducerTask {
+    /// A record's value: the payload, with the send time in its first 8 bytes for e2e.
+    fn value(&self) -> Bytes {
+        if self.stamp {
+            let mut v = BytesMut::with_capacity(self.payload.len());
+            v.put_u64_le(self.shared.now_ns());
+            v.put_slice(&self.payload[8..]);
+            v.freeze()
+        } else {
+            self.payload.clone()
+        }
+    }
+
     async fn run(self) -> anyhow::Result<Produced> {
         let producer = self.client.producer(self.config.clone()).await?;
-        let (tx, mut rx) = mpsc::channel::<(Instant, DeliveryFuture)>(ACK_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Instant, Sent)>(ACK_QUEUE);
         let shared = self.shared.clone();
         let acker = tokio::spawn(async move {
             let mut out = Produced {
@@ -381,20 +420,23 @@ impl ProducerTask {
                 latency: micros_histogram(),
             };
             let mut unpublished = 0u64;
-            while let Some((sent, delivery)) = rx.recv().await {
-                match delivery.await {
-                    Ok(_) => {
-                        out.acked += 1;
-                        out.latency
-                            .saturating_record(sent.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => {
-                        out.failed += 1;
-                        out.first_error.get_or_insert_with(|| e.to_string());
+            while let Some((sent, deliveries)) = rx.recv().await {
+                let failed_before = out.failed;
+                let mut acked = 0;
+                match deliveries {
+                    Sent::One(d) => acked += settle(d.await, &mut out),
+                    Sent::All(list) => {
+                        for d in list {
+                            acked += settle(d.await, &mut out);
+                        }
                     }
                 }
-                unpublished += 1;
-                if unpublished == PUBLISH_EVERY {
+                unpublished += acked + out.failed - failed_before;
+                // One latency per call, counted for each record it carried.
+                out.acked += acked;
+                let latency = sent.elapsed().as_micros() as u64;
+                out.latency.saturating_record_n(latency, acked);
+                if unpublished >= PUBLISH_EVERY {
                     shared.acked.fetch_add(unpublished, Ordering::Relaxed);
                     unpublished = 0;
                 }
@@ -406,6 +448,13 @@ impl ProducerTask {
         let started = Instant::now();
         let mut sent = 0u64;
         let mut unpublished = 0u64;
+        // The records `send_all` sends again and again (built once, as iggy-bench does).
+        let mut prebuilt: Vec<ProducerRecord> = match self.send {
+            SendArg::Record => Vec::new(),
+            SendArg::All => (0..self.batch_size)
+                .map(|_| ProducerRecord::new(self.topic.as_str(), self.payload.clone()))
+                .collect(),
+        };
         let result: anyhow::Result<()> = async {
             loop {
                 if self.quota.is_some_and(|q| sent >= q) {
@@ -421,23 +470,32 @@ impl ProducerTask {
                 if self.deadline.is_some_and(|d| now >= d) {
                     break;
                 }
-                let value = if self.stamp {
-                    let mut v = BytesMut::with_capacity(self.payload.len());
-                    v.put_u64_le(self.shared.now_ns());
-                    v.put_slice(&self.payload[8..]);
-                    v.freeze()
-                } else {
-                    self.payload.clone()
+                let (count, deliveries) = match self.send {
+                    SendArg::Record => {
+                        let record = ProducerRecord::new(self.topic.as_str(), self.value());
+                        (1, Sent::One(producer.send(record).await?))
+                    }
+                    SendArg::All => {
+                        let n = self.quota.map_or(prebuilt.len() as u64, |q| {
+                            (q - sent).min(prebuilt.len() as u64)
+                        }) as usize;
+                        if self.stamp {
+                            for r in &mut prebuilt[..n] {
+                                r.value = Some(self.value());
+                            }
+                        }
+                        (
+                            n as u64,
+                            Sent::All(producer.send_all(&prebuilt[..n]).await?),
+                        )
+                    }
                 };
-                let delivery = producer
-                    .send(ProducerRecord::new(self.topic.as_str(), value))
-                    .await?;
-                if tx.send((now, delivery)).await.is_err() {
+                if tx.send((now, deliveries)).await.is_err() {
                     bail!("the acknowledger stopped");
                 }
-                sent += 1;
-                unpublished += 1;
-                if unpublished == PUBLISH_EVERY {
+                sent += count;
+                unpublished += count;
+                if unpublished >= PUBLISH_EVERY {
                     self.shared.sent.fetch_add(unpublished, Ordering::Relaxed);
                     unpublished = 0;
                 }
@@ -706,6 +764,7 @@ fn config_of(args: &BenchArgs, partitions: u32) -> Vec<(&'static str, serde_json
         ("duration_s", json!(args.duration.map(|d| d.as_secs_f64()))),
         ("record_size", json!(args.record_size)),
         ("batch_size", json!(args.batch_size)),
+        ("send", json!(name(&args.send))),
         (
             "batch_bytes",
             json!(batch_bytes(args.record_size, args.batch_size)),

@@ -381,3 +381,70 @@ async fn a_producer_survives_a_broker_restart() {
     assert_eq!(stored.len(), 200);
     assert_eq!(stored[100], "after-0");
 }
+
+#[tokio::test]
+async fn send_all_queues_many_records_as_sends_in_turn_would_and_checks_them_all_first() {
+    let b = Broker::start().await;
+    create_topic(&b, "many", 3).await;
+    let c = client(&b).await;
+    let producer = c
+        .producer(ProducerConfig {
+            batch_bytes: 4096,
+            // Chunks of a quarter of the buffer: several per call below.
+            buffer_bytes: 64 << 10,
+            ..ProducerConfig::default()
+        })
+        .await
+        .expect("producer");
+    let keys = ["alice", "bob", "carol", "dave"];
+    let records: Vec<ProducerRecord> = (0..2_000)
+        .map(|i| {
+            let key = keys[i % keys.len()];
+            ProducerRecord::new("many", format!("{key}-{i:05}")).key(key)
+        })
+        .collect();
+    // The same records twice: borrowed, so they can be sent again.
+    let mut deliveries = producer.send_all(&records).await.expect("queued");
+    deliveries.extend(producer.send_all(&records).await.expect("queued again"));
+    assert_eq!(deliveries.len(), 4_000);
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let m = within(d).await.expect("delivered");
+        let key = keys[i % 2_000 % keys.len()];
+        let expected = runnel_proto::partition_for_key(
+            key.as_bytes(),
+            std::num::NonZeroU32::new(3).expect("3"),
+        );
+        assert_eq!(m.partition, expected, "record {i}");
+        if let Some(prev) = last.insert(m.partition, m.offset) {
+            assert!(
+                m.offset > prev,
+                "record {i}: offsets follow the order of the records"
+            );
+        }
+    }
+    let stored: usize = {
+        let mut n = 0;
+        for p in 0..3 {
+            n += stored_values(&b, "many", p).await.len();
+        }
+        n
+    };
+    assert_eq!(stored, 4_000);
+
+    // One record too large or a partition that does not exist: nothing of the call is queued.
+    let mut bad = records[..10].to_vec();
+    bad[5] = ProducerRecord::new("many", "x").partition(7);
+    let e = producer.send_all(&bad).await.expect_err("partition 7");
+    assert!(e.to_string().contains("partition 7"), "{e}");
+    let mut big = records[..10].to_vec();
+    big[9] = ProducerRecord::new("many", vec![b'x'; 2 << 20]);
+    let e = producer.send_all(&big).await.expect_err("too large");
+    assert!(matches!(e, ClientError::RecordTooLarge { .. }), "{e:?}");
+    producer.close().await.expect("close");
+    let mut after = 0;
+    for p in 0..3 {
+        after += stored_values(&b, "many", p).await.len();
+    }
+    assert_eq!(after, 4_000, "the refused calls queued nothing");
+}

@@ -165,9 +165,12 @@ impl Budget {
         self.permits += permits;
     }
 
-    /// Takes over the permits of `other`.
-    pub(crate) fn absorb(&mut self, mut other: Budget) {
-        self.permits += std::mem::take(&mut other.permits);
+    /// Moves `permits` of these (all there are, if fewer) to `to`, a share of the same
+    /// semaphore.
+    pub(crate) fn give(&mut self, to: &mut Budget, permits: u32) {
+        let permits = permits.min(self.permits);
+        self.permits -= permits;
+        to.permits += permits;
     }
 }
 

@@ -326,15 +326,9 @@ impl Producer {
         let inner = self.inner();
         inner.check_open()?;
         let size = inner.checked_size(&record, None).await?;
-        let cost = cost_of(size, inner.config.buffer_bytes);
-        inner
-            .budget
-            .acquire_many(cost)
-            .await
-            .map_err(|_| ClientError::Closed("producer"))?
-            .forget();
-        let mut budget = Budget::empty(inner.budget.clone());
-        budget.add(cost);
+        let budget = inner
+            .reserve(cost_of(size, inner.config.buffer_bytes))
+            .await?;
         let mut future = None;
         inner.append(&[record], &[size], budget, |f| future = Some(f))?;
         future.ok_or_else(|| ClientError::Protocol("a sent record got no delivery future".into()))
@@ -383,15 +377,9 @@ impl Producer {
                 end += 1;
             }
             // A chunk costs at most a quarter of the buffer, or one record's share of it.
-            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-            inner
-                .budget
-                .acquire_many(cost)
-                .await
-                .map_err(|_| ClientError::Closed("producer"))?
-                .forget();
-            let mut budget = Budget::empty(inner.budget.clone());
-            budget.add(cost);
+            let budget = inner
+                .reserve(u32::try_from(cost).unwrap_or(u32::MAX))
+                .await?;
             let (records, sizes) = (&records[start..end], &sizes[start..end]);
             inner.append(records, sizes, budget, |f| futures.push(f))?;
             start = end;
@@ -553,6 +541,18 @@ impl Inner {
             });
         entry.meta = meta;
         Ok(meta)
+    }
+
+    /// Waits for `cost` bytes of the buffer (backpressure) and returns them as a budget.
+    async fn reserve(&self, cost: u32) -> Result<Budget> {
+        self.budget
+            .acquire_many(cost)
+            .await
+            .map_err(|_| ClientError::Closed("producer"))?
+            .forget();
+        let mut budget = Budget::empty(self.budget.clone());
+        budget.add(cost);
+        Ok(budget)
     }
 
     /// Checks a record before it is queued: its size against the buffer and the topic's

@@ -16,21 +16,40 @@ use std::io::{Read as _, Write as _};
 pub use crate::Compression;
 use crate::{RecordBatch, Records};
 
+/// Why a records section could not be compressed or decompressed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The section decompresses to more than the caller's limit (a corrupt or hostile batch,
+    /// or one larger than the reader is prepared to hold).
+    #[error("{codec:?}: decompressed records exceed the limit of {limit} bytes")]
+    TooLarge {
+        /// The batch's codec.
+        codec: Compression,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The codec failed: the data is not what its codec says, or the codec is unknown.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Compresses a records section with `codec`. [`Compression::None`] returns a copy.
 ///
 /// # Errors
-/// A message if the codec fails (it does not on in-memory input, but the API allows it).
-pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<u8>, String> {
+/// [`CodecError::Failed`] if the codec fails (it does not on in-memory input, but the API
+/// allows it).
+pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<u8>, CodecError> {
+    let failed = |e: std::io::Error| CodecError::Failed(format!("{codec:?}: {e}"));
     match codec {
         Compression::None => Ok(data.to_vec()),
         Compression::Lz4 => {
             let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
-            enc.write_all(data).map_err(|e| format!("lz4: {e}"))?;
-            enc.finish().map_err(|e| format!("lz4: {e}"))
+            enc.write_all(data).map_err(failed)?;
+            enc.finish()
+                .map_err(|e| CodecError::Failed(format!("{codec:?}: {e}")))
         }
-        Compression::Zstd => {
-            zstd::bulk::compress(data, zstd_level).map_err(|e| format!("zstd: {e}"))
-        }
+        Compression::Zstd => zstd::bulk::compress(data, zstd_level).map_err(failed),
     }
 }
 
@@ -38,8 +57,9 @@ pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<
 /// or hostile batch cannot exhaust memory).
 ///
 /// # Errors
-/// A message naming the codec and the problem.
-pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+/// [`CodecError::TooLarge`] past `limit`, [`CodecError::Failed`] for data the codec refuses.
+pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    let failed = |e: std::io::Error| CodecError::Failed(format!("{codec:?}: {e}"));
     let mut out = Vec::with_capacity((data.len() * 4).min(limit));
     let cap = limit as u64 + 1;
     let read = match codec {
@@ -47,17 +67,15 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
         Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(data)
             .take(cap)
             .read_to_end(&mut out)
-            .map_err(|e| format!("lz4: {e}")),
+            .map_err(failed),
         Compression::Zstd => zstd::stream::read::Decoder::new(data)
-            .map_err(|e| format!("zstd: {e}"))?
+            .map_err(failed)?
             .take(cap)
             .read_to_end(&mut out)
-            .map_err(|e| format!("zstd: {e}")),
+            .map_err(failed),
     }?;
     if read > limit {
-        return Err(format!(
-            "{codec:?}: decompressed records exceed the limit of {limit} bytes"
-        ));
+        return Err(CodecError::TooLarge { codec, limit });
     }
     Ok(out)
 }
@@ -66,17 +84,17 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
 /// more than `limit` bytes.
 ///
 /// # Errors
-/// A message naming the codec and the problem, or an unknown codec.
-pub fn records(batch: &RecordBatch, limit: usize) -> Result<Records, String> {
+/// As [`decompress`], and [`CodecError::Failed`] for an unknown codec.
+pub fn records(batch: &RecordBatch, limit: usize) -> Result<Records, CodecError> {
     let header = batch.header();
     let section = match header.compression() {
         Some(Compression::None) => batch.records_section(),
         Some(codec) => decompress(codec, &batch.records_section(), limit)?.into(),
         None => {
-            return Err(format!(
+            return Err(CodecError::Failed(format!(
                 "unknown compression codec in attributes {:#06x}",
                 header.attributes
-            ));
+            )));
         }
     };
     Ok(Records::new(section, header))
@@ -161,7 +179,11 @@ mod tests {
             let big = vec![0u8; 1 << 20];
             let packed = compress(codec, &big, 3).unwrap();
             let err = decompress(codec, &packed, 1000).unwrap_err();
-            assert!(err.contains("exceed"), "{err}");
+            assert_eq!(err, CodecError::TooLarge { codec, limit: 1000 });
+            assert!(
+                err.to_string().contains("exceed the limit of 1000"),
+                "{err}"
+            );
         }
     }
 

@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 use runnel_proto::pb::{self, ErrorCode};
-use runnel_storage::batch::{BatchBuilder, Batches, compression};
+use runnel_storage::batch::compression::{self, CodecError};
+use runnel_storage::batch::{BatchBuilder, Batches};
 
 use crate::error::RpcError;
 
@@ -94,15 +95,12 @@ pub(crate) fn decode(
             if header.next_offset() <= from {
                 continue;
             }
-            let records = compression::records(&batch, limit).map_err(|e| {
-                if e.contains("exceed") {
-                    RpcError::limit(format!(
-                        "{topic}/{partition}: the batch at offset {} decompresses to more than max_request_bytes ({limit}); read it with RECORD_FORMAT_BATCHES",
-                        header.base_offset
-                    ))
-                } else {
-                    corrupt(header.base_offset, &e)
-                }
+            let records = compression::records(&batch, limit).map_err(|e| match e {
+                CodecError::TooLarge { .. } => RpcError::limit(format!(
+                    "{topic}/{partition}: the batch at offset {} decompresses to more than max_request_bytes ({limit}); read it with RECORD_FORMAT_BATCHES",
+                    header.base_offset
+                )),
+                e => corrupt(header.base_offset, &e),
             })?;
             out.reserve(header.record_count as usize);
             for record in records {

@@ -246,7 +246,7 @@ impl Fetcher {
                     continue;
                 }
                 let records = compression::records(&batch, self.config.max_decompressed_bytes)
-                    .map_err(|e| corrupt(header.base_offset, e))?;
+                    .map_err(|e| corrupt(header.base_offset, e.to_string()))?;
                 for record in records {
                     let r = record.map_err(|e| corrupt(header.base_offset, e.to_string()))?;
                     if r.offset < from {

@@ -7,8 +7,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use runnel_proto::pb::{
-    self, ErrorCode, group_consume_response::Response as Tell2, group_service_server::GroupService,
-    membership_request::Request as Said, membership_response::Response as Tell,
+    self, ErrorCode, group_consume_response::Response as ConsumeTell,
+    group_service_server::GroupService, membership_request::Request as Said,
+    membership_response::Response as Tell,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +18,6 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{finish, rpc_done, status};
 use crate::broker::Broker;
-use crate::broker::consume::SubscribeItem;
 use crate::broker::group_consume::{ConsumeEnd, GroupConsumer, InboundError};
 use crate::broker::groups::{Joined, View};
 use crate::error::RpcError;
@@ -240,16 +240,13 @@ impl Stream for ConsumeResponses {
             Poll::Pending => {}
         }
         match this.consumer.records.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                let item: SubscribeItem = item;
-                Poll::Ready(Some(match item {
-                    Ok(records) => response(Tell2::Records(records)),
-                    Err(e) => {
-                        this.done = true;
-                        Err(e.status())
-                    }
-                }))
-            }
+            Poll::Ready(Some(item)) => Poll::Ready(Some(match item {
+                Ok(records) => response(ConsumeTell::Records(records)),
+                Err(e) => {
+                    this.done = true;
+                    Err(e.status())
+                }
+            })),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }

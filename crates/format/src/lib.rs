@@ -748,6 +748,23 @@ impl BatchBuilder {
         }
     }
 
+    /// An empty builder that writes into `buffer` (cleared first), keeping its capacity: a
+    /// producer that hands back the buffers of acknowledged batches builds the next ones
+    /// without allocating or faulting in fresh memory.
+    pub fn with_buffer(mut buffer: BytesMut) -> Self {
+        buffer.clear();
+        BatchBuilder {
+            records: buffer,
+            ..Self::new()
+        }
+    }
+
+    /// The builder's buffer, for reuse by [`BatchBuilder::with_buffer`] (a caller that
+    /// compressed the records section no longer needs it once the batch is built).
+    pub fn into_buffer(self) -> BytesMut {
+        self.records
+    }
+
     /// Sets the idempotent producer id, epoch and the sequence of the first record.
     pub fn producer(&mut self, id: i64, epoch: i16, base_sequence: i32) -> &mut Self {
         self.producer_id = id;
@@ -942,6 +959,20 @@ mod tests {
         assert_eq!(recs[4].key.as_deref(), Some(&b"k4"[..]));
         assert_eq!(recs[0].headers[0].value.as_deref(), Some(&b"abc"[..]));
         assert_eq!(recs[0].headers[1].value, None);
+    }
+
+    #[test]
+    fn a_reused_buffer_builds_the_same_batch_in_its_own_memory() {
+        let used = BytesMut::from(&sample(7)[..]);
+        let (ptr, capacity) = (used.as_ptr(), used.capacity());
+        let mut b = BatchBuilder::with_buffer(used);
+        b.push(None, Some(b"v"), &[], 9);
+        let reused = b.build();
+        let mut fresh = BatchBuilder::new();
+        fresh.push(None, Some(b"v"), &[], 9);
+        assert_eq!(reused, fresh.build());
+        let back = reused.try_into_mut().unwrap();
+        assert_eq!((back.as_ptr(), back.capacity()), (ptr, capacity));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Runnel's gRPC contract in Rust: the code generated from `proto/runnel/v1/*.proto`, the
 //! encoded descriptor set for gRPC reflection, and the key partitioner that the broker and
-//! every client must agree on.
+//! every client must agree on, and [`framing`], which writes messages without copying their
+//! record batches.
 //!
 //! The protocol itself is specified in `docs/protocol.md`; this crate only makes it usable.
 //! Generated messages use [`bytes::Bytes`] for every `bytes` field, so record batches are
 //! sliced out of the received buffer rather than copied.
 
 use std::num::NonZeroU32;
+
+pub mod framing;
 
 /// The generated code, kept private and re-exported through [`pb`].
 mod generated {

@@ -3,13 +3,12 @@
 //!
 //! tonic encodes every response message into its own buffer: for the read RPCs that is a
 //! second user-space copy of every batch after the `pread` (docs/benchmarks.md, "Broker").
-//! Here the response framing (the gRPC message prefix, every other field, each batch's field
-//! key and length) is written into a small buffer and each batch is handed to HTTP/2 as the
-//! `Bytes` the log returned, which h2 writes with vectored I/O. Batches below [`INLINE_MAX`]
-//! bytes are copied into the framing instead (a frame per tiny batch would cost more than the
-//! copy). The bytes on the wire are exactly what tonic would send, fields in the same order;
-//! the request checks mirror tonic's decoder, and the RPCs themselves and every error are the
-//! same code as the generated service's.
+//! Here [`runnel_proto::framing`] writes the response framing (the gRPC message prefix, every
+//! other field, each batch's field key and length) into a small buffer and hands each batch
+//! to HTTP/2 as the `Bytes` the log returned, which h2 writes with vectored I/O; small batches
+//! are copied into the framing instead. The bytes on the wire are exactly what tonic would
+//! send, fields in the same order; the request checks mirror tonic's decoder, and the RPCs
+//! themselves and every error are the same code as the generated service's.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,10 +18,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint};
+#[cfg(test)]
+use runnel_proto::framing::INLINE_MAX;
+use runnel_proto::framing::{Framer, PREFIX_LEN};
 use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceServer};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,13 +43,6 @@ pub(crate) const SUBSCRIBE_PATH: &str = "/runnel.v1.ConsumeService/Subscribe";
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Fetch`.
 pub(crate) const FETCH_PATH: &str = "/runnel.v1.ConsumeService/Fetch";
-
-/// Batches shorter than this are copied into the message framing rather than sent as their
-/// own HTTP/2 data chunk.
-pub(crate) const INLINE_MAX: usize = 4096;
-
-/// The gRPC message prefix: a compression flag and a big-endian length.
-const PREFIX_LEN: usize = 5;
 
 /// `runnel.v1.ConsumeService`: the generated service, with `Subscribe` and `Fetch` answered
 /// here.
@@ -132,10 +126,8 @@ async fn fetch(
     match finish("Fetch", started, result) {
         Ok(response) => {
             let response = response.into_inner();
-            let mut framer = Framer::new(response.encoded_len());
-            framer.fetch_response(response);
             grpc_response(ResponseBody {
-                chunks: framer.finish(),
+                chunks: frame_fetch_response(response),
                 stream: None,
                 done: false,
             })
@@ -232,9 +224,7 @@ impl http_body::Body for ResponseBody {
             };
             let status = match next {
                 Some(Ok(response)) => {
-                    let mut framer = Framer::new(response.encoded_len());
-                    framer.subscribe_response(response);
-                    this.chunks = framer.finish();
+                    this.chunks = frame_subscribe_response(response);
                     continue;
                 }
                 Some(Err(e)) => e.status(),
@@ -254,82 +244,40 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// Writes one gRPC message as chunks: the framing and small batches in shared buffers,
-/// larger batches as they are.
-struct Framer {
-    head: BytesMut,
-    out: VecDeque<Bytes>,
+/// Frames a `SubscribeResponse`: its batches (field 1), then fields 2-7, in the order prost
+/// writes them.
+fn frame_subscribe_response(r: pb::SubscribeResponse) -> VecDeque<Bytes> {
+    let mut framer = Framer::new(r.encoded_len());
+    framer.bytes(1, &r.batches);
+    framer.message(&pb::SubscribeResponse {
+        batches: Vec::new(),
+        ..r
+    });
+    framer.finish()
 }
 
-impl Framer {
-    /// Starts a message of `len` encoded bytes with its gRPC prefix.
-    fn new(len: usize) -> Self {
-        let mut head = BytesMut::with_capacity(128);
-        head.put_u8(0);
-        // Responses are bounded by the fetch and subscribe byte limits, far below 4 GiB.
-        head.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-        Framer {
-            head,
-            out: VecDeque::new(),
-        }
-    }
-
-    /// Fields of a message that holds no batches, encoded as prost does.
-    fn message(&mut self, m: &impl Message) {
-        m.encode_raw(&mut self.head);
-    }
-
-    /// A `repeated bytes` field of batches.
-    fn batches(&mut self, field: u32, batches: &[Bytes]) {
-        for batch in batches {
-            encode_key(field, WireType::LengthDelimited, &mut self.head);
-            encode_varint(batch.len() as u64, &mut self.head);
-            if batch.len() < INLINE_MAX {
-                self.head.extend_from_slice(batch);
-            } else {
-                self.out.push_back(self.head.split().freeze());
-                self.out.push_back(batch.clone());
-            }
-        }
-    }
-
-    fn subscribe_response(&mut self, r: pb::SubscribeResponse) {
-        // The batches (1), then fields 2-7, in the order prost writes them.
-        self.batches(1, &r.batches);
-        self.message(&pb::SubscribeResponse {
-            batches: Vec::new(),
-            ..r
+/// Frames a `FetchResponse`: per result, fields 1-3, the batches (4), then 5-8, in the order
+/// prost writes them.
+fn frame_fetch_response(r: pb::FetchResponse) -> VecDeque<Bytes> {
+    let mut framer = Framer::new(r.encoded_len());
+    for result in r.results {
+        framer.nested(1, result.encoded_len());
+        framer.message(&pb::FetchPartitionResult {
+            topic: result.topic,
+            partition: result.partition,
+            error: result.error,
+            ..Default::default()
+        });
+        framer.bytes(4, &result.batches);
+        framer.message(&pb::FetchPartitionResult {
+            next_offset: result.next_offset,
+            log_start_offset: result.log_start_offset,
+            log_end_offset: result.log_end_offset,
+            records: result.records,
+            ..Default::default()
         });
     }
-
-    fn fetch_response(&mut self, r: pb::FetchResponse) {
-        for result in r.results {
-            encode_key(1, WireType::LengthDelimited, &mut self.head);
-            encode_varint(result.encoded_len() as u64, &mut self.head);
-            // Fields 1-3, the batches (4), then 5-8: the order prost writes them in.
-            self.message(&pb::FetchPartitionResult {
-                topic: result.topic,
-                partition: result.partition,
-                error: result.error,
-                ..Default::default()
-            });
-            self.batches(4, &result.batches);
-            self.message(&pb::FetchPartitionResult {
-                next_offset: result.next_offset,
-                log_start_offset: result.log_start_offset,
-                log_end_offset: result.log_end_offset,
-                records: result.records,
-                ..Default::default()
-            });
-        }
-    }
-
-    fn finish(mut self) -> VecDeque<Bytes> {
-        if !self.head.is_empty() {
-            self.out.push_back(self.head.freeze());
-        }
-        self.out
-    }
+    framer.finish()
 }
 
 #[cfg(test)]
@@ -350,9 +298,7 @@ mod tests {
     }
 
     fn chunks(response: &pb::SubscribeResponse) -> VecDeque<Bytes> {
-        let mut framer = Framer::new(response.encoded_len());
-        framer.subscribe_response(response.clone());
-        framer.finish()
+        frame_subscribe_response(response.clone())
     }
 
     fn wire(chunks: &VecDeque<Bytes>) -> Vec<u8> {
@@ -460,9 +406,7 @@ mod tests {
                 pb::FetchPartitionResult::default(),
             ],
         };
-        let mut framer = Framer::new(response.encoded_len());
-        framer.fetch_response(response.clone());
-        let out = framer.finish();
+        let out = frame_fetch_response(response.clone());
         assert_eq!(wire(&out), tonic_wire(&response));
         assert!(out.iter().any(|c| c.as_ptr() == large.as_ptr()));
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use runnel_format::{BatchBuilder, varint_len};
 use tokio::sync::Semaphore;
 
@@ -180,6 +180,54 @@ impl Drop for Budget {
     }
 }
 
+/// Buffers of acknowledged batches, kept for the next batches to fill: a batch then costs no
+/// allocation, no growth copies and no page faults for fresh memory. Holds at most `keep`
+/// buffers of at most `max_capacity` bytes each; anything else is freed.
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<BytesMut>>,
+    keep: usize,
+    max_capacity: usize,
+}
+
+impl BufferPool {
+    /// A pool for batches of up to `batch_bytes`, holding no more than a quarter of
+    /// `buffer_bytes` (and at most 8 buffers).
+    pub(crate) fn new(batch_bytes: usize, buffer_bytes: usize) -> Self {
+        let max_capacity = batch_bytes.saturating_mul(2).max(4096);
+        Self {
+            free: Mutex::new(Vec::new()),
+            keep: (buffer_bytes / 4 / max_capacity).min(8),
+            max_capacity,
+        }
+    }
+
+    /// A buffer to build a batch in: a kept one if there is one, else a new empty one.
+    pub(crate) fn take(&self) -> BytesMut {
+        lock(&self.free).pop().unwrap_or_default()
+    }
+
+    /// Hands back the bytes of a batch nobody needs any more; kept if no one else holds
+    /// them and there is room.
+    pub(crate) fn give(&self, batch: Bytes) {
+        if let Ok(buffer) = batch.try_into_mut() {
+            self.give_buffer(buffer);
+        }
+    }
+
+    /// Hands back a buffer; kept if there is room.
+    pub(crate) fn give_buffer(&self, mut buffer: BytesMut) {
+        if buffer.capacity() == 0 || buffer.capacity() > self.max_capacity {
+            return;
+        }
+        buffer.clear();
+        let mut free = lock(&self.free);
+        if free.len() < self.keep {
+            free.push(buffer);
+        }
+    }
+}
+
 /// The exact size of `record`'s encoding at the start of a batch (timestamp and offset
 /// deltas of 0), in bytes; later positions add at most a few bytes of varint.
 pub(crate) fn encoded_len(record: &ProducerRecord) -> usize {
@@ -209,9 +257,10 @@ pub(crate) struct OpenBatch {
 }
 
 impl OpenBatch {
-    pub(crate) fn new(budget: Budget) -> Self {
+    /// An empty batch building into `buffer`, holding `budget`.
+    pub(crate) fn new(buffer: BytesMut, budget: Budget) -> Self {
         Self {
-            builder: BatchBuilder::new(),
+            builder: BatchBuilder::with_buffer(buffer),
             outcome: Arc::new(BatchOutcome::default()),
             budget,
             created: Instant::now(),
@@ -335,7 +384,8 @@ mod tests {
                 .header("traceparent", "x".repeat(55)),
         ];
         for r in &records {
-            let mut open = OpenBatch::new(Budget::empty(Arc::new(Semaphore::new(0))));
+            let mut open =
+                OpenBatch::new(BytesMut::new(), Budget::empty(Arc::new(Semaphore::new(0))));
             open.push(r, 1_000);
             assert_eq!(
                 open.builder.encoded_len(),
@@ -346,12 +396,33 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_keeps_unshared_buffers_up_to_its_bounds() {
+        // 64 KiB batches in a 1 MiB buffer: up to 2 buffers of at most 128 KiB.
+        let pool = BufferPool::new(64 << 10, 1 << 20);
+        let batch = |len: usize| Bytes::from(vec![7u8; len]);
+        let shared = batch(1000);
+        let _other = shared.clone();
+        pool.give(shared);
+        pool.give(batch(200 << 10));
+        assert!(
+            pool.take().capacity() == 0,
+            "shared or oversized buffers are not kept"
+        );
+        for _ in 0..3 {
+            pool.give(batch(1000));
+        }
+        let (a, b) = (pool.take(), pool.take());
+        assert!(a.is_empty() && a.capacity() >= 1000 && b.capacity() >= 1000);
+        assert_eq!(pool.take().capacity(), 0, "the third buffer was freed");
+    }
+
+    #[test]
     fn many_headers_take_the_heap_path() {
         let mut r = ProducerRecord::new("t", "v");
         for i in 0..40 {
             r = r.header(format!("h{i}"), "x");
         }
-        let mut open = OpenBatch::new(Budget::empty(Arc::new(Semaphore::new(0))));
+        let mut open = OpenBatch::new(BytesMut::new(), Budget::empty(Arc::new(Semaphore::new(0))));
         open.push(&r, 5);
         let batch = RecordBatch::new(open.builder.build(), 1 << 20).unwrap();
         let rec = batch.records().unwrap().next().unwrap().unwrap();

@@ -22,6 +22,7 @@
 
 mod batch;
 mod sender;
+mod stream;
 mod timer;
 
 use std::collections::HashMap;
@@ -41,7 +42,8 @@ use crate::error::{ClientError, ErrorCode, Result};
 use crate::partitioner::{Partitioner, PartitionerState};
 use crate::record::ProducerRecord;
 use batch::{
-    Batch, BatchOutcome, Budget, OpenBatch, OutcomeWait, POSITION_SLACK, encoded_len, lock,
+    Batch, BatchOutcome, Budget, BufferPool, OpenBatch, OutcomeWait, POSITION_SLACK, encoded_len,
+    lock,
 };
 
 /// What the broker waits for before it answers a batch.
@@ -234,6 +236,8 @@ struct Inner {
     /// Wakes the sender: a batch was opened or closed, a flush or close was asked for.
     wake: Notify,
     budget: Arc<Semaphore>,
+    /// Buffers of acknowledged batches, for the next ones.
+    buffers: BufferPool,
 }
 
 /// Closes the producer when the last handle is dropped (the sender holds `Inner` too, so
@@ -292,13 +296,7 @@ impl Producer {
         } else {
             None
         };
-        let inner = Arc::new(Inner {
-            budget: Arc::new(Semaphore::new(config.buffer_bytes)),
-            conn,
-            config,
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-        });
+        let inner = Arc::new(Inner::new(conn, config));
         tokio::spawn(sender::Sender::new(inner.clone(), producer_id).run());
         Ok(Self {
             handle: Arc::new(Handle(inner)),
@@ -470,6 +468,17 @@ impl Producer {
 }
 
 impl Inner {
+    fn new(conn: Arc<Connection>, config: ProducerConfig) -> Self {
+        Self {
+            budget: Arc::new(Semaphore::new(config.buffer_bytes)),
+            buffers: BufferPool::new(config.batch_bytes, config.buffer_bytes),
+            conn,
+            config,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         let state = lock(&self.state);
         if let Some(e) = &state.fatal {
@@ -705,7 +714,10 @@ impl Inner {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 *wake = true; // a new linger deadline
-                let open = e.insert(OpenBatch::new(Budget::empty(self.budget.clone())));
+                let open = e.insert(OpenBatch::new(
+                    self.buffers.take(),
+                    Budget::empty(self.budget.clone()),
+                ));
                 state.unfinished.track(&open.outcome);
                 open
             }
@@ -757,13 +769,7 @@ mod tests_support {
             config: ClientConfig::default(),
             channel,
         });
-        let inner = Arc::new(Inner {
-            budget: Arc::new(Semaphore::new(config.buffer_bytes)),
-            conn,
-            config,
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-        });
+        let inner = Arc::new(Inner::new(conn, config));
         lock(&inner.state).topics.insert(
             "t".into(),
             TopicState {

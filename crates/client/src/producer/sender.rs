@@ -27,14 +27,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use runnel_format::Compression;
 use runnel_proto::pb::{self, produce_service_client::ProduceServiceClient};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use super::batch::{Batch, Body, Stored, lock, next_sequence, restamp};
+use super::batch::{Batch, Body, BufferPool, Stored, lock, next_sequence, restamp};
+use super::stream;
 use super::timer::Timer;
 use super::{Inner, is_fatal};
 use crate::compression;
@@ -80,7 +81,7 @@ struct InFlight {
 
 /// The open `ProduceStream`.
 struct Stream {
-    tx: mpsc::Sender<pb::ProduceRequest>,
+    tx: mpsc::Sender<stream::Framed>,
     rx: tonic::Streaming<pb::ProduceResponse>,
 }
 
@@ -290,14 +291,15 @@ impl Sender {
     }
 
     async fn open_stream(&mut self) {
-        let (tx, rx) = mpsc::channel(self.inner.config.max_in_flight_requests);
-        let call = self.client.produce_stream(ReceiverStream::new(rx));
+        let mut channel = self.inner.conn.channel.clone();
+        let call = stream::open(
+            &mut channel,
+            self.inner.config.max_in_flight_requests,
+            self.inner.conn.config.max_message_bytes,
+        );
         match tokio::time::timeout(self.inner.config.request_timeout, call).await {
-            Ok(Ok(response)) => {
-                self.stream = Some(Stream {
-                    tx,
-                    rx: response.into_inner(),
-                });
+            Ok(Ok((tx, rx))) => {
+                self.stream = Some(Stream { tx, rx });
                 self.reconnect_at = None;
             }
             Ok(Err(status)) => {
@@ -349,7 +351,8 @@ impl Sender {
                 let Some(mut batch) = part.queue.pop_front() else {
                     continue;
                 };
-                if let Err(e) = build(&mut batch, part, self.producer, config) {
+                if let Err(e) = build(&mut batch, part, self.producer, config, &self.inner.buffers)
+                {
                     batch.fail(e);
                     continue;
                 }
@@ -383,7 +386,8 @@ impl Sender {
                     })
                     .collect(),
             };
-            let sent = self.stream.as_ref().map(|s| s.tx.try_send(request).is_ok());
+            let framed = stream::frame(&request);
+            let sent = self.stream.as_ref().map(|s| s.tx.try_send(framed).is_ok());
             self.in_flight.push_back(InFlight {
                 request_id: self.next_request_id,
                 sent: now,
@@ -441,7 +445,7 @@ impl Sender {
         }
     }
 
-    fn done(&mut self, batch: Batch, stored: &pb::BatchResult) {
+    fn done(&mut self, mut batch: Batch, stored: &pb::BatchResult) {
         let key = (batch.topic.clone(), batch.partition);
         if stored.duplicate {
             tracing::debug!(topic = %key.0, partition = key.1, offset = stored.base_offset, "a resent batch was already stored");
@@ -455,6 +459,9 @@ impl Sender {
                 append_time_ms: stored.append_time_ms,
             }),
         );
+        if let Body::Built(bytes) = std::mem::replace(&mut batch.body, Body::Built(Bytes::new())) {
+            self.inner.buffers.give(bytes);
+        }
         if let Some(part) = self.parts.get_mut(&key) {
             part.in_flight = part.in_flight.saturating_sub(1);
             part.attempts = 0;
@@ -747,6 +754,7 @@ fn build(
     part: &mut Part,
     producer: Option<(i64, i16)>,
     config: &super::ProducerConfig,
+    buffers: &BufferPool,
 ) -> Result<(), ClientError> {
     let Body::Unbuilt(builder) = &mut batch.body else {
         return Ok(());
@@ -771,7 +779,11 @@ fn build(
         part.next_sequence = next_sequence(part.next_sequence, batch.records.get());
     }
     let bytes = match &section {
-        Some(packed) => builder.build_with(codec, packed),
+        Some(packed) => {
+            let bytes = builder.build_with(codec, packed);
+            buffers.give_buffer(std::mem::take(builder).into_buffer());
+            bytes
+        }
         // In place: the records are not copied again.
         None => std::mem::take(builder).build(),
     };
@@ -803,7 +815,8 @@ mod tests {
             let config = &self.inner.config;
             for part in self.parts.values_mut() {
                 while let Some(mut batch) = part.queue.pop_front() {
-                    build(&mut batch, part, self.producer, config).expect("built");
+                    build(&mut batch, part, self.producer, config, &self.inner.buffers)
+                        .expect("built");
                     batch.maybe_written = true;
                     part.in_flight += 1;
                     self.next_request_id += 1;

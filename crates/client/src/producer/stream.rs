@@ -1,0 +1,171 @@
+//! The `ProduceStream` call with requests written by [`runnel_proto::framing`] instead of
+//! tonic's encoder: each batch goes to HTTP/2 as the buffer the producer built it in, where
+//! tonic would first copy every batch into one encode buffer per request. The bytes on the
+//! wire are exactly what tonic would send. The answers are decoded by tonic, as for any call.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::Frame;
+use prost::Message as _;
+use runnel_proto::framing::Framer;
+use runnel_proto::pb;
+use tokio::sync::mpsc;
+use tonic::body::Body;
+use tonic::codec::{Codec as _, Streaming};
+use tonic::codegen::{Service as _, http};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_prost::ProstCodec;
+
+/// The HTTP/2 path of `runnel.v1.ProduceService/ProduceStream`.
+const PATH: &str = "/runnel.v1.ProduceService/ProduceStream";
+
+/// A request, framed: the chunks of one gRPC message.
+pub(super) type Framed = VecDeque<Bytes>;
+
+/// Opens a `ProduceStream` on `channel`, whose requests are sent through the returned sender
+/// (at most `capacity` waiting) and whose answers, of at most `max_message_bytes`, come on
+/// the returned stream.
+pub(super) async fn open(
+    channel: &mut Channel,
+    capacity: usize,
+    max_message_bytes: usize,
+) -> Result<(mpsc::Sender<Framed>, Streaming<pb::ProduceResponse>), Status> {
+    let (tx, rx) = mpsc::channel(capacity);
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .version(http::Version::HTTP_2)
+        .uri(http::Uri::from_static(PATH))
+        .header(http::header::TE, "trailers")
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(Body::new(RequestBody {
+            rx,
+            chunks: VecDeque::new(),
+        }))
+        .map_err(|e| Status::internal(format!("building the produce stream request: {e}")))?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    let response = channel
+        .call(request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    // A call refused at once answers with its status in the headers (trailers only).
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    let status = response.status();
+    let decoder = ProstCodec::<pb::ProduceRequest, pb::ProduceResponse>::default().decoder();
+    let answers = Streaming::new_response(
+        decoder,
+        response.into_body(),
+        status,
+        None,
+        Some(max_message_bytes),
+    );
+    Ok((tx, answers))
+}
+
+/// Frames `request`: per partition, fields 1-2, the batches (3), then 4-5, in the order
+/// prost writes them, each batch a chunk of its own.
+pub(super) fn frame(request: &pb::ProduceRequest) -> Framed {
+    let mut framer = Framer::new(request.encoded_len());
+    framer.message(&pb::ProduceRequest {
+        request_id: request.request_id,
+        topic: request.topic.clone(),
+        acks: request.acks,
+        partitions: Vec::new(),
+    });
+    for p in &request.partitions {
+        framer.nested(4, p.encoded_len());
+        framer.message(&pb::ProducePartition {
+            partition: p.partition,
+            partition_key: p.partition_key.clone(),
+            ..Default::default()
+        });
+        framer.bytes(3, &p.batches);
+        framer.message(&pb::ProducePartition {
+            records: p.records.clone(),
+            producer: p.producer,
+            ..Default::default()
+        });
+    }
+    framer.finish()
+}
+
+/// The request body: the chunks of each framed request, in order; it ends when the sender
+/// is dropped, which half-closes the stream.
+struct RequestBody {
+    rx: mpsc::Receiver<Framed>,
+    chunks: Framed,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = this.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(framed) => this.chunks = framed,
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_frames_as_tonic_encodes_it_without_copying_its_batches() {
+        let large = Bytes::from(vec![3u8; 64 << 10]);
+        let request = pb::ProduceRequest {
+            request_id: 9,
+            topic: "orders".into(),
+            acks: pb::Acks::Durable as i32,
+            partitions: vec![
+                pb::ProducePartition {
+                    partition: Some(2),
+                    batches: vec![large.clone()],
+                    producer: Some(pb::ProducerSequence {
+                        producer_id: 5,
+                        producer_epoch: 1,
+                        base_sequence: 7,
+                    }),
+                    ..Default::default()
+                },
+                pb::ProducePartition {
+                    partition_key: Some(Bytes::from_static(b"k")),
+                    batches: vec![Bytes::from_static(b"small")],
+                    ..Default::default()
+                },
+            ],
+        };
+        let chunks = frame(&request);
+        let wire: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let body = request.encode_to_vec();
+        assert_eq!(
+            &wire[..5],
+            &[&[0u8][..], &(body.len() as u32).to_be_bytes()].concat()
+        );
+        assert_eq!(&wire[5..], &body[..]);
+        assert!(
+            chunks.iter().any(|c| c.as_ptr() == large.as_ptr()),
+            "the batch is not copied"
+        );
+    }
+}

@@ -76,12 +76,16 @@ impl Partition {
     }
 
     /// Appends whole batches in order and publishes the new end offset; never waits for an
-    /// fsync (see [`Partition::want_durable`]). Blocking.
+    /// fsync (see [`Partition::want_durable`]), not even the seal of a segment the append
+    /// rolled away from, which finishes on the blocking pool. Blocking.
     ///
     /// # Errors
-    /// The storage error of [`Log::write_batches`].
+    /// The storage error of [`Log::write_batches_deferring_roll`].
     pub fn append(&self, batches: &[Bytes]) -> Result<Appended, runnel_storage::Error> {
-        let appended = self.log.write_batches(batches)?;
+        let (appended, roll) = self.log.write_batches_deferring_roll(batches)?;
+        if let Some(roll) = roll {
+            self.log.finish_roll_in_background(roll);
+        }
         self.appended();
         Ok(appended)
     }

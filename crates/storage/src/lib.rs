@@ -54,7 +54,7 @@ pub use env::{
 };
 pub use error::{Error, Result};
 pub use flusher::Flusher;
-pub use log::{Appended, Log};
+pub use log::{Appended, Log, PendingRoll};
 pub use producer::REMEMBERED_BATCHES;
 pub use recovery::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
 pub use retention::RetentionOutcome;

@@ -59,6 +59,24 @@ struct Rolled {
     snapshot: Vec<u8>,
 }
 
+/// The rest of a roll that [`Log::write_batches_deferring_roll`] did not wait for: the
+/// producer snapshot at the new segment's base, the old segment's seal (an fsync of up to a
+/// whole segment) and the directory fsync. Until [`Log::finish_roll`] runs, the old segment
+/// is an unsealed segment that is not the last: appends go on, retention leaves it alone, a
+/// durable wait fsyncs it, and recovery after a crash checks and seals it like any unsealed
+/// segment.
+#[must_use = "a roll left unfinished leaves its old segment unsealed until the log closes"]
+pub struct PendingRoll(Rolled);
+
+impl std::fmt::Debug for PendingRoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRoll")
+            .field("sealing", &self.0.old.log_path)
+            .field("new_base", &self.0.new_base)
+            .finish()
+    }
+}
+
 /// How long `try_write_batches` tries for a writer lock that another thread holds. Another
 /// small append holds it for a few microseconds; a roll or a large write holds it for
 /// milliseconds, and the caller falls back to `write_batches` in a blocking context.
@@ -271,6 +289,24 @@ impl Log {
     /// # Errors
     /// As [`Log::append_batches`].
     pub fn write_batches(&self, batches: &[Bytes]) -> Result<Appended> {
+        let (appended, roll) = self.write_batches_deferring_roll(batches)?;
+        if let Some(roll) = roll {
+            self.finish_roll(roll)?;
+        }
+        Ok(appended)
+    }
+
+    /// [`Log::write_batches`] that returns, rather than waits for, the rest of a roll it
+    /// made: sealing the old segment fsyncs it, which on a busy disk takes as long as writing
+    /// a whole segment, and the append does not need it. The caller finishes the roll with
+    /// [`Log::finish_roll`], on any thread, now or later ([`Log::finish_roll_in_background`]).
+    ///
+    /// # Errors
+    /// As [`Log::write_batches`]; a roll made before the write failed is finished first.
+    pub fn write_batches_deferring_roll(
+        &self,
+        batches: &[Bytes],
+    ) -> Result<(Appended, Option<PendingRoll>)> {
         let checked = self.check_batches(batches)?;
         let mut w = lock(&self.writer);
         self.check_writable(&w)?;
@@ -281,12 +317,44 @@ impl Log {
         } else {
             None
         };
-        let appended = self.write_locked(w, batches, &checked.headers, now, &config);
-        if let Some(rolled) = rolled {
-            // Sealing fsyncs; do it outside the writer lock.
-            self.finish_roll(rolled)?;
+        match self.write_locked(w, batches, &checked.headers, now, &config) {
+            Ok(appended) => Ok((appended, rolled.map(PendingRoll))),
+            Err(e) => {
+                if let Some(rolled) = rolled {
+                    self.finish_roll(PendingRoll(rolled))?;
+                }
+                Err(e)
+            }
         }
-        appended
+    }
+
+    /// Finishes a roll outside the writer lock: writes the producer snapshot taken at the
+    /// roll, seals the old segment and makes the new segment's directory entry durable.
+    /// Blocking (fsyncs).
+    ///
+    /// # Errors
+    /// The I/O error; the log then refuses appends until reopened ([`Error::LogFailed`]).
+    pub fn finish_roll(&self, roll: PendingRoll) -> Result<()> {
+        let rolled = roll.0;
+        let result = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot, true)
+            .and_then(|()| rolled.old.seal())
+            .and_then(|()| recovery::sync_dir(&self.dir));
+        if let Err(e) = &result {
+            self.fail();
+            error!(path = %rolled.old.log_path.display(), error = %e,
+                "sealing a segment failed; log refuses appends until reopened");
+        }
+        result
+    }
+
+    /// Hands [`Log::finish_roll`] to the log's [`Spawner`](crate::Spawner); a failure is
+    /// logged and fails the log, as there.
+    pub fn finish_roll_in_background(self: &Arc<Self>, roll: PendingRoll) {
+        let log = self.clone();
+        self.env.spawner.spawn(Box::new(move || {
+            // finish_roll logs the error and fails the log.
+            let _ = log.finish_roll(roll);
+        }));
     }
 
     /// [`Log::write_batches`] for a caller that must not wait: `None`, with nothing done,
@@ -469,20 +537,6 @@ impl Log {
             append_times,
             next_offset: offset,
         })
-    }
-
-    /// Completes a roll outside the writer lock: writes the producer snapshot taken at the
-    /// roll, seals the old segment and makes the new segment's directory entry durable.
-    fn finish_roll(&self, rolled: Rolled) -> Result<()> {
-        let result = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot, true)
-            .and_then(|()| rolled.old.seal())
-            .and_then(|()| recovery::sync_dir(&self.dir));
-        if let Err(e) = &result {
-            self.fail();
-            error!(path = %rolled.old.log_path.display(), error = %e,
-                "sealing a segment failed; log refuses appends until reopened");
-        }
-        result
     }
 
     fn should_roll(
@@ -746,6 +800,86 @@ mod tests {
         // Sealed segments' files are trimmed indexes; the active one is preallocated.
         let sealed = dir.path().join(format!("{:020}.index", bases[1]));
         assert!(std::fs::metadata(sealed).unwrap().len() < 1024);
+    }
+
+    /// Appends 200-byte batches of 2 records until one rolls; returns its unfinished roll.
+    fn append_until_a_deferred_roll(log: &Log) -> PendingRoll {
+        for i in 0..100 {
+            let (_, roll) = log
+                .write_batches_deferring_roll(&[batch(2, i, 200)])
+                .unwrap();
+            if let Some(roll) = roll {
+                return roll;
+            }
+        }
+        panic!("no roll after 100 batches");
+    }
+
+    #[test]
+    fn a_deferred_roll_leaves_the_old_segment_unsealed_and_out_of_retention_s_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(1),
+            ..small()
+        };
+        let log = Log::open(dir.path(), config).unwrap();
+        let roll = append_until_a_deferred_roll(&log);
+        // Appends go on meanwhile, and every record reads back.
+        log.append(batch(2, 99, 200)).unwrap();
+        assert_eq!(offsets_in(&log.read(0, 1 << 20).unwrap())[0], 0);
+        let segments = log.segments.snapshot();
+        assert_eq!(segments.len(), 2);
+        assert!(!segments[0].is_sealed(), "sealing waits for finish_roll");
+        let kept = log.enforce_retention().unwrap();
+        assert_eq!(
+            kept.segments_deleted, 0,
+            "an unsealed segment is not deleted"
+        );
+        assert_eq!(log.start_offset(), 0);
+
+        log.finish_roll(roll).unwrap();
+        assert!(segments[0].is_sealed());
+        let sealed = dir
+            .path()
+            .join(format!("{:020}.index", segments[0].base_offset));
+        assert!(
+            std::fs::metadata(sealed).unwrap().len() < 1024,
+            "index trimmed"
+        );
+        let gone = log.enforce_retention().unwrap();
+        assert_eq!(gone.segments_deleted, 1);
+        assert_eq!(gone.log_start_offset, segments[1].base_offset);
+    }
+
+    #[test]
+    fn a_roll_finished_after_the_log_closed_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), small()).unwrap());
+        let roll = append_until_a_deferred_roll(&log);
+        let end = log.end_offset();
+        log.close().unwrap();
+        // The close sealed the old segment; the late roll seals nothing twice.
+        log.finish_roll(roll).unwrap();
+        drop(log);
+        let reopened = Log::open(dir.path(), small()).unwrap();
+        assert!(reopened.repairs().is_empty(), "{:?}", reopened.repairs());
+        assert_eq!(reopened.end_offset(), end);
+        reopened.verify_indexes().unwrap();
+    }
+
+    #[test]
+    fn a_roll_finished_in_the_background_seals_the_old_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), small()).unwrap());
+        let roll = append_until_a_deferred_roll(&log);
+        let old = log.segments.snapshot()[0].clone();
+        log.finish_roll_in_background(roll);
+        let started = std::time::Instant::now();
+        while !old.is_sealed() {
+            assert!(started.elapsed() < Duration::from_secs(30), "never sealed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!log.has_failed());
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl Log {
             // Holding the writer lock keeps a roll from changing the segment list meanwhile.
             let _w = lock(&self.writer);
             let segments = self.segments.snapshot();
-            let n = count(&segments).min(segments.len().saturating_sub(1));
+            // Never the active segment, nor a rolled one whose seal is still under way.
+            let sealed = segments.iter().take_while(|s| s.is_sealed()).count();
+            let n = count(&segments)
+                .min(segments.len().saturating_sub(1))
+                .min(sealed);
             if n == 0 {
                 return Ok(RetentionOutcome {
                     log_start_offset: self.start_offset(),

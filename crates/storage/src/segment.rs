@@ -173,6 +173,9 @@ pub(crate) struct Segment {
     /// Append time of the first batch, `i64::MIN` while empty; drives age-based rolling.
     first_append_time: AtomicI64,
     sealed: AtomicBool,
+    /// Held while sealing, so that a roll finished in the background and a close that seals
+    /// the same segment do not interleave.
+    seal_lock: Mutex<()>,
     indexes: Mutex<SegmentIndexes>,
     /// End of the range reserved with `fallocate` (or last tried); writer only.
     preallocated: AtomicU64,
@@ -248,6 +251,7 @@ impl Segment {
             max_timestamp: AtomicI64::new(i64::MIN),
             first_append_time: AtomicI64::new(i64::MIN),
             sealed: AtomicBool::new(false),
+            seal_lock: Mutex::new(()),
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -275,6 +279,7 @@ impl Segment {
             max_timestamp: AtomicI64::new(outcome.max_timestamp),
             first_append_time: AtomicI64::new(outcome.first_append_time),
             sealed: AtomicBool::new(sealed),
+            seal_lock: Mutex::new(()),
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -420,8 +425,9 @@ impl Segment {
 
     /// Seals the segment: fsync the log, record its largest timestamp in the time index, trim
     /// and fsync the time index, then the offset index (whose trimmed shape marks the segment
-    /// sealed on disk). Idempotent.
+    /// sealed on disk). Idempotent; concurrent calls seal once.
     pub fn seal(&self) -> Result<()> {
+        let _sealing = crate::log::lock(&self.seal_lock);
         if self.is_sealed() {
             return Ok(());
         }

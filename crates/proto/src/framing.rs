@@ -9,10 +9,15 @@
 //! writes the chunks with vectored I/O.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_core::Stream;
+use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tonic::{Code, Status};
 
 /// The gRPC message prefix: a compression flag and a big-endian length.
 pub const PREFIX_LEN: usize = 5;
@@ -69,11 +74,97 @@ impl Framer {
     }
 
     /// The chunks of the message, in order.
-    pub fn finish(mut self) -> VecDeque<Bytes> {
+    pub fn finish(mut self) -> Framed {
         if !self.head.is_empty() {
             self.out.push_back(self.head.freeze());
         }
         self.out
+    }
+}
+
+/// The chunks of one framed message.
+pub type Framed = VecDeque<Bytes>;
+
+/// An HTTP/2 body of framed gRPC messages: the chunks of each message `messages` yields, in
+/// order. A request body ends when `messages` does (half-closing the stream); a response body
+/// then sends the call's status as trailers: `OK`, or the error `messages` ended with.
+#[derive(Debug)]
+pub struct FramedBody<S> {
+    chunks: Framed,
+    messages: Option<S>,
+    /// A response: end with the status as trailers.
+    trailers: bool,
+    done: bool,
+}
+
+impl<S> FramedBody<S> {
+    /// A request body: the messages of a client's stream.
+    pub fn request(messages: S) -> Self {
+        FramedBody {
+            chunks: Framed::new(),
+            messages: Some(messages),
+            trailers: false,
+            done: false,
+        }
+    }
+
+    /// A response body: `first` (a message already framed, or nothing), then the messages
+    /// of `messages` if any, then the status.
+    pub fn response(first: Framed, messages: Option<S>) -> Self {
+        FramedBody {
+            chunks: first,
+            messages,
+            trailers: true,
+            done: false,
+        }
+    }
+}
+
+impl<S> http_body::Body for FramedBody<S>
+where
+    S: Stream<Item = Result<Framed, Status>> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = this.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let next = match &mut this.messages {
+                Some(messages) => ready!(Pin::new(messages).poll_next(cx)),
+                None => None,
+            };
+            let status = match next {
+                Some(Ok(framed)) => {
+                    this.chunks = framed;
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::new(Code::Ok, ""),
+            };
+            this.done = true;
+            if !this.trailers {
+                return Poll::Ready(None);
+            }
+            let mut trailers = tonic::codegen::http::HeaderMap::new();
+            if let Err(e) = status.add_header(&mut trailers) {
+                e.add_header(&mut trailers).ok();
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.chunks.is_empty()
     }
 }
 

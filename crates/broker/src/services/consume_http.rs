@@ -10,27 +10,25 @@
 //! send, fields in the same order; the request checks mirror tonic's decoder, and the RPCs
 //! themselves and every error are the same code as the generated service's.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use http_body::{Body as _, Frame};
+use bytes::BytesMut;
+use http_body::Body as _;
 use prost::Message;
-#[cfg(test)]
-use runnel_proto::framing::INLINE_MAX;
-use runnel_proto::framing::{Framer, PREFIX_LEN};
+use runnel_proto::framing::{Framed, FramedBody, Framer, PREFIX_LEN};
 use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceServer};
-use tokio_stream::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-use tonic::{Code, Status};
 
 use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
@@ -99,11 +97,10 @@ async fn subscribe(
         Err(status) => return status.into_http(),
     };
     match broker.subscribe(request, subscribe_done(started)).await {
-        Ok(stream) => grpc_response(ResponseBody {
-            chunks: VecDeque::new(),
-            stream: Some(stream),
-            done: false,
-        }),
+        Ok(stream) => grpc_response(ResponseBody::response(
+            Framed::new(),
+            Some(stream.map(frame_subscribe_item as fn(_) -> _)),
+        )),
         Err(e) => {
             rpc_done("Subscribe", e.grpc_code(), started);
             e.status().into_http()
@@ -126,11 +123,7 @@ async fn fetch(
     match finish("Fetch", started, result) {
         Ok(response) => {
             let response = response.into_inner();
-            grpc_response(ResponseBody {
-                chunks: frame_fetch_response(response),
-                stream: None,
-                done: false,
-            })
+            grpc_response(ResponseBody::response(frame_fetch_response(response), None))
         }
         Err(status) => status.into_http(),
     }
@@ -194,59 +187,21 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
     })
 }
 
-/// A response body: the chunks of the messages (for `Subscribe`, of each one the stream
-/// yields), then the gRPC status as trailers.
-struct ResponseBody {
-    chunks: VecDeque<Bytes>,
-    stream: Option<ReceiverStream<SubscribeItem>>,
-    done: bool,
-}
+/// A response body: the framed messages, then the gRPC status as trailers.
+type ResponseBody = FramedBody<SubscribeMessages>;
 
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Status;
+/// A `Subscribe` stream's items as framed messages (or the error that ends the call).
+type SubscribeMessages =
+    Map<ReceiverStream<SubscribeItem>, fn(SubscribeItem) -> Result<Framed, Status>>;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(chunk) = this.chunks.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            let next = match &mut this.stream {
-                Some(stream) => ready!(Pin::new(stream).poll_next(cx)),
-                None => None,
-            };
-            let status = match next {
-                Some(Ok(response)) => {
-                    this.chunks = frame_subscribe_response(response);
-                    continue;
-                }
-                Some(Err(e)) => e.status(),
-                None => Status::new(Code::Ok, ""),
-            };
-            this.done = true;
-            let mut trailers = http::HeaderMap::new();
-            if let Err(e) = status.add_header(&mut trailers) {
-                e.add_header(&mut trailers).ok();
-            }
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.chunks.is_empty()
-    }
+/// Frames one item of a `Subscribe` stream.
+fn frame_subscribe_item(item: SubscribeItem) -> Result<Framed, Status> {
+    item.map(frame_subscribe_response).map_err(|e| e.status())
 }
 
 /// Frames a `SubscribeResponse`: its batches (field 1), then fields 2-7, in the order prost
 /// writes them.
-fn frame_subscribe_response(r: pb::SubscribeResponse) -> VecDeque<Bytes> {
+fn frame_subscribe_response(r: pb::SubscribeResponse) -> Framed {
     let mut framer = Framer::new(r.encoded_len());
     framer.bytes(1, &r.batches);
     framer.message(&pb::SubscribeResponse {
@@ -258,7 +213,7 @@ fn frame_subscribe_response(r: pb::SubscribeResponse) -> VecDeque<Bytes> {
 
 /// Frames a `FetchResponse`: per result, fields 1-3, the batches (4), then 5-8, in the order
 /// prost writes them.
-fn frame_fetch_response(r: pb::FetchResponse) -> VecDeque<Bytes> {
+fn frame_fetch_response(r: pb::FetchResponse) -> Framed {
     let mut framer = Framer::new(r.encoded_len());
     for result in r.results {
         framer.nested(1, result.encoded_len());
@@ -283,6 +238,10 @@ fn frame_fetch_response(r: pb::FetchResponse) -> VecDeque<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use runnel_proto::framing::INLINE_MAX;
+    use std::collections::VecDeque;
+    use tonic::Code;
 
     fn record(offset: u64) -> pb::Record {
         pb::Record {

@@ -3,16 +3,13 @@
 //! tonic would first copy every batch into one encode buffer per request. The bytes on the
 //! wire are exactly what tonic would send. The answers are decoded by tonic, as for any call.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use bytes::Bytes;
-use http_body::Frame;
 use prost::Message as _;
-use runnel_proto::framing::Framer;
+pub(super) use runnel_proto::framing::Framed;
+use runnel_proto::framing::{FramedBody, Framer};
 use runnel_proto::pb;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::codec::{Codec as _, Streaming};
 use tonic::codegen::{Service as _, http};
@@ -22,9 +19,6 @@ use tonic_prost::ProstCodec;
 
 /// The HTTP/2 path of `runnel.v1.ProduceService/ProduceStream`.
 const PATH: &str = "/runnel.v1.ProduceService/ProduceStream";
-
-/// A request, framed: the chunks of one gRPC message.
-pub(super) type Framed = VecDeque<Bytes>;
 
 /// Opens a `ProduceStream` on `channel`, whose requests are sent through the returned sender
 /// (at most `capacity` waiting) and whose answers, of at most `max_message_bytes`, come on
@@ -41,10 +35,10 @@ pub(super) async fn open(
         .uri(http::Uri::from_static(PATH))
         .header(http::header::TE, "trailers")
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(Body::new(RequestBody {
-            rx,
-            chunks: VecDeque::new(),
-        }))
+        // The body ends when the sender is dropped, which half-closes the stream.
+        .body(Body::new(FramedBody::request(
+            ReceiverStream::new(rx).map(Ok::<_, Status>),
+        )))
         .map_err(|e| Status::internal(format!("building the produce stream request: {e}")))?;
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
@@ -98,37 +92,10 @@ pub(super) fn frame(request: &pb::ProduceRequest) -> Framed {
     framer.finish()
 }
 
-/// The request body: the chunks of each framed request, in order; it ends when the sender
-/// is dropped, which half-closes the stream.
-struct RequestBody {
-    rx: mpsc::Receiver<Framed>,
-    chunks: Framed,
-}
-
-impl http_body::Body for RequestBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(chunk) = this.chunks.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            match ready!(this.rx.poll_recv(cx)) {
-                Some(framed) => this.chunks = framed,
-                None => return Poll::Ready(None),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn a_request_frames_as_tonic_encodes_it_without_copying_its_batches() {

@@ -198,3 +198,70 @@ fn bench_startup_stops_opens_and_recovers_the_real_broker_and_reports_json() {
         "the temporary data directories are removed"
     );
 }
+
+/// `scripts/peers/bench_peers.py`, the driver of `scripts/bench-peers.sh`, with only Runnel
+/// present: every workload it runs on Runnel is recorded with the counts asked for, and the
+/// tables print. The peers themselves (Iggy, NATS) are not installed in CI.
+#[test]
+fn the_peers_driver_runs_every_runnel_workload_and_prints_its_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = harness::runnel_bench()
+        .parent()
+        .expect("the binaries' directory");
+    let out = Command::new("python3")
+        .arg(harness::workspace_root().join("scripts/peers/bench_peers.py"))
+        .env_remove("RUNNEL_BROKER")
+        .env_remove("IGGY_BIN")
+        .env_remove("NATS_SERVER")
+        .env("RUNNEL_BIN", bin)
+        .env("RUNNEL_PORT", harness::free_addr().port().to_string())
+        .env("BENCH_DIR", dir.path())
+        .env("ROUNDS", "1")
+        .env("MESSAGES", "4000")
+        .env("BATCH", "100")
+        .env("DURABLE_MESSAGES", "3")
+        .env("SETTLE_MAX", "0")
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let results = std::fs::read_to_string(dir.path().join("results.jsonl")).expect("results");
+    let rows: Vec<Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let count = |system: &str, workload: &str| {
+        rows.iter()
+            .filter(|r| r["system"] == system && r["workload"] == workload)
+            .map(|r| r["messages"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    for w in [
+        "produce1",
+        "consume1",
+        "produce4",
+        "consume4",
+        "produce1-100",
+        "produce4-100",
+    ] {
+        assert_eq!(count("runnel", w), [4000], "{w}: {results}");
+    }
+    for w in ["produce1", "produce4"] {
+        assert_eq!(count("runnel-send", w), [4000], "{w}: {results}");
+    }
+    assert_eq!(count("runnel", "durable1"), [3], "{results}");
+    assert_eq!(count("runnel", "durable16"), [48], "{results}");
+    assert_eq!(
+        rows.iter().filter(|r| r["system"] == "dd").count(),
+        4,
+        "a dd yardstick before each produce workload: {results}"
+    );
+    for r in rows.iter().filter(|r| r["system"] != "dd") {
+        for key in ["messages_per_sec", "server_us_per_msg", "client_us_per_msg"] {
+            assert!(r[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {r}");
+        }
+    }
+    assert!(stdout.contains("| workload | runnel msg/s |"), "{stdout}");
+    assert!(stdout.contains("| durable16 |"), "{stdout}");
+}

@@ -95,6 +95,8 @@ pub struct ProducerConfig {
     /// records past its linger, up to `batch_bytes`, until it can go.
     pub linger: Duration,
     /// The memory for records not yet delivered, in bytes; `send` waits while it is used up.
+    /// The buffers of delivered batches are kept for the next batches, up to a quarter of
+    /// this (and at most 8), on top of it.
     pub buffer_bytes: usize,
     /// Batches in flight per partition, 1 to 5 (the broker remembers the last 5 batches of
     /// an idempotent producer per partition).

@@ -324,6 +324,9 @@ impl Producer {
     ///   the producer (`PRODUCER_FENCED`).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let inner = self.inner();
+        if let Some(sent) = inner.try_send_now(&record) {
+            return sent;
+        }
         inner.check_open()?;
         let size = inner.checked_size(&record, None).await?;
         let budget = inner
@@ -566,6 +569,36 @@ impl Inner {
         Ok(budget)
     }
 
+    /// [`Producer::send`] in one hold of the state lock, for the common case: the topic's
+    /// metadata is cached and fresh and the buffer has room. `None`, with nothing done,
+    /// otherwise; `send` then takes the slow path, which waits.
+    fn try_send_now(&self, record: &ProducerRecord) -> Option<Result<DeliveryFuture>> {
+        let size = encoded_len(record);
+        let cost = cost_of(size, self.config.buffer_bytes);
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.fatal.is_some() || state.closing {
+            return None;
+        }
+        let meta = state.topics.get(record.topic.as_str())?.meta;
+        if meta.fetched.elapsed() >= self.config.metadata_max_age {
+            return None;
+        }
+        if let Err(e) = self.check_size(record, size, meta) {
+            return Some(Err(e));
+        }
+        self.budget.try_acquire_many(cost).ok()?.forget();
+        let mut budget = Budget::empty(self.budget.clone());
+        budget.add(cost);
+        let mut wake = false;
+        let sent = self.append_one(state, record, size, (&mut budget, cost), &mut wake);
+        drop(guard);
+        if wake {
+            self.wake.notify_one();
+        }
+        Some(sent)
+    }
+
     /// Checks a record before it is queued: its size against the buffer and the topic's
     /// `max_batch_bytes`, and its partition against the topic's (`meta`, or looked up).
     /// Returns its encoded size.
@@ -575,6 +608,19 @@ impl Inner {
         meta: Option<TopicMeta>,
     ) -> Result<usize> {
         let size = encoded_len(record);
+        let meta = match meta {
+            Some(m) => m,
+            None => {
+                self.check_size_alone(record, size)?;
+                self.topic_meta(&record.topic).await?
+            }
+        };
+        self.check_size(record, size, meta)?;
+        Ok(size)
+    }
+
+    /// Checks a record of the encoded `size` against the producer's buffer.
+    fn check_size_alone(&self, record: &ProducerRecord, size: usize) -> Result<()> {
         let alone = HEADER_LEN + size;
         if alone > self.config.buffer_bytes {
             return Err(ClientError::RecordTooLarge {
@@ -584,10 +630,14 @@ impl Inner {
                 limit_name: "the producer's buffer_bytes",
             });
         }
-        let meta = match meta {
-            Some(m) => m,
-            None => self.topic_meta(&record.topic).await?,
-        };
+        Ok(())
+    }
+
+    /// Checks a record of the encoded `size` against the buffer, and against its topic's
+    /// `max_batch_bytes` and partitions (`meta`).
+    fn check_size(&self, record: &ProducerRecord, size: usize, meta: TopicMeta) -> Result<()> {
+        self.check_size_alone(record, size)?;
+        let alone = HEADER_LEN + size;
         if alone > meta.max_batch_bytes {
             return Err(ClientError::RecordTooLarge {
                 topic: record.topic.clone(),
@@ -605,7 +655,7 @@ impl Inner {
                 meta.partitions.get() - 1
             )));
         }
-        Ok(size)
+        Ok(())
     }
 
     /// Appends records (of the encoded `sizes`) to their partitions' open batches under one

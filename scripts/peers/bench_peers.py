@@ -39,8 +39,12 @@ DURABLE_MESSAGES = int(os.environ.get("DURABLE_MESSAGES", "2000"))
 BATCH = int(os.environ.get("BATCH", "1000"))
 SETTLE_LOST = float(os.environ.get("SETTLE_LOST", "5"))
 SETTLE_MAX = float(os.environ.get("SETTLE_MAX", "30"))
-ALL = "produce1 consume1 produce4 consume4 produce1-100 produce4-100 durable1 durable16"
-ONLY = os.environ.get("ONLY", ALL).split()
+# Workloads that run back to back on one system: a consume reads what the produce before it
+# wrote, while it is still in the page cache.
+GROUPS = [["produce1", "consume1"], ["produce4", "consume4"], ["produce1-100"], ["produce4-100"],
+          ["durable1"], ["durable16"]]
+ALL = [name for group in GROUPS for name in group]
+ONLY = os.environ.get("ONLY", " ".join(ALL)).split()
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", "target/bench-peers")).resolve()
 RUNNEL_BIN = Path(os.environ["RUNNEL_BIN"]).resolve()
 IGGY_BIN = Path(os.environ["IGGY_BIN"]).resolve() if os.environ.get("IGGY_BIN") else None
@@ -324,11 +328,6 @@ def measure(system, name, rnd, results, **kw):
     return True
 
 
-# Workloads that run back to back on one system: a consume reads what the produce before it
-# wrote, while it is still in the page cache.
-GROUPS = [["produce1", "consume1"], ["produce4", "consume4"], ["produce1-100"], ["produce4-100"],
-          ["durable1"], ["durable16"]]
-
 
 def run_group(system, group, rnd, results):
     """Runs a group's workloads on one system, then deletes what they wrote, so that the
@@ -389,7 +388,7 @@ def fmt(m, digits=0):
 
 
 def print_table(results, systems):
-    names = [n for n in ALL.split() if n in ONLY]
+    names = [n for n in ALL if n in ONLY]
     labels = ["runnel", "runnel-send"] + systems[1:]
     print("| workload | " + " | ".join(f"{s} msg/s" for s in labels) + " | runnel / iggy | runnel / dd |")
     print("|---|" + "---:|" * (len(labels) + 2))

@@ -7,7 +7,6 @@
 //! broker answers a producer's requests in order, so waiting in order measures each record
 //! when its batch is acknowledged (all of a batch's records resolve at once).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -578,14 +577,19 @@ struct ConsumerTask {
 impl ConsumerTask {
     async fn run(mut self) -> anyhow::Result<Consumed> {
         let mut consumer = self.client.consumer(consumer_config())?;
-        let mut ends: HashMap<u32, u64> = HashMap::new();
+        // Indexed by partition: a lookup per record costs no hashing.
+        let mut ends: Vec<Option<u64>> = Vec::new();
         let mut remaining = 0u64;
         let mut unbounded = false;
         for &(p, start, end) in &self.parts {
             consumer.assign(TopicPartition::new(&self.topic, p), StartAt::Offset(start))?;
             match end {
                 Some(end) => {
-                    ends.insert(p, end);
+                    let i = p as usize;
+                    if ends.len() <= i {
+                        ends.resize(i + 1, None);
+                    }
+                    ends[i] = Some(end);
                     remaining += end - start;
                 }
                 None => unbounded = true,
@@ -637,7 +641,7 @@ impl ConsumerTask {
                     STALL_TIMEOUT.as_secs()
                 ),
             };
-            if let Some(&end) = ends.get(&record.partition) {
+            if let Some(&Some(end)) = ends.get(record.partition as usize) {
                 if record.offset >= end {
                     continue;
                 }

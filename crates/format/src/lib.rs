@@ -32,7 +32,7 @@
 //! `header_count` varint, then per header `name_length` varint, name, `value_length` varint
 //! (-1 null), value. Varints are ZigZag LEB128.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 #[cfg(feature = "compression")]
 pub mod compression;
@@ -624,57 +624,42 @@ impl Records {
         }
     }
 
-    fn varint(buf: &mut Bytes, field: &'static str) -> Result<i64> {
-        let (v, used) =
-            read_varint(buf).ok_or_else(|| Error::malformed(field, "bad or truncated varint"))?;
-        let _ = buf.split_to(used);
-        Ok(v)
-    }
-
-    fn nullable(buf: &mut Bytes, field: &'static str) -> Result<Option<Bytes>> {
-        let len = Self::varint(buf, field)?;
-        if len == -1 {
-            return Ok(None);
-        }
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|l| *l <= buf.len())
-            .ok_or_else(|| Error::malformed(field, format!("length {len} is invalid here")))?;
-        Ok(Some(buf.split_to(len)))
-    }
-
     fn decode_one(&mut self) -> Result<Record> {
-        let len = Self::varint(&mut self.buf, "record length")?;
+        let mut section = Fields::new(&self.buf, 0, self.buf.len());
+        let len = section.varint("record length")?;
         let len = usize::try_from(len)
             .ok()
-            .filter(|l| *l <= self.buf.len() && *l >= MIN_RECORD_LEN - 1)
+            .filter(|l| *l <= section.left() && *l >= MIN_RECORD_LEN - 1)
             .ok_or_else(|| Error::malformed("record length", format!("{len} is invalid here")))?;
-        let mut rec = self.buf.split_to(len);
-        let _attributes = rec.split_to(1);
-        let ts_delta = Self::varint(&mut rec, "timestamp_delta")?;
-        let offset_delta = Self::varint(&mut rec, "offset_delta")?;
+        // Past the attributes byte.
+        let mut rec = Fields::new(&self.buf, section.pos + 1, section.pos + len);
+        let ts_delta = rec.varint("timestamp_delta")?;
+        let offset_delta = rec.varint("offset_delta")?;
         let offset_delta = u64::try_from(offset_delta)
             .map_err(|_| Error::malformed("offset_delta", format!("{offset_delta} < 0")))?;
-        let key = Self::nullable(&mut rec, "key_length")?;
-        let value = Self::nullable(&mut rec, "value_length")?;
-        let count = Self::varint(&mut rec, "header_count")?;
+        let key = rec.nullable("key_length")?;
+        let value = rec.nullable("value_length")?;
+        let count = rec.varint("header_count")?;
         let count = usize::try_from(count)
             .ok()
-            .filter(|c| *c <= rec.len())
+            .filter(|c| *c <= rec.left())
             .ok_or_else(|| Error::malformed("header_count", format!("{count} is invalid")))?;
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = Self::nullable(&mut rec, "header name_length")?
+            let name = rec
+                .nullable("header name_length")?
                 .ok_or_else(|| Error::malformed("header name_length", "a name is never null"))?;
-            let value = Self::nullable(&mut rec, "header value_length")?;
+            let value = rec.nullable("header value_length")?;
             headers.push(Header { name, value });
         }
-        if !rec.is_empty() {
+        if rec.left() != 0 {
             return Err(Error::malformed(
                 "record length",
                 "record has trailing bytes",
             ));
         }
+        let used = rec.end;
+        self.buf.advance(used);
         Ok(Record {
             offset: self.base_offset + offset_delta,
             timestamp: self
@@ -684,6 +669,47 @@ impl Records {
             value,
             headers,
         })
+    }
+}
+
+/// Reads a record's fields from `buf[pos..end]` by position: only the key, value and header
+/// slices it hands out take a reference on the buffer (splitting the buffer for every field
+/// cost two atomic operations each, a tenth of a consumer's CPU).
+struct Fields<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a Bytes, pos: usize, end: usize) -> Self {
+        Fields { buf, pos, end }
+    }
+
+    /// Bytes not read yet.
+    fn left(&self) -> usize {
+        self.end - self.pos
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<i64> {
+        let (v, used) = read_varint(&self.buf[self.pos..self.end])
+            .ok_or_else(|| Error::malformed(field, "bad or truncated varint"))?;
+        self.pos += used;
+        Ok(v)
+    }
+
+    fn nullable(&mut self, field: &'static str) -> Result<Option<Bytes>> {
+        let len = self.varint(field)?;
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= self.left())
+            .ok_or_else(|| Error::malformed(field, format!("length {len} is invalid here")))?;
+        let start = self.pos;
+        self.pos += len;
+        Ok(Some(self.buf.slice(start..self.pos)))
     }
 }
 
@@ -959,6 +985,30 @@ mod tests {
         assert_eq!(recs[4].key.as_deref(), Some(&b"k4"[..]));
         assert_eq!(recs[0].headers[0].value.as_deref(), Some(&b"abc"[..]));
         assert_eq!(recs[0].headers[1].value, None);
+    }
+
+    #[test]
+    fn damaged_records_sections_give_errors_not_panics() {
+        let batch = RecordBatch::new(sample(3), 1 << 20).unwrap();
+        let header = *batch.header();
+        let section = batch.records_section();
+        let decode = |bytes: Bytes| Records::new(bytes, &header).collect::<Result<Vec<_>>>();
+        // Cut anywhere: the cut record is an error, never a panic or a short record.
+        for cut in 0..section.len() {
+            assert!(decode(section.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        // Any byte set to values that break lengths and varints: decoded or refused.
+        for at in 0..section.len() {
+            for v in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut damaged = section.to_vec();
+                damaged[at] = v;
+                let _ = decode(Bytes::from(damaged));
+            }
+        }
+        // Records decoded from the section keep only their own bytes.
+        let recs = decode(section.clone()).unwrap();
+        assert_eq!(recs[2].value.as_deref(), Some(&b"value"[..]));
+        assert_eq!(recs[2].headers[1].name.as_ref(), b"n");
     }
 
     #[test]

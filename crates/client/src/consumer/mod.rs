@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -217,6 +218,40 @@ pub(crate) struct Chunk {
     records: Result<VecDeque<ConsumerRecord>>,
 }
 
+/// The offset after the last record of a partition consumed, shared by its `Assigned` and
+/// the chunk being returned from it: settling a returned record then costs no map lookup.
+#[derive(Debug, Clone)]
+struct Position(Arc<AtomicU64>);
+
+impl Position {
+    /// Stands for "nothing consumed"; offsets stay far below it.
+    const NONE: u64 = u64::MAX;
+
+    fn new(at: Option<u64>) -> Self {
+        Self(Arc::new(AtomicU64::new(at.unwrap_or(Self::NONE))))
+    }
+
+    fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&at| at != Self::NONE)
+    }
+
+    fn set(&self, at: Option<u64>) {
+        self.0.store(at.unwrap_or(Self::NONE), Ordering::Relaxed);
+    }
+}
+
+/// A chunk of a live partition generation, returned record by record.
+#[derive(Debug)]
+struct Current {
+    tp: TopicPartition,
+    /// The partition's consumed position (the same cell as its `Assigned`'s).
+    consumed: Position,
+    records: VecDeque<ConsumerRecord>,
+    /// The offset after the record returned last; consumed once the application polls
+    /// again.
+    returned: Option<u64>,
+}
+
 /// One assigned partition.
 #[derive(Debug)]
 struct Assigned {
@@ -227,7 +262,7 @@ struct Assigned {
     /// Where to start when the reader is (re)started and nothing was consumed.
     start: StartAt,
     /// The offset after the last record consumed.
-    consumed: Option<u64>,
+    consumed: Position,
     /// The consumed offset last committed.
     committed: Option<u64>,
     paused: bool,
@@ -264,10 +299,9 @@ pub struct Consumer {
     rx: mpsc::Receiver<Chunk>,
     parts: HashMap<TopicPartition, Assigned>,
     next_generation: u64,
-    /// The chunk being returned record by record.
-    current: Option<(TopicPartition, u64, VecDeque<ConsumerRecord>)>,
-    /// The last record returned; consumed once the application polls again.
-    returned: Option<(TopicPartition, u64, u64)>,
+    /// The chunk being returned record by record; always of a partition's current
+    /// generation (whatever ends a generation drops it).
+    current: Option<Current>,
     group: Option<GroupLink>,
     auto_commit: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -353,7 +387,6 @@ impl Consumer {
             parts: HashMap::new(),
             next_generation: 0,
             current: None,
-            returned: None,
             group,
             auto_commit,
         })
@@ -383,7 +416,6 @@ impl Consumer {
         self.flush_outbox();
         self.parts.clear();
         self.current = None;
-        self.returned = None;
         Ok(())
     }
 
@@ -432,6 +464,7 @@ impl Consumer {
     /// Stops reading `tp`.
     pub fn unassign(&mut self, tp: &TopicPartition) {
         self.parts.remove(tp);
+        self.drop_current(tp);
     }
 
     /// Restarts reading `tp` at `to`; records buffered from the old position are dropped.
@@ -445,10 +478,10 @@ impl Consumer {
             )));
         };
         part.start = to;
-        part.consumed = match to {
+        part.consumed.set(match to {
             StartAt::Offset(o) => Some(o),
             _ => None,
-        };
+        });
         let paused = part.paused;
         if !paused {
             self.restart(tp);
@@ -469,6 +502,7 @@ impl Consumer {
                 r.abort();
             }
         }
+        self.drop_current(tp);
     }
 
     /// Resumes a paused partition where the application left it.
@@ -492,10 +526,9 @@ impl Consumer {
     /// The offset after the last record of `tp` the application consumed, if any.
     pub fn position(&self, tp: &TopicPartition) -> Option<u64> {
         let part = self.parts.get(tp)?;
-        match &self.returned {
-            // A record returned before a seek or a pause does not count for the new position.
-            Some((t, generation, next)) if t == tp && *generation == part.generation => Some(*next),
-            _ => part.consumed,
+        match &self.current {
+            Some(c) if c.tp == *tp && c.returned.is_some() => c.returned,
+            _ => part.consumed.get(),
         }
     }
 
@@ -506,10 +539,10 @@ impl Consumer {
     /// [`ClientError::Config`] without a `group_id`; the broker's error (`FENCED_MEMBER` for
     /// a partition that moved to another member).
     pub async fn commit(&mut self) -> Result<()> {
-        if let Some((tp, _, next)) = self.returned.clone()
-            && let Some(part) = self.parts.get_mut(&tp)
+        if let Some(c) = &self.current
+            && let Some(next) = c.returned
         {
-            part.consumed = Some(next);
+            c.consumed.set(Some(next));
         }
         let offsets = self.uncommitted();
         self.commit_offsets(&offsets).await?;
@@ -632,7 +665,7 @@ impl Consumer {
         let mut out: Vec<_> = self
             .parts
             .iter()
-            .filter_map(|(tp, p)| match p.consumed {
+            .filter_map(|(tp, p)| match p.consumed.get() {
                 Some(c) if p.committed != Some(c) => Some((tp.clone(), c)),
                 _ => None,
             })
@@ -648,10 +681,10 @@ impl Consumer {
                 generation: 0,
                 reader: None,
                 start,
-                consumed: match start {
+                consumed: Position::new(match start {
                     StartAt::Offset(o) => Some(o),
                     _ => None,
-                },
+                }),
                 committed: None,
                 paused: false,
             },
@@ -663,6 +696,7 @@ impl Consumer {
     fn restart(&mut self, tp: &TopicPartition) {
         self.next_generation += 1;
         let generation = self.next_generation;
+        self.drop_current(tp);
         let Some(part) = self.parts.get_mut(tp) else {
             return;
         };
@@ -670,7 +704,7 @@ impl Consumer {
             r.abort();
         }
         part.generation = generation;
-        let start = part.consumed.map_or(part.start, StartAt::Offset);
+        let start = part.consumed.get().map_or(part.start, StartAt::Offset);
         part.reader = Some(tokio::spawn(
             Fetcher {
                 conn: self.conn.clone(),
@@ -686,11 +720,18 @@ impl Consumer {
 
     /// The record returned last is consumed now that the application came back.
     fn settle_returned(&mut self) {
-        if let Some((tp, generation, next)) = self.returned.take()
-            && let Some(part) = self.parts.get_mut(&tp)
-            && part.generation == generation
+        if let Some(c) = &mut self.current
+            && let Some(next) = c.returned.take()
         {
-            part.consumed = Some(next);
+            c.consumed.set(Some(next));
+        }
+    }
+
+    /// Drops the chunk being returned if it is `tp`'s: its generation has ended, and a
+    /// record returned from it but not settled does not count for the new position.
+    fn drop_current(&mut self, tp: &TopicPartition) {
+        if self.current.as_ref().is_some_and(|c| c.tp == *tp) {
+            self.current = None;
         }
     }
 
@@ -763,7 +804,7 @@ impl Consumer {
         for tp in &revoke {
             if let Some(part) = self.parts.remove(tp) {
                 if auto
-                    && let Some(c) = part.consumed
+                    && let Some(c) = part.consumed.get()
                     && part.committed != Some(c)
                 {
                     offsets.push((tp.clone(), c));
@@ -784,7 +825,7 @@ impl Consumer {
         if self
             .current
             .as_ref()
-            .is_some_and(|(tp, _, _)| !self.parts.contains_key(tp))
+            .is_some_and(|c| !self.parts.contains_key(&c.tp))
         {
             self.current = None;
         }
@@ -860,39 +901,40 @@ impl Stream for Consumer {
         }
         this.poll_auto_commit(cx);
         loop {
-            if let Some((tp, generation, records)) = &mut this.current {
-                let live = this
-                    .parts
-                    .get(tp)
-                    .is_some_and(|p| p.generation == *generation && !p.paused);
-                if live && let Some(record) = records.pop_front() {
-                    this.returned = Some((tp.clone(), *generation, record.offset + 1));
+            if let Some(c) = &mut this.current {
+                if let Some(record) = c.records.pop_front() {
+                    c.returned = Some(record.offset + 1);
                     return Poll::Ready(Some(Ok(record)));
                 }
+                // Exhausted; the record returned last was settled above.
                 this.current = None;
             }
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(chunk)) => {
-                    let live = this
+                    let Some(part) = this
                         .parts
-                        .get(&chunk.tp)
-                        .is_some_and(|p| p.generation == chunk.generation && !p.paused);
-                    if !live {
+                        .get_mut(&chunk.tp)
+                        .filter(|p| p.generation == chunk.generation && !p.paused)
+                    else {
                         continue;
-                    }
+                    };
                     if let Some(start) = chunk.start
-                        && let Some(p) = this.parts.get_mut(&chunk.tp)
-                        && p.consumed.is_none()
+                        && part.consumed.get().is_none()
                     {
-                        p.consumed = Some(start);
+                        part.consumed.set(Some(start));
                     }
                     match chunk.records {
-                        Ok(records) => this.current = Some((chunk.tp, chunk.generation, records)),
+                        Ok(records) => {
+                            this.current = Some(Current {
+                                consumed: part.consumed.clone(),
+                                tp: chunk.tp,
+                                records,
+                                returned: None,
+                            })
+                        }
                         Err(e) => {
                             // The reader has stopped; the partition stays assigned but idle.
-                            if let Some(p) = this.parts.get_mut(&chunk.tp) {
-                                p.reader = None;
-                            }
+                            part.reader = None;
                             return Poll::Ready(Some(Err(e)));
                         }
                     }

@@ -11,12 +11,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runnel_proto::framing::{self, FramedBody, Unframed};
+use tonic::body::Body;
+use tonic::codegen::{Service as _, http};
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
 use crate::error::{ClientError, Result};
 
-/// The largest HTTP/2 frame the client accepts, in bytes.
-const MAX_FRAME_BYTES: u32 = 256 << 10;
+/// The largest HTTP/2 frame the client accepts, in bytes: HTTP/2's largest, so that a batch
+/// the broker sends as one chunk arrives as one frame and is decoded without a copy.
+const MAX_FRAME_BYTES: u32 = (1 << 24) - 1;
+
+/// The client's HTTP/2 receive window per stream, in bytes: room for several batches in
+/// flight, so that the broker seldom splits one at the window's edge.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+
+/// The client's HTTP/2 receive window per connection, in bytes.
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
 /// How the client connects to the broker.
 #[derive(Debug, Clone)]
@@ -150,6 +162,55 @@ pub(crate) struct Connection {
     pub(crate) channel: Channel,
 }
 
+/// The request body of a call that sends the one message `m` (holding no large `bytes`).
+pub(crate) fn one_message(m: &impl prost::Message) -> Body {
+    let message = framing::framed(m);
+    Body::new(FramedBody::request(tokio_stream::once(Ok::<_, Status>(
+        message,
+    ))))
+}
+
+/// Starts the call of `path` (`/package.Service/Method`) on `channel` with `body`, requests
+/// framed by [`runnel_proto::framing`], and reads its answers as they arrived in HTTP/2's
+/// frames, each of at most `max_message_bytes`: the calls whose messages carry record
+/// batches bypass tonic's codecs, which copy every message once more. The bytes on the wire
+/// are those tonic would send and receive.
+pub(crate) async fn framed_call<T>(
+    channel: &mut Channel,
+    path: &'static str,
+    body: Body,
+    max_message_bytes: usize,
+) -> std::result::Result<Unframed<Body, T>, Status> {
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .version(http::Version::HTTP_2)
+        .uri(http::Uri::from_static(path))
+        .header(http::header::TE, "trailers")
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .map_err(|e| Status::internal(format!("building the request of {path}: {e}")))?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    let response = channel
+        .call(request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    // A call refused at once answers with its status in the headers (trailers only).
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "{path} answered HTTP status {}",
+            response.status()
+        )));
+    }
+    Ok(Unframed::new(response.into_body(), max_message_bytes))
+}
+
 impl Connection {
     /// Connects, trying `connect_attempts` times with backoff.
     pub(crate) async fn connect(config: ClientConfig) -> Result<Arc<Self>> {
@@ -158,9 +219,9 @@ impl Connection {
             .map_err(|e| ClientError::Config(format!("address {:?}: {e}", config.address)))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
-            // Read batches arrive in 256 KiB frames rather than HTTP/2's default 16 KiB: fewer
-            // frames to parse and copy (docs/benchmarks.md, "Broker").
             .max_frame_size(MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(config.keep_alive_interval)
             .keep_alive_timeout(config.keep_alive_interval.max(Duration::from_secs(1)))
             .keep_alive_while_idle(true);

@@ -1,6 +1,8 @@
 //! gRPC messages written as a list of [`Bytes`] chunks, so that large `bytes` fields (record
 //! batches) reach HTTP/2 as the buffers they already are instead of being copied into one
-//! encode buffer, as tonic's encoder does with every message.
+//! encode buffer, as tonic's encoder does with every message; and read back from the HTTP/2
+//! data frames they arrived in ([`Unframed`]), where tonic's decoder copies every frame into
+//! one buffer first.
 //!
 //! The framing (the gRPC message prefix, every other field, each large field's key and
 //! length) goes into a small buffer; `bytes` values below [`INLINE_MAX`] are copied into it
@@ -9,10 +11,12 @@
 //! writes the chunks with vectored I/O.
 
 use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use http_body::Frame;
 use prost::Message;
@@ -84,6 +88,13 @@ impl Framer {
 
 /// The chunks of one framed message.
 pub type Framed = VecDeque<Bytes>;
+
+/// `m`, which holds no large `bytes` values, framed as one message.
+pub fn framed(m: &impl Message) -> Framed {
+    let mut framer = Framer::new(m.encoded_len());
+    framer.message(m);
+    framer.finish()
+}
 
 /// An HTTP/2 body of framed gRPC messages: the chunks of each message `messages` yields, in
 /// order. A request body ends when `messages` does (half-closing the stream); a response body
@@ -168,6 +179,210 @@ where
     }
 }
 
+/// The gRPC messages of type `T` in an HTTP/2 body, decoded from the data frames as they
+/// arrived: a `bytes` field that lies within one frame (the framing above sends each large
+/// value as a chunk of its own) is a slice of that frame, not a copy. The stream ends after
+/// an `OK` status in the trailers and yields the status of any other as its last item, as
+/// tonic's `Streaming` does.
+#[derive(Debug)]
+pub struct Unframed<B, T> {
+    body: B,
+    received: Received,
+    max_message_bytes: usize,
+    done: bool,
+    message: PhantomData<fn() -> T>,
+}
+
+impl<B, T> Unframed<B, T> {
+    /// Reads `body`, refusing messages over `max_message_bytes` (`OUT_OF_RANGE`, as tonic).
+    pub fn new(body: B, max_message_bytes: usize) -> Self {
+        Unframed {
+            body,
+            received: Received::default(),
+            max_message_bytes,
+            done: false,
+            message: PhantomData,
+        }
+    }
+
+    /// The next whole message in what was received, if there is one.
+    fn next_message(&mut self) -> Result<Option<T>, Status>
+    where
+        T: Message + Default,
+    {
+        let mut prefix = [0u8; PREFIX_LEN];
+        if !self.received.peek(&mut prefix) {
+            return Ok(None);
+        }
+        if prefix[0] != 0 {
+            return Err(Status::internal(format!(
+                "protocol error: message compression flag {} (no grpc-encoding is used)",
+                prefix[0]
+            )));
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.max_message_bytes {
+            return Err(Status::out_of_range(format!(
+                "message of {len} bytes is over the limit of {} bytes",
+                self.max_message_bytes
+            )));
+        }
+        if self.received.remaining() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        self.received.advance(PREFIX_LEN);
+        let after = self.received.remaining() - len;
+        let message = T::decode((&mut self.received).take(len))
+            .map_err(|e| Status::internal(format!("decoding a message: {e}")));
+        // A message that failed to decode leaves nothing of itself behind.
+        let unread = self.received.remaining() - after;
+        self.received.advance(unread);
+        message.map(Some)
+    }
+}
+
+impl<B, T> Stream for Unframed<B, T>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    T: Message + Default,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            let frame = match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                None => {
+                    // gRPC ends every call with a status in the trailers; tonic calls its
+                    // absence UNKNOWN.
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::unknown(
+                        "the response ended without a grpc-status",
+                    ))));
+                }
+            };
+            let trailers = match frame.into_data() {
+                Ok(data) => {
+                    this.received.push(data);
+                    continue;
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => trailers,
+                    Err(_) => continue,
+                },
+            };
+            this.done = true;
+            let status = Status::from_header_map(&trailers)
+                .unwrap_or_else(|| Status::unknown("the trailers carry no grpc-status"));
+            if status.code() != Code::Ok {
+                return Poll::Ready(Some(Err(status)));
+            }
+            if this.received.remaining() > 0 {
+                return Poll::Ready(Some(Err(Status::internal(format!(
+                    "protocol error: the response ended inside a message ({} bytes left)",
+                    this.received.remaining()
+                )))));
+            }
+            return Poll::Ready(None);
+        }
+    }
+}
+
+/// Bytes received and not decoded yet, as the data frames they came in.
+#[derive(Debug, Default)]
+struct Received {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Received {
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.len += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// Copies the first `out.len()` bytes into `out` without consuming them; false if fewer
+    /// have arrived.
+    fn peek(&self, out: &mut [u8]) -> bool {
+        if self.len < out.len() {
+            return false;
+        }
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == out.len() {
+                break;
+            }
+        }
+        true
+    }
+}
+
+impl Buf for Received {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| c.as_ref())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                self.len -= n;
+                return;
+            }
+            n -= front.len();
+            self.len -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// A slice of the first frame when it holds all `len` bytes; a copy only of a value that
+    /// HTTP/2 split across frames.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= len
+        {
+            let out = front.split_to(len);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            self.len -= len;
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        out.put(self.take(len));
+        out.freeze()
+    }
+}
+
 /// The encoded length of a nested message field of `len` bytes, key and length included.
 pub fn nested_len(field: u32, len: usize) -> usize {
     key_len(field) + encoded_len_varint(len as u64) + len
@@ -188,6 +403,152 @@ mod tests {
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
         out
+    }
+
+    /// A response body of the given frames, each ready at once.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    fn trailers(status: Status) -> Frame<Bytes> {
+        let mut map = tonic::codegen::http::HeaderMap::new();
+        status.add_header(&mut map).unwrap();
+        Frame::trailers(map)
+    }
+
+    /// Everything the stream yields over `frames`.
+    fn unframe(
+        frames: impl IntoIterator<Item = Frame<Bytes>>,
+        max: usize,
+    ) -> Vec<Result<pb::SubscribeResponse, Status>> {
+        let mut s = Unframed::new(Frames(frames.into_iter().collect()), max);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(item)) = Pin::new(&mut s).poll_next(&mut cx) {
+            out.push(item);
+        }
+        out
+    }
+
+    fn response(batches: Vec<Bytes>, next: u64) -> (pb::SubscribeResponse, Framed) {
+        let m = pb::SubscribeResponse {
+            batches,
+            next_offset: next,
+            ..Default::default()
+        };
+        let mut f = Framer::new(m.encoded_len());
+        f.bytes(1, &m.batches);
+        f.message(&pb::SubscribeResponse {
+            next_offset: next,
+            ..Default::default()
+        });
+        (m, f.finish())
+    }
+
+    #[test]
+    fn values_that_arrive_in_one_frame_are_decoded_without_a_copy() {
+        let large = Bytes::from(vec![7u8; 3 * INLINE_MAX]);
+        let (first, chunks1) = response(vec![large.clone(), Bytes::from_static(b"s")], 10);
+        let (second, chunks2) = response(vec![], 11);
+        let frames = chunks1
+            .into_iter()
+            .chain(chunks2)
+            .map(Frame::data)
+            .chain([trailers(Status::new(Code::Ok, ""))]);
+        let got = unframe(frames, 1 << 20);
+        assert_eq!(got.len(), 2);
+        let got1 = got[0].as_ref().unwrap();
+        assert_eq!(got1, &first);
+        assert_eq!(got1.batches[0].as_ptr(), large.as_ptr(), "not copied");
+        assert_eq!(got[1].as_ref().unwrap(), &second);
+    }
+
+    #[test]
+    fn messages_split_anywhere_across_frames_decode_the_same() {
+        let (m1, c1) = response(vec![Bytes::from(vec![1u8; INLINE_MAX + 5])], 3);
+        let (m2, c2) = response(vec![Bytes::from_static(b"abc")], 4);
+        let wire: Vec<u8> = c1
+            .iter()
+            .chain(c2.iter())
+            .flat_map(|c| c.to_vec())
+            .collect();
+        for cut in [0, 1, 4, 5, 6, 100, wire.len() / 2, wire.len() - 1] {
+            for step in [1, 7, 4096] {
+                let mut frames: Vec<Frame<Bytes>> = Vec::new();
+                frames.push(Frame::data(Bytes::copy_from_slice(&wire[..cut])));
+                for piece in wire[cut..].chunks(step) {
+                    frames.push(Frame::data(Bytes::copy_from_slice(piece)));
+                }
+                frames.push(trailers(Status::new(Code::Ok, "")));
+                let got: Vec<_> = unframe(frames, 1 << 20)
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(got, vec![m1.clone(), m2.clone()], "cut {cut}, step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_call_status_limits_and_broken_bodies_end_the_stream_with_an_error() {
+        // An error status ends the stream, its metadata kept.
+        let (_, chunks) = response(vec![], 1);
+        let mut error = Status::not_found("no such topic");
+        error
+            .metadata_mut()
+            .insert("runnel-error-code", "TOPIC_NOT_FOUND".parse().unwrap());
+        let got = unframe(
+            chunks.into_iter().map(Frame::data).chain([trailers(error)]),
+            64,
+        );
+        assert!(got[0].is_ok());
+        let e = got[1].as_ref().unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert_eq!(e.message(), "no such topic");
+        assert_eq!(
+            e.metadata().get("runnel-error-code").unwrap(),
+            "TOPIC_NOT_FOUND"
+        );
+        // Over the limit: OUT_OF_RANGE naming both sizes.
+        let (_, chunks) = response(vec![Bytes::from(vec![0u8; 100])], 1);
+        let got = unframe(chunks.into_iter().map(Frame::data), 50);
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange);
+        assert!(e.message().contains("over the limit of 50 bytes"), "{e}");
+        // A compression flag: INTERNAL.
+        let got = unframe([Frame::data(Bytes::from_static(&[1, 0, 0, 0, 0]))], 50);
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Internal);
+        // Cut inside a message, then OK; or no status at all.
+        let got = unframe(
+            [
+                Frame::data(Bytes::from_static(&[0, 0, 0, 0, 9, 1])),
+                trailers(Status::new(Code::Ok, "")),
+            ],
+            50,
+        );
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Internal);
+        let got = unframe([Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))], 50);
+        assert!(got[0].is_ok(), "an empty message");
+        assert_eq!(got[1].as_ref().unwrap_err().code(), Code::Unknown);
+        // Bytes that are no message: INTERNAL, and the stream ends.
+        let got = unframe(
+            [Frame::data(Bytes::from_static(&[
+                0, 0, 0, 0, 2, 0xff, 0xff,
+            ]))],
+            50,
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Internal);
     }
 
     #[test]

@@ -11,14 +11,17 @@ use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use runnel_format::Batches;
-use runnel_proto::pb::{self, consume_service_client::ConsumeServiceClient};
+use runnel_proto::pb;
 use tokio::sync::mpsc;
 
 use super::{Chunk, OffsetReset, StartAt, TopicPartition};
 use crate::compression;
-use crate::connection::Connection;
+use crate::connection::{Connection, framed_call, one_message};
 use crate::error::{ClientError, ErrorCode, Result};
 use crate::record::ConsumerRecord;
+
+/// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
+const SUBSCRIBE: &str = "/runnel.v1.ConsumeService/Subscribe";
 
 /// What a fetcher needs to know.
 #[derive(Debug, Clone)]
@@ -163,8 +166,6 @@ impl Fetcher {
             StartAt::Offset(o) => pb::start_position::Position::Offset(o),
             StartAt::Timestamp(t) => pb::start_position::Position::TimestampMs(t),
         };
-        let mut client = ConsumeServiceClient::new(self.conn.channel.clone())
-            .max_decoding_message_size(self.conn.config.max_message_bytes);
         let request = pb::SubscribeRequest {
             topic: self.tp.topic.to_string(),
             partition: self.tp.partition,
@@ -174,10 +175,16 @@ impl Fetcher {
             max_bytes: self.config.max_bytes_per_response,
             ..Default::default()
         };
-        let mut stream = match client.subscribe(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return self.classify(self.conn.error(status)),
-        };
+        // Batches are decoded from the HTTP/2 frames they arrived in (no copy into tonic's
+        // decode buffer).
+        let body = one_message(&request);
+        let mut channel = self.conn.channel.clone();
+        let max = self.conn.config.max_message_bytes;
+        let mut stream =
+            match framed_call::<pb::SubscribeResponse>(&mut channel, SUBSCRIBE, body, max).await {
+                Ok(s) => s,
+                Err(status) => return self.classify(self.conn.error(status)),
+            };
         loop {
             let message = match stream.next().await {
                 Some(Ok(m)) => m,

@@ -82,7 +82,7 @@ struct InFlight {
 /// The open `ProduceStream`.
 struct Stream {
     tx: mpsc::Sender<stream::Framed>,
-    rx: tonic::Streaming<pb::ProduceResponse>,
+    rx: stream::Answers,
 }
 
 /// What woke the sender.

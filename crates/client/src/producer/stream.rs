@@ -1,24 +1,26 @@
 //! The `ProduceStream` call with requests written by [`runnel_proto::framing`] instead of
 //! tonic's encoder: each batch goes to HTTP/2 as the buffer the producer built it in, where
 //! tonic would first copy every batch into one encode buffer per request. The bytes on the
-//! wire are exactly what tonic would send. The answers are decoded by tonic, as for any call.
+//! wire are exactly what tonic would send.
 
 use prost::Message as _;
 pub(super) use runnel_proto::framing::Framed;
-use runnel_proto::framing::{FramedBody, Framer};
+use runnel_proto::framing::{FramedBody, Framer, Unframed};
 use runnel_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::{Codec as _, Streaming};
-use tonic::codegen::{Service as _, http};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
-use tonic_prost::ProstCodec;
+
+use crate::connection::framed_call;
 
 /// The HTTP/2 path of `runnel.v1.ProduceService/ProduceStream`.
 const PATH: &str = "/runnel.v1.ProduceService/ProduceStream";
+
+/// The answers of a produce stream.
+pub(super) type Answers = Unframed<Body, pb::ProduceResponse>;
 
 /// Opens a `ProduceStream` on `channel`, whose requests are sent through the returned sender
 /// (at most `capacity` waiting) and whose answers, of at most `max_message_bytes`, come on
@@ -27,41 +29,13 @@ pub(super) async fn open(
     channel: &mut Channel,
     capacity: usize,
     max_message_bytes: usize,
-) -> Result<(mpsc::Sender<Framed>, Streaming<pb::ProduceResponse>), Status> {
+) -> Result<(mpsc::Sender<Framed>, Answers), Status> {
     let (tx, rx) = mpsc::channel(capacity);
-    let request = http::Request::builder()
-        .method(http::Method::POST)
-        .version(http::Version::HTTP_2)
-        .uri(http::Uri::from_static(PATH))
-        .header(http::header::TE, "trailers")
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        // The body ends when the sender is dropped, which half-closes the stream.
-        .body(Body::new(FramedBody::request(
-            ReceiverStream::new(rx).map(Ok::<_, Status>),
-        )))
-        .map_err(|e| Status::internal(format!("building the produce stream request: {e}")))?;
-    std::future::poll_fn(|cx| channel.poll_ready(cx))
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
-    let response = channel
-        .call(request)
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
-    // A call refused at once answers with its status in the headers (trailers only).
-    if let Some(status) = Status::from_header_map(response.headers())
-        && status.code() != Code::Ok
-    {
-        return Err(status);
-    }
-    let status = response.status();
-    let decoder = ProstCodec::<pb::ProduceRequest, pb::ProduceResponse>::default().decoder();
-    let answers = Streaming::new_response(
-        decoder,
-        response.into_body(),
-        status,
-        None,
-        Some(max_message_bytes),
-    );
+    // The body ends when the sender is dropped, which half-closes the stream.
+    let body = Body::new(FramedBody::request(
+        ReceiverStream::new(rx).map(Ok::<_, Status>),
+    ));
+    let answers = framed_call(channel, PATH, body, max_message_bytes).await?;
     Ok((tx, answers))
 }
 

@@ -1,7 +1,9 @@
 //! `runnel-client` against the real broker: the producer's ordering, retries and idempotence
-//! across broken connections, compression, limits; the standalone and group consumer; admin.
+//! across broken connections, compression, limits; the standalone and group consumer; admin;
+//! the broker killed at random moments under load.
 
 mod consumer;
+mod crash;
 mod groups;
 mod producer;
 mod proxy;

@@ -7,7 +7,8 @@
 //! idempotence, consumer groups (offsets across kill -9, lag gauges), reflection and
 //! operations (config errors, exit codes, logs, metrics). The `protocol` module checks the
 //! contract the descriptors carry. `client` drives the broker
-//! through `runnel-client`: ordering, retries across broken connections, groups, compression.
+//! through `runnel-client`: ordering, retries across broken connections, groups, compression,
+//! and `kill -9` at random moments under durable load.
 //! `cli` runs the real `runnel` binary and checks its stdout, stderr and exit codes.
 //! `python` runs the Python examples' own checks (`examples/python`), and `grpcurl` the
 //! grpcurl walkthrough of docs/protocol.md, command by command.

@@ -61,7 +61,8 @@ pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<
 pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
     let failed = |e: std::io::Error| CodecError::Failed(format!("{codec:?}: {e}"));
     let mut out = Vec::with_capacity((data.len() * 4).min(limit));
-    let cap = limit as u64 + 1;
+    // One byte past the limit tells "too large" from "exactly the limit".
+    let cap = (limit as u64).saturating_add(1);
     let read = match codec {
         Compression::None => return Ok(data.to_vec()),
         Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(data)

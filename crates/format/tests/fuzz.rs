@@ -14,11 +14,11 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use runnel_format::compression::{self, CodecError};
 use runnel_format::{
     BatchBuilder, Batches, CRC_START, Compression, LENGTH_PREFIX_LEN, RecordBatch, validate,
 };
+use runnel_fuzz_support::{apply, config, edit};
 
 /// The batch size limit the checks run with.
 const MAX_BATCH: usize = 1 << 20;
@@ -62,51 +62,6 @@ fn build(records: &[TestRecord], codec: Compression) -> Bytes {
         c => {
             let section = compression::compress(c, b.records_section(), 1).expect("compress");
             b.build_with(c, &section)
-        }
-    }
-}
-
-/// One change to a batch's bytes.
-#[derive(Debug, Clone)]
-enum Edit {
-    /// Sets the byte at this fraction of the length.
-    Set(f64, u8),
-    /// Cuts the bytes off at this fraction.
-    Truncate(f64),
-    /// Inserts bytes at this fraction.
-    Insert(f64, Vec<u8>),
-    /// Removes up to this many bytes at this fraction.
-    Remove(f64, usize),
-}
-
-fn edit() -> impl Strategy<Value = Edit> {
-    prop_oneof![
-        4 => (0.0..1.0, prop_oneof![Just(0u8), Just(0x7f), Just(0x80), Just(0xff), any::<u8>()])
-            .prop_map(|(at, b)| Edit::Set(at, b)),
-        1 => (0.0..1.0).prop_map(Edit::Truncate),
-        1 => (0.0..1.0, vec(any::<u8>(), 1..12)).prop_map(|(at, b)| Edit::Insert(at, b)),
-        1 => (0.0..1.0, 1usize..40).prop_map(|(at, n)| Edit::Remove(at, n)),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, edit: &Edit) {
-    let at = |f: f64, len: usize| ((f * len as f64) as usize).min(len);
-    match edit {
-        Edit::Set(f, b) => {
-            if !bytes.is_empty() {
-                let i = at(*f, bytes.len() - 1);
-                bytes[i] = *b;
-            }
-        }
-        Edit::Truncate(f) => bytes.truncate(at(*f, bytes.len())),
-        Edit::Insert(f, b) => {
-            let i = at(*f, bytes.len());
-            bytes.splice(i..i, b.iter().copied());
-        }
-        Edit::Remove(f, n) => {
-            let i = at(*f, bytes.len());
-            let end = (i + n).min(bytes.len());
-            bytes.drain(i..end);
         }
     }
 }
@@ -159,21 +114,8 @@ fn exercise(bytes: &[u8]) {
     }
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(2_000),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "tests/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(2_000, "tests/fuzz.proptest-regressions"))]
 
     #[test]
     fn valid_batches_decode_to_what_was_built(records in vec(record(), 1..20), codec in codec()) {
@@ -207,9 +149,7 @@ proptest! {
         fix in any::<bool>(),
     ) {
         let mut bytes = build(&records, codec).to_vec();
-        for e in &edits {
-            apply(&mut bytes, e);
-        }
+        apply(&mut bytes, &edits);
         if fix {
             fix_up(&mut bytes);
         }

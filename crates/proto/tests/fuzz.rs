@@ -10,9 +10,9 @@
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
+use runnel_fuzz_support::config;
 use runnel_proto::pb;
 
 /// Decodes `bytes` as `M`; if it decodes, its encoding decodes to the same message.
@@ -142,21 +142,8 @@ fn encode(fields: &[Field], out: &mut Vec<u8>) {
     }
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(3_000),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "tests/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(3_000, "tests/fuzz.proptest-regressions"))]
 
     #[test]
     fn protobuf_shaped_input_decodes_or_fails_never_a_panic(

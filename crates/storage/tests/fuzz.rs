@@ -18,55 +18,11 @@ use std::path::{Path, PathBuf};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+use runnel_fuzz_support::{apply, config, edit};
 use runnel_storage::batch::{BatchBuilder, Batches};
 use runnel_storage::{Log, RUNNING_MARKER};
 
 use common::{batch, small_config};
-
-/// One change to a file's bytes, positions as fractions of its length.
-#[derive(Debug, Clone)]
-enum Edit {
-    Set(f64, u8),
-    Truncate(f64),
-    Insert(f64, Vec<u8>),
-    Remove(f64, usize),
-    Replace(Vec<u8>),
-}
-
-fn edit() -> impl Strategy<Value = Edit> {
-    prop_oneof![
-        4 => (0.0..1.0, prop_oneof![Just(0u8), Just(0x80), Just(0xff), any::<u8>()])
-            .prop_map(|(at, b)| Edit::Set(at, b)),
-        2 => (0.0..1.0).prop_map(Edit::Truncate),
-        1 => (0.0..1.0, vec(any::<u8>(), 1..80)).prop_map(|(at, b)| Edit::Insert(at, b)),
-        1 => (0.0..1.0, 1usize..200).prop_map(|(at, n)| Edit::Remove(at, n)),
-        1 => vec(any::<u8>(), 0..300).prop_map(Edit::Replace),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, edit: &Edit) {
-    let at = |f: f64, len: usize| ((f * len as f64) as usize).min(len);
-    match edit {
-        Edit::Set(f, b) => {
-            if !bytes.is_empty() {
-                let i = at(*f, bytes.len() - 1);
-                bytes[i] = *b;
-            }
-        }
-        Edit::Truncate(f) => bytes.truncate(at(*f, bytes.len())),
-        Edit::Insert(f, b) => {
-            let i = at(*f, bytes.len());
-            bytes.splice(i..i, b.iter().copied());
-        }
-        Edit::Remove(f, n) => {
-            let i = at(*f, bytes.len());
-            let end = (i + n).min(bytes.len());
-            bytes.drain(i..end);
-        }
-        Edit::Replace(b) => bytes.clone_from(b),
-    }
-}
 
 /// Writes a log of a few segments, every other batch from an idempotent producer (so that
 /// producer snapshots are written too); `clean` closes it, otherwise it is dropped as
@@ -145,21 +101,8 @@ fn open_and_check(dir: &Path, all_reread: bool) {
     assert!(!r.is_empty(), "the new append reads back");
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(300),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "tests/fuzz.proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(300, "tests/fuzz.proptest-regressions"))]
 
     #[test]
     fn recovery_from_damaged_files_never_panics_and_serves_only_checked_batches(
@@ -183,9 +126,7 @@ proptest! {
             sealed_data_damaged |=
                 path.extension().is_some_and(|e| e == "log") && Some(path) != active.as_ref();
             let mut bytes = fs::read(path).expect("read");
-            for e in edits {
-                apply(&mut bytes, e);
-            }
+            apply(&mut bytes, edits);
             fs::write(path, bytes).expect("write");
         }
         open_and_check(&dir, !clean && !same_boot && !sealed_data_damaged);

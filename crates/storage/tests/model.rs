@@ -701,17 +701,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The number of cases, `PROPTEST_CASES` overriding `default` (for longer runs by hand).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(96),
+        cases: runnel_fuzz_support::cases(96),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

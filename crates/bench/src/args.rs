@@ -134,7 +134,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "RECORDS_PER_SEC")]
     pub rate: Option<f64>,
     /// Consumers that subscribe and never read, to show that a stalled subscriber costs
-    /// the broker bounded memory (use with `--broker-pid`).
+    /// the broker bounded memory (use with `--broker-pid`); partitions are dealt among them
+    /// (each gets one or more, or each partition several subscribers).
     #[arg(long, default_value_t = 0)]
     pub stalled_consumers: u32,
     /// The broker's process id, to sample its resident memory (VmRSS) once a second and to

@@ -106,10 +106,10 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         None => (None, None),
     };
     let mut stalled = Vec::new();
-    for _ in 0..args.stalled_consumers {
+    for i in 0..args.stalled_consumers {
         let c = Client::connect(broker.to_owned()).await?;
         let mut consumer = c.consumer(consumer_config())?;
-        for p in 0..description.partition_count {
+        for p in stalled_partitions(i, args.stalled_consumers, description.partition_count) {
             consumer.assign(TopicPartition::new(&args.topic, p), StartAt::Latest)?;
         }
         stalled.push(consumer);
@@ -512,6 +512,14 @@ impl ProducerTask {
     }
 }
 
+/// The partitions stalled subscriber `i` of `n` subscribes to: dealt round-robin over `min(n,
+/// partitions)` slots, so that fewer subscribers than partitions share them out and more
+/// subscribers than partitions stack up evenly on each.
+fn stalled_partitions(i: u32, n: u32, partitions: u32) -> impl Iterator<Item = u32> {
+    let slots = n.min(partitions).max(1);
+    (0..partitions).filter(move |p| p % slots == i % slots)
+}
+
 /// Runs the consumer tasks over `ranges` (partition, first offset, end offset if bounded),
 /// dealing partitions among `args.consumers`, until every bounded range is read, `deadline`
 /// passes, or `stop` is set; merges what they did.
@@ -852,6 +860,21 @@ async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Option<Rss> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stalled_subscribers_share_out_the_partitions_or_stack_up_evenly() {
+        let of = |i, n, p| stalled_partitions(i, n, p).collect::<Vec<_>>();
+        assert_eq!(of(0, 2, 5), [0, 2, 4]);
+        assert_eq!(of(1, 2, 5), [1, 3]);
+        assert_eq!(of(5, 6, 4), [1]);
+        let mut per_partition = [0; 4];
+        for i in 0..1000 {
+            for p in stalled_partitions(i, 1000, 4) {
+                per_partition[p as usize] += 1;
+            }
+        }
+        assert_eq!(per_partition, [250; 4]);
+    }
 
     #[test]
     fn batch_bytes_fit_the_topic_default_for_1000_records_of_1_kib() {

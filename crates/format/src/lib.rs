@@ -232,14 +232,29 @@ impl BatchHeader {
                 format!("{} bytes, a batch header is {HEADER_LEN}", buf.len()),
             ));
         }
+        let base_offset = u64_at(buf, OFF_BASE_OFFSET);
+        let last_offset_delta = u32_at(buf, OFF_LAST_OFFSET_DELTA);
+        // The offset after the batch must exist: damaged or hostile bytes could otherwise make
+        // every offset computation downstream overflow.
+        if base_offset
+            .checked_add(u64::from(last_offset_delta) + 1)
+            .is_none()
+        {
+            return Err(Error::malformed(
+                "base_offset",
+                format!(
+                    "{base_offset} + last_offset_delta {last_offset_delta} runs past the largest offset"
+                ),
+            ));
+        }
         Ok(BatchHeader {
-            base_offset: u64_at(buf, OFF_BASE_OFFSET),
+            base_offset,
             batch_length: u32_at(buf, OFF_BATCH_LENGTH),
             append_time: u64_at(buf, OFF_APPEND_TIME) as i64,
             crc: u32_at(buf, OFF_CRC),
             version: buf[OFF_VERSION],
             attributes: u16_at(buf, OFF_ATTRIBUTES),
-            last_offset_delta: u32_at(buf, OFF_LAST_OFFSET_DELTA),
+            last_offset_delta,
             first_timestamp: u64_at(buf, OFF_FIRST_TIMESTAMP) as i64,
             max_timestamp: u64_at(buf, OFF_MAX_TIMESTAMP) as i64,
             producer_id: u64_at(buf, OFF_PRODUCER_ID) as i64,
@@ -254,14 +269,16 @@ impl BatchHeader {
         self.batch_length as usize + LENGTH_PREFIX_LEN
     }
 
-    /// Offset of the last record.
+    /// Offset of the last record (saturating: [`BatchHeader::decode`] refuses headers whose
+    /// offsets overflow).
     pub fn last_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(u64::from(self.last_offset_delta))
     }
 
     /// Offset the batch after this one starts at.
     pub fn next_offset(&self) -> u64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// The compression codec, or `None` for an unknown one.
@@ -658,10 +675,16 @@ impl Records {
                 "record has trailing bytes",
             ));
         }
+        let offset = self.base_offset.checked_add(offset_delta).ok_or_else(|| {
+            Error::malformed(
+                "offset_delta",
+                format!("{offset_delta} runs past the largest offset"),
+            )
+        })?;
         let used = rec.end;
         self.buf.advance(used);
         Ok(Record {
-            offset: self.base_offset + offset_delta,
+            offset,
             timestamp: self
                 .log_append_time
                 .unwrap_or(self.first_timestamp.wrapping_add(ts_delta)),
@@ -985,6 +1008,21 @@ mod tests {
         assert_eq!(recs[4].key.as_deref(), Some(&b"k4"[..]));
         assert_eq!(recs[0].headers[0].value.as_deref(), Some(&b"abc"[..]));
         assert_eq!(recs[0].headers[1].value, None);
+    }
+
+    #[test]
+    fn offsets_past_the_largest_are_refused_not_wrapped() {
+        let mut bytes = sample(3).to_vec();
+        // base_offset 2^64 - 3 with 3 records: the offset after the batch does not exist.
+        bytes[..8].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        let e = validate(&bytes, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("base_offset") && e.contains("largest offset"), "{e}");
+        // One less fits, and the last record's offset is the largest there is.
+        bytes[..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        let batch = RecordBatch::new(Bytes::from(bytes), 1 << 20).unwrap();
+        assert_eq!(batch.header().next_offset(), u64::MAX);
+        let last = batch.records().unwrap().last().unwrap().unwrap();
+        assert_eq!(last.offset, u64::MAX - 1);
     }
 
     #[test]

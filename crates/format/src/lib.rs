@@ -1016,7 +1016,10 @@ mod tests {
         // base_offset 2^64 - 3 with 3 records: the offset after the batch does not exist.
         bytes[..8].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
         let e = validate(&bytes, 1 << 20).unwrap_err().to_string();
-        assert!(e.contains("base_offset") && e.contains("largest offset"), "{e}");
+        assert!(
+            e.contains("base_offset") && e.contains("largest offset"),
+            "{e}"
+        );
         // One less fits, and the last record's offset is the largest there is.
         bytes[..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
         let batch = RecordBatch::new(Bytes::from(bytes), 1 << 20).unwrap();

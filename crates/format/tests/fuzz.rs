@@ -5,8 +5,8 @@
 //! their length and CRC fixed up half of the time, so that the checks behind the CRC (the
 //! record walk, the codecs, the record decoder) see the damage too.
 //!
-//! CI runs a few thousand cases per target; a long run:
-//! `PROPTEST_CASES=1000000 cargo test --release -p runnel-format --test fuzz`.
+//! CI runs a few thousand cases per target; long runs:
+//! `docs/reliability.md`, "Fuzz targets" (CI's cases come from a fixed seed).
 //! A failing case is written to `tests/fuzz.proptest-regressions` and replayed first on every
 //! later run (commit it with the fix).
 

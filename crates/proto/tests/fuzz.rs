@@ -5,8 +5,8 @@
 //! logs or forwards is what it read). A test checks that the list covers the input type of
 //! every RPC in the descriptor set, so a new RPC's request joins the fuzzing.
 //!
-//! CI runs a few thousand cases; a long run:
-//! `PROPTEST_CASES=1000000 cargo test --release -p runnel-proto --test fuzz`.
+//! CI runs a few thousand cases; long runs:
+//! `docs/reliability.md`, "Fuzz targets" (CI's cases come from a fixed seed).
 
 use proptest::collection::vec;
 use proptest::prelude::*;

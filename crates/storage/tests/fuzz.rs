@@ -6,8 +6,8 @@
 //! after a clean close, damage inside a batch is left to the consumer's CRC check), and the
 //! log takes and returns a new append.
 //!
-//! CI runs a few hundred cases; a long run:
-//! `PROPTEST_CASES=100000 cargo test --release -p runnel-storage --test fuzz`.
+//! CI runs a few hundred cases; long runs:
+//! `docs/reliability.md`, "Fuzz targets" (CI's cases come from a fixed seed).
 //! A failing case is written to `tests/fuzz.proptest-regressions` and replayed first on every
 //! later run (commit it with the fix).
 

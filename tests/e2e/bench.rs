@@ -205,6 +205,9 @@ fn bench_startup_stops_opens_and_recovers_the_real_broker_and_reports_json() {
 #[test]
 fn the_peers_driver_runs_every_runnel_workload_and_prints_its_tables() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The driver runs both binaries from their directory: have both built (and settled for
+    // the whole suite, so no other test's build replaces one while the driver runs it).
+    harness::runneld();
     let bin = harness::runnel_bench()
         .parent()
         .expect("the binaries' directory");
@@ -245,10 +248,10 @@ fn the_peers_driver_runs_every_runnel_workload_and_prints_its_tables() {
         "produce1-100",
         "produce4-100",
     ] {
-        assert_eq!(count("runnel", w), [4000], "{w}: {results}");
+        assert_eq!(count("runnel", w), [4000], "{w}: {results}\n{stderr}");
     }
     for w in ["produce1", "produce4"] {
-        assert_eq!(count("runnel-send", w), [4000], "{w}: {results}");
+        assert_eq!(count("runnel-send", w), [4000], "{w}: {results}\n{stderr}");
     }
     assert_eq!(count("runnel", "durable1"), [3], "{results}");
     assert_eq!(count("runnel", "durable16"), [48], "{results}");

@@ -113,6 +113,18 @@ class Server:
                                      env={**os.environ, **env}, cwd=cwd or self.dir)
         wait_port(port, name, self.proc)
 
+    def wait_log(self, line, timeout_s=120):
+        """Waits until the server's log holds `line` (a readiness message)."""
+        path = self.dir.parent / f"{self.name}.log"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {path}")
+            if line in path.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not log {line!r} within {timeout_s} s; see {path}")
+
     def cpu_s(self):
         return process_cpu_s(self.proc.pid)
 
@@ -140,6 +152,8 @@ class Runnel:
                                         "--listen", f"127.0.0.1:{RUNNEL_PORT}",
                                         "--set", "metrics.enabled=false"],
                              RUNNEL_PORT)
+        # The port answers while partitions open; the broker serves once it logs this.
+        self.server.wait_log("runneld started")
 
     def _bench(self, *args):
         out, _, cpu = run_client([self.bench, "--broker", f"127.0.0.1:{RUNNEL_PORT}", "--output",

@@ -389,6 +389,27 @@ fn cut_torn_tail(r: &mut Recovery<'_>, log: &Path, outcome: &ScanOutcome) -> Res
     Ok(true)
 }
 
+/// Ends the log at an unsealed segment whose data stops, intact, before the next segment's
+/// base: after a power cut, the OS had written a later segment's data but not this one's
+/// tail. That tail was never fsynced, so nothing after it was acknowledged as durable (every
+/// fsync of the log covers the rolled segments before the active one): the log ends here,
+/// as after a torn tail, and the later segments are deleted.
+fn lost_tail(r: &mut Recovery<'_>, log: &Path, segment: Segment, next: u64) -> Segment {
+    r.report(Repair {
+        path: log.to_path_buf(),
+        kind: RepairKind::TruncatedTail,
+        offset: segment.next_offset(),
+        position: segment.size(),
+        bytes_dropped: 0,
+        reason: format!(
+            "the segment ends at offset {} but the next starts at {next}: its tail was lost \
+             before it reached the disk",
+            segment.next_offset()
+        ),
+    });
+    segment
+}
+
 fn rebuilt_index_repair(log: &Path, base: u64, reason: &str) -> Repair {
     Repair {
         path: log.with_extension("index"),
@@ -549,8 +570,7 @@ fn open_sealed(r: &mut Recovery<'_>, base: u64, next: u64) -> Result<(Segment, b
             "sealed index missing or invalid",
         ));
         let segment = Segment::from_parts(r.dir, base, indexes, &outcome, false)?;
-        segment.seal()?;
-        return Ok((segment, false));
+        return end_sealed(r, &log, segment, next);
     }
 
     // A crash interrupted the sealing: the data may be torn like an active segment's. Within
@@ -573,19 +593,38 @@ fn open_sealed(r: &mut Recovery<'_>, base: u64, next: u64) -> Result<(Segment, b
             )
         }
     };
-    if !cut && segment.next_offset() != next {
+    if cut {
+        return Ok((segment, true));
+    }
+    end_sealed(r, &log, segment, next)
+}
+
+/// Seals a rebuilt segment whose data checked to its end, if it ends where the next one
+/// starts. Returns it, and whether the log ends with it instead.
+///
+/// # Errors
+/// [`Error::CorruptSegment`] for data that ends elsewhere, unless a power cut explains it
+/// ([`lost_tail`]).
+fn end_sealed(
+    r: &mut Recovery<'_>,
+    log: &Path,
+    segment: Segment,
+    next: u64,
+) -> Result<(Segment, bool)> {
+    if segment.next_offset() < next && r.trust == Trust::None {
+        return Ok((lost_tail(r, log, segment, next), true));
+    }
+    if segment.next_offset() != next {
         let reason = format!(
             "segment ends at offset {} but the next starts at {next}",
             segment.next_offset()
         );
         return Err(Error::CorruptSegment {
-            path: log,
+            path: log.to_path_buf(),
             position: segment.size(),
             reason,
         });
     }
-    if !cut {
-        segment.seal()?;
-    }
-    Ok((segment, cut))
+    segment.seal()?;
+    Ok((segment, false))
 }

@@ -552,6 +552,55 @@ fn a_crash_between_roll_and_seal_is_recovered() {
 }
 
 #[test]
+fn a_power_cut_that_lost_an_unsealed_segments_tail_ends_the_log_there() {
+    let fx = Fixture::new(8, 4, 2, false);
+    let victim = fx.segments[1];
+    let last = *fx.in_segment(victim).last().expect("batch");
+    let kept: Vec<&Stored> = fx.batches.iter().filter(|b| b.base < last.base).collect();
+    for empty_indexes in [false, true] {
+        // The OS wrote the later segments back, not the victim's last batch.
+        let context =
+            format!("segment {victim} without its last batch, empty indexes {empty_indexes}");
+        let dir = fx.trial("lost-tail");
+        if empty_indexes {
+            truncate(&seg_file(&dir, victim, "index"), 0);
+            truncate(&seg_file(&dir, victim, "timeindex"), 0);
+        } else {
+            unseal(&dir, victim, fx.config.max_index_bytes, true);
+        }
+        truncate(&seg_file(&dir, victim, "log"), last.pos);
+        let log = Log::open(&dir, fx.config.clone()).unwrap_or_else(|e| panic!("{context}: {e}"));
+        let ends: Vec<_> = log
+            .repairs()
+            .iter()
+            .filter(|r| r.kind == RepairKind::TruncatedTail)
+            .map(|r| (r.offset, r.position))
+            .collect();
+        assert_eq!(
+            ends,
+            [(last.base, last.pos)],
+            "{context}: {:?}",
+            log.repairs()
+        );
+        assert_eq!(
+            log.segment_base_offsets(),
+            fx.segments[..2].to_vec(),
+            "{context}"
+        );
+        check_holds(&log, &kept, &context);
+        drop(log);
+        append_after_recovery(&dir, &fx.config, &kept, &context);
+
+        // In the same boot the page cache has every write: a short segment is damage.
+        let dir = fx.same_boot_copy("lost-tail-same-boot");
+        unseal(&dir, victim, fx.config.max_index_bytes, true);
+        truncate(&seg_file(&dir, victim, "log"), last.pos);
+        let e = Log::open(&dir, fx.config.clone()).expect_err("a gap in the same boot");
+        assert!(matches!(e, Error::CorruptSegment { .. }), "{context}: {e}");
+    }
+}
+
+#[test]
 fn a_torn_tail_in_an_unsealed_segment_cuts_the_log_there() {
     let fx = Fixture::new(7, 4, 2, false);
     let victim = fx.segments[1];

@@ -214,6 +214,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    /// The file the process sees as its boot id, if not the machine's ([`Broker::start_booted`]).
+    boot_id: Option<PathBuf>,
     dir: TempDir,
     connection: Connection,
 }
@@ -242,10 +244,48 @@ impl Broker {
     /// If `runneld` cannot be spawned, exits, or is not healthy within [`PATIENCE`].
     pub async fn start_in(dir: TempDir, data_dir: PathBuf, args: &[&str]) -> Self {
         let args = args.iter().map(|s| (*s).to_owned()).collect();
-        Self::launch(dir, data_dir, args).await
+        Self::launch(dir, data_dir, args, None).await
     }
 
-    async fn launch(dir: TempDir, data_dir: PathBuf, args: Vec<String>) -> Self {
+    /// As [`Broker::start_in`], with the process seeing the content of `boot_id` as the
+    /// kernel's boot id (`/proc/sys/kernel/random/boot_id`, bound over in a mount namespace
+    /// of its own; needs root), so that a test can make a restart look like a new boot. The
+    /// file is read at every start: rewrite it before [`Broker::start_again`] after a
+    /// simulated power cut.
+    ///
+    /// # Panics
+    ///
+    /// As [`Broker::start_in`].
+    pub async fn start_booted(
+        dir: TempDir,
+        data_dir: PathBuf,
+        args: &[&str],
+        boot_id: &Path,
+    ) -> Self {
+        let args = args.iter().map(|s| (*s).to_owned()).collect();
+        Self::launch(dir, data_dir, args, Some(boot_id.to_path_buf())).await
+    }
+
+    /// `runneld`, under its own boot id where one is given.
+    fn command(boot_id: Option<&Path>) -> Command {
+        let Some(boot_id) = boot_id else {
+            return runneld_command();
+        };
+        let mut cmd = clean_command(Path::new("unshare"));
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /proc/sys/kernel/random/boot_id && shift && exec "$@""#)
+            .arg("sh")
+            .arg(boot_id)
+            .arg(runneld());
+        cmd
+    }
+
+    async fn launch(
+        dir: TempDir,
+        data_dir: PathBuf,
+        args: Vec<String>,
+        boot_id: Option<PathBuf>,
+    ) -> Self {
         let (grpc, metrics) = free_addr_pair();
         let log = dir.path().join(format!(
             "runneld-{}.log",
@@ -255,7 +295,7 @@ impl Broker {
         ));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = runneld_command()
+        let child = Self::command(boot_id.as_deref())
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--listen")
@@ -274,6 +314,7 @@ impl Broker {
             data_dir,
             log,
             args,
+            boot_id,
             dir,
             // Short: the health check below retries its connection until PATIENCE.
             connection: Connection::new(grpc, Duration::from_secs(5)),
@@ -399,7 +440,8 @@ impl Broker {
         assert!(self.child.is_none(), "runneld still running");
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let args = std::mem::take(&mut self.args);
-        Self::launch(dir, self.data_dir.clone(), args).await
+        let boot_id = self.boot_id.take();
+        Self::launch(dir, self.data_dir.clone(), args, boot_id).await
     }
 
     /// The broker's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).

@@ -259,7 +259,7 @@ impl Broker {
             .collect();
         for (wait, p, entries) in waits {
             if let Err(e) = wait.await {
-                let e = storage_error(&e, &p, None).to_pb();
+                let e = not_durable(&e, &p).to_pb();
                 for i in entries {
                     results[i].batches.clear();
                     results[i].error = Some(e.clone());
@@ -399,6 +399,23 @@ fn failed(partition: u32, e: &RpcError) -> pb::ProducePartitionResult {
         error: Some(e.to_pb()),
         batches: Vec::new(),
     }
+}
+
+/// The answer for entries written whose fsync then failed: `LOG_FAILED`, whatever the
+/// fsync's error, since the log now refuses appends until the broker restarts. The batches
+/// are in the log but may not be on disk, so the answer must not read as "not written": a
+/// retry (with the same sequence, as `LOG_FAILED` is retriable) is answered as a duplicate
+/// if the batch survived the restart and written if it did not.
+fn not_durable(e: &runnel_storage::Error, p: &Partition) -> RpcError {
+    let cause = storage_error(e, p, None);
+    RpcError::new(
+        ErrorCode::LogFailed,
+        format!(
+            "{}/{}: written but not known to be on disk ({}); the log refuses appends until \
+             the broker restarts",
+            p.topic, p.index, cause.message
+        ),
+    )
 }
 
 fn storage_error(e: &runnel_storage::Error, p: &Partition, epoch: Option<i16>) -> RpcError {

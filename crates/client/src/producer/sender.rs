@@ -19,7 +19,9 @@
 //!   gap. If the batch's outcome is unknown (it was in flight when the connection broke), or
 //!   the broker lost the producer's state (`UNKNOWN_PRODUCER`, or a gap nobody caused), the
 //!   producer bumps its epoch instead: once no outcome is unknown, `InitProducer` with the
-//!   current epoch, and every pending batch is restamped from sequence 0.
+//!   current epoch, and every pending batch is restamped from sequence 0. A bump answered
+//!   `PRODUCER_FENCED` means an earlier bump of ours took the epoch and its answer was lost
+//!   (ids are never shared between producers): the next try asks for a new producer id.
 //! - **`PRODUCER_FENCED`**: another instance took over the producer id; everything pending
 //!   fails and the producer stops.
 
@@ -106,6 +108,8 @@ pub(super) struct Sender {
     /// An epoch bump is needed.
     reset: bool,
     reset_attempt: u32,
+    /// A bump was fenced: the next reset asks for a new producer id.
+    fresh_id: bool,
     last_error: Option<ClientError>,
 }
 
@@ -126,6 +130,7 @@ impl Sender {
             reconnect_at: None,
             reset: false,
             reset_attempt: 0,
+            fresh_id: false,
             last_error: None,
         }
     }
@@ -488,8 +493,11 @@ impl Sender {
             self.end_rewind_if_drained(&key, true);
             return;
         }
-        // An answer with an error: this batch was not written.
-        batch.maybe_written = false;
+        // An answer with an error: this batch was not written, unless the log failed (an
+        // fsync that failed after the write: the batch may be stored).
+        if code != Some(ErrorCode::LogFailed) {
+            batch.maybe_written = false;
+        }
         let sequence_error = matches!(
             code,
             Some(ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducer)
@@ -652,8 +660,8 @@ impl Sender {
             return;
         };
         let call = self.client.init_producer(pb::InitProducerRequest {
-            producer_id: Some(id),
-            producer_epoch: Some(i32::from(epoch)),
+            producer_id: (!self.fresh_id).then_some(id),
+            producer_epoch: (!self.fresh_id).then_some(i32::from(epoch)),
         });
         match tokio::time::timeout(self.inner.config.request_timeout, call).await {
             Ok(Ok(response)) => {
@@ -661,6 +669,7 @@ impl Sender {
                 let (id, epoch) = (r.producer_id, r.producer_epoch as i16);
                 tracing::info!(producer_id = id, epoch, "producer epoch bumped");
                 self.producer = Some((id, epoch));
+                self.fresh_id = false;
                 for part in self.parts.values_mut() {
                     let mut next = 0;
                     for batch in &mut part.queue {
@@ -678,6 +687,19 @@ impl Sender {
             }
             Ok(Err(status)) => {
                 let e = self.inner.conn.error(status);
+                if e.code() == Some(ErrorCode::ProducerFenced) && !self.fresh_id {
+                    // An earlier bump of ours whose answer was lost (a timeout, a broker
+                    // killed after storing it) took the epoch; no other producer holds the
+                    // id, and nothing pending has an unknown outcome: a new id carries on.
+                    tracing::info!(
+                        producer_id = id,
+                        epoch,
+                        "epoch bump fenced by a bump of ours whose answer was lost; asking for a new producer id"
+                    );
+                    self.fresh_id = true;
+                    self.retry_reset_later(e);
+                    return;
+                }
                 if is_fatal(&e) || e.code() == Some(ErrorCode::UnknownProducer) {
                     lock(&self.inner.state).fatal = Some(e);
                     return;

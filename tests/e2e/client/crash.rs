@@ -192,7 +192,9 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
         ..Faults::default()
     });
     refused(&b, ErrorCode::Internal, "write segment").await;
+    phase("write EIO refused");
     reads_go_on(&b).await;
+    phase("write EIO reads");
     disk.set_faults(Faults::default());
     load.progresses(2000).await;
     phase("write EIO");

@@ -1028,6 +1028,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_whose_fsync_failed_keeps_its_outcome_open() {
+        let (mut s, _futures) = three_in_flight();
+        for _ in 0..3 {
+            s.answer(Err(pb::ErrorCode::LogFailed));
+        }
+        assert_eq!(s.queued_sequences(), [(0, 2), (2, 3), (5, 4)]);
+        assert!(
+            s.part0().queue.iter().all(|b| b.maybe_written),
+            "written, maybe stored: retried with the same sequences, never given to others"
+        );
+    }
+
+    #[tokio::test]
     async fn fencing_stops_the_producer() {
         let (mut s, futures) = three_in_flight();
         s.answer(Err(pb::ErrorCode::ProducerFenced));

@@ -30,6 +30,21 @@ impl FaultFs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Creates a directory or a file owned by the caller; returns its attributes.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        dir: bool,
+    ) -> Result<FileAttr> {
+        let mut tree = self.tree();
+        let meta = Meta::new((mode & 0o7777) as u16, req.uid(), req.gid());
+        let ino = tree.create(parent.0, name, dir, meta)?;
+        attr_of(&tree, ino)
+    }
 }
 
 fn attr(ino: u64, node: &Node) -> FileAttr {
@@ -130,12 +145,7 @@ impl Filesystem for FaultFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut tree = self.tree();
-        let meta = Meta::new((mode & !umask & 0o7777) as u16, req.uid(), req.gid());
-        let result = tree
-            .create(parent.0, name, true, meta)
-            .and_then(|ino| attr_of(&tree, ino));
-        entry(reply, result);
+        entry(reply, self.make(req, parent, name, mode & !umask, true));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -309,12 +319,7 @@ impl Filesystem for FaultFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut tree = self.tree();
-        let meta = Meta::new((mode & !umask & 0o7777) as u16, req.uid(), req.gid());
-        let result = tree
-            .create(parent.0, name, false, meta)
-            .and_then(|ino| attr_of(&tree, ino));
-        match result {
+        match self.make(req, parent, name, mode & !umask, false) {
             Ok(a) => reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }

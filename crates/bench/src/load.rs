@@ -16,8 +16,8 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use runnel_client::{
-    Acks, Client, Compression, ConsumerConfig, DeliveryFuture, ProducerConfig, ProducerRecord,
-    StartAt, TopicConfig, TopicPartition,
+    Acks, Client, ClientConfig, Compression, ConsumerConfig, DeliveryFuture, ProducerConfig,
+    ProducerRecord, StartAt, TopicConfig, TopicPartition,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -107,7 +107,13 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     };
     let mut stalled = Vec::new();
     for i in 0..args.stalled_consumers {
-        let c = Client::connect(broker.to_owned()).await?;
+        // The smallest window: a consumer that stops reading stalls the broker's sends at
+        // once, as one whose process stopped would, instead of taking megabytes first.
+        let c = Client::connect_with(ClientConfig {
+            receive_window_bytes: 65_535,
+            ..ClientConfig::new(broker)
+        })
+        .await?;
         let mut consumer = c.consumer(consumer_config())?;
         for p in stalled_partitions(i, args.stalled_consumers, description.partition_count) {
             consumer.assign(TopicPartition::new(&args.topic, p), StartAt::Latest)?;

@@ -23,12 +23,12 @@ use crate::error::{ClientError, Result};
 /// the broker sends as one chunk arrives as one frame and is decoded without a copy.
 const MAX_FRAME_BYTES: u32 = (1 << 24) - 1;
 
-/// The client's HTTP/2 receive window per stream, in bytes: room for several batches in
+/// The default HTTP/2 receive window per stream, in bytes: room for several batches in
 /// flight, so that the broker seldom splits one at the window's edge.
 const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 
-/// The client's HTTP/2 receive window per connection, in bytes.
-const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// The smallest receive window: HTTP/2's initial one.
+const MIN_WINDOW_BYTES: u32 = 65_535;
 
 /// How the client connects to the broker.
 #[derive(Debug, Clone)]
@@ -48,6 +48,11 @@ pub struct ClientConfig {
     /// The interval of HTTP/2 keep-alive pings, which detect a dead connection that TCP has
     /// not noticed.
     pub keep_alive_interval: Duration,
+    /// The HTTP/2 receive window per stream, in bytes (the connection's is twice this): how
+    /// much of a subscription's data the broker may send ahead of what the consumer has
+    /// taken. Smaller bounds what a consumer that stops reading holds, on both sides, at some
+    /// cost in throughput. 65,535 to 1 GiB.
+    pub receive_window_bytes: u32,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +64,7 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             max_message_bytes: 64 << 20,
             keep_alive_interval: Duration::from_secs(10),
+            receive_window_bytes: STREAM_WINDOW_BYTES,
         }
     }
 }
@@ -86,6 +92,13 @@ impl ClientConfig {
             return Err(ClientError::Config(format!(
                 "max_message_bytes {} is below 1 MiB",
                 self.max_message_bytes
+            )));
+        }
+        if !(MIN_WINDOW_BYTES..=1 << 30).contains(&self.receive_window_bytes) {
+            return Err(ClientError::Config(format!(
+                "receive_window_bytes {} is outside [{MIN_WINDOW_BYTES}, {}]",
+                self.receive_window_bytes,
+                1 << 30
             )));
         }
         self.backoff.validate()
@@ -220,8 +233,8 @@ impl Connection {
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .max_frame_size(MAX_FRAME_BYTES)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .initial_stream_window_size(config.receive_window_bytes)
+            .initial_connection_window_size(config.receive_window_bytes.saturating_mul(2))
             .http2_keep_alive_interval(config.keep_alive_interval)
             .keep_alive_timeout(config.keep_alive_interval.max(Duration::from_secs(1)))
             .keep_alive_while_idle(true);
@@ -336,6 +349,14 @@ mod tests {
             ..ClientConfig::default()
         };
         assert!(bad.validate().is_err());
+        for window in [0, 65_534, (1 << 30) + 1] {
+            let bad = ClientConfig {
+                receive_window_bytes: window,
+                ..ClientConfig::default()
+            };
+            let e = bad.validate().expect_err("window out of range").to_string();
+            assert!(e.contains("receive_window_bytes"), "{e}");
+        }
         assert_eq!(ClientConfig::new("h:1").url(), "http://h:1");
         assert_eq!(ClientConfig::new("http://h:1").url(), "http://h:1");
     }

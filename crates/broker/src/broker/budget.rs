@@ -1,6 +1,8 @@
-//! The broker-wide budget of produce bytes in flight (`limits.produce_max_in_flight_bytes`).
+//! The broker-wide budgets: produce bytes in flight (`limits.produce_max_in_flight_bytes`)
+//! and the subscriptions' read-ahead (`limits.subscribe_buffer_bytes`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -74,6 +76,58 @@ impl ProduceBudget {
     }
 }
 
+/// The smallest read a subscription's share of the read-ahead budget shrinks to.
+pub(crate) const MIN_READ_BYTES: u64 = 16 << 10;
+
+/// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`): what all open
+/// subscription streams together may hold read from disk ahead of their clients. A stream
+/// holds at most its queue's `subscribe_queue_depth` responses, the one being encoded and
+/// the one in HTTP/2's send buffer, so each of its reads takes at most its share of the
+/// budget over `subscribe_queue_depth + 2`. Shares are equal, never below
+/// [`MIN_READ_BYTES`] a read: subscribers that stop reading hold at most their shares, and
+/// the others keep theirs.
+#[derive(Debug)]
+pub(crate) struct ReadAhead {
+    limit: u64,
+    /// Responses a stream holds at most: its queue's depth plus two.
+    held: u64,
+    streams: Arc<AtomicU64>,
+}
+
+/// An open subscription stream, counted in the [`ReadAhead`] shares until dropped.
+pub(crate) struct OpenStream(Arc<AtomicU64>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ReadAhead {
+    /// A budget of `limit` bytes for streams whose queues hold `queue_depth` responses.
+    pub(crate) fn new(limit: u64, queue_depth: u32) -> Self {
+        ReadAhead {
+            limit,
+            held: u64::from(queue_depth.max(1)) + 2,
+            streams: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts a stream until the returned guard is dropped.
+    pub(crate) fn open(&self) -> OpenStream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.streams.clone())
+    }
+
+    /// The most bytes one read of a stream may take now: `wanted`, or less when the open
+    /// streams' shares of the budget are smaller (a read still returns at least one batch).
+    pub(crate) fn read_max(&self, wanted: usize) -> usize {
+        let streams = self.streams.load(Ordering::Relaxed).max(1);
+        let per_read = (self.limit / streams / self.held).max(MIN_READ_BYTES);
+        wanted.min(usize::try_from(per_read).unwrap_or(usize::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use runnel_proto::pb::ErrorCode;
@@ -106,5 +160,29 @@ mod tests {
         assert!(budget.kib.available_permits() == 0);
         drop(big);
         assert_eq!(budget.kib.available_permits(), 4);
+    }
+
+    #[test]
+    fn read_ahead_shares_shrink_with_the_open_streams_down_to_the_floor() {
+        // 6 MiB over streams holding 2 + 2 responses each.
+        let budget = ReadAhead::new(6 << 20, 2);
+        assert_eq!(
+            budget.read_max(1 << 20),
+            1 << 20,
+            "no stream open: the whole share"
+        );
+        let first = budget.open();
+        assert_eq!(budget.read_max(1 << 20), 1 << 20);
+        let more: Vec<_> = (0..5).map(|_| budget.open()).collect();
+        assert_eq!(
+            budget.read_max(1 << 20),
+            256 << 10,
+            "6 MiB / 6 streams / 4 responses"
+        );
+        let many: Vec<_> = (0..1000).map(|_| budget.open()).collect();
+        assert_eq!(budget.read_max(1 << 20) as u64, MIN_READ_BYTES);
+        assert_eq!(budget.read_max(100), 100, "never more than asked");
+        drop((first, more, many));
+        assert_eq!(budget.read_max(1 << 20), 1 << 20);
     }
 }

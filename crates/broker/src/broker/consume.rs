@@ -476,9 +476,10 @@ impl Broker {
         }
         let (tx, rx) = mpsc::channel(limits.subscribe_queue_depth.max(1) as usize);
         let broker = self.clone();
+        let open = self.read_ahead.open();
         tokio::spawn(async move {
             let end = broker.stream_partitions(subscribed, shape, tx).await;
-            drop(guard);
+            drop((guard, open));
             on_end(end);
         });
         Ok(ReceiverStream::new(rx))
@@ -538,7 +539,8 @@ impl Broker {
     /// Pushes a partition's batches (or records) into a subscription's queue, starting with
     /// a response without data that confirms `start`, until the client leaves or the stream
     /// must end. Reads from disk only when the queue has room, so a client that stops reading
-    /// stops the reader. Returns how the stream ended.
+    /// stops the reader, and at most the stream's share of the read-ahead budget at a time
+    /// ([`ReadAhead`](super::budget::ReadAhead)). Returns how the stream ended.
     pub(crate) async fn stream_partition(
         &self,
         p: &Arc<Partition>,
@@ -583,8 +585,9 @@ impl Broker {
             }
             end.borrow_and_update();
             let part = p.clone();
+            let max_bytes = self.read_ahead.read_max(shape.max_bytes);
             let read = tokio::task::spawn_blocking(move || {
-                let mut read = part.read(next, shape.max_bytes)?;
+                let mut read = part.read(next, max_bytes)?;
                 let bytes = read.len_bytes() as u64;
                 let batches = std::mem::take(&mut read.batches);
                 let data = formatted(batches, next, shape.format, decode_limit, &part);

@@ -109,8 +109,10 @@ impl Broker {
         let depth = self.config.limits.subscribe_queue_depth.max(1) as usize;
         let (records_tx, records) = mpsc::channel(depth);
         let broker = self.clone();
+        let open = self.read_ahead.open();
         tokio::spawn(async move {
             let end = run(broker, inbound, host, control_tx, records_tx).await;
+            drop(open);
             on_end(end);
         });
         Ok(GroupConsumer { control, records })

@@ -27,7 +27,7 @@ use crate::groups::Groups;
 use crate::producers::Producers;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
-use budget::ProduceBudget;
+use budget::{ProduceBudget, ReadAhead};
 
 /// What every front end shares: the configuration, the topics and their partitions, the
 /// idempotent producers, the consumer groups, the shutdown signal and the broker-wide limits.
@@ -47,6 +47,8 @@ pub struct Broker {
     pub(crate) produce_budget: ProduceBudget,
     /// Open subscriptions (`limits.max_subscriptions`).
     pub(crate) subscriptions: Arc<Semaphore>,
+    /// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`).
+    pub(crate) read_ahead: ReadAhead,
     /// When the broker started.
     pub started: Instant,
     /// When the broker started, in milliseconds since the Unix epoch.
@@ -71,6 +73,7 @@ impl Broker {
                 std::time::Duration::from_millis(limits.produce_in_flight_wait_ms),
             ),
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
+            read_ahead: ReadAhead::new(limits.subscribe_buffer_bytes, limits.subscribe_queue_depth),
             topics,
             producers,
             groups,

@@ -114,7 +114,13 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
             ..ClientConfig::new(broker)
         })
         .await?;
-        let mut consumer = c.consumer(consumer_config())?;
+        // And the smallest buffers: one response of at most 64 KiB between its readers and
+        // the application that never comes.
+        let mut consumer = c.consumer(ConsumerConfig {
+            buffered_responses: 1,
+            max_bytes_per_response: 64 << 10,
+            ..consumer_config()
+        })?;
         for p in stalled_partitions(i, args.stalled_consumers, description.partition_count) {
             consumer.assign(TopicPartition::new(&args.topic, p), StartAt::Latest)?;
         }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use bytes::Bytes;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::RpcError;
 use crate::metrics;
@@ -76,39 +77,90 @@ impl ProduceBudget {
     }
 }
 
-/// The smallest read a subscription's share of the read-ahead budget shrinks to.
-pub(crate) const MIN_READ_BYTES: u64 = 16 << 10;
+/// The smallest share of the read-ahead budget a stream gets, however many are open.
+pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 
 /// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`): what all open
-/// subscription streams together may hold read from disk ahead of their clients. A stream
-/// holds at most its queue's `subscribe_queue_depth` responses, the one being encoded and
-/// the one in HTTP/2's send buffer, so each of its reads takes at most its share of the
-/// budget over `subscribe_queue_depth + 2`. Shares are equal, never below
-/// [`MIN_READ_BYTES`] a read: subscribers that stop reading hold at most their shares, and
-/// the others keep theirs.
+/// subscription streams together may hold read from disk ahead of their clients, from the
+/// read until HTTP/2 has written the bytes (or the response was framed, for batches small
+/// enough to be copied into their frame). The open streams share it equally, never less
+/// than [`MIN_SHARE_BYTES`] each: a stream reads only while it holds less than its share,
+/// and a read takes at most the rest (and always one whole batch). A subscriber that stops
+/// reading holds at most its share plus one batch; the others keep theirs.
 #[derive(Debug)]
 pub(crate) struct ReadAhead {
     limit: u64,
-    /// Responses a stream holds at most: its queue's depth plus two.
-    held: u64,
     streams: Arc<AtomicU64>,
 }
 
-/// An open subscription stream, counted in the [`ReadAhead`] shares until dropped.
-pub(crate) struct OpenStream(Arc<AtomicU64>);
+/// An open subscription stream: counted in the [`ReadAhead`] shares until dropped, and
+/// what its responses hold.
+pub(crate) struct OpenStream {
+    streams: Arc<AtomicU64>,
+    /// The bytes the stream's responses hold.
+    pub(crate) held: Arc<Held>,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The bytes one stream's responses hold, and a signal when some are released.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    bytes: AtomicU64,
+    released: Notify,
+}
+
+impl Held {
+    /// Counts `batches` as held until the last copy of each is dropped: each becomes a
+    /// `Bytes` owning the original (one allocation per batch, none per record).
+    pub(crate) fn track(self: &Arc<Self>, batches: Vec<Bytes>) -> Vec<Bytes> {
+        batches
+            .into_iter()
+            .map(|bytes| {
+                self.bytes.fetch_add(bytes.len() as u64, Ordering::AcqRel);
+                Bytes::from_owner(Tracked {
+                    bytes,
+                    held: self.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// A batch counted in its stream's [`Held`] until dropped.
+struct Tracked {
+    bytes: Bytes,
+    held: Arc<Held>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.held
+            .bytes
+            .fetch_sub(self.bytes.len() as u64, Ordering::AcqRel);
+        self.held.released.notify_waiters();
     }
 }
 
 impl ReadAhead {
-    /// A budget of `limit` bytes for streams whose queues hold `queue_depth` responses.
-    pub(crate) fn new(limit: u64, queue_depth: u32) -> Self {
+    /// A budget of `limit` bytes.
+    pub(crate) fn new(limit: u64) -> Self {
         ReadAhead {
             limit,
-            held: u64::from(queue_depth.max(1)) + 2,
             streams: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -116,15 +168,37 @@ impl ReadAhead {
     /// Counts a stream until the returned guard is dropped.
     pub(crate) fn open(&self) -> OpenStream {
         self.streams.fetch_add(1, Ordering::Relaxed);
-        OpenStream(self.streams.clone())
+        OpenStream {
+            streams: self.streams.clone(),
+            held: Arc::new(Held::default()),
+        }
     }
 
-    /// The most bytes one read of a stream may take now: `wanted`, or less when the open
-    /// streams' shares of the budget are smaller (a read still returns at least one batch).
-    pub(crate) fn read_max(&self, wanted: usize) -> usize {
+    /// Each open stream's share of the budget now.
+    fn share(&self) -> u64 {
         let streams = self.streams.load(Ordering::Relaxed).max(1);
-        let per_read = (self.limit / streams / self.held).max(MIN_READ_BYTES);
-        wanted.min(usize::try_from(per_read).unwrap_or(usize::MAX))
+        (self.limit / streams).max(MIN_SHARE_BYTES)
+    }
+
+    /// The bytes a stream holding `held` may read now, at most `wanted`, or `None` if it
+    /// holds its share already.
+    pub(crate) fn room(&self, held: &Held, wanted: usize) -> Option<usize> {
+        let left = self.share().checked_sub(held.bytes()).filter(|&l| l > 0)?;
+        Some(wanted.min(usize::try_from(left).unwrap_or(usize::MAX)))
+    }
+
+    /// Waits until a stream holding `held` may read; returns how much, at most `wanted`.
+    pub(crate) async fn wait_room(&self, held: &Held, wanted: usize) -> usize {
+        loop {
+            let released = held.released.notified();
+            tokio::pin!(released);
+            // Registered before the check, so a release between the two is not missed.
+            released.as_mut().enable();
+            if let Some(n) = self.room(held, wanted) {
+                return n;
+            }
+            released.await;
+        }
     }
 }
 
@@ -162,27 +236,63 @@ mod tests {
         assert_eq!(budget.kib.available_permits(), 4);
     }
 
-    #[test]
-    fn read_ahead_shares_shrink_with_the_open_streams_down_to_the_floor() {
-        // 6 MiB over streams holding 2 + 2 responses each.
-        let budget = ReadAhead::new(6 << 20, 2);
+    #[tokio::test]
+    async fn a_stream_reads_only_while_it_holds_less_than_its_share() {
+        // 64 KiB over the open streams.
+        let budget = ReadAhead::new(64 << 10);
+        let a = budget.open();
         assert_eq!(
-            budget.read_max(1 << 20),
-            1 << 20,
-            "no stream open: the whole share"
+            budget.room(&a.held, 1 << 20),
+            Some(64 << 10),
+            "one stream: all of it"
         );
-        let first = budget.open();
-        assert_eq!(budget.read_max(1 << 20), 1 << 20);
-        let more: Vec<_> = (0..5).map(|_| budget.open()).collect();
+        let b = budget.open();
         assert_eq!(
-            budget.read_max(1 << 20),
-            256 << 10,
-            "6 MiB / 6 streams / 4 responses"
+            budget.room(&a.held, 1 << 20),
+            Some(32 << 10),
+            "two: half each"
         );
+        assert_eq!(
+            budget.room(&a.held, 100),
+            Some(100),
+            "never more than asked"
+        );
+
+        // A batch larger than the share is held whole; the stream then waits.
+        let held = a.held.track(vec![Bytes::from(vec![7u8; 40 << 10])]);
+        assert_eq!(held[0].len(), 40 << 10);
+        assert_eq!(budget.room(&a.held, 1 << 20), None);
+        assert_eq!(
+            budget.room(&b.held, 1 << 20),
+            Some(32 << 10),
+            "the other keeps its share"
+        );
+        let waiter = {
+            let held = a.held.clone();
+            let budget = std::sync::Arc::new(budget);
+            let b2 = budget.clone();
+            (
+                tokio::spawn(async move { b2.wait_room(&held, 1 << 20).await }),
+                budget,
+            )
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.0.is_finished());
+        // A slice keeps the batch held; dropping the last copy releases it.
+        let slice = held[0].slice(..10);
+        drop(held);
+        tokio::task::yield_now().await;
+        assert!(!waiter.0.is_finished(), "a slice still holds the batch");
+        drop(slice);
+        assert_eq!(waiter.0.await.unwrap(), 32 << 10);
+        let budget = waiter.1;
+
+        // Many streams: the floor.
         let many: Vec<_> = (0..1000).map(|_| budget.open()).collect();
-        assert_eq!(budget.read_max(1 << 20) as u64, MIN_READ_BYTES);
-        assert_eq!(budget.read_max(100), 100, "never more than asked");
-        drop((first, more, many));
-        assert_eq!(budget.read_max(1 << 20), 1 << 20);
+        assert_eq!(
+            budget.room(&b.held, 1 << 20),
+            Some(MIN_SHARE_BYTES as usize)
+        );
+        drop((a, b, many));
     }
 }

@@ -16,6 +16,7 @@ use runnel_proto::pb::{
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::budget::Held;
 use super::{Broker, capped};
 use crate::error::{At, RpcError};
 use crate::metrics;
@@ -478,7 +479,9 @@ impl Broker {
         let broker = self.clone();
         let open = self.read_ahead.open();
         tokio::spawn(async move {
-            let end = broker.stream_partitions(subscribed, shape, tx).await;
+            let end = broker
+                .stream_partitions(subscribed, shape, &open.held, tx)
+                .await;
             drop((guard, open));
             on_end(end);
         });
@@ -508,13 +511,17 @@ impl Broker {
         self: &Arc<Self>,
         partitions: Vec<Subscribed>,
         shape: ReadShape,
+        held: &Arc<Held>,
         tx: mpsc::Sender<SubscribeItem>,
     ) -> SubscriptionEnd {
         let mut readers = tokio::task::JoinSet::new();
         for Subscribed { partition, start } in partitions {
-            let (broker, tx) = (self.clone(), tx.clone());
-            readers
-                .spawn(async move { broker.stream_partition(&partition, start, shape, &tx).await });
+            let (broker, tx, held) = (self.clone(), tx.clone(), held.clone());
+            readers.spawn(async move {
+                broker
+                    .stream_partition(&partition, start, shape, &held, &tx)
+                    .await
+            });
         }
         drop(tx);
         let mut end = SubscriptionEnd::ClientLeft;
@@ -539,13 +546,15 @@ impl Broker {
     /// Pushes a partition's batches (or records) into a subscription's queue, starting with
     /// a response without data that confirms `start`, until the client leaves or the stream
     /// must end. Reads from disk only when the queue has room, so a client that stops reading
-    /// stops the reader, and at most the stream's share of the read-ahead budget at a time
-    /// ([`ReadAhead`](super::budget::ReadAhead)). Returns how the stream ended.
+    /// stops the reader, and only while the stream (whose responses hold `held`) holds less
+    /// than its share of the read-ahead budget ([`ReadAhead`](super::budget::ReadAhead)).
+    /// Returns how the stream ended.
     pub(crate) async fn stream_partition(
         &self,
         p: &Arc<Partition>,
         start: u64,
         shape: ReadShape,
+        held: &Arc<Held>,
         tx: &mpsc::Sender<SubscribeItem>,
     ) -> SubscriptionEnd {
         let response = |next_offset, log_start_offset, log_end_offset, data: Formatted| {
@@ -584,12 +593,17 @@ impl Broker {
                 break RpcError::unknown_topic(&p.topic);
             }
             end.borrow_and_update();
-            let part = p.clone();
-            let max_bytes = self.read_ahead.read_max(shape.max_bytes);
+            let max_bytes = tokio::select! {
+                biased;
+                () = shutdown.wait() => break RpcError::shutting_down(),
+                () = tx.closed() => return SubscriptionEnd::ClientLeft,
+                n = self.read_ahead.wait_room(held, shape.max_bytes) => n,
+            };
+            let (part, held) = (p.clone(), held.clone());
             let read = tokio::task::spawn_blocking(move || {
                 let mut read = part.read(next, max_bytes)?;
                 let bytes = read.len_bytes() as u64;
-                let batches = std::mem::take(&mut read.batches);
+                let batches = held.track(std::mem::take(&mut read.batches));
                 let data = formatted(batches, next, shape.format, decode_limit, &part);
                 Ok::<_, runnel_storage::Error>((read, bytes, data))
             })

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt as _};
 
 use super::Broker;
+use super::budget::{Held, OpenStream};
 use super::consume::{Format, ReadShape, SubscribeItem, SubscriptionEnd};
 use super::groups::View;
 use crate::error::RpcError;
@@ -86,6 +87,8 @@ struct Member {
     /// The partitions of the last assignment sent, to send only changes.
     told: Option<Vec<pb::TopicPartitions>>,
     records: mpsc::Sender<SubscribeItem>,
+    /// What the member's responses hold of the read-ahead budget.
+    held: Arc<Held>,
     control: mpsc::Sender<Result<Tell, RpcError>>,
 }
 
@@ -111,7 +114,7 @@ impl Broker {
         let broker = self.clone();
         let open = self.read_ahead.open();
         tokio::spawn(async move {
-            let end = run(broker, inbound, host, control_tx, records_tx).await;
+            let end = run(broker, inbound, host, control_tx, records_tx, &open).await;
             drop(open);
             on_end(end);
         });
@@ -190,6 +193,7 @@ async fn run<S>(
     host: String,
     control: mpsc::Sender<Result<Tell, RpcError>>,
     records: mpsc::Sender<SubscribeItem>,
+    stream: &OpenStream,
 ) -> ConsumeEnd
 where
     S: Stream<Item = Inbound> + Unpin,
@@ -228,6 +232,7 @@ where
         committing: None,
         told: None,
         records,
+        held: stream.held.clone(),
         control,
     };
     let end = if m.tell(Tell::Joined(joined)).await {
@@ -406,9 +411,9 @@ impl Member {
         let p = b.topics.get(&tp.0)?.partition(tp.1)?;
         let start = self.start_offset(&p)?;
         let slot = b.subscription_slots(1)?;
-        let (shape, tx) = (self.shape, self.records.clone());
+        let (shape, tx, held) = (self.shape, self.records.clone(), self.held.clone());
         Ok(tokio::spawn(async move {
-            let end = b.stream_partition(&p, start, shape, &tx).await;
+            let end = b.stream_partition(&p, start, shape, &held, &tx).await;
             drop(slot);
             end
         }))

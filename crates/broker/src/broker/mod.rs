@@ -73,7 +73,7 @@ impl Broker {
                 std::time::Duration::from_millis(limits.produce_in_flight_wait_ms),
             ),
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
-            read_ahead: ReadAhead::new(limits.subscribe_buffer_bytes, limits.subscribe_queue_depth),
+            read_ahead: ReadAhead::new(limits.subscribe_buffer_bytes),
             topics,
             producers,
             groups,

@@ -82,6 +82,83 @@ fn big_batch(i: u64) -> Bytes {
     b.build()
 }
 
+/// A batch of about 64 KB.
+fn batch_64k(i: u64) -> Bytes {
+    let mut b = runnel_format::BatchBuilder::new();
+    b.push(
+        None,
+        Some(&vec![b'v'; 64_000]),
+        &[],
+        i64::try_from(i).unwrap_or(0),
+    );
+    b.build()
+}
+
+/// The broker's `runnel_subscribe_read_ahead_bytes`.
+fn read_ahead(b: &Broker) -> f64 {
+    let text = b.scrape_metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix("runnel_subscribe_read_ahead_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn stalled_subscribers_hold_at_most_the_read_ahead_budget_and_readers_keep_reading() {
+    const PARTITIONS: u32 = 8;
+    const BATCHES: u64 = 64;
+    let b = Broker::start_with(&["--set", "limits.subscribe_buffer_bytes=1048576"]).await;
+    create_topic(&b, "t", PARTITIONS).await;
+    for p in 0..PARTITIONS {
+        for i in 0..BATCHES {
+            let r = produce(&b, "t", p, vec![batch_64k(i)]).await;
+            assert!(r.error.is_none(), "{r:?}");
+        }
+    }
+    let subscribe = |p: u32| pb::SubscribeRequest {
+        topic: "t".into(),
+        partition: p,
+        start: Some(pb::StartPosition {
+            position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
+        }),
+        max_bytes: 0,
+        ..Default::default()
+    };
+    // One stalled subscriber per partition, each on a connection of its own, reading only
+    // the response that confirms its start: 8 x 4 MB of backlog, past their 2 MiB windows.
+    let mut stalled = Vec::new();
+    for p in 0..PARTITIONS {
+        let mut s = ConsumeServiceClient::new(b.new_channel())
+            .subscribe(subscribe(p))
+            .await
+            .unwrap()
+            .into_inner();
+        within(s.next()).await.unwrap().unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1 MiB in all, and one whole batch over it at most per stream.
+    let bound = f64::from(1 << 20) + f64::from(PARTITIONS) * 66_000.0;
+    let held = read_ahead(&b);
+    assert!(held > 0.0, "the stalled subscribers hold nothing?");
+    assert!(held <= bound, "read-ahead {held} bytes, over {bound}");
+
+    // Another subscriber on a stalled partition reads the whole backlog, one batch at a
+    // time if the stalled streams hold the whole budget.
+    let mut reader = ConsumeServiceClient::new(b.new_channel())
+        .subscribe(subscribe(0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = 0;
+    while next < BATCHES {
+        next = within(reader.next()).await.unwrap().unwrap().next_offset;
+    }
+    assert_eq!(next, BATCHES);
+    assert!(read_ahead(&b) <= bound);
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn a_stalled_subscriber_does_not_grow_broker_memory() {
     let b = Broker::start().await;

@@ -83,14 +83,19 @@ pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 /// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`): what all open
 /// subscription streams together may hold read from disk ahead of their clients, from the
 /// read until HTTP/2 has written the bytes (or the response was framed, for batches small
-/// enough to be copied into their frame). The open streams share it equally, never less
-/// than [`MIN_SHARE_BYTES`] each: a stream reads only while it holds less than its share,
-/// and a read takes at most the rest (and always one whole batch). A subscriber that stops
-/// reading holds at most its share plus one batch; the others keep theirs.
+/// enough to be copied into their frame).
+///
+/// A stream reads while it holds less than its share (the budget over the open streams,
+/// never less than [`MIN_SHARE_BYTES`]) and the budget has room, at most the smaller rest.
+/// A stream that holds nothing may always read one batch, so that every reader makes
+/// progress however much stalled streams hold. All streams together hold at most the
+/// budget plus one batch each.
 #[derive(Debug)]
 pub(crate) struct ReadAhead {
     limit: u64,
     streams: Arc<AtomicU64>,
+    /// What all streams hold.
+    total: Arc<AtomicU64>,
 }
 
 /// An open subscription stream: counted in the [`ReadAhead`] shares until dropped, and
@@ -108,9 +113,11 @@ impl Drop for OpenStream {
 }
 
 /// The bytes one stream's responses hold, and a signal when some are released.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Held {
     bytes: AtomicU64,
+    /// What all streams hold ([`ReadAhead`]'s).
+    total: Arc<AtomicU64>,
     released: Notify,
 }
 
@@ -118,10 +125,13 @@ impl Held {
     /// Counts `batches` as held until the last copy of each is dropped: each becomes a
     /// `Bytes` owning the original (one allocation per batch, none per record).
     pub(crate) fn track(self: &Arc<Self>, batches: Vec<Bytes>) -> Vec<Bytes> {
+        let total: usize = batches.iter().map(Bytes::len).sum();
+        self.bytes.fetch_add(total as u64, Ordering::AcqRel);
+        self.total.fetch_add(total as u64, Ordering::AcqRel);
+        metrics::plain_gauge(metrics::SUBSCRIBE_READ_AHEAD).increment(total as f64);
         batches
             .into_iter()
             .map(|bytes| {
-                self.bytes.fetch_add(bytes.len() as u64, Ordering::AcqRel);
                 Bytes::from_owner(Tracked {
                     bytes,
                     held: self.clone(),
@@ -149,9 +159,10 @@ impl AsRef<[u8]> for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.held
-            .bytes
-            .fetch_sub(self.bytes.len() as u64, Ordering::AcqRel);
+        let n = self.bytes.len();
+        self.held.bytes.fetch_sub(n as u64, Ordering::AcqRel);
+        self.held.total.fetch_sub(n as u64, Ordering::AcqRel);
+        metrics::plain_gauge(metrics::SUBSCRIBE_READ_AHEAD).decrement(n as f64);
         self.held.released.notify_waiters();
     }
 }
@@ -162,6 +173,7 @@ impl ReadAhead {
         ReadAhead {
             limit,
             streams: Arc::new(AtomicU64::new(0)),
+            total: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -170,7 +182,11 @@ impl ReadAhead {
         self.streams.fetch_add(1, Ordering::Relaxed);
         OpenStream {
             streams: self.streams.clone(),
-            held: Arc::new(Held::default()),
+            held: Arc::new(Held {
+                bytes: AtomicU64::new(0),
+                total: self.total.clone(),
+                released: Notify::new(),
+            }),
         }
     }
 
@@ -180,14 +196,28 @@ impl ReadAhead {
         (self.limit / streams).max(MIN_SHARE_BYTES)
     }
 
-    /// The bytes a stream holding `held` may read now, at most `wanted`, or `None` if it
-    /// holds its share already.
+    /// The bytes a stream holding `held` may read now, at most `wanted` (a read returns at
+    /// least one whole batch), or `None` if it must wait for some of its own to be released.
     pub(crate) fn room(&self, held: &Held, wanted: usize) -> Option<usize> {
-        let left = self.share().checked_sub(held.bytes()).filter(|&l| l > 0)?;
+        let mine = held.bytes();
+        if mine == 0 {
+            // One batch at least: the smallest read that returns one.
+            let left = self
+                .limit
+                .saturating_sub(self.total.load(Ordering::Acquire));
+            return Some(wanted.min(usize::try_from(left.min(self.share())).unwrap_or(1).max(1)));
+        }
+        let share_left = self.share().checked_sub(mine).filter(|&l| l > 0)?;
+        let budget_left = self
+            .limit
+            .checked_sub(self.total.load(Ordering::Acquire))
+            .filter(|&l| l > 0)?;
+        let left = share_left.min(budget_left);
         Some(wanted.min(usize::try_from(left).unwrap_or(usize::MAX)))
     }
 
-    /// Waits until a stream holding `held` may read; returns how much, at most `wanted`.
+    /// Waits until a stream holding `held` may read; returns how much, at most `wanted`. A
+    /// stream waits for its own bytes to be released, since once it holds nothing it may read.
     pub(crate) async fn wait_room(&self, held: &Held, wanted: usize) -> usize {
         loop {
             let released = held.released.notified();
@@ -237,9 +267,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stream_reads_only_while_it_holds_less_than_its_share() {
+    async fn a_stream_reads_while_under_its_share_and_the_budget_and_always_one_batch() {
         // 64 KiB over the open streams.
-        let budget = ReadAhead::new(64 << 10);
+        let budget = std::sync::Arc::new(ReadAhead::new(64 << 10));
         let a = budget.open();
         assert_eq!(
             budget.room(&a.held, 1 << 20),
@@ -264,35 +294,38 @@ mod tests {
         assert_eq!(budget.room(&a.held, 1 << 20), None);
         assert_eq!(
             budget.room(&b.held, 1 << 20),
-            Some(32 << 10),
-            "the other keeps its share"
+            Some(24 << 10),
+            "the budget's rest"
         );
-        let waiter = {
-            let held = a.held.clone();
-            let budget = std::sync::Arc::new(budget);
-            let b2 = budget.clone();
-            (
-                tokio::spawn(async move { b2.wait_room(&held, 1 << 20).await }),
-                budget,
-            )
-        };
+        // The budget full: a stream holding something waits, one holding nothing reads a batch.
+        let other = b.held.track(vec![Bytes::from(vec![7u8; 24 << 10])]);
+        let c = budget.open();
+        assert_eq!(budget.room(&b.held, 1 << 20), None);
+        assert_eq!(budget.room(&c.held, 1 << 20), Some(1), "one batch");
+
+        let (held_a, b2) = (a.held.clone(), budget.clone());
+        let waiter = tokio::spawn(async move { b2.wait_room(&held_a, 1 << 20).await });
         tokio::task::yield_now().await;
-        assert!(!waiter.0.is_finished());
+        assert!(!waiter.is_finished());
         // A slice keeps the batch held; dropping the last copy releases it.
         let slice = held[0].slice(..10);
         drop(held);
         tokio::task::yield_now().await;
-        assert!(!waiter.0.is_finished(), "a slice still holds the batch");
+        assert!(!waiter.is_finished(), "a slice still holds the batch");
         drop(slice);
-        assert_eq!(waiter.0.await.unwrap(), 32 << 10);
-        let budget = waiter.1;
+        assert_eq!(
+            waiter.await.unwrap(),
+            21_845,
+            "its share: 64 KiB / 3 streams"
+        );
+        drop(other);
 
         // Many streams: the floor.
         let many: Vec<_> = (0..1000).map(|_| budget.open()).collect();
         assert_eq!(
-            budget.room(&b.held, 1 << 20),
+            budget.room(&a.held, 1 << 20),
             Some(MIN_SHARE_BYTES as usize)
         );
-        drop((a, b, many));
+        drop((a, b, c, many));
     }
 }

@@ -82,6 +82,14 @@ fn entry(reply: ReplyEntry, result: Result<FileAttr>) {
     }
 }
 
+/// Opens statelessly: every handle is 0.
+fn opened(reply: ReplyOpen, result: Result<()>) {
+    match result {
+        Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn empty(reply: ReplyEmpty, result: Result<()>) {
     match result {
         Ok(()) => reply.ok(),
@@ -178,10 +186,7 @@ impl Filesystem for FaultFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.tree().file(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.tree().file(ino.0).map(|_| ()));
     }
 
     fn read(
@@ -242,10 +247,7 @@ impl Filesystem for FaultFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.tree().dir(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        opened(reply, self.tree().dir(ino.0).map(|_| ()));
     }
 
     fn readdir(

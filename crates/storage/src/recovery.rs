@@ -389,12 +389,12 @@ fn cut_torn_tail(r: &mut Recovery<'_>, log: &Path, outcome: &ScanOutcome) -> Res
     Ok(true)
 }
 
-/// Ends the log at an unsealed segment whose data stops, intact, before the next segment's
-/// base: after a power cut, the OS had written a later segment's data but not this one's
+/// Reports the end of the log at an unsealed segment whose data stops, intact, before the
+/// next segment's base: after a power cut, the OS had written a later segment's data but not this one's
 /// tail. That tail was never fsynced, so nothing after it was acknowledged as durable (every
 /// fsync of the log covers the rolled segments before the active one): the log ends here,
 /// as after a torn tail, and the later segments are deleted.
-fn lost_tail(r: &mut Recovery<'_>, log: &Path, segment: Segment, next: u64) -> Segment {
+fn report_lost_tail(r: &mut Recovery<'_>, log: &Path, segment: &Segment, next: u64) {
     r.report(Repair {
         path: log.to_path_buf(),
         kind: RepairKind::TruncatedTail,
@@ -407,7 +407,6 @@ fn lost_tail(r: &mut Recovery<'_>, log: &Path, segment: Segment, next: u64) -> S
             segment.next_offset()
         ),
     });
-    segment
 }
 
 fn rebuilt_index_repair(log: &Path, base: u64, reason: &str) -> Repair {
@@ -604,7 +603,7 @@ fn open_sealed(r: &mut Recovery<'_>, base: u64, next: u64) -> Result<(Segment, b
 ///
 /// # Errors
 /// [`Error::CorruptSegment`] for data that ends elsewhere, unless a power cut explains it
-/// ([`lost_tail`]).
+/// ([`report_lost_tail`]).
 fn end_sealed(
     r: &mut Recovery<'_>,
     log: &Path,
@@ -612,7 +611,8 @@ fn end_sealed(
     next: u64,
 ) -> Result<(Segment, bool)> {
     if segment.next_offset() < next && r.trust == Trust::None {
-        return Ok((lost_tail(r, log, segment, next), true));
+        report_lost_tail(r, log, &segment, next);
+        return Ok((segment, true));
     }
     if segment.next_offset() != next {
         let reason = format!(

@@ -168,7 +168,7 @@ impl Sender {
             if self.finished_closing() {
                 break;
             }
-            let deadline = self.next_deadline(linger_deadline);
+            let deadline = self.next_deadline(linger_deadline, now);
             let event = {
                 let wake = self.inner.wake.notified();
                 let message = next_message(self.stream.as_mut());
@@ -269,12 +269,18 @@ impl Sender {
         state.closing && state.ready.is_empty() && state.topics.values().all(|t| t.open.is_empty())
     }
 
-    /// The earliest time something must happen without a wake-up.
-    fn next_deadline(&self, linger: Option<Instant>) -> Option<Instant> {
+    /// The earliest time after `now`, the start of this turn of the loop, when something
+    /// must happen without a wake-up.
+    ///
+    /// A deadline already passed at `now` was acted on in this turn (a retry or reconnect
+    /// tried, a timeout checked): what it still waits for is a response, the stream or an
+    /// epoch bump, each of which wakes the loop. Counting it would spin the loop without
+    /// ever yielding until that happens.
+    fn next_deadline(&self, linger: Option<Instant>, now: Instant) -> Option<Instant> {
         let config = &self.inner.config;
         let mut next = linger;
         let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
+            if let Some(t) = t.filter(|t| *t > now) {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
@@ -887,6 +893,12 @@ mod tests {
             &self.parts[&(Arc::from("t"), 0)]
         }
 
+        fn part0_mut(&mut self) -> &mut Part {
+            self.parts
+                .get_mut(&(Arc::from("t"), 0))
+                .expect("partition 0")
+        }
+
         /// Each queued batch's (base sequence in the header, records).
         fn queued_sequences(&self) -> Vec<(i32, u32)> {
             self.part0()
@@ -1012,6 +1024,27 @@ mod tests {
         assert_eq!(s.queued_sequences(), [(2, 3), (5, 4)]);
         assert!(s.part0().queue.iter().all(|b| b.maybe_written));
         assert_eq!(s.part0().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn a_passed_retry_waiting_for_the_stream_sets_no_deadline_before_the_reconnect() {
+        let (mut s, _futures) = three_in_flight();
+        s.answer(Ok(100));
+        s.answer(Err(pb::ErrorCode::LogFailed));
+        s.answer(Err(pb::ErrorCode::OutOfOrderSequence));
+        s.connection_lost(ClientError::Transport {
+            status: tonic::Code::Unavailable,
+            message: "cut".into(),
+        });
+        let reconnect = s.reconnect_at.expect("a reconnect backoff");
+        let now = Instant::now();
+        s.part0_mut().retry_at = Some(now - Duration::from_millis(1));
+        assert!(!s.part0().queue.is_empty(), "batches wait for the stream");
+        assert_eq!(
+            s.next_deadline(None, now),
+            Some(reconnect),
+            "the passed retry does not make the loop spin until the reconnect"
+        );
     }
 
     #[tokio::test]

@@ -524,3 +524,63 @@ async fn cli_topic_lifecycle_binary_values_and_profiles() {
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
+
+#[tokio::test]
+async fn a_quota_set_with_the_cli_slows_its_client_ids_producer_to_the_rate() {
+    let b = Broker::start_with(&["--set", "quotas.burst_ms=100"]).await;
+    run_ok(&b, &["topic", "create", "metered"]);
+    let out = run_ok(&b, &["quota", "set", "slow", "--produce-rate", "200KiB"]);
+    assert_eq!(out, "quotas of client id \"slow\" set\n");
+    let listed = json(&b, &["quota", "list"]);
+    assert_eq!(listed["clients"][0]["client_id"], "slow");
+    assert_eq!(
+        listed["clients"][0]["effective"]["produce_bytes_per_sec"],
+        200 << 10
+    );
+    assert_eq!(
+        listed["clients"][0]["rates"]["fetch_bytes_per_sec"],
+        Value::Null
+    );
+    assert_eq!(listed["defaults"]["produce_bytes_per_sec"], 0);
+
+    // The client sends its id on the produce stream; its batches are read at the rate.
+    let client = runnel_client::Client::connect_with(runnel_client::ClientConfig {
+        client_id: Some("slow".into()),
+        ..runnel_client::ClientConfig::new(b.grpc.to_string())
+    })
+    .await
+    .expect("connect");
+    let producer = client
+        .producer(runnel_client::ProducerConfig::default())
+        .await
+        .expect("producer");
+    let value = "v".repeat(1000);
+    let started = std::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..600 {
+        let record =
+            runnel_client::ProducerRecord::new("metered", value.clone()).key(i.to_string());
+        deliveries.push(producer.send(record).await.expect("queued"));
+    }
+    for d in deliveries {
+        runnel_test_support::within(d)
+            .await
+            .expect("delivered, not failed");
+    }
+    let took = started.elapsed();
+    // 600 KB at 200 KiB/s, less the 100 ms burst and the last request's wait.
+    assert!(
+        took >= std::time::Duration::from_millis(2000),
+        "600 KB at 200 KiB/s took {took:?}"
+    );
+    producer.close().await.expect("close");
+
+    run_ok(&b, &["quota", "delete", "slow"]);
+    let args = ["quota", "delete", "slow"];
+    assert_error(
+        &args,
+        &run(&b, &args),
+        3,
+        "client id \"slow\" has no quotas of its own",
+    );
+}

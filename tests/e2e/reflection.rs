@@ -55,7 +55,7 @@ async fn reflection_lists_and_describes_every_method() {
         got.contains(&"grpc.health.v1.Health/Check".to_owned()),
         "{got:?}"
     );
-    assert_eq!(expected.len(), 21, "{expected:?}");
+    assert_eq!(expected.len(), 24, "{expected:?}");
 
     // The comments travel too, so `grpcurl describe` documents the protocol.
     let produce = described

@@ -44,6 +44,8 @@ pub struct Config {
     pub limits: Limits,
     /// Consumer groups: membership timeouts, offsets, lag metrics.
     pub groups: GroupSettings,
+    /// Default quotas of every client id, and how they are enforced.
+    pub quotas: QuotaSettings,
     /// gRPC server connection settings.
     pub server: ServerSettings,
     /// Shutdown behaviour.
@@ -62,6 +64,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             limits: Limits::default(),
             groups: GroupSettings::default(),
+            quotas: QuotaSettings::default(),
             server: ServerSettings::default(),
             shutdown: ShutdownSettings::default(),
         }
@@ -360,6 +363,38 @@ impl Default for GroupSettings {
     }
 }
 
+/// The `[quotas]` section: the rates of client ids without an override of their own
+/// (`runnel quota set`), and how they are enforced (`docs/operations.md`, "Quotas").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Batch bytes each client id may produce per second; 0 is no limit.
+    pub produce_bytes_per_sec: u64,
+    /// Batch bytes each client id may be sent per second by fetches and subscriptions; 0 is
+    /// no limit.
+    pub fetch_bytes_per_sec: u64,
+    /// Calls, and requests on a `ProduceStream`, each client id may make per second; 0 is no
+    /// limit.
+    pub requests_per_sec: u64,
+    /// How much of its rate a client may use at once before answers wait, ms.
+    pub burst_ms: u64,
+    /// The longest one answer waits, ms; a client further in debt pays the rest with its
+    /// next requests.
+    pub max_throttle_ms: u64,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            produce_bytes_per_sec: 0,
+            fetch_bytes_per_sec: 0,
+            requests_per_sec: 0,
+            burst_ms: 1_000,
+            max_throttle_ms: 10_000,
+        }
+    }
+}
+
 /// The `[server]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -526,6 +561,7 @@ impl Config {
         self.storage.check()?;
         self.limits.check()?;
         self.groups.check()?;
+        self.quotas.check()?;
         self.server.check()?;
         self.shutdown.check()
     }
@@ -679,6 +715,22 @@ impl Limits {
             ("limits.produce_stream_max_in_flight_bytes", l.produce_stream_max_in_flight_bytes, 1, 1 << 40),
             ("limits.produce_max_in_flight_bytes", l.produce_max_in_flight_bytes, 1, 1 << 40),
             ("limits.produce_in_flight_wait_ms", l.produce_in_flight_wait_ms, 0, 3_600_000),
+        ];
+        in_ranges(&ranges)
+    }
+}
+
+impl QuotaSettings {
+    /// `[quotas]`: rates up to 2^40 per second, a burst and a throttle of at most an hour.
+    fn check(&self) -> Result<(), Invalid> {
+        let q = self;
+        #[rustfmt::skip]
+        let ranges = [
+            ("quotas.produce_bytes_per_sec", q.produce_bytes_per_sec, 0, 1 << 40),
+            ("quotas.fetch_bytes_per_sec", q.fetch_bytes_per_sec, 0, 1 << 40),
+            ("quotas.requests_per_sec", q.requests_per_sec, 0, 1 << 40),
+            ("quotas.burst_ms", q.burst_ms, 1, 3_600_000),
+            ("quotas.max_throttle_ms", q.max_throttle_ms, 1, 3_600_000),
         ];
         in_ranges(&ranges)
     }

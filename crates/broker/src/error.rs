@@ -122,6 +122,21 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
+impl RpcError {
+    /// A failed file operation on broker metadata: `DISK_FULL` when the disk is full,
+    /// `INTERNAL` otherwise.
+    pub(crate) fn io(op: &str, path: &std::path::Path, e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            RpcError::new(
+                ErrorCode::DiskFull,
+                format!("disk full: {op} {}", path.display()),
+            )
+        } else {
+            RpcError::internal(format!("{op} {}: {e}", path.display()))
+        }
+    }
+}
+
 /// Where a storage error happened, to name it in the message.
 #[derive(Debug, Clone, Copy)]
 pub struct At<'a> {

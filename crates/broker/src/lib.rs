@@ -39,6 +39,7 @@ mod internal_log;
 pub mod metrics;
 pub mod partition;
 pub mod producers;
+mod quotas;
 mod server;
 mod services;
 pub mod shutdown;

@@ -2,8 +2,8 @@
 //! exporter on `metrics_listen`.
 //!
 //! Names follow `runnel_<noun>_<unit>[_total]` in base units (bytes, seconds). Labels are
-//! bounded: `topic`, `partition`, `rpc`, `code` (a gRPC status code name), `kind` and `group`;
-//! never offsets or client ids. `docs/operations.md` lists them all.
+//! bounded: `topic`, `partition`, `rpc`, `code` (a gRPC status code name), `kind`, `limit`,
+//! `quota` and `group`; never offsets or client ids. `docs/operations.md` lists them all.
 //!
 //! Most metrics go through the `metrics` facade into the Prometheus recorder. The group
 //! gauges ([`GROUP_LAG`], [`GROUP_OLDEST_AGE`], [`GROUP_MEMBERS`]) come and go with groups and
@@ -58,6 +58,9 @@ pub const PRODUCE_IN_FLIGHT: &str = "runnel_produce_in_flight_bytes";
 pub const SUBSCRIBE_READ_AHEAD: &str = "runnel_subscribe_read_ahead_bytes";
 /// Requests refused or delayed past their wait by a broker limit, per `limit`.
 pub const LIMIT_REJECTIONS: &str = "runnel_limit_rejections_total";
+/// How long answers were delayed by a client's quota, per `quota` (`produce_bytes`,
+/// `fetch_bytes`, `requests`): its count is the answers delayed, its sum the time.
+pub const QUOTA_THROTTLE: &str = "runnel_quota_throttle_seconds";
 /// Topics.
 pub const TOPICS: &str = "runnel_topics";
 /// Partitions of all topics.
@@ -358,6 +361,11 @@ fn describe() {
         LIMIT_REJECTIONS,
         "Requests refused by a broker limit, per limit."
     );
+    describe_histogram!(
+        QUOTA_THROTTLE,
+        Unit::Seconds,
+        "How long answers were delayed by client quotas, per quota."
+    );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");
     describe_gauge!(
@@ -464,6 +472,11 @@ pub fn rpc_done(rpc: &'static str, code: &'static str, started: Instant) {
 /// Counts a request refused (or answered with an error) because of a limit.
 pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS, "limit" => limit).increment(1);
+}
+
+/// Counts an answer delayed by `delay` under the quota named `quota`.
+pub fn quota_throttled(quota: &'static str, delay: Duration) {
+    histogram!(QUOTA_THROTTLE, "quota" => quota).record(delay.as_secs_f64());
 }
 
 /// A gauge without labels.

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::groups::Groups;
 use crate::metrics::{self, GroupGauges};
 use crate::producers::Producers;
+use crate::quotas::Quotas;
 use crate::services::router;
 use crate::shutdown::{self, Shutdown};
 use crate::tasks::BlockingPool;
@@ -56,7 +57,8 @@ pub async fn run(
     let exporter = start_metrics(&config, &started, &group_gauges)?;
     let (trigger, signal) = shutdown::channel();
     let health = router::Health::starting().await;
-    let (router, services) = router::router(&config, &health)?;
+    let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
+    let (router, services) = router::router(&config, &health, quotas.clone())?;
     let mut serving = Serving::start(router, listener, &config, &signal);
     let (topics, producers, groups) = open_state(&config, group_gauges).await?;
 
@@ -68,6 +70,7 @@ pub async fn run(
         producers,
         groups,
         signal.clone(),
+        quotas,
         started.at,
         started.unix_ms,
     ));

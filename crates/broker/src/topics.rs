@@ -709,9 +709,9 @@ impl Topics {
         let result = (|| -> Result<Arc<Topic>, RpcError> {
             if dir.exists() {
                 // Left by an earlier create that failed half-way; it was never a topic.
-                fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, &e))?;
+                fs::remove_dir_all(&dir).map_err(|e| RpcError::io("remove", &dir, &e))?;
             }
-            fs::create_dir_all(&dir).map_err(|e| io_error("create directory", &dir, &e))?;
+            fs::create_dir_all(&dir).map_err(|e| RpcError::io("create directory", &dir, &e))?;
             let name_arc: Arc<str> = Arc::from(name);
             let config = log_config(&effective, &self.storage);
             let metrics = TopicMetrics::new(name);
@@ -724,7 +724,7 @@ impl Topics {
             }
             self.write_meta(name, partition_count, &overrides)?;
             let topics_dir = self.data_dir.join(TOPICS_DIR);
-            files::sync_dir(&topics_dir).map_err(|e| io_error("fsync", &topics_dir, &e))?;
+            files::sync_dir(&topics_dir).map_err(|e| RpcError::io("fsync", &topics_dir, &e))?;
             Ok(Arc::new(Topic {
                 metrics,
                 name: name_arc,
@@ -765,7 +765,7 @@ impl Topics {
             "# Topic metadata written by runneld; do not edit while the broker runs.\n{body}"
         );
         let path = self.topic_dir(name).join(TOPIC_FILE);
-        files::write_atomic(&path, text.as_bytes()).map_err(|e| io_error("write", &path, &e))
+        files::write_atomic(&path, text.as_bytes()).map_err(|e| RpcError::io("write", &path, &e))
     }
 
     fn move_to_deleted(&self, name: &str) -> Result<PathBuf, Error> {
@@ -975,17 +975,6 @@ fn deleted_name(stamp: u128, topic: &str) -> String {
 pub fn remove_deleted(path: &Path) {
     if let Err(e) = fs::remove_dir_all(path) {
         warn!(path = %path.display(), error = %e, "removing a deleted topic's files failed");
-    }
-}
-
-fn io_error(op: &str, path: &Path, e: &std::io::Error) -> RpcError {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        RpcError::new(
-            ErrorCode::DiskFull,
-            format!("disk full: {op} {}", path.display()),
-        )
-    } else {
-        RpcError::internal(format!("{op} {}: {e}", path.display()))
     }
 }
 

@@ -100,9 +100,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 fn client_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Broker { code, .. } => match code {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
-                NOT_FOUND
-            }
+            ErrorCode::UnknownTopic
+            | ErrorCode::UnknownPartition
+            | ErrorCode::UnknownGroup
+            | ErrorCode::UnknownQuota => NOT_FOUND,
             ErrorCode::InvalidTopicName
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidPartitionCount

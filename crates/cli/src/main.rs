@@ -19,6 +19,7 @@ mod parse;
 mod produce;
 mod profile;
 mod progress;
+mod quota;
 mod topic;
 
 use std::io::Write as _;
@@ -105,6 +106,9 @@ enum Command {
     /// Show partitions' earliest and latest offsets, and the offsets for a time
     #[command(after_help = offsets::EXAMPLES)]
     Offsets(offsets::OffsetsArgs),
+    /// Set, list and delete the quotas of client ids
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// Broker information
     #[command(subcommand)]
     Broker(broker::BrokerCommand),
@@ -227,6 +231,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Command::Produce(a) => produce::run(&ctx, a).await,
             Command::Consume(a) => consume::run(&ctx, a).await,
             Command::Offsets(a) => offsets::run(&ctx, a).await,
+            Command::Quota(c) => quota::run(&ctx, c).await,
             Command::Broker(c) => broker::run(&ctx, c).await,
             Command::Completions { .. } => Ok(()),
         }

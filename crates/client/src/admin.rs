@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::Transport;
 use runnel_proto::pb::{
     self, admin_service_client::AdminServiceClient, group_service_client::GroupServiceClient,
 };
-use tonic::transport::Channel;
 
 use crate::connection::Connection;
 use crate::consumer::flatten;
@@ -169,6 +169,56 @@ pub struct AlteredConfig {
     pub overrides: Vec<String>,
 }
 
+/// The rates of a quota (`docs/operations.md`, "Quotas"): a client over one is slowed down,
+/// never failed. `None` follows the broker's default; 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaRates {
+    /// Batch bytes produced per second.
+    pub produce_bytes_per_sec: Option<u64>,
+    /// Batch bytes fetched per second (`Fetch`, subscriptions, group consumers).
+    pub fetch_bytes_per_sec: Option<u64>,
+    /// Calls, and requests on a produce stream, per second.
+    pub requests_per_sec: Option<u64>,
+}
+
+impl QuotaRates {
+    fn to_pb(self) -> pb::QuotaRates {
+        pb::QuotaRates {
+            produce_bytes_per_sec: self.produce_bytes_per_sec,
+            fetch_bytes_per_sec: self.fetch_bytes_per_sec,
+            requests_per_sec: self.requests_per_sec,
+        }
+    }
+
+    fn from_pb(r: pb::QuotaRates) -> Self {
+        QuotaRates {
+            produce_bytes_per_sec: r.produce_bytes_per_sec,
+            fetch_bytes_per_sec: r.fetch_bytes_per_sec,
+            requests_per_sec: r.requests_per_sec,
+        }
+    }
+}
+
+/// The broker's quotas ([`Admin::list_quotas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaListing {
+    /// The rates of client ids without quotas of their own; every field set.
+    pub defaults: QuotaRates,
+    /// Every client id with quotas of its own, sorted by client id.
+    pub clients: Vec<ClientQuota>,
+}
+
+/// The quotas of one client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientQuota {
+    /// The client id.
+    pub client_id: String,
+    /// The rates set for it.
+    pub rates: QuotaRates,
+    /// The rates it gets: those set, the defaults for the rest; every field set.
+    pub effective: QuotaRates,
+}
+
 /// Facts about the running broker.
 #[derive(Debug, Clone)]
 pub struct BrokerInfo {
@@ -224,7 +274,7 @@ pub struct ListedOffset {
 #[derive(Debug, Clone)]
 pub struct Admin {
     conn: Arc<Connection>,
-    client: AdminServiceClient<Channel>,
+    client: AdminServiceClient<Transport>,
 }
 
 impl Admin {
@@ -406,6 +456,65 @@ impl Admin {
             data_dir: r.data_dir,
             disk_free_bytes: r.disk_free_bytes,
             disk_total_bytes: r.disk_total_bytes,
+        })
+    }
+
+    /// Sets the quotas of `client_id`, replacing any it had; rates left `None` follow the
+    /// broker's defaults, 0 is no limit.
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` for a client id or rate out of range; transport errors.
+    pub async fn set_quota(&self, client_id: &str, rates: QuotaRates) -> Result<()> {
+        self.client
+            .clone()
+            .set_quota(pb::SetQuotaRequest {
+                client_id: client_id.to_owned(),
+                rates: Some(rates.to_pb()),
+            })
+            .await
+            .map_err(|s| self.conn.error(s))?;
+        Ok(())
+    }
+
+    /// Removes the quotas of `client_id`: it follows the broker's defaults again.
+    ///
+    /// # Errors
+    /// `UNKNOWN_QUOTA` if it had none; transport errors.
+    pub async fn delete_quota(&self, client_id: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete_quota(pb::DeleteQuotaRequest {
+                client_id: client_id.to_owned(),
+            })
+            .await
+            .map_err(|s| self.conn.error(s))?;
+        Ok(())
+    }
+
+    /// The broker's default quotas, and every client id with quotas of its own.
+    ///
+    /// # Errors
+    /// Transport errors (after retries).
+    pub async fn list_quotas(&self) -> Result<QuotaListing> {
+        let r = self
+            .conn
+            .retry(READ_RETRIES, || {
+                let mut c = self.client.clone();
+                async move { c.list_quotas(pb::ListQuotasRequest {}).await }
+            })
+            .await?
+            .into_inner();
+        Ok(QuotaListing {
+            defaults: QuotaRates::from_pb(r.defaults.unwrap_or_default()),
+            clients: r
+                .clients
+                .into_iter()
+                .map(|c| ClientQuota {
+                    client_id: c.client_id,
+                    rates: QuotaRates::from_pb(c.rates.unwrap_or_default()),
+                    effective: QuotaRates::from_pb(c.effective.unwrap_or_default()),
+                })
+                .collect(),
         })
     }
 
@@ -653,7 +762,7 @@ impl Admin {
             .collect())
     }
 
-    fn groups(&self) -> GroupServiceClient<Channel> {
+    fn groups(&self) -> GroupServiceClient<Transport> {
         GroupServiceClient::new(self.conn.channel.clone())
             .max_decoding_message_size(self.conn.config.max_message_bytes)
     }

@@ -15,6 +15,12 @@ use runnel_proto::framing::{self, FramedBody, Unframed};
 use tonic::body::Body;
 use tonic::codegen::{Service as _, http};
 use tonic::transport::{Channel, Endpoint};
+
+/// The gRPC metadata key (HTTP/2 header) that names the client id of a call.
+pub const CLIENT_ID_HEADER: &str = "runnel-client-id";
+
+/// The longest client id, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 255;
 use tonic::{Code, Status};
 
 use crate::error::{ClientError, Result};
@@ -53,6 +59,10 @@ pub struct ClientConfig {
     /// taken. Smaller bounds what a consumer that stops reading holds, on both sides, at some
     /// cost in throughput. 65,535 to 1 GiB.
     pub receive_window_bytes: u32,
+    /// The client id sent with every call (`runnel-client-id`): the broker applies its
+    /// quotas per client id. Printable ASCII, at most 255 bytes; `None` sends none (the
+    /// broker's `""`).
+    pub client_id: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +75,7 @@ impl Default for ClientConfig {
             max_message_bytes: 64 << 20,
             keep_alive_interval: Duration::from_secs(10),
             receive_window_bytes: STREAM_WINDOW_BYTES,
+            client_id: None,
         }
     }
 }
@@ -101,7 +112,24 @@ impl ClientConfig {
                 1 << 30
             )));
         }
+        self.client_id_header()?;
         self.backoff.validate()
+    }
+
+    /// The client id as a header value.
+    fn client_id_header(&self) -> Result<Option<http::HeaderValue>> {
+        let Some(id) = &self.client_id else {
+            return Ok(None);
+        };
+        if id.len() > MAX_CLIENT_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(ClientError::Config(format!(
+                "client_id {id:?} must be printable ASCII of at most {MAX_CLIENT_ID_BYTES} bytes"
+            )));
+        }
+        http::HeaderValue::from_str(id)
+            .map(Some)
+            .map_err(|e| ClientError::Config(format!("client_id {id:?}: {e}")))
     }
 
     fn url(&self) -> String {
@@ -172,7 +200,42 @@ impl Backoff {
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub(crate) config: ClientConfig,
-    pub(crate) channel: Channel,
+    pub(crate) channel: Transport,
+}
+
+/// The channel to the broker, naming the client id ([`ClientConfig::client_id`]) on every
+/// call.
+#[derive(Debug, Clone)]
+pub(crate) struct Transport {
+    channel: Channel,
+    client_id: Option<http::HeaderValue>,
+}
+
+impl Transport {
+    /// `channel`, sending `client_id` with every call.
+    pub(crate) fn new(channel: Channel, client_id: Option<http::HeaderValue>) -> Self {
+        Transport { channel, client_id }
+    }
+}
+
+impl tonic::codegen::Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.channel.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(id) = &self.client_id {
+            request.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
+        }
+        self.channel.call(request)
+    }
 }
 
 /// The request body of a call that sends the one message `m` (holding no large `bytes`).
@@ -189,7 +252,7 @@ pub(crate) fn one_message(m: &impl prost::Message) -> Body {
 /// batches bypass tonic's codecs, which copy every message once more. The bytes on the wire
 /// are those tonic would send and receive.
 pub(crate) async fn framed_call<T>(
-    channel: &mut Channel,
+    channel: &mut Transport,
     path: &'static str,
     body: Body,
     max_message_bytes: usize,
@@ -241,7 +304,11 @@ impl Connection {
         let mut attempt = 0;
         loop {
             match endpoint.connect().await {
-                Ok(channel) => return Ok(Arc::new(Self { config, channel })),
+                Ok(channel) => {
+                    let client_id = config.client_id_header()?;
+                    let channel = Transport::new(channel, client_id);
+                    return Ok(Arc::new(Self { config, channel }));
+                }
                 Err(e) => {
                     attempt += 1;
                     if attempt >= config.connect_attempts {

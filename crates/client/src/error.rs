@@ -82,6 +82,8 @@ pub enum ErrorCode {
     FencedMember,
     /// The operation needs a group without members.
     GroupNotEmpty,
+    /// The client id has no quotas of its own.
+    UnknownQuota,
     /// A code this client does not know (or `ERROR_CODE_UNSPECIFIED`), by number.
     Unknown(i32),
 }
@@ -120,6 +122,7 @@ impl ErrorCode {
             Ok(P::UnknownMember) => Self::UnknownMember,
             Ok(P::FencedMember) => Self::FencedMember,
             Ok(P::GroupNotEmpty) => Self::GroupNotEmpty,
+            Ok(P::UnknownQuota) => Self::UnknownQuota,
             // Unspecified and codes added after this client was built.
             _ => Self::Unknown(code),
         }
@@ -158,6 +161,7 @@ impl ErrorCode {
             Self::UnknownMember => P::UnknownMember,
             Self::FencedMember => P::FencedMember,
             Self::GroupNotEmpty => P::GroupNotEmpty,
+            Self::UnknownQuota => P::UnknownQuota,
             Self::Unknown(n) => return n,
         };
         p as i32
@@ -179,7 +183,10 @@ impl ErrorCode {
             | Self::InvalidGroupId => C::InvalidArgument,
             Self::BrokerShuttingDown | Self::BrokerStarting | Self::LogFailed => C::Unavailable,
             Self::LimitExceeded | Self::DiskFull => C::ResourceExhausted,
-            Self::UnknownTopic | Self::UnknownPartition | Self::UnknownGroup => C::NotFound,
+            Self::UnknownTopic
+            | Self::UnknownPartition
+            | Self::UnknownGroup
+            | Self::UnknownQuota => C::NotFound,
             Self::TopicExists | Self::DuplicateSequence => C::AlreadyExists,
             Self::OffsetOutOfRange => C::OutOfRange,
             Self::OutOfOrderSequence => C::Aborted,
@@ -478,6 +485,7 @@ mod tests {
             (62, tonic::Code::FailedPrecondition, false),
             (63, tonic::Code::FailedPrecondition, false),
             (64, tonic::Code::FailedPrecondition, false),
+            (70, tonic::Code::NotFound, false),
         ];
         for (n, status, retriable) in table {
             let code = ErrorCode::from_i32(n);

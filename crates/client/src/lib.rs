@@ -72,9 +72,10 @@ mod producer;
 mod record;
 
 pub use admin::{
-    Admin, AlteredConfig, BrokerInfo, Durability, GroupDescription, GroupListing, GroupMember,
-    GroupPartition, GroupState, ListedOffset, OffsetResetPlan, OffsetSpec, PartitionInfo,
-    ResetOffsets, ResetTo, TopicConfig, TopicDescription, TopicListing,
+    Admin, AlteredConfig, BrokerInfo, ClientQuota, Durability, GroupDescription, GroupListing,
+    GroupMember, GroupPartition, GroupState, ListedOffset, OffsetResetPlan, OffsetSpec,
+    PartitionInfo, QuotaListing, QuotaRates, ResetOffsets, ResetTo, TopicConfig, TopicDescription,
+    TopicListing,
 };
 pub use client::Client;
 pub use compression::Compression;

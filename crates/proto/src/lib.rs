@@ -202,6 +202,9 @@ mod tests {
                 "AlterTopicConfig",
                 "CreatePartitions",
                 "BrokerInfo",
+                "SetQuota",
+                "DeleteQuota",
+                "ListQuotas",
             ]
         );
         assert_eq!(

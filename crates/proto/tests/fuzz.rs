@@ -42,6 +42,7 @@ requests!(
     CreatePartitionsRequest,
     CreateTopicRequest,
     DeleteGroupRequest,
+    DeleteQuotaRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
@@ -51,10 +52,12 @@ requests!(
     InitProducerRequest,
     ListGroupsRequest,
     ListOffsetsRequest,
+    ListQuotasRequest,
     ListTopicsRequest,
     MembershipRequest,
     ProduceRequest,
     ResetOffsetsRequest,
+    SetQuotaRequest,
     SubscribeRequest,
 );
 

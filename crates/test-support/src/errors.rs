@@ -50,6 +50,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::UnknownMember, Code::FailedPrecondition),
     row(ErrorCode::FencedMember, Code::FailedPrecondition),
     row(ErrorCode::GroupNotEmpty, Code::FailedPrecondition),
+    row(ErrorCode::UnknownQuota, Code::NotFound),
     row(ErrorCode::BrokerShuttingDown, Code::Unavailable),
     row(ErrorCode::BrokerStarting, Code::Unavailable),
     row(ErrorCode::Internal, Code::Internal),

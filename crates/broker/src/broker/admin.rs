@@ -1,12 +1,14 @@
-//! Topic administration and what the broker says about itself: create, delete, list,
-//! describe and reconfigure topics, add partitions, and the broker's version, uptime and disk.
+//! Topic administration, client quotas and what the broker says about itself: create,
+//! delete, list, describe and reconfigure topics, add partitions, set and list the quotas of
+//! client ids, and the broker's version, uptime and disk.
 
 use std::sync::Arc;
 
-use runnel_proto::pb;
+use runnel_proto::pb::{self, ErrorCode};
 
 use super::Broker;
 use crate::error::RpcError;
+use crate::quotas::{Quota, Rates, check_client_id};
 use crate::tasks::blocking;
 use crate::topics::{self, remove_deleted};
 
@@ -146,4 +148,69 @@ impl Broker {
             disk_total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
         })
     }
+
+    /// Sets the quotas of `client_id` to `rates`, replacing any it had; durable before it
+    /// returns.
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` for a client id or rate out of range; `DISK_FULL` or `INTERNAL` if
+    /// the quotas cannot be stored.
+    pub(crate) async fn set_quota(
+        self: &Arc<Self>,
+        client_id: String,
+        rates: Rates,
+    ) -> Result<(), RpcError> {
+        check_client_id(client_id.as_bytes())
+            .map_err(|why| RpcError::invalid(format!("client_id {why}")))?;
+        for quota in [Quota::ProduceBytes, Quota::FetchBytes, Quota::Requests] {
+            if let Some(rate) = rates.get(quota).filter(|r| *r > MAX_RATE) {
+                return Err(RpcError::invalid(format!(
+                    "rates.{}_per_sec {rate} is more than {MAX_RATE}",
+                    quota.name()
+                )));
+            }
+        }
+        let quotas = self.quotas.clone();
+        blocking(move || quotas.set(&client_id, Some(rates)).map(drop)).await
+    }
+
+    /// Removes the quotas of `client_id`; durable before it returns.
+    ///
+    /// # Errors
+    /// `UNKNOWN_QUOTA` if it had none; `DISK_FULL` or `INTERNAL` if the quotas cannot be
+    /// stored.
+    pub(crate) async fn delete_quota(self: &Arc<Self>, client_id: String) -> Result<(), RpcError> {
+        let quotas = self.quotas.clone();
+        blocking(move || {
+            if quotas.set(&client_id, None)? {
+                Ok(())
+            } else {
+                Err(RpcError::new(
+                    ErrorCode::UnknownQuota,
+                    format!("client id {client_id:?} has no quotas of its own"),
+                ))
+            }
+        })
+        .await
+    }
+
+    /// The default rates, and every client id with rates of its own: `(client id, rates
+    /// set, effective rates)`, sorted by client id. Every field of the defaults and the
+    /// effective rates is set.
+    pub(crate) fn list_quotas(&self) -> (Rates, Vec<(String, Rates, Rates)>) {
+        let q = &self.quotas;
+        let defaults = q.effective(&Rates::default());
+        let clients = q
+            .overrides()
+            .into_iter()
+            .map(|(id, set)| {
+                let effective = q.effective(&set);
+                (id, set, effective)
+            })
+            .collect();
+        (defaults, clients)
+    }
 }
+
+/// The highest rate a quota may have (per second).
+const MAX_RATE: u64 = 1 << 40;

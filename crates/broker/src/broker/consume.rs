@@ -21,6 +21,7 @@ use super::{Broker, capped};
 use crate::error::{At, RpcError};
 use crate::metrics;
 use crate::partition::Partition;
+use crate::quotas::{Caller, Quota};
 use crate::tasks::blocking;
 
 fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
@@ -242,6 +243,18 @@ impl Drop for SubscriptionGuard {
     }
 }
 
+/// Where a stream's partition readers send: the stream's queue, what its responses hold of
+/// the read-ahead budget, and the caller whose fetch quota they pay.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    /// The stream's queue.
+    pub(crate) tx: mpsc::Sender<SubscribeItem>,
+    /// What the stream's responses hold of the read-ahead budget.
+    pub(crate) held: Arc<Held>,
+    /// Who the stream serves.
+    pub(crate) caller: Caller,
+}
+
 /// One partition of a subscription, resolved, with where it starts.
 pub(crate) struct Subscribed {
     /// The partition.
@@ -274,11 +287,16 @@ pub enum SubscriptionEnd {
 
 impl Broker {
     /// Reads each requested partition from its offset, waiting up to `max_wait_ms` for
-    /// `min_bytes` (woken by appends); per-partition failures are inline in the results.
+    /// `min_bytes` (woken by appends); per-partition failures are inline in the results. The
+    /// answer waits as long as the bytes read take under the caller's fetch quota.
     ///
     /// # Errors
     /// The request-level errors of `docs/protocol.md` (malformed request, limits, shutdown).
-    pub(crate) async fn fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, RpcError> {
+    pub(crate) async fn fetch(
+        &self,
+        req: pb::FetchRequest,
+        caller: &Caller,
+    ) -> Result<pb::FetchResponse, RpcError> {
         self.check_running()?;
         let limits = &self.config.limits;
         if req.partitions.is_empty() {
@@ -336,6 +354,7 @@ impl Broker {
                 || tokio::time::Instant::now() >= deadline
                 || self.shutdown.is_triggered();
             if done {
+                self.quotas.pace(caller, Quota::FetchBytes, total).await;
                 return Ok(pb::FetchResponse { results });
             }
             tokio::select! {
@@ -447,6 +466,7 @@ impl Broker {
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         req: pb::SubscribeRequest,
+        caller: Caller,
         on_end: impl FnOnce(SubscriptionEnd) + Send + 'static,
     ) -> Result<ReceiverStream<SubscribeItem>, RpcError> {
         self.check_running()?;
@@ -478,10 +498,13 @@ impl Broker {
         let (tx, rx) = mpsc::channel(limits.subscribe_queue_depth.max(1) as usize);
         let broker = self.clone();
         let open = self.read_ahead.open();
+        let out = Outbound {
+            tx,
+            held: open.held.clone(),
+            caller,
+        };
         tokio::spawn(async move {
-            let end = broker
-                .stream_partitions(subscribed, shape, &open.held, tx)
-                .await;
+            let end = broker.stream_partitions(subscribed, shape, out).await;
             drop((guard, open));
             on_end(end);
         });
@@ -511,19 +534,18 @@ impl Broker {
         self: &Arc<Self>,
         partitions: Vec<Subscribed>,
         shape: ReadShape,
-        held: &Arc<Held>,
-        tx: mpsc::Sender<SubscribeItem>,
+        out: Outbound,
     ) -> SubscriptionEnd {
         let mut readers = tokio::task::JoinSet::new();
         for Subscribed { partition, start } in partitions {
-            let (broker, tx, held) = (self.clone(), tx.clone(), held.clone());
+            let (broker, out) = (self.clone(), out.clone());
             readers.spawn(async move {
                 broker
-                    .stream_partition(&partition, start, shape, &held, &tx)
+                    .stream_partition(&partition, start, shape, &out)
                     .await
             });
         }
-        drop(tx);
+        drop(out);
         let mut end = SubscriptionEnd::ClientLeft;
         while let Some(ended) = readers.join_next().await {
             match ended {
@@ -546,17 +568,17 @@ impl Broker {
     /// Pushes a partition's batches (or records) into a subscription's queue, starting with
     /// a response without data that confirms `start`, until the client leaves or the stream
     /// must end. Reads from disk only when the queue has room, so a client that stops reading
-    /// stops the reader, and only while the stream (whose responses hold `held`) holds less
-    /// than its share of the read-ahead budget ([`ReadAhead`](super::budget::ReadAhead)).
-    /// Returns how the stream ended.
+    /// stops the reader, only while the stream holds less than its share of the read-ahead
+    /// budget ([`ReadAhead`](super::budget::ReadAhead)), and after each response only once
+    /// the caller's fetch quota allows. Returns how the stream ended.
     pub(crate) async fn stream_partition(
         &self,
         p: &Arc<Partition>,
         start: u64,
         shape: ReadShape,
-        held: &Arc<Held>,
-        tx: &mpsc::Sender<SubscribeItem>,
+        out: &Outbound,
     ) -> SubscriptionEnd {
+        let (tx, held) = (&out.tx, &out.held);
         let response = |next_offset, log_start_offset, log_end_offset, data: Formatted| {
             pb::SubscribeResponse {
                 batches: data.batches,
@@ -624,6 +646,15 @@ impl Broker {
                         read.log_end_offset,
                         data,
                     )));
+                    let delay = self.quotas.charge(&out.caller, Quota::FetchBytes, bytes);
+                    if !delay.is_zero() {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.wait() => break RpcError::shutting_down(),
+                            () = tx.closed() => return SubscriptionEnd::ClientLeft,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
                 }
                 Ok(_) => {
                     drop(slot);

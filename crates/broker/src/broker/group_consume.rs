@@ -29,12 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt as _};
 
 use super::Broker;
-use super::budget::{Held, OpenStream};
-use super::consume::{Format, ReadShape, SubscribeItem, SubscriptionEnd};
+use super::consume::{Format, Outbound, ReadShape, SubscribeItem, SubscriptionEnd};
 use super::groups::View;
 use crate::error::RpcError;
 use crate::groups::Joined;
 use crate::partition::Partition;
+use crate::quotas::Caller;
 
 /// Control messages queued per stream: joined and assignments are few and complete.
 const CONTROL_QUEUE: usize = 4;
@@ -86,9 +86,8 @@ struct Member {
     committing: Option<JoinHandle<Result<(), RpcError>>>,
     /// The partitions of the last assignment sent, to send only changes.
     told: Option<Vec<pb::TopicPartitions>>,
-    records: mpsc::Sender<SubscribeItem>,
-    /// What the member's responses hold of the read-ahead budget.
-    held: Arc<Held>,
+    /// Where the member's partition readers send.
+    out: Outbound,
     control: mpsc::Sender<Result<Tell, RpcError>>,
 }
 
@@ -102,6 +101,7 @@ impl Broker {
         self: &Arc<Self>,
         inbound: S,
         host: String,
+        caller: Caller,
         on_end: impl FnOnce(ConsumeEnd) + Send + 'static,
     ) -> Result<GroupConsumer, RpcError>
     where
@@ -114,7 +114,12 @@ impl Broker {
         let broker = self.clone();
         let open = self.read_ahead.open();
         tokio::spawn(async move {
-            let end = run(broker, inbound, host, control_tx, records_tx, &open).await;
+            let out = Outbound {
+                tx: records_tx,
+                held: open.held.clone(),
+                caller,
+            };
+            let end = run(broker, inbound, host, control_tx, out).await;
             drop(open);
             on_end(end);
         });
@@ -192,8 +197,7 @@ async fn run<S>(
     mut inbound: S,
     host: String,
     control: mpsc::Sender<Result<Tell, RpcError>>,
-    records: mpsc::Sender<SubscribeItem>,
-    stream: &OpenStream,
+    out: Outbound,
 ) -> ConsumeEnd
 where
     S: Stream<Item = Inbound> + Unpin,
@@ -231,8 +235,7 @@ where
         pending: BTreeMap::new(),
         committing: None,
         told: None,
-        records,
-        held: stream.held.clone(),
+        out,
         control,
     };
     let end = if m.tell(Tell::Joined(joined)).await {
@@ -411,9 +414,9 @@ impl Member {
         let p = b.topics.get(&tp.0)?.partition(tp.1)?;
         let start = self.start_offset(&p)?;
         let slot = b.subscription_slots(1)?;
-        let (shape, tx, held) = (self.shape, self.records.clone(), self.held.clone());
+        let (shape, out) = (self.shape, self.out.clone());
         Ok(tokio::spawn(async move {
-            let end = b.stream_partition(&p, start, shape, &held, &tx).await;
+            let end = b.stream_partition(&p, start, shape, &out).await;
             drop(slot);
             end
         }))

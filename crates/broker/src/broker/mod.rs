@@ -25,12 +25,14 @@ use crate::config::Config;
 use crate::error::RpcError;
 use crate::groups::Groups;
 use crate::producers::Producers;
+use crate::quotas::Quotas;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
 use budget::{ProduceBudget, ReadAhead};
 
 /// What every front end shares: the configuration, the topics and their partitions, the
-/// idempotent producers, the consumer groups, the shutdown signal and the broker-wide limits.
+/// idempotent producers, the consumer groups, the shutdown signal, the broker-wide limits
+/// and the quotas of client ids.
 #[derive(Debug)]
 pub struct Broker {
     /// The configuration the broker runs with.
@@ -49,6 +51,8 @@ pub struct Broker {
     pub(crate) subscriptions: Arc<Semaphore>,
     /// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`).
     pub(crate) read_ahead: ReadAhead,
+    /// The quotas of client ids.
+    pub(crate) quotas: Arc<Quotas>,
     /// When the broker started.
     pub started: Instant,
     /// When the broker started, in milliseconds since the Unix epoch.
@@ -63,6 +67,7 @@ impl Broker {
         producers: Producers,
         groups: Arc<Groups>,
         shutdown: Shutdown,
+        quotas: Arc<Quotas>,
         started: Instant,
         start_time_ms: i64,
     ) -> Self {
@@ -74,6 +79,7 @@ impl Broker {
             ),
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
             read_ahead: ReadAhead::new(limits.subscribe_buffer_bytes),
+            quotas,
             topics,
             producers,
             groups,

@@ -1,5 +1,5 @@
-//! `runnel.v1.AdminService`: topics and broker information, over the operations of
-//! [`crate::broker::admin`].
+//! `runnel.v1.AdminService`: topics, client quotas and broker information, over the
+//! operations of [`crate::broker::admin`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::finish;
 use crate::broker::Broker;
+use crate::quotas::Rates;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -122,5 +123,69 @@ impl AdminService for Admin {
                 disk_total_bytes: i.disk_total_bytes,
             });
         finish("BrokerInfo", started, result)
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::SetQuotaResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let rates = req.rates.map(rates_from_pb).unwrap_or_default();
+        let result = self
+            .broker
+            .set_quota(req.client_id, rates)
+            .await
+            .map(|()| pb::SetQuotaResponse {});
+        finish("SetQuota", started, result)
+    }
+
+    async fn delete_quota(
+        &self,
+        request: Request<pb::DeleteQuotaRequest>,
+    ) -> Result<Response<pb::DeleteQuotaResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .broker
+            .delete_quota(request.into_inner().client_id)
+            .await
+            .map(|()| pb::DeleteQuotaResponse {});
+        finish("DeleteQuota", started, result)
+    }
+
+    async fn list_quotas(
+        &self,
+        _request: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasResponse>, Status> {
+        let started = Instant::now();
+        let (defaults, clients) = self.broker.list_quotas();
+        let response = pb::ListQuotasResponse {
+            defaults: Some(rates_to_pb(defaults)),
+            clients: clients
+                .into_iter()
+                .map(|(client_id, set, effective)| pb::ClientQuota {
+                    client_id,
+                    rates: Some(rates_to_pb(set)),
+                    effective: Some(rates_to_pb(effective)),
+                })
+                .collect(),
+        };
+        finish("ListQuotas", started, Ok(response))
+    }
+}
+
+fn rates_from_pb(r: pb::QuotaRates) -> Rates {
+    Rates {
+        produce_bytes_per_sec: r.produce_bytes_per_sec,
+        fetch_bytes_per_sec: r.fetch_bytes_per_sec,
+        requests_per_sec: r.requests_per_sec,
+    }
+}
+
+fn rates_to_pb(r: Rates) -> pb::QuotaRates {
+    pb::QuotaRates {
+        produce_bytes_per_sec: r.produce_bytes_per_sec,
+        fetch_bytes_per_sec: r.fetch_bytes_per_sec,
+        requests_per_sec: r.requests_per_sec,
     }
 }

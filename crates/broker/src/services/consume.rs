@@ -14,6 +14,7 @@ use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use super::caller::caller;
 use super::status::grpc_code;
 use super::{finish, rpc_done};
 use crate::broker::Broker;
@@ -58,7 +59,8 @@ impl ConsumeService for Consume {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.fetch(request.into_inner()).await;
+        let caller = caller(request.extensions(), &self.broker.quotas);
+        let result = self.broker.fetch(request.into_inner(), &caller).await;
         finish("Fetch", started, result)
     }
 
@@ -70,9 +72,10 @@ impl ConsumeService for Consume {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
+        let caller = caller(request.extensions(), &self.broker.quotas);
         let opened = self
             .broker
-            .subscribe(request.into_inner(), subscribe_done(started))
+            .subscribe(request.into_inner(), caller, subscribe_done(started))
             .await;
         match opened {
             Ok(stream) => Ok(Response::new(stream.map(

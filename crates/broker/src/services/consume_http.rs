@@ -30,6 +30,7 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
+use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
 use crate::broker::Broker;
@@ -92,11 +93,15 @@ async fn subscribe(
     max_request_bytes: usize,
 ) -> http::Response<Body> {
     let started = Instant::now();
+    let caller = caller(req.extensions(), &broker.quotas);
     let request = match read_request(req.into_body(), max_request_bytes).await {
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
-    match broker.subscribe(request, subscribe_done(started)).await {
+    match broker
+        .subscribe(request, caller, subscribe_done(started))
+        .await
+    {
         Ok(stream) => grpc_response(ResponseBody::response(
             Framed::new(),
             Some(stream.map(frame_subscribe_item as fn(_) -> _)),
@@ -115,11 +120,12 @@ async fn fetch(
     max_request_bytes: usize,
 ) -> http::Response<Body> {
     let started = Instant::now();
+    let caller = caller(req.extensions(), &broker.quotas);
     let request = match read_request(req.into_body(), max_request_bytes).await {
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
-    let result = broker.fetch(request).await;
+    let result = broker.fetch(request, &caller).await;
     match finish("Fetch", started, result) {
         Ok(response) => {
             let response = response.into_inner();

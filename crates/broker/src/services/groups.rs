@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::caller::caller;
 use super::{finish, rpc_done, status};
 use crate::broker::Broker;
 use crate::broker::group_consume::{ConsumeEnd, GroupConsumer, InboundError};
@@ -277,6 +278,7 @@ impl GroupService for Groups {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let caller = caller(request.extensions(), &self.broker.quotas);
         let inbound = request.into_inner().map(|m| {
             m.map_err(|status| match status::inbound_error(&status) {
                 Some(e) => InboundError::Malformed(e),
@@ -285,7 +287,7 @@ impl GroupService for Groups {
         });
         match self
             .broker
-            .group_consume(inbound, host, consume_done(started))
+            .group_consume(inbound, host, caller, consume_done(started))
         {
             Ok(consumer) => Ok(Response::new(ConsumeResponses {
                 consumer,

@@ -4,6 +4,7 @@
 //! statuses).
 
 pub mod admin;
+pub mod caller;
 pub mod consume;
 pub mod consume_http;
 mod gate;

@@ -3,7 +3,8 @@
 //!
 //! A unary `Produce` runs the write and finish stages in turn; a `ProduceStream` writes
 //! requests in the order received and finishes them in that order on a second task, so
-//! appends of later requests overlap the fsyncs of earlier ones.
+//! appends of later requests overlap the fsyncs of earlier ones. Quotas delay the answer of
+//! a `Produce`, and the reading of the next request of a `ProduceStream`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,11 +16,13 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::caller::caller;
 use super::{finish, rpc_done, status};
 use crate::broker::Broker;
 use crate::broker::budget::kib;
 use crate::broker::produce::Written;
 use crate::error::RpcError;
+use crate::quotas::Quota;
 
 /// The produce service.
 #[derive(Debug, Clone)]
@@ -49,6 +52,15 @@ struct StreamPermits {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
 
+/// The batch bytes of a produce request.
+fn batch_bytes(req: &pb::ProduceRequest) -> u64 {
+    req.partitions
+        .iter()
+        .flat_map(|e| e.batches.iter())
+        .map(|b| b.len() as u64)
+        .sum()
+}
+
 #[tonic::async_trait]
 impl ProduceService for Produce {
     async fn produce(
@@ -57,10 +69,14 @@ impl ProduceService for Produce {
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let started = Instant::now();
         let b = &self.broker;
-        let result = match b.produce_write(request.into_inner()).await {
+        let caller = caller(request.extensions(), &b.quotas);
+        let req = request.into_inner();
+        let size = batch_bytes(&req);
+        let result = match b.produce_write(req).await {
             Ok(written) => Ok(b.produce_finish(written).await),
             Err(e) => Err(e),
         };
+        b.quotas.pace(&caller, Quota::ProduceBytes, size).await;
         finish("Produce", started, result)
     }
 
@@ -83,6 +99,7 @@ impl ProduceService for Produce {
         let bytes = Arc::new(Semaphore::new(max_kib as usize));
         let (steps_tx, mut steps_rx) = mpsc::channel::<Step>(max_in_flight);
         let (out_tx, out_rx) = mpsc::channel(max_in_flight);
+        let caller = caller(request.extensions(), &broker.quotas);
         let mut inbound = request.into_inner();
 
         // Reader: reads a request only while fewer than the limits are unanswered, and runs
@@ -113,12 +130,7 @@ impl ProduceService for Produce {
                         return;
                     }
                 };
-                let size: u64 = req
-                    .partitions
-                    .iter()
-                    .flat_map(|e| e.batches.iter())
-                    .map(|b| b.len() as u64)
-                    .sum();
+                let size = batch_bytes(&req);
                 let want = kib(size).min(max_kib) as u32;
                 let bytes_permit = tokio::select! {
                     biased;
@@ -137,6 +149,18 @@ impl ProduceService for Produce {
                     .is_err()
                 {
                     return;
+                }
+                // Over a quota, the next request is read later (answers go on meanwhile).
+                let delay = b
+                    .quotas
+                    .charge(&caller, Quota::Requests, 1)
+                    .max(b.quotas.charge(&caller, Quota::ProduceBytes, size));
+                if !delay.is_zero() {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
             // Shutdown: stop reading; the requests already read are answered first.

@@ -13,13 +13,14 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower_layer::{Identity, Stack};
 
-/// The layers around every route: [`status::ErrorCodeLayer`].
-pub(crate) type Layers = Stack<status::ErrorCodeLayer, Identity>;
+/// The layers around every route: [`status::ErrorCodeLayer`] outside, [`CallerLayer`] inside.
+pub(crate) type Layers = Stack<CallerLayer, Stack<status::ErrorCodeLayer, Identity>>;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use super::admin::Admin;
+use super::caller::CallerLayer;
 use super::consume_http::ConsumeRoutes;
 use super::gate::Gated;
 use super::groups::Groups;
@@ -28,6 +29,7 @@ use super::status;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::Error;
+use crate::quotas::Quotas;
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
 pub const SERVICE_NAMES: [&str; 4] = [
@@ -116,14 +118,16 @@ impl Services {
 }
 
 /// The router of the broker's gRPC services, with health (the statuses of `health`) and
-/// reflection (v1 and v1alpha), configured from `[server]` and `[limits]`. The `runnel.v1`
-/// services answer `BROKER_STARTING` until [`Services::open`].
+/// reflection (v1 and v1alpha), configured from `[server]` and `[limits]`, every `runnel.v1`
+/// call paced by `quotas` ([`CallerLayer`]). The `runnel.v1` services answer
+/// `BROKER_STARTING` until [`Services::open`].
 ///
 /// # Errors
 /// [`Error::Metadata`] if the services' descriptors cannot be read.
 pub(crate) fn router(
     config: &Config,
     health: &Health,
+    quotas: Arc<Quotas>,
 ) -> Result<(Router<Layers>, Services), Error> {
     let (v1, v1alpha) = reflection()?;
     let services = Services {
@@ -132,7 +136,7 @@ pub(crate) fn router(
         consume: Gated::closed(),
         groups: Gated::closed(),
     };
-    let router = server(config)
+    let router = server(config, quotas)
         .add_service(health.service())
         .add_service(v1)
         .add_service(v1alpha)
@@ -144,10 +148,11 @@ pub(crate) fn router(
 }
 
 /// A server configured from `[server]` and `[limits]`.
-fn server(config: &Config) -> Server<Layers> {
+fn server(config: &Config, quotas: Arc<Quotas>) -> Server<Layers> {
     let keepalive = config.server.http2_keepalive_interval_ms;
     Server::builder()
         .layer(status::ErrorCodeLayer)
+        .layer(CallerLayer::new(quotas))
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .tcp_nodelay(true)
         // Larger than HTTP/2's defaults (1 MiB windows, 16 KiB frames), so that a producer

@@ -200,9 +200,10 @@ pub fn grpc_code(code: ErrorCode) -> Code {
             Code::Unavailable
         }
         ErrorCode::LimitExceeded | ErrorCode::DiskFull => Code::ResourceExhausted,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
-            Code::NotFound
-        }
+        ErrorCode::UnknownTopic
+        | ErrorCode::UnknownPartition
+        | ErrorCode::UnknownGroup
+        | ErrorCode::UnknownQuota => Code::NotFound,
         ErrorCode::TopicExists | ErrorCode::DuplicateSequence => Code::AlreadyExists,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::OutOfOrderSequence => Code::Aborted,

@@ -10,6 +10,7 @@ mod idempotence;
 mod limits;
 mod malformed;
 mod produce;
+mod quotas;
 mod records;
 mod shutdown;
 mod upgrade;

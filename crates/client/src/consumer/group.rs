@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::Transport;
 use futures_util::StreamExt as _;
 use runnel_proto::pb::{self, group_service_client::GroupServiceClient};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::TopicPartition;
 use crate::connection::Connection;
@@ -327,7 +327,7 @@ impl GroupTask {
     /// Opens the membership stream and joins; returns once `joined` arrived.
     async fn join(
         &self,
-        client: &GroupServiceClient<Channel>,
+        client: &GroupServiceClient<Transport>,
         topics: &[String],
     ) -> Result<Membership> {
         let (tx, rx) = mpsc::channel(16);
@@ -388,7 +388,7 @@ impl GroupTask {
     /// Commits offsets as the member (or standalone, with an empty member id).
     async fn commit(
         &self,
-        client: &GroupServiceClient<Channel>,
+        client: &GroupServiceClient<Transport>,
         member: Option<&Membership>,
         offsets: &[(TopicPartition, u64)],
     ) -> Result<()> {
@@ -406,7 +406,7 @@ impl GroupTask {
 /// `CommitOffsets`, retried on transport errors; the first partition's error fails it.
 pub(crate) async fn commit_offsets(
     conn: &Connection,
-    client: &GroupServiceClient<Channel>,
+    client: &GroupServiceClient<Transport>,
     group: &str,
     member: Option<(&str, u32)>,
     offsets: &[(TopicPartition, u64)],

@@ -810,7 +810,7 @@ fn is_fatal(e: &ClientError) -> bool {
 #[cfg(test)]
 mod tests_support {
     use super::*;
-    use crate::connection::ClientConfig;
+    use crate::connection::{ClientConfig, Transport};
     use tonic::transport::Endpoint;
 
     /// A producer's shared state on a connection that is never used, with topic `t` of
@@ -819,7 +819,7 @@ mod tests_support {
         let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
         let conn = Arc::new(Connection {
             config: ClientConfig::default(),
-            channel,
+            channel: Transport::new(channel, None),
         });
         let inner = Arc::new(Inner::new(conn, config));
         lock(&inner.state).topics.insert(

@@ -29,12 +29,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::connection::Transport;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use runnel_format::Compression;
 use runnel_proto::pb::{self, produce_service_client::ProduceServiceClient};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use super::batch::{Batch, Body, BufferPool, Stored, lock, next_sequence, restamp};
 use super::stream;
@@ -98,7 +98,7 @@ pub(super) struct Sender {
     inner: Arc<Inner>,
     /// Producer id and epoch, when idempotent.
     producer: Option<(i64, i16)>,
-    client: ProduceServiceClient<Channel>,
+    client: ProduceServiceClient<Transport>,
     stream: Option<Stream>,
     next_request_id: u64,
     in_flight: VecDeque<InFlight>,

@@ -3,6 +3,7 @@
 //! tonic would first copy every batch into one encode buffer per request. The bytes on the
 //! wire are exactly what tonic would send.
 
+use crate::connection::Transport;
 use prost::Message as _;
 pub(super) use runnel_proto::framing::Framed;
 use runnel_proto::framing::{FramedBody, Framer, Unframed};
@@ -12,7 +13,6 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::Channel;
 
 use crate::connection::framed_call;
 
@@ -26,7 +26,7 @@ pub(super) type Answers = Unframed<Body, pb::ProduceResponse>;
 /// (at most `capacity` waiting) and whose answers, of at most `max_message_bytes`, come on
 /// the returned stream.
 pub(super) async fn open(
-    channel: &mut Channel,
+    channel: &mut Transport,
     capacity: usize,
     max_message_bytes: usize,
 ) -> Result<(mpsc::Sender<Framed>, Answers), Status> {

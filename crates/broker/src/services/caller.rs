@@ -1,0 +1,139 @@
+//! The one door every `runnel.v1` call passes: who is calling ([`Caller`], from the
+//! `runnel-client-id` header) and the request quota, paid by delaying the call before it is
+//! served. The caller goes on in the request's extensions, where each service finds it
+//! ([`caller`]) to pay its byte quotas.
+//!
+//! Health checks and reflection are not `runnel.v1` calls: they pass untouched.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+
+use crate::error::RpcError;
+use crate::quotas::{CLIENT_ID_HEADER, Caller, Quota, Quotas, check_client_id};
+
+/// The prefix of the paths of the broker's own services.
+const RUNNEL_PATHS: &str = "/runnel.v1.";
+
+/// The layer that puts [`CallerService`] around the routes.
+#[derive(Debug, Clone)]
+pub struct CallerLayer {
+    quotas: Arc<Quotas>,
+}
+
+impl CallerLayer {
+    /// The layer over `quotas`.
+    pub(crate) fn new(quotas: Arc<Quotas>) -> Self {
+        CallerLayer { quotas }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for CallerLayer {
+    type Service = CallerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallerService {
+            inner,
+            quotas: self.quotas.clone(),
+        }
+    }
+}
+
+/// A service that identifies the caller of each `runnel.v1` call and paces it by its request
+/// quota ([`CallerLayer`]).
+#[derive(Debug, Clone)]
+pub struct CallerService<S> {
+    inner: S,
+    quotas: Arc<Quotas>,
+}
+
+impl<S, B> Service<http::Request<B>> for CallerService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !req.uri().path().starts_with(RUNNEL_PATHS) {
+            return Box::pin(self.inner.call(req));
+        }
+        let caller = match client_id(req.headers()) {
+            Ok(id) => self.quotas.caller(id),
+            Err(e) => return Box::pin(async move { Ok(e.status().into_http()) }),
+        };
+        let delay = self.quotas.charge(&caller, Quota::Requests, 1);
+        req.extensions_mut().insert(caller);
+        if delay.is_zero() {
+            return Box::pin(self.inner.call(req));
+        }
+        // The ready service is the one to call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.call(req).await
+        })
+    }
+}
+
+/// The client id a call names, `""` without the header.
+///
+/// # Errors
+/// `INVALID_REQUEST` if it is not printable ASCII or too long ([`check_client_id`]).
+fn client_id(headers: &http::HeaderMap) -> Result<&str, RpcError> {
+    let Some(value) = headers.get(CLIENT_ID_HEADER) else {
+        return Ok("");
+    };
+    check_client_id(value.as_bytes())
+        .map_err(|why| RpcError::invalid(format!("the {CLIENT_ID_HEADER} header {why}")))
+}
+
+/// The caller of a call that passed [`CallerLayer`]; the anonymous caller otherwise (a
+/// service called without the layer).
+pub(crate) fn caller(extensions: &http::Extensions, quotas: &Quotas) -> Caller {
+    extensions
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| quotas.caller(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &[u8]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            CLIENT_ID_HEADER,
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn client_ids_are_printable_ascii_of_bounded_length() {
+        assert_eq!(client_id(&http::HeaderMap::new()).unwrap(), "");
+        assert_eq!(client_id(&headers(b"billing v2")).unwrap(), "billing v2");
+        let long = client_id(&headers(&[b'a'; 256])).unwrap_err();
+        assert!(
+            long.message
+                .contains("runnel-client-id header is 256 bytes, more than 255"),
+            "{}",
+            long.message
+        );
+        let bad = client_id(&headers(b"caf\xc3\xa9")).unwrap_err();
+        assert!(bad.message.contains("printable ASCII"), "{}", bad.message);
+    }
+}

@@ -94,11 +94,11 @@ fn batch_64k(i: u64) -> Bytes {
     b.build()
 }
 
-/// The broker's `runnel_subscribe_read_ahead_bytes`.
+/// The broker's `runnel_read_buffer_bytes`.
 fn read_ahead(b: &Broker) -> f64 {
     let text = b.scrape_metrics();
     text.lines()
-        .find_map(|l| l.strip_prefix("runnel_subscribe_read_ahead_bytes "))
+        .find_map(|l| l.strip_prefix("runnel_read_buffer_bytes "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -107,7 +107,7 @@ fn read_ahead(b: &Broker) -> f64 {
 async fn stalled_subscribers_hold_at_most_the_read_ahead_budget_and_readers_keep_reading() {
     const PARTITIONS: u32 = 8;
     const BATCHES: u64 = 64;
-    let b = Broker::start_with(&["--set", "limits.subscribe_buffer_bytes=1048576"]).await;
+    let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;
     create_topic(&b, "t", PARTITIONS).await;
     for p in 0..PARTITIONS {
         for i in 0..BATCHES {

@@ -279,8 +279,9 @@ pub struct Limits {
     pub subscribe_max_bytes: u32,
     /// Responses queued per subscription.
     pub subscribe_queue_depth: u32,
-    /// Bytes all subscription streams together may hold read ahead of their clients.
-    pub subscribe_buffer_bytes: u64,
+    /// Batch bytes all fetches and subscription streams together may hold read for their
+    /// clients and not yet written to them.
+    pub read_buffer_bytes: u64,
     /// Partitions being streamed, by `Subscribe` and `GroupService.Consume`.
     pub max_subscriptions: u32,
     /// Requests read but not answered per `ProduceStream`.
@@ -309,7 +310,7 @@ impl Default for Limits {
             fetch_max_partitions: 1024,
             subscribe_max_bytes: 1 << 20,
             subscribe_queue_depth: 2,
-            subscribe_buffer_bytes: 256 << 20,
+            read_buffer_bytes: 256 << 20,
             max_subscriptions: 1024,
             produce_stream_max_in_flight: 64,
             produce_stream_max_in_flight_bytes: 64 << 20,
@@ -709,7 +710,7 @@ impl Limits {
             ("limits.fetch_max_partitions", u64::from(l.fetch_max_partitions), 1, 1 << 20),
             ("limits.subscribe_max_bytes", u64::from(l.subscribe_max_bytes), 1, 1 << 30),
             ("limits.subscribe_queue_depth", u64::from(l.subscribe_queue_depth), 1, 1024),
-            ("limits.subscribe_buffer_bytes", l.subscribe_buffer_bytes, 1 << 20, 1 << 40),
+            ("limits.read_buffer_bytes", l.read_buffer_bytes, 1 << 20, 1 << 40),
             ("limits.max_subscriptions", u64::from(l.max_subscriptions), 1, 1 << 20),
             ("limits.produce_stream_max_in_flight", u64::from(l.produce_stream_max_in_flight), 1, 1 << 16),
             ("limits.produce_stream_max_in_flight_bytes", l.produce_stream_max_in_flight_bytes, 1, 1 << 40),

@@ -54,8 +54,9 @@ pub const RECOVERY_REPAIRS: &str = "runnel_recovery_repairs_total";
 pub const RETENTION_DELETED: &str = "runnel_retention_deleted_bytes_total";
 /// Batch bytes of produce requests being appended.
 pub const PRODUCE_IN_FLIGHT: &str = "runnel_produce_in_flight_bytes";
-/// Batch bytes read for subscription streams and not yet written to their clients.
-pub const SUBSCRIBE_READ_AHEAD: &str = "runnel_subscribe_read_ahead_bytes";
+/// Batch bytes read for fetches and subscription streams and not yet written to their
+/// clients.
+pub const READ_BUFFER: &str = "runnel_read_buffer_bytes";
 /// Requests refused or delayed past their wait by a broker limit, per `limit`.
 pub const LIMIT_REJECTIONS: &str = "runnel_limit_rejections_total";
 /// How long answers were delayed by a client's quota, per `quota` (`produce_bytes`,
@@ -353,9 +354,9 @@ fn describe() {
         "Batch bytes of produce requests being appended."
     );
     describe_gauge!(
-        SUBSCRIBE_READ_AHEAD,
+        READ_BUFFER,
         Unit::Bytes,
-        "Batch bytes read for subscription streams and not yet written to their clients."
+        "Batch bytes read for fetches and subscription streams and not yet written to their clients."
     );
     describe_counter!(
         LIMIT_REJECTIONS,

@@ -1,5 +1,5 @@
 //! The broker-wide budgets: produce bytes in flight (`limits.produce_max_in_flight_bytes`)
-//! and the subscriptions' read-ahead (`limits.subscribe_buffer_bytes`).
+//! and the read buffer of fetches and subscriptions (`limits.read_buffer_bytes`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,10 +80,10 @@ impl ProduceBudget {
 /// The smallest share of the read-ahead budget a stream gets, however many are open.
 pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 
-/// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`): what all open
-/// subscription streams together may hold read from disk ahead of their clients, from the
-/// read until HTTP/2 has written the bytes (or the response was framed, for batches small
-/// enough to be copied into their frame).
+/// The read buffer (`limits.read_buffer_bytes`): what all open subscription streams and
+/// the `Fetch` calls being answered (each a stream here, for as long as it runs) together may
+/// hold read from disk for their clients, from the read until HTTP/2 has written the bytes
+/// (or the response was framed, for batches small enough to be copied into their frame).
 ///
 /// A stream reads while it holds less than its share (the budget over the open streams,
 /// never less than [`MIN_SHARE_BYTES`]) and the budget has room, at most the smaller rest.
@@ -128,7 +128,7 @@ impl Held {
         let total: usize = batches.iter().map(Bytes::len).sum();
         self.bytes.fetch_add(total as u64, Ordering::AcqRel);
         self.total.fetch_add(total as u64, Ordering::AcqRel);
-        metrics::plain_gauge(metrics::SUBSCRIBE_READ_AHEAD).increment(total as f64);
+        metrics::plain_gauge(metrics::READ_BUFFER).increment(total as f64);
         batches
             .into_iter()
             .map(|bytes| {
@@ -162,7 +162,7 @@ impl Drop for Tracked {
         let n = self.bytes.len();
         self.held.bytes.fetch_sub(n as u64, Ordering::AcqRel);
         self.held.total.fetch_sub(n as u64, Ordering::AcqRel);
-        metrics::plain_gauge(metrics::SUBSCRIBE_READ_AHEAD).decrement(n as f64);
+        metrics::plain_gauge(metrics::READ_BUFFER).decrement(n as f64);
         self.held.released.notify_waiters();
     }
 }

@@ -287,7 +287,8 @@ pub enum SubscriptionEnd {
 
 impl Broker {
     /// Reads each requested partition from its offset, waiting up to `max_wait_ms` for
-    /// `min_bytes` (woken by appends); per-partition failures are inline in the results. The
+    /// `min_bytes` (woken by appends); per-partition failures are inline in the results. A
+    /// fetch reads at most its share of the read buffer (`limits.read_buffer_bytes`), and its
     /// answer waits as long as the bytes read take under the caller's fetch quota.
     ///
     /// # Errors
@@ -339,13 +340,20 @@ impl Broker {
             .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.into());
         let targets = Arc::new(targets);
+        let reader = self.read_ahead.open();
         loop {
             for w in &mut watches {
                 w.borrow_and_update();
             }
             let t = targets.clone();
-            let (results, total) =
-                blocking(move || Ok(read_all(&t, total_max, format, decode_limit))).await?;
+            let room = self.read_ahead.wait_room(&reader.held, total_max).await;
+            let (mut results, total) =
+                blocking(move || Ok(read_all(&t, room, format, decode_limit))).await?;
+            for r in &mut results {
+                if !r.batches.is_empty() {
+                    r.batches = reader.held.track(std::mem::take(&mut r.batches));
+                }
+            }
             let any_error = results.iter().any(|r| r.error.is_some());
             let done = req.min_bytes == 0
                 || req.max_wait_ms == 0

@@ -49,7 +49,7 @@ pub struct Broker {
     pub(crate) produce_budget: ProduceBudget,
     /// Open subscriptions (`limits.max_subscriptions`).
     pub(crate) subscriptions: Arc<Semaphore>,
-    /// The subscriptions' read-ahead (`limits.subscribe_buffer_bytes`).
+    /// The read buffer of fetches and subscriptions (`limits.read_buffer_bytes`).
     pub(crate) read_ahead: ReadAhead,
     /// The quotas of client ids.
     pub(crate) quotas: Arc<Quotas>,
@@ -78,7 +78,7 @@ impl Broker {
                 std::time::Duration::from_millis(limits.produce_in_flight_wait_ms),
             ),
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
-            read_ahead: ReadAhead::new(limits.subscribe_buffer_bytes),
+            read_ahead: ReadAhead::new(limits.read_buffer_bytes),
             quotas,
             topics,
             producers,

@@ -125,3 +125,39 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     drop(first);
     within(call).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_fetch_reads_at_most_its_share_of_the_read_buffer() {
+    let b = TestBroker::start_with(|c| {
+        c.limits.read_buffer_bytes = 1 << 20;
+        c.limits.fetch_max_bytes = 8 << 20;
+        c.limits.fetch_partition_max_bytes = 8 << 20;
+    })
+    .await;
+    create_topic(&b, "t", 1).await;
+    let one = batch(15_000, 0);
+    assert!(
+        one.len() > 300 << 10 && one.len() < 1 << 20,
+        "{}",
+        one.len()
+    );
+    for _ in 0..8 {
+        produce(&b, "t", 0, vec![one.clone()]).await;
+    }
+    let r = b
+        .consume()
+        .fetch(pb::FetchRequest {
+            partitions: vec![fetch_partition("t", 0, 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let read: usize = r.results[0].batches.iter().map(|b| b.len()).sum();
+    assert!(!r.results[0].batches.is_empty());
+    assert!(
+        read <= (1 << 20) + one.len(),
+        "{read} bytes read with a 1 MiB read buffer"
+    );
+    assert!(r.results[0].batches.len() < 8, "the fetch asked for all 8");
+}

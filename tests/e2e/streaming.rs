@@ -104,7 +104,7 @@ fn read_ahead(b: &Broker) -> f64 {
 }
 
 #[tokio::test]
-async fn stalled_subscribers_hold_at_most_the_read_ahead_budget_and_readers_keep_reading() {
+async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_reading() {
     const PARTITIONS: u32 = 8;
     const BATCHES: u64 = 64;
     let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;

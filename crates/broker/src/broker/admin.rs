@@ -171,7 +171,12 @@ impl Broker {
             }
         }
         let quotas = self.quotas.clone();
-        blocking(move || quotas.set(&client_id, Some(rates)).map(drop)).await
+        blocking(move || {
+            quotas.set(&client_id, Some(rates))?;
+            tracing::info!(client_id, ?rates, "quotas set");
+            Ok(())
+        })
+        .await
     }
 
     /// Removes the quotas of `client_id`; durable before it returns.
@@ -183,6 +188,7 @@ impl Broker {
         let quotas = self.quotas.clone();
         blocking(move || {
             if quotas.set(&client_id, None)? {
+                tracing::info!(client_id, "quotas deleted");
                 Ok(())
             } else {
                 Err(RpcError::new(

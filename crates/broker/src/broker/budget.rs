@@ -140,6 +140,7 @@ impl Held {
             .collect()
     }
 
+    #[cfg(test)]
     fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
@@ -198,8 +199,13 @@ impl ReadAhead {
 
     /// The bytes a stream holding `held` may read now, at most `wanted` (a read returns at
     /// least one whole batch), or `None` if it must wait for some of its own to be released.
+    #[cfg(test)]
     pub(crate) fn room(&self, held: &Held, wanted: usize) -> Option<usize> {
-        let mine = held.bytes();
+        self.room_for(held.bytes(), wanted)
+    }
+
+    /// [`ReadAhead::room`] for a stream holding `mine` bytes.
+    fn room_for(&self, mine: u64, wanted: usize) -> Option<usize> {
         if mine == 0 {
             // One batch at least: the smallest read that returns one.
             let left = self
@@ -216,19 +222,65 @@ impl ReadAhead {
         Some(wanted.min(usize::try_from(left).unwrap_or(usize::MAX)))
     }
 
-    /// Waits until a stream holding `held` may read; returns how much, at most `wanted`. A
-    /// stream waits for its own bytes to be released, since once it holds nothing it may read.
-    pub(crate) async fn wait_room(&self, held: &Held, wanted: usize) -> usize {
+    /// What a stream holding `held` may read now, reserved at once, or `None`.
+    fn try_grant(&self, held: &Arc<Held>, wanted: usize) -> Option<Grant> {
+        let mut granted = 0u64;
+        held.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mine| {
+                granted = self.room_for(mine, wanted)? as u64;
+                Some(mine + granted)
+            })
+            .ok()?;
+        self.total.fetch_add(granted, Ordering::AcqRel);
+        Some(Grant {
+            held: held.clone(),
+            bytes: granted,
+        })
+    }
+
+    /// Waits until a stream holding `held` may read, and reserves how much, at most
+    /// `wanted`. A stream waits for its own bytes to be released, since once it holds
+    /// nothing it may read.
+    pub(crate) async fn wait_room(&self, held: &Arc<Held>, wanted: usize) -> Grant {
         loop {
             let released = held.released.notified();
             tokio::pin!(released);
             // Registered before the check, so a release between the two is not missed.
             released.as_mut().enable();
-            if let Some(n) = self.room(held, wanted) {
-                return n;
+            if let Some(grant) = self.try_grant(held, wanted) {
+                return grant;
             }
             released.await;
         }
+    }
+}
+
+/// A read a stream may make, reserved in its [`Held`] until dropped: the stream's other
+/// readers count it, so that together they read no more than the stream may (one batch,
+/// when it holds nothing, is one batch for the stream, not for each of its partitions).
+#[derive(Debug)]
+pub(crate) struct Grant {
+    held: Arc<Held>,
+    bytes: u64,
+}
+
+impl Grant {
+    /// The bytes granted: the read's limit.
+    pub(crate) fn bytes(&self) -> usize {
+        usize::try_from(self.bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Counts the batches read as held ([`Held::track`]); drop the grant afterwards.
+    pub(crate) fn track(&self, batches: Vec<Bytes>) -> Vec<Bytes> {
+        self.held.track(batches)
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.held.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.held.total.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.held.released.notify_waiters();
     }
 }
 
@@ -314,7 +366,7 @@ mod tests {
         assert!(!waiter.is_finished(), "a slice still holds the batch");
         drop(slice);
         assert_eq!(
-            waiter.await.unwrap(),
+            waiter.await.unwrap().bytes(),
             21_845,
             "its share: 64 KiB / 3 streams"
         );
@@ -327,5 +379,34 @@ mod tests {
             Some(MIN_SHARE_BYTES as usize)
         );
         drop((a, b, c, many));
+    }
+
+    #[tokio::test]
+    async fn the_readers_of_one_stream_share_its_one_batch_and_its_share() {
+        let budget = ReadAhead::new(64 << 10);
+        let stream = budget.open();
+        let _others: Vec<_> = (0..3).map(|_| budget.open()).collect();
+        // Two partitions' readers of the stream, holding nothing: one reads, one waits.
+        let first = budget.try_grant(&stream.held, 1 << 20).expect("granted");
+        assert_eq!(first.bytes(), 16 << 10, "the share of 4 streams");
+        assert!(
+            budget.try_grant(&stream.held, 1 << 20).is_none(),
+            "the share is taken"
+        );
+        // The read came back larger than granted (a whole batch): held, the grant let go.
+        let batch = first.track(vec![Bytes::from(vec![1u8; 40 << 10])]);
+        drop(first);
+        assert_eq!(stream.held.bytes(), 40 << 10);
+        assert!(budget.try_grant(&stream.held, 1 << 20).is_none());
+        drop(batch);
+        assert_eq!(stream.held.bytes(), 0);
+        let next = budget.try_grant(&stream.held, 100).expect("granted");
+        assert_eq!(next.bytes(), 100);
+        drop(next);
+        assert_eq!(
+            budget.total.load(Ordering::Acquire),
+            0,
+            "nothing left reserved"
+        );
     }
 }

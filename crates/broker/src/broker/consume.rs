@@ -346,14 +346,16 @@ impl Broker {
                 w.borrow_and_update();
             }
             let t = targets.clone();
-            let room = self.read_ahead.wait_room(&reader.held, total_max).await;
+            let grant = self.read_ahead.wait_room(&reader.held, total_max).await;
+            let room = grant.bytes();
             let (mut results, total) =
                 blocking(move || Ok(read_all(&t, room, format, decode_limit))).await?;
             for r in &mut results {
                 if !r.batches.is_empty() {
-                    r.batches = reader.held.track(std::mem::take(&mut r.batches));
+                    r.batches = grant.track(std::mem::take(&mut r.batches));
                 }
             }
+            drop(grant);
             let any_error = results.iter().any(|r| r.error.is_some());
             let done = req.min_bytes == 0
                 || req.max_wait_ms == 0
@@ -623,17 +625,18 @@ impl Broker {
                 break RpcError::unknown_topic(&p.topic);
             }
             end.borrow_and_update();
-            let max_bytes = tokio::select! {
+            let grant = tokio::select! {
                 biased;
                 () = shutdown.wait() => break RpcError::shutting_down(),
                 () = tx.closed() => return SubscriptionEnd::ClientLeft,
-                n = self.read_ahead.wait_room(held, shape.max_bytes) => n,
+                g = self.read_ahead.wait_room(held, shape.max_bytes) => g,
             };
-            let (part, held) = (p.clone(), held.clone());
+            let part = p.clone();
             let read = tokio::task::spawn_blocking(move || {
-                let mut read = part.read(next, max_bytes)?;
+                let mut read = part.read(next, grant.bytes())?;
                 let bytes = read.len_bytes() as u64;
-                let batches = held.track(std::mem::take(&mut read.batches));
+                let batches = grant.track(std::mem::take(&mut read.batches));
+                drop(grant);
                 let data = formatted(batches, next, shape.format, decode_limit, &part);
                 Ok::<_, runnel_storage::Error>((read, bytes, data))
             })

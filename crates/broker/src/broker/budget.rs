@@ -77,7 +77,7 @@ impl ProduceBudget {
     }
 }
 
-/// The smallest share of the read-ahead budget a stream gets, however many are open.
+/// The smallest share of the read buffer a stream gets, however many are open.
 pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 
 /// The read buffer (`limits.read_buffer_bytes`): what all open subscription streams and

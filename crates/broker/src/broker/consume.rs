@@ -244,12 +244,12 @@ impl Drop for SubscriptionGuard {
 }
 
 /// Where a stream's partition readers send: the stream's queue, what its responses hold of
-/// the read-ahead budget, and the caller whose fetch quota they pay.
+/// the read buffer, and the caller whose fetch quota they pay.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbound {
     /// The stream's queue.
     pub(crate) tx: mpsc::Sender<SubscribeItem>,
-    /// What the stream's responses hold of the read-ahead budget.
+    /// What the stream's responses hold of the read buffer.
     pub(crate) held: Arc<Held>,
     /// Who the stream serves.
     pub(crate) caller: Caller,
@@ -578,8 +578,8 @@ impl Broker {
     /// Pushes a partition's batches (or records) into a subscription's queue, starting with
     /// a response without data that confirms `start`, until the client leaves or the stream
     /// must end. Reads from disk only when the queue has room, so a client that stops reading
-    /// stops the reader, only while the stream holds less than its share of the read-ahead
-    /// budget ([`ReadAhead`](super::budget::ReadAhead)), and after each response only once
+    /// stops the reader, only while the stream holds less than its share of the read buffer
+    /// ([`ReadAhead`](super::budget::ReadAhead)), and after each response only once
     /// the caller's fetch quota allows. Returns how the stream ended.
     pub(crate) async fn stream_partition(
         &self,

@@ -181,7 +181,7 @@ fn signal() -> impl std::future::Future<Output = ()> {
 /// below 32 MiB now come from malloc's heaps, which give memory back only once 64 MiB at
 /// their top are free: 13k faults for the same run, and the resident size stays at the peak
 /// working set (29-33 MB there instead of falling back to 23-26 MB). Figures and commands:
-/// docs/benchmarks.md, fourth session.
+/// docs/benchmarks.md, "Malloc tunables".
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -264,12 +264,12 @@ async fn cli_errors_are_one_line_with_distinct_exit_codes() {
         (
             &["consume", "missing"],
             3,
-            "topic \"missing\" does not exist",
+            "topic \"missing\" does not exist; create it with `runnel topic create missing`",
         ),
         (
             &["produce", "missing"],
             3,
-            "topic \"missing\" does not exist",
+            "topic \"missing\" does not exist; create it with `runnel topic create missing`",
         ),
         (&["consume", "exists", "--partition", "5"], 3, "partition 5"),
         (&["group", "describe", "nobody"], 3, "does not exist"),

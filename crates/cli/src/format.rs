@@ -1,8 +1,8 @@
 //! How `runnel consume` prints a record: the value alone, key and value, a JSON line with
 //! every field, or a template.
 //!
-//! Text forms print UTF-8 as it is and escape the bytes of invalid sequences as `\xNN`
-//! ([`output::write_text`]); JSON puts non-UTF-8 keys, values and headers in `*_base64`
+//! Text forms print UTF-8 as it is and escape the bytes of invalid sequences and of control
+//! characters as `\xNN` ([`output::write_text`]); JSON puts non-UTF-8 keys, values and headers in `*_base64`
 //! fields. Nothing is allocated per record except base64 text for binary data.
 
 use std::io::{self, Write};
@@ -264,6 +264,15 @@ mod tests {
         assert_eq!(
             render(&RecordFormat::KeyValue(b":".to_vec()), &null),
             b":\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_no_value_drives_the_terminal() {
+        let r = record(None, Some("a\x1b[31mred\x07\r\u{9b}2J\tok\né".as_bytes()));
+        assert_eq!(
+            render(&RecordFormat::Value, &r),
+            "a\\x1b[31mred\\x07\\x0d\\xc2\\x9b2J\tok\né\n".as_bytes()
         );
     }
 

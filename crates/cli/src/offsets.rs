@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::Args;
-use runnel_client::{Admin, ListedOffset, OffsetSpec};
+use runnel_client::{Admin, ErrorCode, ListedOffset, OffsetSpec};
 use serde::Serialize;
 
 use crate::Ctx;
@@ -41,10 +41,15 @@ pub async fn select_partitions(
     topic: &str,
     listed: &[u32],
 ) -> anyhow::Result<Vec<u32>> {
-    let d = admin
-        .describe_topic(topic)
-        .await
-        .with_context(|| format!("cannot describe topic {topic:?}"))?;
+    let d = match admin.describe_topic(topic).await {
+        Ok(d) => d,
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
+            return Err(not_found(format!(
+                "topic {topic:?} does not exist; create it with `runnel topic create {topic}`"
+            )));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot describe topic {topic:?}")),
+    };
     if listed.is_empty() {
         return Ok((0..d.partition_count).collect());
     }

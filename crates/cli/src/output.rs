@@ -107,22 +107,37 @@ pub fn write_fields(out: &mut impl Write, fields: &[(&str, String)]) -> io::Resu
     Ok(())
 }
 
-/// Writes bytes for a terminal or a text pipe: valid UTF-8 as it is, each byte of an invalid
-/// sequence as `\xNN`. Never fails on content.
+/// Writes bytes for a terminal or a text pipe: valid UTF-8 as it is, but each byte of an
+/// invalid sequence, and of a control character other than tab and newline (ESC, BEL, CR,
+/// DEL, the C1 controls), as `\xNN`, so that no value can drive the terminal. Never fails on
+/// content.
 ///
 /// # Errors
 /// Write errors.
 pub fn write_text(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    if std::str::from_utf8(bytes).is_ok() {
-        return out.write_all(bytes);
-    }
     for chunk in bytes.utf8_chunks() {
-        out.write_all(chunk.valid().as_bytes())?;
+        write_escaping_controls(out, chunk.valid())?;
         for b in chunk.invalid() {
             write!(out, "\\x{b:02x}")?;
         }
     }
     Ok(())
+}
+
+/// Writes `text`, its control characters but tab and newline as `\xNN` per byte.
+fn write_escaping_controls(out: &mut impl Write, text: &str) -> io::Result<()> {
+    let mut from = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_control() && c != '\t' && c != '\n' {
+            out.write_all(&text.as_bytes()[from..i])?;
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                write!(out, "\\x{b:02x}")?;
+            }
+            from = i + c.len_utf8();
+        }
+    }
+    out.write_all(&text.as_bytes()[from..])
 }
 
 /// Adds a bytes field to a JSON object: `"name": "text"` when the bytes are UTF-8,

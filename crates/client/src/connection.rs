@@ -36,10 +36,14 @@ const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// The smallest receive window: HTTP/2's initial one.
 const MIN_WINDOW_BYTES: u32 = 65_535;
 
+/// The broker's port when an address names none.
+pub const DEFAULT_PORT: u16 = 7171;
+
 /// How the client connects to the broker.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The broker's gRPC address, `host:port` or a URL (`http://host:port`).
+    /// The broker's gRPC address, `host:port` or a URL (`http://host:port`); without a port,
+    /// [`DEFAULT_PORT`].
     pub address: String,
     /// The longest a TCP connect may take.
     pub connect_timeout: Duration,
@@ -68,7 +72,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            address: "127.0.0.1:7171".to_owned(),
+            address: format!("127.0.0.1:{DEFAULT_PORT}"),
             connect_timeout: Duration::from_secs(5),
             connect_attempts: 3,
             backoff: Backoff::default(),
@@ -133,10 +137,18 @@ impl ClientConfig {
     }
 
     fn url(&self) -> String {
-        if self.address.contains("://") {
+        let url = if self.address.contains("://") {
             self.address.clone()
         } else {
             format!("http://{}", self.address)
+        };
+        // A URL without a port would mean the scheme's (80), never a broker's.
+        match url.parse::<http::Uri>() {
+            Ok(uri) if uri.port().is_none() => match (uri.scheme_str(), uri.host()) {
+                (Some(scheme), Some(host)) => format!("{scheme}://{host}:{DEFAULT_PORT}"),
+                _ => url,
+            },
+            _ => url,
         }
     }
 }
@@ -378,6 +390,17 @@ fn looks_like_connect_failure(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_a_port_means_the_brokers_default_port() {
+        let url = |a: &str| ClientConfig::new(a).url();
+        assert_eq!(url("localhost"), "http://localhost:7171");
+        assert_eq!(url("10.0.0.5:9000"), "http://10.0.0.5:9000");
+        assert_eq!(url("http://broker"), "http://broker:7171");
+        assert_eq!(url("https://broker:443"), "https://broker:443");
+        assert_eq!(url("[::1]"), "http://[::1]:7171");
+        assert_eq!(url("[::1]:7000"), "http://[::1]:7000");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_below_the_ceiling() {

@@ -412,11 +412,14 @@ impl ClientError {
                 | tonic::Code::Internal
                 | tonic::Code::DeadlineExceeded => Self::Transport {
                     status: status.code(),
-                    message: if message.is_empty() {
-                        format!("{status}")
-                    } else {
-                        message
-                    },
+                    message: with_causes(
+                        if message.is_empty() {
+                            format!("{status}")
+                        } else {
+                            message
+                        },
+                        status,
+                    ),
                 },
                 other => Self::Broker {
                     code: ErrorCode::Unknown(0),
@@ -551,4 +554,19 @@ mod tests {
         assert_eq!(e.grpc_status(), Some(tonic::Code::ResourceExhausted));
         assert!(e.is_retriable());
     }
+}
+
+/// `message` followed by the causes of `status` that say something it does not ("transport
+/// error: http2 error: frame with invalid size"), so that a failed connection says why.
+fn with_causes(mut message: String, status: &tonic::Status) -> String {
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
 }

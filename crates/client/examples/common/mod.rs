@@ -10,9 +10,10 @@ pub const ORDERS: &str = "orders";
 /// Payments taken: key = order id, value = a `PaymentConfirmed` event.
 pub const PAYMENTS: &str = "payments";
 
-/// The broker address: `RUNNEL_ADDR`, or the default `127.0.0.1:7171`.
+/// The broker address: `RUNNEL_BROKER`, as for the `runnel` tool, or the default
+/// `127.0.0.1:7171`.
 pub fn address() -> String {
-    std::env::var("RUNNEL_ADDR").unwrap_or_else(|_| "127.0.0.1:7171".to_owned())
+    std::env::var("RUNNEL_BROKER").unwrap_or_else(|_| "127.0.0.1:7171".to_owned())
 }
 
 /// Logs to stderr; `RUST_LOG=runnel_client=debug` shows the client's reconnects and retries.

@@ -440,6 +440,21 @@ impl From<tonic::Status> for ClientError {
 /// The result type of the client's fallible operations.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// `message` followed by the causes of `status` that say something it does not ("transport
+/// error: http2 error: frame with invalid size"), so that a failed connection says why.
+fn with_causes(mut message: String, status: &tonic::Status) -> String {
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,19 +569,4 @@ mod tests {
         assert_eq!(e.grpc_status(), Some(tonic::Code::ResourceExhausted));
         assert!(e.is_retriable());
     }
-}
-
-/// `message` followed by the causes of `status` that say something it does not ("transport
-/// error: http2 error: frame with invalid size"), so that a failed connection says why.
-fn with_causes(mut message: String, status: &tonic::Status) -> String {
-    let mut cause = std::error::Error::source(status);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    message
 }

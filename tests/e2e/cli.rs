@@ -285,6 +285,16 @@ async fn cli_errors_are_one_line_with_distinct_exit_codes() {
     let args = ["--profile", "nope", "topic", "list"];
     let out = runnel_command().args(args).output().expect("run runnel");
     assert_error(&args, &out, 3, "profile \"nope\" not found");
+    // The metrics port answers a gRPC call with what it is.
+    let metrics = b.metrics.to_string();
+    let args = ["--broker", &metrics, "topic", "list"];
+    let out = runnel_command().args(args).output().expect("run runnel");
+    assert_error(
+        &args,
+        &out,
+        4,
+        "this is the metrics port of runneld (Prometheus over HTTP/1.1), not its gRPC port",
+    );
     // No broker there: exit 4.
     let args = ["--broker", &free_addr().to_string(), "topic", "list"];
     let out = runnel_command().args(args).output().expect("run runnel");

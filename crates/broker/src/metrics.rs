@@ -173,6 +173,10 @@ async fn scrape(
     tokio::time::timeout(SCRAPE_READ_TIMEOUT, read_head)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    if head.starts_with(HTTP2_PREFACE) {
+        let rest = head.split_off(HTTP2_PREFACE.len());
+        return refuse_grpc(stream, rest).await;
+    }
     let method = head
         .split(|b| *b == b' ')
         .next()
@@ -200,6 +204,102 @@ async fn scrape(
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
+}
+
+/// How an HTTP/2 client (a gRPC client given this address) opens its connection.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a gRPC client pointed at the metrics port is told.
+const NOT_GRPC: &str = "this is the metrics port of runneld (Prometheus over HTTP/1.1), not its gRPC port (listen, 7171 by default)";
+
+/// Answers a gRPC call made to the metrics port with `UNAVAILABLE` and [`NOT_GRPC`], in the
+/// few HTTP/2 frames that takes, so that the client says what is wrong rather than reporting
+/// an HTTP/2 protocol error; then waits briefly for the client to close. `read` holds what
+/// came after the preface.
+async fn refuse_grpc(mut stream: TcpStream, mut read: Vec<u8>) -> std::io::Result<()> {
+    let mut buf = [0u8; 1024];
+    let first_call = async {
+        loop {
+            if let Some(stream_id) = first_headers(&read) {
+                return Ok(stream_id);
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 || read.len() > SCRAPE_MAX_REQUEST {
+                return Err(std::io::Error::other("no gRPC call on the metrics port"));
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+    };
+    let stream_id = tokio::time::timeout(SCRAPE_READ_TIMEOUT, first_call)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP/2 request"))??;
+    stream.write_all(&grpc_refusal(stream_id)).await?;
+    let _ = tokio::time::timeout(SCRAPE_READ_TIMEOUT, async {
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    stream.shutdown().await
+}
+
+/// The stream of the first HEADERS frame among the whole HTTP/2 frames at the start of
+/// `bytes`, if there is one yet.
+fn first_headers(mut bytes: &[u8]) -> Option<u32> {
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let stream_id = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        if bytes[3] == 0x1 {
+            return Some(stream_id);
+        }
+        bytes = bytes.get(9 + len..)?;
+    }
+    None
+}
+
+/// The server's side of an HTTP/2 connection whose first call (on `stream_id`) is answered
+/// `grpc-status: 14` with [`NOT_GRPC`]: SETTINGS, the acknowledgement of the client's,
+/// a trailers-only response, and GOAWAY.
+fn grpc_refusal(stream_id: u32) -> Vec<u8> {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).unwrap_or(0);
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    // HPACK: a string literal, not Huffman-coded, its length a 7-bit prefix integer.
+    fn string(block: &mut Vec<u8>, s: &str) {
+        let mut n = s.len();
+        if n < 127 {
+            block.push(n as u8);
+        } else {
+            block.push(127);
+            n -= 127;
+            while n >= 128 {
+                block.push((n % 128) as u8 | 0x80);
+                n /= 128;
+            }
+            block.push(n as u8);
+        }
+        block.extend_from_slice(s.as_bytes());
+    }
+    let mut block = vec![0x88]; // ":status: 200", static table entry 8
+    for (name, value) in [
+        ("content-type", "application/grpc"),
+        ("grpc-status", "14"),
+        ("grpc-message", NOT_GRPC),
+    ] {
+        block.push(0x00); // a literal field without indexing, with a literal name
+        string(&mut block, name);
+        string(&mut block, value);
+    }
+    let mut out = Vec::new();
+    frame(&mut out, 0x4, 0x0, 0, &[]); // SETTINGS
+    frame(&mut out, 0x4, 0x1, 0, &[]); // SETTINGS, ACK
+    frame(&mut out, 0x1, 0x5, stream_id, &block); // HEADERS, END_STREAM | END_HEADERS
+    let mut goaway = stream_id.to_be_bytes().to_vec(); // the last stream
+    goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+    frame(&mut out, 0x7, 0x0, 0, &goaway);
+    out
 }
 
 /// The lag of one group on one partition.

@@ -266,22 +266,6 @@ fn grpc_refusal(stream_id: u32) -> Vec<u8> {
         out.extend_from_slice(&stream.to_be_bytes());
         out.extend_from_slice(payload);
     }
-    // HPACK: a string literal, not Huffman-coded, its length a 7-bit prefix integer.
-    fn string(block: &mut Vec<u8>, s: &str) {
-        let mut n = s.len();
-        if n < 127 {
-            block.push(n as u8);
-        } else {
-            block.push(127);
-            n -= 127;
-            while n >= 128 {
-                block.push((n % 128) as u8 | 0x80);
-                n /= 128;
-            }
-            block.push(n as u8);
-        }
-        block.extend_from_slice(s.as_bytes());
-    }
     let mut block = vec![0x88]; // ":status: 200", static table entry 8
     for (name, value) in [
         ("content-type", "application/grpc"),
@@ -289,8 +273,8 @@ fn grpc_refusal(stream_id: u32) -> Vec<u8> {
         ("grpc-message", NOT_GRPC),
     ] {
         block.push(0x00); // a literal field without indexing, with a literal name
-        string(&mut block, name);
-        string(&mut block, value);
+        hpack_string(&mut block, name);
+        hpack_string(&mut block, value);
     }
     let mut out = Vec::new();
     frame(&mut out, 0x4, 0x0, 0, &[]); // SETTINGS
@@ -300,6 +284,24 @@ fn grpc_refusal(stream_id: u32) -> Vec<u8> {
     goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
     frame(&mut out, 0x7, 0x0, 0, &goaway);
     out
+}
+
+/// Appends an HPACK string literal, not Huffman-coded: its length as a 7-bit prefix integer,
+/// then its bytes.
+fn hpack_string(block: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    if n < 127 {
+        block.push(n as u8);
+    } else {
+        block.push(127);
+        n -= 127;
+        while n >= 128 {
+            block.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        block.push(n as u8);
+    }
+    block.extend_from_slice(s.as_bytes());
 }
 
 /// The lag of one group on one partition.
@@ -583,4 +585,49 @@ pub fn quota_throttled(quota: &'static str, delay: Duration) {
 /// A gauge without labels.
 pub fn plain_gauge(name: &'static str) -> Gauge {
     gauge!(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_call_on_the_metrics_port_is_answered_on_its_stream() {
+        // The client's SETTINGS, then HEADERS on stream 3.
+        let mut client = vec![0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0];
+        assert_eq!(first_headers(&client), None, "no call yet");
+        client.extend_from_slice(&[0, 0, 1, 0x1, 0x4, 0, 0, 0, 3, 0x83]);
+        assert_eq!(first_headers(&client), Some(3));
+        assert_eq!(first_headers(&client[..client.len() - 1]), Some(3));
+
+        let answer = grpc_refusal(3);
+        let kinds: Vec<(u8, u32)> = {
+            let mut out = Vec::new();
+            let mut rest = &answer[..];
+            while rest.len() >= 9 {
+                let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+                out.push((
+                    rest[3],
+                    u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
+                ));
+                rest = &rest[9 + len..];
+            }
+            out
+        };
+        assert_eq!(kinds, [(0x4, 0), (0x4, 0), (0x1, 3), (0x7, 0)]);
+        assert!(
+            answer
+                .windows(NOT_GRPC.len())
+                .any(|w| w == NOT_GRPC.as_bytes())
+        );
+    }
+
+    #[test]
+    fn long_hpack_strings_carry_their_length_in_continuation_bytes() {
+        let mut block = Vec::new();
+        hpack_string(&mut block, &"x".repeat(300));
+        // 300 = 127 + 173; 173 = 45 + 128 * 1.
+        assert_eq!(&block[..3], &[127, 45 | 0x80, 1]);
+        assert_eq!(block.len(), 3 + 300);
+    }
 }

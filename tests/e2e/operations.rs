@@ -137,3 +137,49 @@ async fn metrics_are_served_in_prometheus_format() {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
 }
+
+#[test]
+fn systemd_is_told_ready_once_serving_and_stopping_at_shutdown() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(runnel_test_support::PATIENCE))
+        .expect("timeout");
+    let (grpc, metrics) = free_addr_pair();
+    let mut child = runneld_command()
+        .args(["--data-dir", &dir.path().join("data").display().to_string()])
+        .args(["--listen", &grpc.to_string()])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn runneld");
+    let mut message = [0u8; 256];
+    let n = socket
+        .recv(&mut message)
+        .expect("READY within the patience");
+    assert_eq!(&message[..n], b"READY=1\n");
+    // Ready means serving: a call is answered, not refused as starting.
+    let out = runnel_command()
+        .args(["--broker", &grpc.to_string(), "broker", "info"])
+        .output()
+        .expect("run runnel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let n = socket
+        .recv(&mut message)
+        .expect("STOPPING within the patience");
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+    assert!(wait_bounded(&mut child).success());
+}

@@ -78,6 +78,7 @@ pub async fn run(
     let background = Background::spawn(&broker, &signal);
     health.serving().await;
     log_started(&broker, &serving);
+    tell_systemd(&[sd_notify::NotifyState::Ready]);
 
     // Wait until the shutdown future completes, or the server fails.
     let server_ended = tokio::select! {
@@ -89,6 +90,7 @@ pub async fn run(
     // requests finish within the deadline.
     let shutdown_started = Instant::now();
     info!("shutdown started: no new connections, finishing in-flight requests");
+    tell_systemd(&[sd_notify::NotifyState::Stopping]);
     health.not_serving().await;
     trigger.fire();
     health.clear().await;
@@ -104,6 +106,15 @@ pub async fn run(
     }
     drop(lock);
     stopped(shutdown_started, failed, serve_error)
+}
+
+/// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET`) that the broker is ready, once
+/// every partition is open and health says `SERVING`, or that it is stopping. Nothing
+/// without `$NOTIFY_SOCKET`; a failure is logged, never fatal.
+fn tell_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "telling systemd the broker's state failed ($NOTIFY_SOCKET)");
+    }
 }
 
 /// When the broker started, as an instant (for uptime) and as Unix time.

@@ -21,16 +21,24 @@ RUN groupadd --system --gid 10001 runnel \
 COPY --from=builder /out/runneld /out/runnel /usr/local/bin/
 COPY config/runneld.toml /etc/runnel/runneld.toml
 
-# Config follows the RUNNEL_* environment mapping of the config keys (docs, issue 3): inside a
-# container the broker must listen on every interface for the published ports to reach it.
+# The config file is /etc/runnel/runneld.toml (mount your own over it); the RUNNEL_* variables
+# of docs/configuration.md override it. Inside a container the broker listens on every
+# interface, so that the published ports reach it. Its shutdown deadline, 8 s, fits within
+# `docker stop`'s default 10 s before SIGKILL; with `docker stop -t N` (compose:
+# stop_grace_period), raise RUNNEL_SHUTDOWN_DEADLINE_MS to about N - 2 s.
 ENV RUNNEL_DATA_DIR=/var/lib/runnel \
     RUNNEL_LISTEN=0.0.0.0:7171 \
-    RUNNEL_METRICS_LISTEN=0.0.0.0:7172
+    RUNNEL_METRICS_LISTEN=0.0.0.0:7172 \
+    RUNNEL_SHUTDOWN_DEADLINE_MS=8000
 
 USER runnel:runnel
 WORKDIR /var/lib/runnel
 VOLUME ["/var/lib/runnel"]
 EXPOSE 7171 7172
-# runneld shuts down cleanly on SIGTERM (docker stop); give it time with --stop-timeout.
+# Healthy once every partition is open and the broker serves (the gRPC health check); a start
+# that recovers many partitions may take minutes, hence the start period.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5m --retries=3 \
+    CMD ["/usr/local/bin/runnel", "--broker", "127.0.0.1:7171", "broker", "health"]
+# runneld shuts down cleanly on SIGTERM (docker stop), within RUNNEL_SHUTDOWN_DEADLINE_MS.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/runneld"]
+ENTRYPOINT ["/usr/local/bin/runneld", "--config", "/etc/runnel/runneld.toml"]

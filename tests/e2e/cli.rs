@@ -207,6 +207,11 @@ async fn cli_output_json_parses() {
     let v = json(&b, &["broker", "info"]);
     assert!(v["version"].is_string() && v["uptime_ms"].is_u64());
     assert!(v["disk_total_bytes"].as_u64() > Some(0));
+    assert_eq!(run_ok(&b, &["broker", "health"]), "serving\n");
+    assert_eq!(
+        json(&b, &["broker", "health"]),
+        serde_json::json!({"serving": true})
+    );
 
     run_ok(&b, &["consume", "j", "--group", "jg"]);
     let v = json(&b, &["group", "list"]);
@@ -297,6 +302,9 @@ async fn cli_errors_are_one_line_with_distinct_exit_codes() {
     );
     // No broker there: exit 4.
     let args = ["--broker", &free_addr().to_string(), "topic", "list"];
+    let out = runnel_command().args(args).output().expect("run runnel");
+    assert_error(&args, &out, 4, "broker unreachable at");
+    let args = ["--broker", &free_addr().to_string(), "broker", "health"];
     let out = runnel_command().args(args).output().expect("run runnel");
     assert_error(&args, &out, 4, "broker unreachable at");
     // --if-exists and --if-not-exists succeed.

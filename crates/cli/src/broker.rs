@@ -1,4 +1,4 @@
-//! `runnel broker info`.
+//! `runnel broker info` and `runnel broker health`.
 
 use std::io::Write as _;
 
@@ -7,6 +7,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
+use crate::error::unavailable;
 use crate::output::{self, Output};
 use crate::parse::{format_duration_ms, format_size, format_time_ms};
 
@@ -18,6 +19,12 @@ pub enum BrokerCommand {
   runnel broker info
   runnel --broker 10.0.0.5:7171 broker info --output json")]
     Info,
+    /// Check that the broker serves (gRPC health): exit 0 when it does, 4 while it starts
+    /// or stops, or cannot be reached
+    #[command(after_help = "Examples:
+  runnel broker health
+  runnel --broker 127.0.0.1:7171 broker health   # a container's HEALTHCHECK")]
+    Health,
 }
 
 #[derive(Serialize)]
@@ -36,7 +43,39 @@ struct InfoJson<'a> {
 /// # Errors
 /// Connection errors.
 pub async fn run(ctx: &Ctx, command: BrokerCommand) -> anyhow::Result<()> {
-    let BrokerCommand::Info = command;
+    match command {
+        BrokerCommand::Info => info(ctx).await,
+        BrokerCommand::Health => health(ctx).await,
+    }
+}
+
+/// `runnel broker health`.
+async fn health(ctx: &Ctx) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    let serving = client
+        .admin()
+        .serving()
+        .await
+        .context("cannot check the broker's health")?;
+    if !serving {
+        return Err(unavailable(format!(
+            "the broker at {} is not serving yet (starting, or stopping)",
+            client.address()
+        )));
+    }
+    match ctx.output {
+        Output::Json => output::print_json(&serde_json::json!({ "serving": true }))?,
+        Output::Table => {
+            let mut out = output::stdout();
+            writeln!(out, "serving")?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// `runnel broker info`.
+async fn info(ctx: &Ctx) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     let info = client
         .admin()

@@ -34,7 +34,8 @@ Exit codes:
   1  any other failure
   2  usage: bad flags or arguments, or names and values the broker rejects as invalid
   3  not found: the topic, partition, group or profile does not exist
-  4  connection: the broker is unreachable, the connection broke, or the broker is shutting down";
+  4  connection: the broker is unreachable, the connection broke, or the broker is starting or
+     shutting down";
 
 /// An error in the command line found by the CLI itself (exit code 2).
 #[derive(Debug)]
@@ -60,9 +61,26 @@ impl fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
+/// A broker that is there but does not serve, found by the CLI (exit code 4).
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
 /// A usage error as an `anyhow::Error`.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Usage(message.into()))
+}
+
+/// An unavailable-broker error as an `anyhow::Error`.
+pub fn unavailable(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Unavailable(message.into()))
 }
 
 /// A not-found error as an `anyhow::Error`.
@@ -89,6 +107,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<NotFound>() {
             return NOT_FOUND;
+        }
+        if cause.is::<Unavailable>() {
+            return UNAVAILABLE;
         }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return client_code(e);

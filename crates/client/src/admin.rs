@@ -459,6 +459,26 @@ impl Admin {
         })
     }
 
+    /// Whether the broker serves: the standard gRPC health check (`grpc.health.v1`) of the
+    /// service `""`, which says `SERVING` once every partition is open and `NOT_SERVING`
+    /// while the broker starts or stops.
+    ///
+    /// # Errors
+    /// Transport errors (no retries: a probe answers for now).
+    pub async fn serving(&self) -> Result<bool> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(self.conn.channel.clone());
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| self.conn.error(s))?
+            .into_inner();
+        Ok(r.status == ServingStatus::Serving as i32)
+    }
+
     /// Sets the quotas of `client_id`, replacing any it had; rates left `None` follow the
     /// broker's defaults, 0 is no limit.
     ///

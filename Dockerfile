@@ -7,11 +7,14 @@
 # The build needs no protoc: runnel-proto compiles the .proto files with protox.
 
 FROM rust:1-bookworm AS builder
+# The commit the image is built from, for runnel_build_info:
+#   docker build --build-arg RUNNEL_COMMIT=$(git rev-parse --short HEAD) -t runnel .
+ARG RUNNEL_COMMIT=unknown
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin runneld --bin runnel \
+    RUNNEL_COMMIT=$RUNNEL_COMMIT cargo build --release --locked --bin runneld --bin runnel \
     && install -D -m 0755 target/release/runneld target/release/runnel -t /out/
 
 FROM debian:bookworm-slim

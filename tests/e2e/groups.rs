@@ -117,6 +117,12 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
         (Some(7.0), Some(0.0), Some(3.0), Some(0.0)),
         "{text}"
     );
+    let committed = |g: &str, p: u32| series(&text, "runnel_group_committed_offset", g, p);
+    assert_eq!(
+        (committed("g", 0), committed("g", 2), committed("other", 0)),
+        (Some(3.0), Some(27.0), Some(10.0)),
+        "{text}"
+    );
     let age = |g: &str, p: u32| series(&text, "runnel_group_oldest_unconsumed_age_seconds", g, p);
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)

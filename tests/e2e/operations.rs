@@ -133,6 +133,12 @@ async fn metrics_are_served_in_prometheus_format() {
         "runnel_connections_active",
         "runnel_topics 1",
         "runnel_partitions 2",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_threads ",
+        "runnel_disk_free_bytes ",
+        "runnel_build_info{version=\"",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

@@ -145,6 +145,7 @@ fn start_metrics(
             config.metrics_listen,
             &config.metrics.duration_buckets_seconds,
             group_gauges.clone(),
+            &config.data_dir,
         )?)
     } else {
         None

@@ -66,6 +66,7 @@ pub fn compute(topics: &Topics, offsets: Vec<(String, Tp, u64)>, now_ms: i64) ->
             group,
             topic,
             partition,
+            committed,
             lag,
             age_seconds,
         });

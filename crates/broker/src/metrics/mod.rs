@@ -6,13 +6,14 @@
 //! `quota` and `group`; never offsets or client ids. `docs/operations.md` lists them all.
 //!
 //! Most metrics go through the `metrics` facade into the Prometheus recorder. The group
-//! gauges ([`GROUP_LAG`], [`GROUP_OLDEST_AGE`], [`GROUP_MEMBERS`]) come and go with groups and
+//! gauges ([`GROUP_LAG`], [`GROUP_OLDEST_AGE`], [`GROUP_COMMITTED`], [`GROUP_MEMBERS`]) come and go with groups and
 //! partitions, which the facade cannot express (it never forgets a series), so they live in a
 //! [`GroupGauges`] table that is replaced at each refresh and rendered after the recorder's
 //! output by the endpoint here.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::Error;
+
+pub mod process;
 
 /// Records appended, per topic (duplicates of idempotent retries are not counted).
 pub const RECORDS_IN: &str = "runnel_records_in_total";
@@ -76,6 +79,8 @@ pub const GROUP_LAG: &str = "runnel_group_lag_records";
 pub const GROUP_OLDEST_AGE: &str = "runnel_group_oldest_unconsumed_age_seconds";
 /// Members of each group that has any.
 pub const GROUP_MEMBERS: &str = "runnel_group_members";
+/// The committed offset of a group, per group, topic and partition.
+pub const GROUP_COMMITTED: &str = "runnel_group_committed_offset";
 
 /// Starts the Prometheus endpoint on `addr` and installs the recorder as the process's
 /// recorder, then describes every metric. Must run before topics are opened: handles
@@ -93,6 +98,7 @@ pub fn install(
     addr: SocketAddr,
     buckets: &[f64],
     groups: Arc<GroupGauges>,
+    data_dir: &Path,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let err = |reason: String| Error::Metrics { addr, reason };
     let listener = std::net::TcpListener::bind(addr)
@@ -105,7 +111,7 @@ pub fn install(
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
-    let task = tokio::spawn(serve(listener, handle, groups));
+    let task = tokio::spawn(serve(listener, handle, groups, data_dir.to_path_buf()));
     describe();
     Ok(task)
 }
@@ -117,7 +123,12 @@ const SCRAPE_MAX_REQUEST: usize = 16 << 10;
 /// Scrape connections served at once; more wait in the listen backlog.
 const SCRAPE_MAX_CONNECTIONS: usize = 16;
 
-async fn serve(listener: TcpListener, handle: PrometheusHandle, groups: Arc<GroupGauges>) {
+async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    groups: Arc<GroupGauges>,
+    data_dir: PathBuf,
+) {
     // Histograms are drained at every render; upkeep bounds memory between scrapes.
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,8 +154,9 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, groups: Arc<Grou
         };
         let handle = handle.clone();
         let groups = groups.clone();
+        let data_dir = data_dir.clone();
         tokio::spawn(async move {
-            if let Err(e) = scrape(stream, handle, groups).await {
+            if let Err(e) = scrape(stream, handle, groups, data_dir).await {
                 tracing::debug!(error = %e, "metrics connection failed");
             }
             drop(permit);
@@ -157,6 +169,7 @@ async fn scrape(
     mut stream: TcpStream,
     handle: PrometheusHandle,
     groups: Arc<GroupGauges>,
+    data_dir: PathBuf,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -187,6 +200,7 @@ async fn scrape(
             let body = tokio::task::spawn_blocking(move || {
                 let mut text = handle.render();
                 groups.render(&mut text);
+                process::render(&mut text, &data_dir);
                 text
             })
             .await
@@ -313,6 +327,8 @@ pub struct LagSample {
     pub topic: String,
     /// The partition.
     pub partition: u32,
+    /// [`GROUP_COMMITTED`].
+    pub committed: u64,
     /// [`GROUP_LAG`].
     pub lag: u64,
     /// [`GROUP_OLDEST_AGE`].
@@ -393,6 +409,21 @@ impl GroupGauges {
                 escape(&l.topic),
                 l.partition,
                 l.age_seconds
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {GROUP_COMMITTED} The committed offset of a group, per group, topic and partition."
+        );
+        let _ = writeln!(out, "# TYPE {GROUP_COMMITTED} gauge");
+        for l in &s.lag {
+            let _ = writeln!(
+                out,
+                "{GROUP_COMMITTED}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                escape(&l.group),
+                escape(&l.topic),
+                l.partition,
+                l.committed
             );
         }
         let _ = writeln!(out, "# HELP {GROUP_MEMBERS} Members of each group.");

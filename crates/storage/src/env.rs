@@ -66,6 +66,12 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn on_repair(&self, repair: &Repair) {
         let _ = repair;
     }
+
+    /// The log in `dir` failed after a write or fsync error: it refuses appends until it is
+    /// opened again. Called once per log.
+    fn on_failed(&self, dir: &std::path::Path) {
+        let _ = dir;
+    }
 }
 
 /// An observer that ignores everything.

@@ -655,7 +655,9 @@ impl Log {
     /// Fails the log after a write or fsync error: appends are refused, and the next open
     /// rereads what the failure may have left instead of trusting the page cache.
     pub(crate) fn fail(&self) {
-        self.failed.store(true, Ordering::Release);
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            self.env.observer.on_failed(&self.dir);
+        }
         recovery::unmark_running(&self.dir);
     }
 

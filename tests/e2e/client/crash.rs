@@ -208,6 +208,12 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
     reads_go_on(&b).await;
     disk.set_faults(Faults::default());
     refused(&b, ErrorCode::LogFailed, "refuses appends").await;
+    let metrics = b.scrape_metrics();
+    assert!(sample(&metrics, "runnel_logs_failed") >= 1.0, "{metrics}");
+    assert!(
+        sample(&metrics, "runnel_group_rebalances_total") >= 1.0,
+        "{metrics}"
+    );
     b.kill9();
     b = b.start_again().await;
     proxy.set_upstream(b.grpc);
@@ -225,6 +231,13 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
         done.consumed,
         disk.stats(),
     );
+}
+
+/// The value of the metric `name`, a series without labels, in `text` (0 if absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Partitions of the failing-disk test: faults hit many logs at once.

@@ -154,6 +154,7 @@ impl Groups {
     fn rebalance(&self, g: &mut Group, now: Instant) {
         let counts = self.counts(&g.subscribed_topics());
         g.rebalance(counts);
+        crate::metrics::group_rebalanced();
         g.reconcile(now, self.rebalance_timeout());
     }
 

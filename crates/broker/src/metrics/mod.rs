@@ -65,6 +65,11 @@ pub const LIMIT_REJECTIONS: &str = "runnel_limit_rejections_total";
 /// How long answers were delayed by a client's quota, per `quota` (`produce_bytes`,
 /// `fetch_bytes`, `requests`): its count is the answers delayed, its sum the time.
 pub const QUOTA_THROTTLE: &str = "runnel_quota_throttle_seconds";
+/// Logs that failed after a write or fsync error and refuse appends until the broker
+/// restarts.
+pub const LOGS_FAILED: &str = "runnel_logs_failed";
+/// Rebalances of every group together.
+pub const GROUP_REBALANCES: &str = "runnel_group_rebalances_total";
 /// Topics.
 pub const TOPICS: &str = "runnel_topics";
 /// Partitions of all topics.
@@ -500,6 +505,15 @@ fn describe() {
         Unit::Seconds,
         "How long answers were delayed by client quotas, per quota."
     );
+    describe_gauge!(
+        LOGS_FAILED,
+        "Logs that failed after a write or fsync error and refuse appends until the broker restarts."
+    );
+    describe_counter!(
+        GROUP_REBALANCES,
+        Unit::Count,
+        "Rebalances of consumer groups (a new generation), all groups together."
+    );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");
     describe_gauge!(
@@ -594,6 +608,10 @@ impl Observer for StorageObserver {
         };
         counter!(RECOVERY_REPAIRS, "kind" => kind).increment(1);
     }
+
+    fn on_failed(&self, _dir: &std::path::Path) {
+        gauge!(LOGS_FAILED).increment(1.0);
+    }
 }
 
 /// Counts one answered RPC and its latency; `code` is the name of its status code (for gRPC,
@@ -606,6 +624,11 @@ pub fn rpc_done(rpc: &'static str, code: &'static str, started: Instant) {
 /// Counts a request refused (or answered with an error) because of a limit.
 pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS, "limit" => limit).increment(1);
+}
+
+/// Counts a group rebalance.
+pub fn group_rebalanced() {
+    counter!(GROUP_REBALANCES).increment(1);
 }
 
 /// Counts an answer delayed by `delay` under the quota named `quota`.

@@ -18,6 +18,7 @@ mod harness;
 mod bench;
 mod cli;
 mod client;
+mod deploy;
 mod errors;
 mod groups;
 mod grpcurl;

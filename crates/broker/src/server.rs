@@ -151,6 +151,7 @@ fn start_metrics(
         None
     };
     metrics::plain_gauge(metrics::START_TIME).set(started.unix_ms as f64 / 1000.0);
+    metrics::at_zero();
     Ok(exporter)
 }
 

@@ -626,6 +626,13 @@ pub fn limit_rejected(limit: &'static str) {
     counter!(LIMIT_REJECTIONS, "limit" => limit).increment(1);
 }
 
+/// Exports the series alerts watch from the start, at 0, rather than only once something
+/// happened: failed logs and group rebalances.
+pub fn at_zero() {
+    gauge!(LOGS_FAILED).set(0.0);
+    counter!(GROUP_REBALANCES).absolute(0);
+}
+
 /// Counts a group rebalance.
 pub fn group_rebalanced() {
     counter!(GROUP_REBALANCES).increment(1);

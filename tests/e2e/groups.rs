@@ -161,3 +161,30 @@ async fn committed_offsets_survive_kill_9_and_the_lag_gauges_match_the_logs() {
     assert!(!text.contains("group=\"other\""), "{text}");
     assert!(text.contains("runnel_rpc_requests_total{rpc=\"DeleteGroup\",code=\"OK\"} 1"));
 }
+
+#[tokio::test]
+async fn without_partition_labels_the_gauges_are_per_topic() {
+    let b = Broker::start_with(&[
+        "--set",
+        "groups.lag_refresh_interval_ms=100",
+        "--set",
+        "metrics.partition_labels=false",
+    ])
+    .await;
+    create_topic(&b, "t", 3).await;
+    for (p, n) in [(0, 10), (1, 20), (2, 30)] {
+        produce(&b, "t", p, vec![batch_of("r", 0, n)]).await;
+    }
+    commit(&b, "g", &[(0, 3, ""), (1, 20, ""), (2, 25, "")]).await;
+    let text = scrape_until(&b, |t| t.contains("runnel_group_lag_records{")).await;
+    assert!(
+        text.contains("runnel_group_lag_records{group=\"g\",topic=\"t\"} 12"),
+        "7 + 0 + 5 records behind:\n{text}"
+    );
+    assert!(!text.contains("partition=\""), "{text}");
+    assert!(!text.contains("runnel_group_committed_offset{"), "{text}");
+    assert!(
+        text.contains("runnel_records_in_total{topic=\"t\"} 60"),
+        "{text}"
+    );
+}

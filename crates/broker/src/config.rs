@@ -108,6 +108,9 @@ pub struct MetricsSettings {
     pub enabled: bool,
     /// Bucket upper bounds, in seconds, of every `*_seconds` histogram.
     pub duration_buckets_seconds: Vec<f64>,
+    /// Whether partition and group gauges are labelled per partition; false keeps one
+    /// series per topic (group lag summed) for brokers with many partitions.
+    pub partition_labels: bool,
 }
 
 impl Default for MetricsSettings {
@@ -118,6 +121,7 @@ impl Default for MetricsSettings {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0, 30.0,
             ],
+            partition_labels: true,
         }
     }
 }

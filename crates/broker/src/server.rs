@@ -146,6 +146,7 @@ fn start_metrics(
             &config.metrics.duration_buckets_seconds,
             group_gauges.clone(),
             &config.data_dir,
+            config.metrics.partition_labels,
         )?)
     } else {
         None

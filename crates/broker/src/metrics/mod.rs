@@ -104,7 +104,9 @@ pub fn install(
     buckets: &[f64],
     groups: Arc<GroupGauges>,
     data_dir: &Path,
+    per_partition: bool,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
+    PARTITION_LABELS.store(per_partition, std::sync::atomic::Ordering::Relaxed);
     let err = |reason: String| Error::Metrics { addr, reason };
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -382,54 +384,63 @@ impl GroupGauges {
         self.lock().clone()
     }
 
-    /// Appends the gauges in Prometheus text format.
+    /// Appends the gauges in Prometheus text format: per group, topic and partition, or, with
+    /// `metrics.partition_labels = false`, per group and topic (lag summed, age the oldest;
+    /// committed offsets, which do not add up, left out).
     pub fn render(&self, out: &mut String) {
         let s = self.lock();
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "# HELP {GROUP_LAG} Records a group has not consumed, per group, topic and partition."
-        );
-        let _ = writeln!(out, "# TYPE {GROUP_LAG} gauge");
-        for l in &s.lag {
-            let _ = writeln!(
-                out,
-                "{GROUP_LAG}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
-                escape(&l.group),
-                escape(&l.topic),
-                l.partition,
-                l.lag
-            );
+        let per_partition = partition_labels();
+        // (labels, lag, age, committed), in sample order.
+        let mut rows: Vec<(String, u64, f64, u64)> = Vec::with_capacity(s.lag.len());
+        if per_partition {
+            for l in &s.lag {
+                let labels = format!(
+                    "group=\"{}\",topic=\"{}\",partition=\"{}\"",
+                    escape(&l.group),
+                    escape(&l.topic),
+                    l.partition
+                );
+                rows.push((labels, l.lag, l.age_seconds, l.committed));
+            }
+        } else {
+            let mut by_topic: std::collections::BTreeMap<(&str, &str), (u64, f64)> =
+                std::collections::BTreeMap::new();
+            for l in &s.lag {
+                let e = by_topic.entry((&l.group, &l.topic)).or_default();
+                e.0 += l.lag;
+                e.1 = e.1.max(l.age_seconds);
+            }
+            for ((group, topic), (lag, age)) in by_topic {
+                let labels = format!("group=\"{}\",topic=\"{}\"", escape(group), escape(topic));
+                rows.push((labels, lag, age, 0));
+            }
         }
-        let _ = writeln!(
-            out,
-            "# HELP {GROUP_OLDEST_AGE} Age of the oldest record a group has not consumed, per group, topic and partition."
+        let scope = if per_partition {
+            "per group, topic and partition"
+        } else {
+            "per group and topic"
+        };
+        let mut family =
+            |name: &str, help: &str, value: &dyn Fn(&(String, u64, f64, u64)) -> String| {
+                // Writing to a String cannot fail.
+                let _ = writeln!(out, "# HELP {name} {help}, {scope}.");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                for row in &rows {
+                    let _ = writeln!(out, "{name}{{{}}} {}", row.0, value(row));
+                }
+            };
+        family(GROUP_LAG, "Records a group has not consumed", &|r| {
+            r.1.to_string()
+        });
+        family(
+            GROUP_OLDEST_AGE,
+            "Age of the oldest record a group has not consumed",
+            &|r| r.2.to_string(),
         );
-        let _ = writeln!(out, "# TYPE {GROUP_OLDEST_AGE} gauge");
-        for l in &s.lag {
-            let _ = writeln!(
-                out,
-                "{GROUP_OLDEST_AGE}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
-                escape(&l.group),
-                escape(&l.topic),
-                l.partition,
-                l.age_seconds
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP {GROUP_COMMITTED} The committed offset of a group, per group, topic and partition."
-        );
-        let _ = writeln!(out, "# TYPE {GROUP_COMMITTED} gauge");
-        for l in &s.lag {
-            let _ = writeln!(
-                out,
-                "{GROUP_COMMITTED}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
-                escape(&l.group),
-                escape(&l.topic),
-                l.partition,
-                l.committed
-            );
+        if per_partition {
+            family(GROUP_COMMITTED, "The committed offset of a group", &|r| {
+                r.3.to_string()
+            });
         }
         let _ = writeln!(out, "# HELP {GROUP_MEMBERS} Members of each group.");
         let _ = writeln!(out, "# TYPE {GROUP_MEMBERS} gauge");
@@ -437,6 +448,14 @@ impl GroupGauges {
             let _ = writeln!(out, "{GROUP_MEMBERS}{{group=\"{}\"}} {n}", escape(g));
         }
     }
+}
+
+/// Whether series are labelled per partition (`metrics.partition_labels`).
+static PARTITION_LABELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether series are labelled per partition (`metrics.partition_labels`, set by [`install`]).
+pub fn partition_labels() -> bool {
+    PARTITION_LABELS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Escapes a label value (group ids and topic names never need it; this is defence).
@@ -564,8 +583,16 @@ pub struct PartitionMetrics {
 }
 
 impl PartitionMetrics {
-    /// Registers the gauges of one partition.
+    /// Registers the gauges of one partition; without [`partition_labels`], gauges that
+    /// export nothing.
     pub fn new(topic: &str, partition: u32) -> Self {
+        if !partition_labels() {
+            return PartitionMetrics {
+                end_offset: Gauge::noop(),
+                start_offset: Gauge::noop(),
+                size: Gauge::noop(),
+            };
+        }
         let labels = [
             ("topic", topic.to_owned()),
             ("partition", partition.to_string()),

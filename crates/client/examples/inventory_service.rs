@@ -1,4 +1,4 @@
-//! The inventory service: consumes `orders` in the `inventory` group and reserves stock for
+//! The inventory service: consumes `shop.orders` in the `inventory` group and reserves stock for
 //! each order. Offsets are committed automatically (every 5 s, on rebalance and on close).
 //!
 //! ```sh

@@ -1,5 +1,5 @@
-//! The notification service: in the `notification` group, consumes `orders` (to say "we
-//! got your order") and `payments` (to say "your payment went through"), following each
+//! The notification service: in the `notification` group, consumes `shop.orders` (to say "we
+//! got your order") and `shop.payments` (to say "your payment went through"), following each
 //! event's trace context.
 //!
 //! ```sh

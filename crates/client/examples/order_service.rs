@@ -1,4 +1,4 @@
-//! The order service: publishes `OrderCreated` events to `orders`, keyed by order id (so
+//! The order service: publishes `OrderCreated` events to `shop.orders`, keyed by order id (so
 //! every event of an order lands on the same partition, in order), each with a fresh W3C
 //! trace context in its `traceparent` header.
 //!

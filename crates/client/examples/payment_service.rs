@@ -1,5 +1,5 @@
-//! The payment service: consumes `orders` in the `payment` group, takes each payment and
-//! publishes `PaymentConfirmed` to `payments` with the same key, continuing the order's
+//! The payment service: consumes `shop.orders` in the `payment` group, takes each payment and
+//! publishes `PaymentConfirmed` to `shop.payments` with the same key, continuing the order's
 //! trace. Offsets are committed by hand after the confirmation is stored, so a crash
 //! replays the order rather than losing the payment (at least once).
 //!

@@ -6,9 +6,9 @@
 use runnel_client::{Client, ClientError, TopicConfig};
 
 /// Orders placed: key = order id, value = an `OrderCreated` event.
-pub const ORDERS: &str = "orders";
+pub const ORDERS: &str = "shop.orders";
 /// Payments taken: key = order id, value = a `PaymentConfirmed` event.
-pub const PAYMENTS: &str = "payments";
+pub const PAYMENTS: &str = "shop.payments";
 
 /// The broker address: `RUNNEL_BROKER`, as for the `runnel` tool, or the default
 /// `127.0.0.1:7171`.

@@ -193,9 +193,9 @@ async fn scrape(
     tokio::time::timeout(SCRAPE_READ_TIMEOUT, read_head)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-    if head.starts_with(HTTP2_PREFACE) {
-        let rest = head.split_off(HTTP2_PREFACE.len());
-        return refuse_grpc(stream, rest).await;
+    // The head stops at the preface's first blank line, which may come before the rest of it.
+    if head.starts_with(&HTTP2_PREFACE[..16]) {
+        return refuse_grpc(stream, head).await;
     }
     let method = head
         .split(|b| *b == b' ')
@@ -236,12 +236,12 @@ const NOT_GRPC: &str = "this is the metrics port of runneld (Prometheus over HTT
 /// Answers a gRPC call made to the metrics port with `UNAVAILABLE` and [`NOT_GRPC`], in the
 /// few HTTP/2 frames that takes, so that the client says what is wrong rather than reporting
 /// an HTTP/2 protocol error; then waits briefly for the client to close. `read` holds what
-/// came after the preface.
+/// was read so far, from the start of the preface.
 async fn refuse_grpc(mut stream: TcpStream, mut read: Vec<u8>) -> std::io::Result<()> {
     let mut buf = [0u8; 1024];
     let first_call = async {
         loop {
-            if let Some(stream_id) = first_headers(&read) {
+            if let Some(stream_id) = read.strip_prefix(HTTP2_PREFACE).and_then(first_headers) {
                 return Ok(stream_id);
             }
             let n = stream.read(&mut buf).await?;

@@ -24,31 +24,6 @@ use crate::error::{Error, RpcError};
 use crate::files::write_atomic;
 use crate::metrics;
 
-/// The gRPC metadata key (HTTP/2 header) that names a call's client id; a call without it
-/// belongs to the client id `""`.
-pub const CLIENT_ID_HEADER: &str = "runnel-client-id";
-
-/// The longest client id accepted, in bytes.
-pub const MAX_CLIENT_ID_BYTES: usize = 255;
-
-/// Checks a client id: printable ASCII, at most [`MAX_CLIENT_ID_BYTES`].
-///
-/// # Errors
-/// What is wrong with it, for a message that names where it came from.
-pub fn check_client_id(id: &[u8]) -> Result<&str, String> {
-    if id.len() > MAX_CLIENT_ID_BYTES {
-        return Err(format!(
-            "is {} bytes, more than {MAX_CLIENT_ID_BYTES}",
-            id.len()
-        ));
-    }
-    if !id.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-        return Err("must be printable ASCII".into());
-    }
-    // Printable ASCII is UTF-8.
-    Ok(std::str::from_utf8(id).unwrap_or_default())
-}
-
 /// The file, in the data directory, of the quotas set through the admin API.
 const FILE: &str = "quotas.toml";
 

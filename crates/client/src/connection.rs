@@ -16,11 +16,6 @@ use tonic::body::Body;
 use tonic::codegen::{Service as _, http};
 use tonic::transport::{Channel, Endpoint};
 
-/// The gRPC metadata key (HTTP/2 header) that names the client id of a call.
-pub const CLIENT_ID_HEADER: &str = "runnel-client-id";
-
-/// The longest client id, in bytes.
-pub const MAX_CLIENT_ID_BYTES: usize = 255;
 use tonic::{Code, Status};
 
 use crate::error::{ClientError, Result};
@@ -125,12 +120,8 @@ impl ClientConfig {
         let Some(id) = &self.client_id else {
             return Ok(None);
         };
-        if id.len() > MAX_CLIENT_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        {
-            return Err(ClientError::Config(format!(
-                "client_id {id:?} must be printable ASCII of at most {MAX_CLIENT_ID_BYTES} bytes"
-            )));
-        }
+        runnel_proto::check_client_id(id.as_bytes())
+            .map_err(|why| ClientError::Config(format!("client_id {id:?} {why}")))?;
         http::HeaderValue::from_str(id)
             .map(Some)
             .map_err(|e| ClientError::Config(format!("client_id {id:?}: {e}")))
@@ -244,7 +235,9 @@ impl tonic::codegen::Service<http::Request<Body>> for Transport {
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         if let Some(id) = &self.client_id {
-            request.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
+            request
+                .headers_mut()
+                .insert(runnel_proto::CLIENT_ID_METADATA_KEY, id.clone());
         }
         self.channel.call(request)
     }

@@ -34,6 +34,33 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// code's number in ASCII decimal, next to the gRPC status.
 pub const ERROR_CODE_METADATA_KEY: &str = "runnel-error-code";
 
+/// The gRPC metadata key (a request header) that names a call's client id, by which the
+/// broker applies quotas; a call without it has the client id `""`.
+pub const CLIENT_ID_METADATA_KEY: &str = "runnel-client-id";
+
+/// The longest client id, in bytes: in [`CLIENT_ID_METADATA_KEY`], and a group member's.
+pub const MAX_CLIENT_ID_BYTES: usize = 255;
+
+/// Checks a client id: printable ASCII (what an HTTP/2 header carries as it is), at most
+/// [`MAX_CLIENT_ID_BYTES`].
+///
+/// # Errors
+/// What is wrong with it, to follow the name of where it came from ("is 300 bytes, more
+/// than 255").
+pub fn check_client_id(id: &[u8]) -> Result<&str, String> {
+    if id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(format!(
+            "is {} bytes, more than {MAX_CLIENT_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if !id.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Err("must be printable ASCII".into());
+    }
+    // Printable ASCII is UTF-8.
+    Ok(std::str::from_utf8(id).unwrap_or_default())
+}
+
 /// Kafka's 32-bit murmur2 hash of `data`, as computed by Kafka's `Utils.murmur2`.
 ///
 /// This is MurmurHash2 with seed `0x9747b28c`, reading the input as little-endian 4-byte

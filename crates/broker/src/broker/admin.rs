@@ -8,9 +8,10 @@ use runnel_proto::pb::{self, ErrorCode};
 
 use super::Broker;
 use crate::error::RpcError;
-use crate::quotas::{Quota, Rates, check_client_id};
+use crate::quotas::{Quota, Rates};
 use crate::tasks::blocking;
 use crate::topics::{self, remove_deleted};
+use runnel_proto::check_client_id;
 
 /// What the broker says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

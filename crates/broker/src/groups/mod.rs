@@ -40,8 +40,6 @@ use offsets::{Change, Committed, OffsetStore};
 /// How often [`Groups::tick`] runs: session and rebalance timeouts are enforced, and new
 /// partitions noticed, this much late at most.
 pub const TICK: Duration = Duration::from_millis(100);
-/// The longest client id kept.
-pub const MAX_CLIENT_ID_BYTES: usize = 255;
 
 /// Checks a group id (or a static instance id): the topic naming rule.
 ///
@@ -199,10 +197,11 @@ impl Groups {
         for t in &req.topics {
             topics::validate_name(t).map_err(|e| e.at("join.topics"))?;
         }
-        if req.client_id.len() > MAX_CLIENT_ID_BYTES {
+        if req.client_id.len() > runnel_proto::MAX_CLIENT_ID_BYTES {
             return Err(RpcError::invalid(format!(
-                "join.client_id is {} bytes, more than {MAX_CLIENT_ID_BYTES}",
-                req.client_id.len()
+                "join.client_id is {} bytes, more than {}",
+                req.client_id.len(),
+                runnel_proto::MAX_CLIENT_ID_BYTES
             )));
         }
         let s = &self.settings;

@@ -14,7 +14,9 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 
 use crate::error::RpcError;
-use crate::quotas::{CLIENT_ID_HEADER, Caller, Quota, Quotas, check_client_id};
+use runnel_proto::{CLIENT_ID_METADATA_KEY, check_client_id};
+
+use crate::quotas::{Caller, Quota, Quotas};
 
 /// The prefix of the paths of the broker's own services.
 const RUNNEL_PATHS: &str = "/runnel.v1.";
@@ -93,11 +95,11 @@ where
 /// # Errors
 /// `INVALID_REQUEST` if it is not printable ASCII or too long ([`check_client_id`]).
 fn client_id(headers: &http::HeaderMap) -> Result<&str, RpcError> {
-    let Some(value) = headers.get(CLIENT_ID_HEADER) else {
+    let Some(value) = headers.get(CLIENT_ID_METADATA_KEY) else {
         return Ok("");
     };
     check_client_id(value.as_bytes())
-        .map_err(|why| RpcError::invalid(format!("the {CLIENT_ID_HEADER} header {why}")))
+        .map_err(|why| RpcError::invalid(format!("the {CLIENT_ID_METADATA_KEY} header {why}")))
 }
 
 /// The caller of a call that passed [`CallerLayer`]; the anonymous caller otherwise (a
@@ -116,7 +118,7 @@ mod tests {
     fn headers(value: &[u8]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
         h.insert(
-            CLIENT_ID_HEADER,
+            CLIENT_ID_METADATA_KEY,
             http::HeaderValue::from_bytes(value).unwrap(),
         );
         h

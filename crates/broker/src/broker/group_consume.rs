@@ -422,7 +422,8 @@ impl Member {
         }))
     }
 
-    /// Where a newly assigned partition is read from.
+    /// Where a newly assigned partition is read from: the committed offset, the log end if
+    /// the log ends below it, and the reset boundary without one or below the log start.
     fn start_offset(&self, p: &Partition) -> Result<u64, RpcError> {
         let req = pb::FetchOffsetsRequest {
             group: self.group.clone(),
@@ -441,6 +442,8 @@ impl Member {
         let (first, end) = (p.start_offset(), p.end_offset());
         Ok(match committed {
             Some(o) if (first..=end).contains(&o) => o,
+            // The log was cut short below it (not on disk at a power cut): nothing is skipped.
+            Some(o) if o > end => end,
             _ if self.reset == OffsetBoundary::Latest => end,
             _ => first,
         })

@@ -32,10 +32,11 @@ use crate::clock::now_ms;
 use crate::config::GroupSettings;
 use crate::error::{Error, RpcError};
 use crate::metrics::{self, GroupGauges};
+use crate::partition::Partition;
 use crate::topics::{self, Topics};
 use assignor::{Assignor, Tp};
 use coordinator::{Group, Member, View, to_pb};
-use offsets::{Change, Committed, OffsetStore};
+use offsets::{Change, Committed, OffsetStore, OnDisk};
 
 /// How often [`Groups::tick`] runs: session and rebalance timeouts are enforced, and new
 /// partitions noticed, this much late at most.
@@ -539,13 +540,14 @@ impl Groups {
             }
         }
         let max_meta = self.settings.offset_metadata_max_bytes as usize;
+        let mut on_disk = Vec::with_capacity(req.offsets.len());
         let mut results: Vec<pb::OffsetCommitResult> = req
             .offsets
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let error = if o.metadata.len() > max_meta {
-                    Some(RpcError::invalid(format!(
+                let checked = if o.metadata.len() > max_meta {
+                    Err(RpcError::invalid(format!(
                         "offsets[{i}].metadata is {} bytes, more than groups.offset_metadata_max_bytes ({max_meta})",
                         o.metadata.len()
                     )))
@@ -553,8 +555,9 @@ impl Groups {
                     self.topics
                         .get(&o.topic)
                         .and_then(|t| t.partition(o.partition))
-                        .err()
+                        .and_then(|p| on_disk_below(&p, o.offset))
                 };
+                let error = checked.map(|wait| on_disk.push(wait)).err();
                 pb::OffsetCommitResult {
                     topic: o.topic.clone(),
                     partition: o.partition,
@@ -626,7 +629,7 @@ impl Groups {
             if self.over_group_limit(&state, &req.group) {
                 return Err(self.group_limit_error(&req.group));
             }
-            OffsetStore::submit(slot, &req.group, time_ms, Change::Commit(accepted))
+            OffsetStore::submit(slot, &req.group, time_ms, Change::Commit(accepted), on_disk)
         };
         OffsetStore::wait(answer).await?;
         Ok(pb::CommitOffsetsResponse { results })
@@ -807,6 +810,7 @@ impl Groups {
                     group,
                     now_ms(),
                     Change::DeleteGroup,
+                    Vec::new(),
                 ))
             } else if known {
                 None
@@ -915,14 +919,14 @@ impl Groups {
                         u64::try_from(shifted.max(0)).unwrap_or(u64::MAX)
                     }
                 };
-                plan.push((tp, previous, wanted.clamp(start, end.max(start))));
+                plan.push((tp, previous, wanted.clamp(start, end.max(start)), p));
             }
             Ok(plan)
         })
         .await?;
         let resets = plan
             .iter()
-            .map(|((topic, partition), previous, new)| pb::OffsetReset {
+            .map(|((topic, partition), previous, new, _)| pb::OffsetReset {
                 topic: topic.clone(),
                 partition: *partition,
                 previous_offset: *previous,
@@ -952,9 +956,13 @@ impl Groups {
                         return Err(self.group_limit_error(&req.group));
                     }
                     let time_ms = now_ms();
+                    let on_disk = plan
+                        .iter()
+                        .map(|(_, _, offset, p)| on_disk_below(p, *offset))
+                        .collect::<Result<Vec<_>, _>>()?;
                     let entries = plan
                         .into_iter()
-                        .map(|(tp, _, offset)| {
+                        .map(|(tp, _, offset, _)| {
                             (
                                 tp,
                                 Committed {
@@ -970,6 +978,7 @@ impl Groups {
                         &req.group,
                         time_ms,
                         Change::Commit(entries),
+                        on_disk,
                     ))
                 }
                 None => None,
@@ -1005,6 +1014,47 @@ impl Groups {
 /// start (records retention deleted cannot be consumed), never negative.
 pub fn lag(committed: u64, log_start: u64, log_end: u64) -> u64 {
     log_end.saturating_sub(committed.max(log_start))
+}
+
+/// Checks that `offset` is within `p`'s log and starts making the records below it durable:
+/// a consumer may read records before they are fsynced, and a committed offset must never
+/// point past what a power cut keeps (the log would end below it, and the group's offset
+/// would go back when its consumer starts again). The wait registers with the partition's
+/// group commit now, so the waits of every partition of a commit run together; the offsets
+/// writer awaits them before it writes the commit (usually the records are on disk already).
+///
+/// # Errors
+/// `OFFSET_OUT_OF_RANGE` past the log end (a consumer that read records a power cut then
+/// took); the wait fails with `LOG_FAILED` once the partition's log failed.
+fn on_disk_below(p: &Arc<Partition>, offset: u64) -> Result<OnDisk, RpcError> {
+    let end = p.end_offset();
+    if offset > end {
+        return Err(RpcError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!(
+                "{}/{}: offset {offset} is past the log end {end}; a committed offset is at most the log end",
+                p.topic, p.index
+            ),
+        ));
+    }
+    let wait = p.want_durable(offset);
+    let (topic, partition) = (p.topic.clone(), p.index);
+    Ok(Box::pin(async move {
+        wait.await.map_err(|e| {
+            let at = crate::error::At {
+                topic: &topic,
+                partition,
+                epoch: None,
+            };
+            RpcError::new(
+                ErrorCode::LogFailed,
+                format!(
+                    "not committed: the records of {topic}/{partition} below offset {offset} are not known to be on disk ({})",
+                    RpcError::storage(&e, at).message
+                ),
+            )
+        })
+    }))
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! Every change is one record in a batch of its own: the commits of one group (one
 //! `CommitOffsets` or `ResetOffsets` request, so a request is applied all or nothing) or a
 //! group deletion. One writer task owns the writes: it takes every request queued meanwhile,
-//! writes them with one call, awaits the storage group commit ([`InternalLog::durable`]), and
-//! only then applies them to memory and answers, so readers never see an offset that is not
-//! durable. No lock is held across the write or the fsync.
+//! awaits the durability of the partition records they commit past ([`OnDisk`]: a committed
+//! offset never points past what a power cut keeps), writes them with one call, awaits the
+//! storage group commit ([`InternalLog::durable`]), and only then applies them to memory and
+//! answers, so readers never see an offset that is not durable. Changes are written and
+//! applied in the order they were queued. No lock is held across the write or the fsync.
 //!
 //! At start the log is recovered like every partition and replayed. While running it is
 //! compacted by snapshot (`internal_log.rs`) once it outgrows `groups.offsets_compact_bytes`.
@@ -21,7 +23,9 @@
 //! u32 (CRC-32 of the body). It is migrated into the internal log on first start.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -80,13 +84,18 @@ pub struct Entry {
     change: Change,
 }
 
+/// A wait until partition records a change commits past are on disk (registered with the
+/// partition's group commit when it is made), failing with the error to answer.
+pub type OnDisk = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send>>;
+
 /// A queued job for the writer task.
-#[derive(Debug)]
 pub enum Job {
-    /// Write a change and answer once it is durable and applied.
+    /// Write a change once `on_disk` all resolved, and answer once it is durable and applied.
     Write {
         /// The change.
         entry: Entry,
+        /// The records it commits past, to be on disk first.
+        on_disk: Vec<OnDisk>,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<(), RpcError>>,
     },
@@ -186,13 +195,14 @@ impl OffsetStore {
             .map_err(|_| RpcError::shutting_down())
     }
 
-    /// Queues a change of `group` in a slot; the receiver answers once it is durable and
-    /// visible (or failed). Does not block.
+    /// Queues a change of `group` in a slot, to be written once `on_disk` all resolved; the
+    /// receiver answers once it is durable and visible (or failed). Does not block.
     pub fn submit(
         slot: Slot,
         group: &str,
         time_ms: i64,
         change: Change,
+        on_disk: Vec<OnDisk>,
     ) -> oneshot::Receiver<Result<(), RpcError>> {
         let (reply, answer) = oneshot::channel();
         slot.send(Job::Write {
@@ -201,6 +211,7 @@ impl OffsetStore {
                 time_ms,
                 change,
             },
+            on_disk,
             reply,
         });
         answer
@@ -273,6 +284,9 @@ impl OffsetStore {
 /// A change waiting for its answer.
 type Pending = (Entry, oneshot::Sender<Result<(), RpcError>>);
 
+/// A change waiting for the records it commits past, and for its answer.
+type Queued = (Entry, Vec<OnDisk>, oneshot::Sender<Result<(), RpcError>>);
+
 /// The writer task's state: it alone writes to the log.
 #[derive(Debug)]
 struct Writer {
@@ -288,7 +302,11 @@ impl Writer {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Write { entry, reply } => writes.push((entry, reply)),
+                    Job::Write {
+                        entry,
+                        on_disk,
+                        reply,
+                    } => writes.push((entry, on_disk, reply)),
                     Job::Close(done) => {
                         if !writes.is_empty() {
                             self.write(std::mem::take(&mut writes)).await;
@@ -311,9 +329,21 @@ impl Writer {
         }
     }
 
-    /// Writes the changes with one call, one batch each, awaits the group commit, then
-    /// applies and answers them; compacts the log when it is due.
-    async fn write(&mut self, jobs: Vec<Pending>) {
+    /// Awaits the records each change commits past (all waits were registered when the
+    /// changes were made, so their fsyncs ran together), writes the changes with one call, one
+    /// batch each, awaits the group commit, then applies and answers them; compacts the log
+    /// when it is due.
+    async fn write(&mut self, queued: Vec<Queued>) {
+        let mut jobs: Vec<Pending> = Vec::with_capacity(queued.len());
+        'jobs: for (entry, on_disk, reply) in queued {
+            for wait in on_disk {
+                if let Err(e) = wait.await {
+                    let _ = reply.send(Err(e));
+                    continue 'jobs;
+                }
+            }
+            jobs.push((entry, reply));
+        }
         let max = self.log.max_batch_bytes();
         let mut batches = Vec::with_capacity(jobs.len());
         let mut accepted = Vec::with_capacity(jobs.len());
@@ -731,7 +761,7 @@ mod tests {
                 commit_time_ms: 1_000,
             },
         )]);
-        OffsetStore::wait(OffsetStore::submit(slot, group, 1_000, change))
+        OffsetStore::wait(OffsetStore::submit(slot, group, 1_000, change, Vec::new()))
             .await
             .unwrap();
     }
@@ -755,9 +785,15 @@ mod tests {
         commit_one(&store, "gone", 0, 1).await;
         assert!(store.has_group("gone"));
         let slot = store.slot().await.unwrap();
-        OffsetStore::wait(OffsetStore::submit(slot, "gone", 6, Change::DeleteGroup))
-            .await
-            .unwrap();
+        OffsetStore::wait(OffsetStore::submit(
+            slot,
+            "gone",
+            6,
+            Change::DeleteGroup,
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
         assert_eq!(store.get("g", &("t".into(), 2)).unwrap().offset, 299);
         // 300 commits of about 130 bytes in segments of 4 KiB: compaction keeps a few.
         let segments = segment_files(dir.path());
@@ -776,9 +812,15 @@ mod tests {
                 )
             })
             .collect();
-        let err = OffsetStore::wait(OffsetStore::submit(slot, "big", 7, Change::Commit(many)))
-            .await
-            .unwrap_err();
+        let err = OffsetStore::wait(OffsetStore::submit(
+            slot,
+            "big",
+            7,
+            Change::Commit(many),
+            Vec::new(),
+        ))
+        .await
+        .unwrap_err();
         assert_eq!(err.code, runnel_proto::pb::ErrorCode::LimitExceeded);
         assert!(
             err.message.contains("groups.offsets_compact_bytes"),

@@ -711,6 +711,9 @@ async fn commit(
 async fn commits_from_members_that_do_not_own_the_partition_are_fenced() {
     let b = group_broker().await;
     create_topic(&b, "t", 2).await;
+    for p in 0..2 {
+        produce(&b, "t", p, vec![batch(10, 0)]).await;
+    }
     let views = Views::default();
     let a = Member::join(&b, &views, "a", Spec::new("g", &["t"])).await;
     settle(&b, &views, "g", |d| stable_and_agreed(d, &views, &[&a])).await;
@@ -780,6 +783,16 @@ async fn commits_from_members_that_do_not_own_the_partition_are_fenced() {
         "partition 9",
     );
     assert_inline(r.results[1].error.as_ref(), ErrorCode::UnknownTopic, "nope");
+    // An offset past the log end points at no record (a consumer that read records a
+    // power cut took); the log end itself is a position.
+    let r = commit(&b, "g", &m2.id(), epoch_b, &[("t", moved_p, 11)])
+        .await
+        .unwrap();
+    assert_inline(
+        r.results[0].error.as_ref(),
+        ErrorCode::OffsetOutOfRange,
+        &format!("t/{moved_p}: offset 11 is past the log end 10"),
+    );
     let err = commit(&b, "g", "", 0, &[("t", 0, 1)]).await.unwrap_err();
     assert_status(&err, ErrorCode::GroupNotEmpty, "members");
 
@@ -1085,6 +1098,7 @@ async fn new_partitions_are_picked_up_and_offsets_survive_a_restart() {
             && views.of("b").len() == 4
     })
     .await;
+    produce(&b, "t", 0, vec![batch(42, 0)]).await;
     let owner_of_0 = if views.of("a").contains(&("t".to_owned(), 0)) {
         &a
     } else {

@@ -15,6 +15,7 @@ use runnel_proto::pb;
 use tokio::sync::mpsc;
 
 use super::{Chunk, OffsetReset, StartAt, TopicPartition};
+use crate::admin::{Admin, OffsetSpec};
 use crate::compression;
 use crate::connection::{Connection, framed_call, one_message};
 use crate::error::{ClientError, ErrorCode, Result};
@@ -47,6 +48,8 @@ enum End {
     Retry(ClientError),
     /// Start again from this position (offset reset).
     Restart(StartAt),
+    /// The position asked for is outside the log ([`Fetcher::out_of_range`] decides).
+    OutOfRange(ClientError),
     /// Report and stop.
     Fatal(ClientError),
     /// The consumer is gone.
@@ -88,13 +91,17 @@ impl Fetcher {
                 StartAt::Offset(o) => Some(o),
                 _ => None,
             };
-            match self.subscribe(resolved, &mut attempt, &mut next).await {
+            let end = match self.subscribe(resolved, &mut attempt, &mut next).await {
+                End::OutOfRange(e) => self.out_of_range(next, e).await,
+                end => end,
+            };
+            match end {
                 End::Retry(e) => {
                     self.backoff(&mut attempt, &e).await;
                     start = next.map_or(resolved, StartAt::Offset);
                 }
                 End::Restart(at) => start = at,
-                End::Fatal(e) => {
+                End::Fatal(e) | End::OutOfRange(e) => {
                     self.fail(e).await;
                     return;
                 }
@@ -226,14 +233,52 @@ impl Fetcher {
 
     fn classify(&self, e: ClientError) -> End {
         match e.code() {
-            Some(ErrorCode::OffsetOutOfRange) => match self.config.auto_offset_reset {
-                OffsetReset::Earliest => End::Restart(StartAt::Earliest),
-                OffsetReset::Latest => End::Restart(StartAt::Latest),
-                OffsetReset::Error => End::Fatal(e),
-            },
+            Some(ErrorCode::OffsetOutOfRange) => End::OutOfRange(e),
             _ if e.is_retriable() => End::Retry(e),
             _ => End::Fatal(e),
         }
+    }
+
+    /// Where to go from `position`, which the broker says is outside the log (`e`). Past the
+    /// log end, the log was cut short below records this consumer had read (a broker that
+    /// lost power before they reached its disk): a consumer of a group resumes from the
+    /// group's committed offset, which the broker never lets point past what is on disk, so
+    /// nothing is skipped and the group's offset does not go back. Otherwise (before the log
+    /// start, where retention deleted what was not read yet, or without a committed offset)
+    /// `auto_offset_reset` decides, as for a Kafka consumer.
+    async fn out_of_range(&self, position: Option<u64>, e: ClientError) -> End {
+        if let Some(position) = position.filter(|_| self.config.group.is_some()) {
+            match self.committed_below_cut(position).await {
+                Ok(Some(committed)) => {
+                    tracing::warn!(tp = %self.tp, position, committed,
+                        "the log ends below this consumer's position (the broker lost records it had read); resuming from the committed offset");
+                    return End::Restart(StartAt::Offset(committed));
+                }
+                Ok(None) => {}
+                Err(e) if e.is_retriable() => return End::Retry(e),
+                Err(e) => return End::Fatal(e),
+            }
+        }
+        match self.config.auto_offset_reset {
+            OffsetReset::Earliest => End::Restart(StartAt::Earliest),
+            OffsetReset::Latest => End::Restart(StartAt::Latest),
+            OffsetReset::Error => End::Fatal(e),
+        }
+    }
+
+    /// The group's committed offset, if the log now ends below `position` and the committed
+    /// offset is not past its end.
+    async fn committed_below_cut(&self, position: u64) -> Result<Option<u64>> {
+        let admin = Admin::new(self.conn.clone());
+        let (topic, partition) = (&self.tp.topic, self.tp.partition);
+        let end = admin
+            .list_offset(topic, partition, OffsetSpec::Latest)
+            .await?
+            .offset;
+        if position <= end {
+            return Ok(None);
+        }
+        Ok(self.committed().await?.filter(|&c| c <= end))
     }
 
     /// Checks, decompresses and decodes received batches into records at or after `from`.

@@ -82,7 +82,9 @@ pub enum StartAt {
 }
 
 /// What to do when there is no committed offset, or the position has left the log
-/// (retention deleted it).
+/// (retention deleted it). A consumer of a group whose position is past the log end (the
+/// broker lost records it had read to a power cut) resumes from the group's committed offset
+/// instead, when there is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OffsetReset {
     /// Start from the oldest record still stored: nothing stored is skipped.

@@ -28,7 +28,9 @@ COPY config/runneld.toml /etc/runnel/runneld.toml
 # of docs/configuration.md override it. Inside a container the broker listens on every
 # interface, so that the published ports reach it. Its shutdown deadline, 8 s, fits within
 # `docker stop`'s default 10 s before SIGKILL; with `docker stop -t N` (compose:
-# stop_grace_period), raise RUNNEL_SHUTDOWN_DEADLINE_MS to about N - 2 s.
+# stop_grace_period), raise RUNNEL_SHUTDOWN_DEADLINE_MS to about N - 2 s. The web console is
+# off since the metrics port is not on loopback; to use it, publish that port on the host's
+# loopback only (-p 127.0.0.1:7172:7172) and set RUNNEL_CONSOLE_ALLOW_REMOTE=true.
 ENV RUNNEL_DATA_DIR=/var/lib/runnel \
     RUNNEL_LISTEN=0.0.0.0:7171 \
     RUNNEL_METRICS_LISTEN=0.0.0.0:7172 \

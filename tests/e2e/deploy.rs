@@ -1,5 +1,6 @@
-//! What `deploy/` ships is checked against a real broker: every metric the alert rules and the
-//! Grafana dashboard use is one the broker exports.
+//! What `deploy/` and the `Dockerfile` ship is checked against a real broker: every metric the
+//! alert rules and the Grafana dashboard use is one the broker exports, and the image's
+//! entrypoint, config, health check and stop work as the image would run them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -119,4 +120,141 @@ fn metric_names_are_found_in_promql() {
     );
     let names: Vec<_> = names.into_iter().collect();
     assert_eq!(names, ["process_max_fds", "runnel_rpc_duration_seconds"]);
+}
+
+/// What the `Dockerfile`'s final stage says: its `ENV` variables, user, entrypoint and health
+/// check command, and the files it copies (`src dst`).
+struct Image {
+    env: Vec<(String, String)>,
+    user: String,
+    entrypoint: Vec<String>,
+    healthcheck: Vec<String>,
+    copies: Vec<String>,
+}
+
+impl Image {
+    fn read() -> Self {
+        let text =
+            std::fs::read_to_string(workspace_root().join("Dockerfile")).expect("Dockerfile");
+        let joined = text.replace("\\\n", " ");
+        let stage = joined
+            .rsplit_once("\nFROM ")
+            .map_or(joined.as_str(), |(_, last)| last);
+        let mut image = Image {
+            env: Vec::new(),
+            user: String::new(),
+            entrypoint: Vec::new(),
+            healthcheck: Vec::new(),
+            copies: Vec::new(),
+        };
+        let json_array = |s: &str| -> Vec<String> {
+            serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("exec form {s:?}: {e}"))
+        };
+        for line in stage.lines().map(str::trim) {
+            if let Some(vars) = line.strip_prefix("ENV ") {
+                for pair in vars.split_whitespace() {
+                    let (k, v) = pair.split_once('=').expect("ENV key=value");
+                    image.env.push((k.to_owned(), v.to_owned()));
+                }
+            } else if let Some(user) = line.strip_prefix("USER ") {
+                user.trim().clone_into(&mut image.user);
+            } else if let Some(args) = line.strip_prefix("ENTRYPOINT ") {
+                image.entrypoint = json_array(args);
+            } else if let Some(check) = line.strip_prefix("HEALTHCHECK ") {
+                let (_, cmd) = check
+                    .split_once(" CMD ")
+                    .expect("HEALTHCHECK ... CMD [...]");
+                image.healthcheck = json_array(cmd);
+            } else if let Some(copy) = line.strip_prefix("COPY ") {
+                image.copies.push(copy.trim().to_owned());
+            }
+        }
+        image
+    }
+
+    fn env(&self, key: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or_else(|| panic!("the image sets no {key}"), |(_, v)| v.as_str())
+    }
+}
+
+/// The image cannot be built on this machine (no Docker daemon, no registry for its base
+/// images), so what it runs is run here as it would run there: the entrypoint with the config
+/// file the image copies and the variables it sets (the addresses and data directory moved to
+/// free local ones), the health check command against it, and `docker stop`'s SIGTERM.
+#[test]
+fn the_image_runs_its_config_as_a_user_its_health_check_passes_and_it_stops_in_time() {
+    let image = Image::read();
+    assert!(
+        !image.user.is_empty() && !image.user.starts_with("root") && !image.user.starts_with('0'),
+        "the image runs as {:?}",
+        image.user
+    );
+    let deadline: u64 = image
+        .env("RUNNEL_SHUTDOWN_DEADLINE_MS")
+        .parse()
+        .expect("ms");
+    assert!(
+        deadline + 1000 < 10_000,
+        "a shutdown deadline of {deadline} ms does not fit docker stop's 10 s"
+    );
+    let config_in_image = "/etc/runnel/runneld.toml";
+    assert!(
+        image
+            .copies
+            .contains(&format!("config/runneld.toml {config_in_image}")),
+        "{:?}",
+        image.copies
+    );
+    assert_eq!(
+        image.entrypoint,
+        ["/usr/local/bin/runneld", "--config", config_in_image]
+    );
+    assert_eq!(image.healthcheck[0], "/usr/local/bin/runnel");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (grpc, metrics) = free_addr_pair();
+    let mut cmd = runneld_command();
+    for (k, v) in &image.env {
+        cmd.env(k, v);
+    }
+    cmd.env("RUNNEL_DATA_DIR", dir.path().join("data"))
+        .env("RUNNEL_LISTEN", grpc.to_string())
+        .env("RUNNEL_METRICS_LISTEN", metrics.to_string())
+        .args(["--config"])
+        .arg(workspace_root().join("config/runneld.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"));
+    let mut child = cmd.spawn().expect("spawn runneld");
+    let health = || {
+        let mut check = runnel_command();
+        for arg in &image.healthcheck[1..] {
+            let arg = if arg == "127.0.0.1:7171" {
+                grpc.to_string()
+            } else {
+                arg.clone()
+            };
+            check.arg(arg);
+        }
+        check.output().expect("run the health check")
+    };
+    let started = std::time::Instant::now();
+    while !health().status.success() {
+        assert!(started.elapsed() < PATIENCE, "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = wait_bounded(&mut child);
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("runneld stopped"), "{log}");
+    let after = health();
+    assert!(!after.status.success(), "healthy after it stopped");
 }

@@ -11,13 +11,15 @@
 //! and `kill -9` at random moments under durable load.
 //! `cli` runs the real `runnel` binary and checks its stdout, stderr and exit codes.
 //! `python` runs the Python examples' own checks (`examples/python`), and `grpcurl` the
-//! grpcurl walkthrough of docs/protocol.md, command by command.
+//! grpcurl walkthrough of docs/protocol.md, command by command. `console` drives the web
+//! console's API, and its page in headless Chromium.
 
 mod harness;
 
 mod bench;
 mod cli;
 mod client;
+mod console;
 mod deploy;
 mod errors;
 mod groups;

@@ -30,12 +30,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The gRPC listener address (used by `runneld`; `run` takes an already bound listener).
     pub listen: SocketAddr,
-    /// The Prometheus metrics listener address (`GET /metrics`).
+    /// The HTTP listener address: metrics (`GET /metrics`) and the web console (`/`).
     pub metrics_listen: SocketAddr,
     /// Logging.
     pub log: LogSettings,
     /// Metrics.
     pub metrics: MetricsSettings,
+    /// The web console on the metrics port.
+    pub console: ConsoleSettings,
     /// Config of topics that do not override a field (`TopicConfig` in the protocol).
     pub topic_defaults: TopicDefaults,
     /// Storage engine settings that are not per topic.
@@ -60,6 +62,7 @@ impl Default for Config {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7172)),
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
+            console: ConsoleSettings::default(),
             topic_defaults: TopicDefaults::default(),
             storage: StorageSettings::default(),
             limits: Limits::default(),
@@ -123,6 +126,33 @@ impl Default for MetricsSettings {
             ],
             partition_labels: true,
         }
+    }
+}
+
+/// The `[console]` section: the web console served on the metrics port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Whether to serve the console (at `/` of `metrics_listen`, with metrics enabled).
+    pub enabled: bool,
+    /// Serve it also when `metrics_listen` is not a loopback address. The console can create
+    /// and delete topics and has no authentication: anyone who reaches the port may.
+    pub allow_remote: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            allow_remote: false,
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// Whether the console is served on a metrics listener bound to `addr`.
+    pub fn served_on(&self, addr: SocketAddr) -> bool {
+        self.enabled && (self.allow_remote || addr.ip().is_loopback())
     }
 }
 
@@ -1238,5 +1268,25 @@ mod tests {
             "RUNNEL_LIMITS_MAX_TOPICS"
         );
         assert_eq!(env_var_name("data_dir"), "RUNNEL_DATA_DIR");
+    }
+
+    #[test]
+    fn the_console_is_served_on_loopback_only_unless_allowed_remote() {
+        let c = ConsoleSettings::default();
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(c.served_on(at("127.0.0.1:7172")));
+        assert!(c.served_on(at("[::1]:7172")));
+        assert!(!c.served_on(at("0.0.0.0:7172")));
+        assert!(!c.served_on(at("10.1.2.3:7172")));
+        let remote = ConsoleSettings {
+            allow_remote: true,
+            ..ConsoleSettings::default()
+        };
+        assert!(remote.served_on(at("0.0.0.0:7172")));
+        let off = ConsoleSettings {
+            enabled: false,
+            ..ConsoleSettings::default()
+        };
+        assert!(!off.served_on(at("127.0.0.1:7172")));
     }
 }

@@ -1,6 +1,6 @@
 //! The Runnel broker: serves the `runnel.v1` gRPC services (`docs/protocol.md`) over
 //! partitioned logs from `runnel-storage`, with the standard health service, server
-//! reflection (v1 and v1alpha) and Prometheus metrics.
+//! reflection (v1 and v1alpha), Prometheus metrics and a web console.
 //!
 //! The entry point is [`run`]: it takes a [`Config`], an already bound listener and a shutdown
 //! future, so the `runneld` binary only parses flags and handles signals, and tests run the
@@ -14,7 +14,8 @@
 //!    and group loops), `connections` (accepting connections under `limits.max_connections`),
 //!    `data_dir` (the data directory's lock).
 //! 2. front ends: `services` (the gRPC services as adapters to the domain, their router, and
-//!    `services/status.rs`, the one place errors become gRPC statuses).
+//!    `services/status.rs`, the one place errors become gRPC statuses); [`console`] (the web
+//!    console's page and JSON API).
 //! 3. the domain: `broker` (`Broker`, what every front end shares, and its produce, consume,
 //!    topic administration and group operations; they know nothing of tonic).
 //! 4. the state: [`groups`] (the coordinator, assignors, committed offsets, lag), [`producers`]
@@ -23,7 +24,7 @@
 //!    (the broker's own state: committed offsets, producer ids), the only door to it.
 //! 6. shared by all: [`config`] (the typed configuration tree and its layers), [`error`]
 //!    (startup errors, and client errors with stable codes), [`metrics`] (every metric name,
-//!    and the exporter), [`shutdown`] (the one cancellation signal), `files` (atomic file
+//!    and the HTTP endpoint), [`shutdown`] (the one cancellation signal), `files` (atomic file
 //!    replacement), `tasks` (blocking work off the runtime).
 
 mod background;
@@ -31,6 +32,7 @@ mod broker;
 mod clock;
 pub mod config;
 mod connections;
+pub mod console;
 mod data_dir;
 pub mod error;
 mod files;

@@ -30,7 +30,7 @@ struct Args {
     /// The gRPC listen address [key: listen].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// The Prometheus metrics listen address [key: metrics_listen].
+    /// The HTTP listen address: metrics and the web console [key: metrics_listen].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
     /// Log line format, human or json [key: log.format].

@@ -20,6 +20,7 @@ use crate::background::Background;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connections::{Conn, accept_loop};
+use crate::console::Console;
 use crate::data_dir;
 use crate::error::Error;
 use crate::groups::Groups;
@@ -54,7 +55,9 @@ pub async fn run(
     let started = Started::now();
     let lock = data_dir::open(&config.data_dir)?;
     let group_gauges = GroupGauges::new();
-    let exporter = start_metrics(&config, &started, &group_gauges)?;
+    let console = (config.metrics.enabled && config.console.served_on(config.metrics_listen))
+        .then(Console::new);
+    let exporter = start_metrics(&config, &started, &group_gauges, console.clone())?;
     let (trigger, signal) = shutdown::channel();
     let health = router::Health::starting().await;
     let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
@@ -75,6 +78,9 @@ pub async fn run(
         started.unix_ms,
     ));
     services.open(&broker);
+    if let Some(console) = &console {
+        console.open(&broker);
+    }
     let background = Background::spawn(&broker, &signal);
     health.serving().await;
     log_started(&broker, &serving);
@@ -139,6 +145,7 @@ fn start_metrics(
     config: &Config,
     started: &Started,
     group_gauges: &Arc<GroupGauges>,
+    console: Option<Arc<Console>>,
 ) -> Result<Option<JoinHandle<()>>, Error> {
     let exporter = if config.metrics.enabled {
         Some(metrics::install(
@@ -147,6 +154,7 @@ fn start_metrics(
             group_gauges.clone(),
             &config.data_dir,
             config.metrics.partition_labels,
+            console.map(crate::console::routes),
         )?)
     } else {
         None
@@ -270,10 +278,18 @@ fn log_started(broker: &Broker, serving: &Serving) {
     } else {
         "off".to_owned()
     };
+    let console = if !config.metrics.enabled || !config.console.enabled {
+        "off".to_owned()
+    } else if config.console.served_on(config.metrics_listen) {
+        format!("http://{}/", config.metrics_listen)
+    } else {
+        "off (metrics_listen is not loopback; see console.allow_remote)".to_owned()
+    };
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %serving.local_addr.map_or_else(|| "?".to_owned(), |a| a.to_string()),
         metrics_listen = %metrics_listen,
+        console = %console,
         data_dir = %config.data_dir.display(),
         topics = broker.topics.list().len(),
         partitions = broker.topics.all_partitions().len(),

@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use runnel_storage::{Observer, Repair, RepairKind};
@@ -87,12 +92,14 @@ pub const GROUP_MEMBERS: &str = "runnel_group_members";
 /// The committed offset of a group, per group, topic and partition.
 pub const GROUP_COMMITTED: &str = "runnel_group_committed_offset";
 
-/// Starts the Prometheus endpoint on `addr` and installs the recorder as the process's
-/// recorder, then describes every metric. Must run before topics are opened: handles
-/// registered before a recorder exists stay no-ops.
+/// Starts the HTTP endpoint on `addr` and installs the recorder as the process's recorder,
+/// then describes every metric. Must run before topics are opened: handles registered before
+/// a recorder exists stay no-ops.
 ///
-/// The endpoint answers every HTTP request (`GET /metrics` in practice) with the recorder's
-/// metrics followed by the `groups` gauges, then closes the connection.
+/// The endpoint serves HTTP/1.1: `GET /metrics` with the recorder's metrics followed by the
+/// `groups` gauges and the process's, and the routes of `pages` (the web console, which then
+/// has `/`); without pages, `/` answers with the metrics too. A gRPC client pointed at the
+/// port is told it is the wrong one.
 ///
 /// Returns the endpoint task, to abort at shutdown.
 ///
@@ -105,6 +112,7 @@ pub fn install(
     groups: Arc<GroupGauges>,
     data_dir: &Path,
     per_partition: bool,
+    pages: Option<Router>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     PARTITION_LABELS.store(per_partition, std::sync::atomic::Ordering::Relaxed);
     let err = |reason: String| Error::Metrics { addr, reason };
@@ -118,24 +126,64 @@ pub fn install(
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
-    let task = tokio::spawn(serve(listener, handle, groups, data_dir.to_path_buf()));
+    let scrape = Scrape {
+        handle: handle.clone(),
+        groups,
+        data_dir: data_dir.to_path_buf(),
+    };
+    let task = tokio::spawn(serve(listener, handle, routes(scrape, pages)));
     describe();
     Ok(task)
 }
 
-/// The longest a scrape connection may take to send its request.
+/// The longest a connection may take to send a request head (also between requests).
 const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request head read from a scraper.
+/// The most bytes read from the start of a connection that looks like HTTP/2.
 const SCRAPE_MAX_REQUEST: usize = 16 << 10;
-/// Scrape connections served at once; more wait in the listen backlog.
-const SCRAPE_MAX_CONNECTIONS: usize = 16;
+/// Connections served at once; more wait in the listen backlog.
+const SCRAPE_MAX_CONNECTIONS: usize = 64;
 
-async fn serve(
-    listener: TcpListener,
+/// What a scrape renders.
+#[derive(Clone)]
+struct Scrape {
     handle: PrometheusHandle,
     groups: Arc<GroupGauges>,
     data_dir: PathBuf,
-) {
+}
+
+/// The endpoint's routes: `/metrics`, and the pages or the metrics at `/`.
+fn routes(scrape: Scrape, pages: Option<Router>) -> Router {
+    let metrics = Router::new().route("/metrics", get(render));
+    let app = match pages {
+        Some(pages) => metrics.with_state(scrape).merge(pages),
+        None => metrics.route("/", get(render)).with_state(scrape),
+    };
+    app.fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /metrics\n") })
+}
+
+/// The metrics, in Prometheus' text format.
+async fn render(State(s): State<Scrape>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = s.handle.render();
+        s.groups.render(&mut text);
+        process::render(&mut text, &s.data_dir);
+        text
+    })
+    .await;
+    match text {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn serve(listener: TcpListener, handle: PrometheusHandle, app: Router) {
     // Histograms are drained at every render; upkeep bounds memory between scrapes.
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,11 +207,9 @@ async fn serve(
                 continue;
             }
         };
-        let handle = handle.clone();
-        let groups = groups.clone();
-        let data_dir = data_dir.clone();
+        let app = app.clone();
         tokio::spawn(async move {
-            if let Err(e) = scrape(stream, handle, groups, data_dir).await {
+            if let Err(e) = connection(stream, app).await {
                 tracing::debug!(error = %e, "metrics connection failed");
             }
             drop(permit);
@@ -171,60 +217,32 @@ async fn serve(
     }
 }
 
-/// Answers one HTTP/1.x request with the metrics and closes the connection.
-async fn scrape(
-    mut stream: TcpStream,
-    handle: PrometheusHandle,
-    groups: Arc<GroupGauges>,
-    data_dir: PathBuf,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let read_head = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < SCRAPE_MAX_REQUEST {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
+/// Serves one connection: HTTP/1.1 requests, or the refusal of a gRPC call.
+async fn connection(stream: TcpStream, app: Router) -> std::io::Result<()> {
+    let mut start = [0u8; 4];
+    let peeked = tokio::time::timeout(SCRAPE_READ_TIMEOUT, async {
+        loop {
+            let n = stream.peek(&mut start).await?;
+            if n == 0 || n == start.len() {
+                return Ok::<_, std::io::Error>(n);
             }
-            head.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok::<_, std::io::Error>(())
-    };
-    tokio::time::timeout(SCRAPE_READ_TIMEOUT, read_head)
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    if peeked == start.len() && start == HTTP2_PREFACE[..start.len()] {
+        return refuse_grpc(stream, Vec::new()).await;
+    }
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(SCRAPE_READ_TIMEOUT)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app),
+        )
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-    // The head stops at the preface's first blank line, which may come before the rest of it.
-    if head.starts_with(&HTTP2_PREFACE[..16]) {
-        return refuse_grpc(stream, head).await;
-    }
-    let method = head
-        .split(|b| *b == b' ')
-        .next()
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .unwrap_or_default();
-    let (status, body) = match method.as_str() {
-        "GET" | "HEAD" => {
-            let body = tokio::task::spawn_blocking(move || {
-                let mut text = handle.render();
-                groups.render(&mut text);
-                process::render(&mut text, &data_dir);
-                text
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-            ("200 OK", body)
-        }
-        _ => ("405 Method Not Allowed", String::new()),
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+        .map_err(std::io::Error::other)
 }
 
 /// How an HTTP/2 client (a gRPC client given this address) opens its connection.

@@ -139,6 +139,20 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// A one-entry request's per-entry error, as the API's error.
+fn inline(e: pb::Error) -> ApiError {
+    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
+    ApiError(RpcError::new(code, e.message))
+}
+
+/// The one result of a one-entry request (`call` names it).
+fn only<T>(results: Vec<T>, call: &str) -> Result<T, ApiError> {
+    results
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError(RpcError::internal(format!("{call} returned no result"))))
+}
+
 async fn broker_info(State(c): State<Arc<Console>>) -> ApiResult {
     let b = c.broker()?;
     let info = b.broker_info().await?;
@@ -289,14 +303,9 @@ async fn read_messages(
     };
     let caller = b.quotas.caller(CLIENT_ID);
     let fetched = b.fetch(req, &caller).await?;
-    let Some(r) = fetched.results.into_iter().next() else {
-        return Err(ApiError(RpcError::internal("fetch returned no partition")));
-    };
+    let r = only(fetched.results, "fetch")?;
     if let Some(e) = r.error {
-        return Err(ApiError(RpcError::new(
-            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-            e.message,
-        )));
+        return Err(inline(e));
     }
     let records: Vec<Value> = r
         .records
@@ -336,16 +345,10 @@ async fn offset_at(b: &Broker, topic: &str, partition: u32, time_ms: i64) -> Res
             query: Some(pb::offset_query::Query::TimestampMs(time_ms)),
         }],
     };
-    let found = b.list_offsets(req).await?.results.into_iter().next();
-    match found {
-        Some(r) => match r.error {
-            Some(e) => Err(ApiError(RpcError::new(
-                ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-                e.message,
-            ))),
-            None => Ok(r.offset),
-        },
-        None => Err(ApiError(RpcError::internal("no offset found"))),
+    let r = only(b.list_offsets(req).await?.results, "list_offsets")?;
+    match r.error {
+        Some(e) => Err(inline(e)),
+        None => Ok(r.offset),
     }
 }
 
@@ -417,14 +420,9 @@ async fn produce_message(
     };
     let written = b.produce_write(req).await?;
     let response = b.produce_finish(written).await;
-    let Some(result) = response.results.into_iter().next() else {
-        return Err(ApiError(RpcError::internal("produce returned no result")));
-    };
+    let result = only(response.results, "produce")?;
     if let Some(e) = result.error {
-        return Err(ApiError(RpcError::new(
-            ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-            e.message,
-        )));
+        return Err(inline(e));
     }
     let offset = result.batches.first().map(|a| a.base_offset);
     Ok((

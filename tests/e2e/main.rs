@@ -31,3 +31,4 @@ mod protocol;
 mod python;
 mod reflection;
 mod streaming;
+mod tls;

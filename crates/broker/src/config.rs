@@ -50,6 +50,8 @@ pub struct Config {
     pub quotas: QuotaSettings,
     /// gRPC server connection settings.
     pub server: ServerSettings,
+    /// TLS on the gRPC listener.
+    pub tls: TlsSettings,
     /// Shutdown behaviour.
     pub shutdown: ShutdownSettings,
 }
@@ -69,6 +71,7 @@ impl Default for Config {
             groups: GroupSettings::default(),
             quotas: QuotaSettings::default(),
             server: ServerSettings::default(),
+            tls: TlsSettings::default(),
             shutdown: ShutdownSettings::default(),
         }
     }
@@ -460,6 +463,40 @@ impl Default for ServerSettings {
     }
 }
 
+/// The `[tls]` section: TLS on the gRPC listener. Empty paths leave it plaintext.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM; setting it turns TLS on (with `key_file`).
+    pub cert_file: String,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// CA certificates, PEM: when set, every client must present a certificate they signed
+    /// (mutual TLS).
+    pub client_ca_file: String,
+}
+
+impl TlsSettings {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    /// `[tls]`: a certificate and a key together, and a client CA only with them.
+    fn check(&self) -> Result<(), Invalid> {
+        let invalid = |key: &str, why: &str| Err((format!("tls.{key}"), why.to_owned()));
+        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (false, true) => invalid("key_file", "is required with tls.cert_file"),
+            (true, false) => invalid("cert_file", "is required with tls.key_file"),
+            (true, true) if !self.client_ca_file.is_empty() => invalid(
+                "client_ca_file",
+                "needs TLS: set tls.cert_file and tls.key_file too",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The `[shutdown]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -598,6 +635,7 @@ impl Config {
         self.groups.check()?;
         self.quotas.check()?;
         self.server.check()?;
+        self.tls.check()?;
         self.shutdown.check()
     }
 

@@ -1,6 +1,7 @@
 //! Accepting client connections: at most `limits.max_connections` open at once (past that,
 //! new clients wait in the listen backlog), each counted in the connections gauge while open.
-//! A front end serves the accepted [`Conn`]s it receives from [`accept_loop`].
+//! With TLS (`tls.rs`), each connection's handshake runs in a task of its own. A front end
+//! serves the accepted [`Conn`]s it receives from [`accept_loop`].
 
 use std::io;
 use std::pin::Pin;
@@ -13,16 +14,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics;
 use crate::shutdown::Shutdown;
+use crate::tls::{self, Tls};
 
 /// Accepts connections while fewer than `max_connections` are open; past that, new clients
 /// wait in the listen backlog. Ends at shutdown, which closes the listener.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    tls: Option<Arc<Tls>>,
     conns: mpsc::Sender<io::Result<Conn>>,
     shutdown: Shutdown,
 ) {
@@ -42,12 +45,33 @@ pub(crate) async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let conn = Conn::new(stream, permit, gauge.clone());
-                if conns.send(Ok(conn)).await.is_err() {
-                    return;
-                }
+                let Some(tls) = &tls else {
+                    let conn = Conn::new(Stream::Plain(stream), permit, gauge.clone());
+                    if conns.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let (acceptor, conns, gauge) = (tls.acceptor(), conns.clone(), gauge.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let conn = Conn::new(Stream::Tls(Box::new(stream)), permit, gauge);
+                            let _ = conns.send(Ok(conn)).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::tls_handshake_failed();
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::tls_handshake_failed();
+                            debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -58,15 +82,37 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// A connection's byte stream: plaintext or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Calls `$body` with the stream inside, pinned, whichever it is.
+macro_rules! with_stream {
+    ($self:ident, $s:ident => $body:expr) => {
+        match &mut $self.stream {
+            Stream::Plain(inner) => {
+                let $s = Pin::new(inner);
+                $body
+            }
+            Stream::Tls(inner) => {
+                let $s = Pin::new(inner.as_mut());
+                $body
+            }
+        }
+    };
+}
+
 /// An accepted connection holding one `max_connections` slot until it closes.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, gauge: Gauge) -> Self {
+    fn new(stream: Stream, permit: OwnedSemaphorePermit, gauge: Gauge) -> Self {
         gauge.increment(1.0);
         Conn {
             stream,
@@ -86,7 +132,10 @@ impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Stream::Plain(s) => s.connect_info(),
+            Stream::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
 }
 
@@ -96,7 +145,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        with_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -106,15 +155,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        with_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        with_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        with_stream!(self, s => s.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -122,10 +171,13 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        with_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 }

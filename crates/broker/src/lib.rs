@@ -12,7 +12,8 @@
 //!
 //! 1. the process: `server` ([`run`]: the steps from start to stop), `background` (retention
 //!    and group loops), `connections` (accepting connections under `limits.max_connections`),
-//!    `data_dir` (the data directory's lock).
+//!    `data_dir` (the data directory's lock), `tls` (TLS on the gRPC listener, reloaded on
+//!    SIGHUP).
 //! 2. front ends: `services` (the gRPC services as adapters to the domain, their router, and
 //!    `services/status.rs`, the one place errors become gRPC statuses); [`console`] (the web
 //!    console's page and JSON API).
@@ -46,6 +47,7 @@ mod server;
 mod services;
 pub mod shutdown;
 mod tasks;
+mod tls;
 pub mod topics;
 
 pub use config::Config;

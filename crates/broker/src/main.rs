@@ -107,7 +107,16 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "runneld failed");
             eprintln!("runneld: {e:#}");
-            ExitCode::FAILURE
+            // A config value found unusable once read (a TLS file) is a configuration error.
+            let config = matches!(
+                e.downcast_ref::<runnel_broker::error::Error>(),
+                Some(runnel_broker::error::Error::Config { .. })
+            );
+            if config {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::quotas::Quotas;
 use crate::services::router;
 use crate::shutdown::{self, Shutdown};
 use crate::tasks::BlockingPool;
+use crate::tls::Tls;
 use crate::topics::Topics;
 
 /// Runs the broker on an already bound `listener` until `shutdown` completes, then shuts down
@@ -62,7 +63,9 @@ pub async fn run(
     let health = router::Health::starting().await;
     let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
     let (router, services) = router::router(&config, &health, quotas.clone())?;
-    let mut serving = Serving::start(router, listener, &config, &signal);
+    let tls = Tls::load(&config.tls)?;
+    let mut serving = Serving::start(router, listener, tls.clone(), &config, &signal);
+    let reloads = tokio::spawn(reload_on_sighup(tls, signal.clone()));
     let (topics, producers, groups) = open_state(&config, group_gauges).await?;
 
     // Serve: the broker over that state behind the services, the background loops, all
@@ -102,6 +105,7 @@ pub async fn run(
     health.clear().await;
     let serve_error = serving.drain(server_ended, &broker.config).await;
     background.join().await;
+    reloads.abort();
 
     // Close: commits answered before this point are durable, later ones were refused; then
     // every log is closed cleanly, the internal logs with the partitions.
@@ -112,6 +116,35 @@ pub async fn run(
     }
     drop(lock);
     stopped(shutdown_started, failed, serve_error)
+}
+
+/// Reads the TLS certificate and key again at every SIGHUP, until shutdown; a failure keeps
+/// the previous ones and is logged. Without TLS a SIGHUP is logged and changes nothing (it
+/// never stops the broker, so `systemctl reload` is always safe).
+async fn reload_on_sighup(tls: Option<Arc<Tls>>, shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGHUP; TLS files are read only at start");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tls.as_ref().map(|tls| tls.reload()) {
+            None => info!("SIGHUP: nothing to reload (TLS is off)"),
+            Some(Ok(())) => {
+                info!("SIGHUP: reloaded the TLS certificate and key; new connections use them")
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "SIGHUP: the TLS files cannot be used; keeping the previous ones")
+            }
+        }
+    }
 }
 
 /// Tells systemd (a `Type=notify` unit: `$NOTIFY_SOCKET`) that the broker is ready, once
@@ -214,13 +247,14 @@ impl Serving {
     fn start(
         router: Router<router::Layers>,
         listener: TcpListener,
+        tls: Option<Arc<Tls>>,
         config: &Config,
         signal: &Shutdown,
     ) -> Self {
         let local_addr = listener.local_addr().ok();
         let slots = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(1);
-        let accept = tokio::spawn(accept_loop(listener, slots, conn_tx, signal.clone()));
+        let accept = tokio::spawn(accept_loop(listener, slots, tls, conn_tx, signal.clone()));
         let stop_serving = signal.clone();
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
@@ -289,6 +323,7 @@ fn log_started(broker: &Broker, serving: &Serving) {
         version = env!("CARGO_PKG_VERSION"),
         listen = %serving.local_addr.map_or_else(|| "?".to_owned(), |a| a.to_string()),
         metrics_listen = %metrics_listen,
+        tls = if config.tls.enabled() { "on" } else { "off" },
         console = %console,
         data_dir = %config.data_dir.display(),
         topics = broker.topics.list().len(),

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use runnel_client::{Client, ClientConfig};
+use runnel_client::{Client, ClientConfig, ClientTls};
 
 use crate::output::Output;
 
@@ -81,6 +81,18 @@ struct Cli {
     #[arg(long, global = true, env = "RUNNEL_CLI_CONFIG", value_name = "PATH", help_heading = GLOBAL)]
     config: Option<PathBuf>,
 
+    /// TLS: the CA certificates (PEM) that sign the broker's certificate; turns TLS on
+    #[arg(long, global = true, env = "RUNNEL_TLS_CA", value_name = "PATH", help_heading = GLOBAL)]
+    tls_ca: Option<PathBuf>,
+
+    /// TLS: this client's certificate (PEM), for a broker that requires one; turns TLS on
+    #[arg(long, global = true, env = "RUNNEL_TLS_CERT", value_name = "PATH", requires = "tls_key", help_heading = GLOBAL)]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS: the private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "RUNNEL_TLS_KEY", value_name = "PATH", requires = "tls_cert", help_heading = GLOBAL)]
+    tls_key: Option<PathBuf>,
+
     /// How listings and descriptions are printed
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, help_heading = GLOBAL)]
     output: Output,
@@ -123,11 +135,13 @@ enum Command {
     },
 }
 
-/// What every command needs: where the broker is and how to print.
+/// What every command needs: where the broker is, how to reach it, and how to print.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The broker's address.
     pub broker: String,
+    /// TLS to the broker, if asked for.
+    pub tls: Option<ClientTls>,
     /// `--output`.
     pub output: Output,
 }
@@ -138,7 +152,11 @@ impl Ctx {
     /// # Errors
     /// `broker unreachable at ADDR` (exit code 4).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect_with(ClientConfig::new(self.broker.clone())).await?)
+        let config = ClientConfig {
+            tls: self.tls.clone(),
+            ..ClientConfig::new(self.broker.clone())
+        };
+        Ok(Client::connect_with(config).await?)
     }
 }
 
@@ -216,8 +234,15 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         given(matches, "profile", cli.profile.clone()),
         config_path.as_deref(),
     )?;
+    let tls = (cli.tls_ca.is_some() || cli.tls_cert.is_some()).then(|| ClientTls {
+        ca_file: cli.tls_ca.clone(),
+        cert_file: cli.tls_cert.clone(),
+        key_file: cli.tls_key.clone(),
+        server_name: None,
+    });
     let ctx = Ctx {
         broker,
+        tls,
         output: cli.output,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -8,13 +8,14 @@
 //! "broker unreachable at ADDR".
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_proto::framing::{self, FramedBody, Unframed};
 use tonic::body::Body;
 use tonic::codegen::{Service as _, http};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use tonic::{Code, Status};
 
@@ -62,6 +63,54 @@ pub struct ClientConfig {
     /// quotas per client id. Printable ASCII, at most 255 bytes; `None` sends none (the
     /// broker's `""`).
     pub client_id: Option<String>,
+    /// TLS to the broker; `None` connects in plaintext unless the address is an `https://`
+    /// URL (then TLS with the system's CA certificates).
+    pub tls: Option<ClientTls>,
+}
+
+/// How the client checks the broker's certificate, and the certificate it presents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA certificates (PEM) that sign the broker's certificate; `None` trusts the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The client's certificate chain (PEM), for a broker that requires mutual TLS; with
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry; `None` takes the address's host.
+    pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    /// tonic's TLS config: the CA, the identity, the server name, HTTP/2 by ALPN.
+    fn tonic_config(&self) -> Result<ClientTlsConfig> {
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ClientError::Config(format!("tls {what} {}: {e}", path.display())))
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_file {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read("ca_file", ca)?)),
+            None => config.with_native_roots(),
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let identity = Identity::from_pem(read("cert_file", cert)?, read("key_file", key)?);
+                config = config.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Config(
+                    "tls: a client certificate needs both cert_file and key_file".into(),
+                ));
+            }
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
 }
 
 impl Default for ClientConfig {
@@ -75,6 +124,7 @@ impl Default for ClientConfig {
             keep_alive_interval: Duration::from_secs(10),
             receive_window_bytes: STREAM_WINDOW_BYTES,
             client_id: None,
+            tls: None,
         }
     }
 }
@@ -130,6 +180,8 @@ impl ClientConfig {
     fn url(&self) -> String {
         let url = if self.address.contains("://") {
             self.address.clone()
+        } else if self.tls.is_some() {
+            format!("https://{}", self.address)
         } else {
             format!("http://{}", self.address)
         };
@@ -306,6 +358,19 @@ impl Connection {
             .http2_keep_alive_interval(config.keep_alive_interval)
             .keep_alive_timeout(config.keep_alive_interval.max(Duration::from_secs(1)))
             .keep_alive_while_idle(true);
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.tonic_config()?),
+            None if config.url().starts_with("https://") => {
+                Some(ClientTlsConfig::new().with_native_roots())
+            }
+            None => None,
+        };
+        let endpoint = match tls {
+            Some(tls) => endpoint
+                .tls_config(tls)
+                .map_err(|e| ClientError::Config(format!("tls: {e}")))?,
+            None => endpoint,
+        };
         let mut attempt = 0;
         loop {
             match endpoint.connect().await {

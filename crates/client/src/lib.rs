@@ -79,7 +79,7 @@ pub use admin::{
 };
 pub use client::Client;
 pub use compression::Compression;
-pub use connection::{Backoff, ClientConfig, DEFAULT_PORT};
+pub use connection::{Backoff, ClientConfig, ClientTls, DEFAULT_PORT};
 pub use consumer::{
     CommittedOffset, Consumer, ConsumerConfig, OffsetReset, Rebalance, RebalanceListener, StartAt,
     TopicPartition,

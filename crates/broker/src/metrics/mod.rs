@@ -75,6 +75,8 @@ pub const QUOTA_THROTTLE: &str = "runnel_quota_throttle_seconds";
 pub const LOGS_FAILED: &str = "runnel_logs_failed";
 /// Rebalances of every group together.
 pub const GROUP_REBALANCES: &str = "runnel_group_rebalances_total";
+/// TLS handshakes that failed or timed out on the gRPC listener.
+pub const TLS_HANDSHAKE_FAILURES: &str = "runnel_tls_handshake_failures_total";
 /// Topics.
 pub const TOPICS: &str = "runnel_topics";
 /// Partitions of all topics.
@@ -551,6 +553,11 @@ fn describe() {
         Unit::Count,
         "Rebalances of consumer groups (a new generation), all groups together."
     );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        Unit::Count,
+        "TLS handshakes on the gRPC listener that failed or timed out."
+    );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");
     describe_gauge!(
@@ -676,6 +683,11 @@ pub fn limit_rejected(limit: &'static str) {
 pub fn at_zero() {
     gauge!(LOGS_FAILED).set(0.0);
     counter!(GROUP_REBALANCES).absolute(0);
+}
+
+/// Counts a TLS handshake that failed or timed out.
+pub fn tls_handshake_failed() {
+    counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }
 
 /// Counts a group rebalance.

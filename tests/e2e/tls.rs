@@ -51,6 +51,10 @@ struct TlsBroker {
 
 impl TlsBroker {
     fn start(dir: tempfile::TempDir, settings: &[(&str, &Path)]) -> Self {
+        Self::start_with(dir, settings, &[])
+    }
+
+    fn start_with(dir: tempfile::TempDir, settings: &[(&str, &Path)], args: &[&str]) -> Self {
         let (grpc, metrics) = free_addr_pair();
         let mut cmd = runneld_command();
         cmd.arg("--data-dir")
@@ -61,6 +65,7 @@ impl TlsBroker {
             cmd.arg("--set")
                 .arg(format!("tls.{key}={}", path.display()));
         }
+        cmd.args(args);
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
         let child = cmd
             .stdout(Stdio::null())
@@ -311,4 +316,77 @@ async fn without_tls_a_sighup_changes_nothing_and_the_broker_goes_on() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(b.is_serving().await, "{}", b.log_text());
+}
+
+/// `GET path` over TLS to `addr`, trusting `ca` for the name `localhost`; the whole response.
+fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::io::{Read as _, Write as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("add CA");
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS");
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(PATIENCE))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    match tls.read_to_string(&mut response) {
+        Ok(_) => Ok(response),
+        // The server may close without close_notify after Connection: close.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[tokio::test]
+async fn with_tls_metrics_the_http_port_serves_metrics_and_the_console_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("CA");
+    let trust = ca.write(&dir.path().join("ca.pem"));
+    let (c, k) = ca.issue(&["localhost"]);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, c).expect("cert");
+    std::fs::write(&key, k).expect("key");
+    let b = TlsBroker::start_with(
+        dir,
+        &[("cert_file", &cert), ("key_file", &key)],
+        &["--set", "tls.metrics=true"],
+    );
+    assert!(
+        b.log().contains(&format!("console=https://{}/", b.metrics)),
+        "{}",
+        b.log()
+    );
+    let metrics = https_get(b.metrics, &trust, "/metrics").expect("metrics over TLS");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("runnel_build_info"), "{metrics}");
+    let page = https_get(b.metrics, &trust, "/").expect("console over TLS");
+    assert!(page.contains("<title>Runnel console</title>"), "{page}");
+
+    // Plaintext HTTP gets no answer.
+    let mut plain = std::net::TcpStream::connect(b.metrics).expect("connect");
+    plain.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    use std::io::{Read as _, Write as _};
+    let _ = write!(
+        plain,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut got = String::new();
+    let _ = plain.read_to_string(&mut got);
+    assert!(!got.contains("runnel_build_info"), "{got}");
 }

@@ -474,6 +474,8 @@ pub struct TlsSettings {
     /// CA certificates, PEM: when set, every client must present a certificate they signed
     /// (mutual TLS).
     pub client_ca_file: String,
+    /// Serve the HTTP port (metrics, console) over TLS too, with the same files.
+    pub metrics: bool,
 }
 
 impl TlsSettings {
@@ -490,6 +492,10 @@ impl TlsSettings {
             (true, false) => invalid("cert_file", "is required with tls.key_file"),
             (true, true) if !self.client_ca_file.is_empty() => invalid(
                 "client_ca_file",
+                "needs TLS: set tls.cert_file and tls.key_file too",
+            ),
+            (true, true) if self.metrics => invalid(
+                "metrics",
                 "needs TLS: set tls.cert_file and tls.key_file too",
             ),
             _ => Ok(()),
@@ -1306,6 +1312,32 @@ mod tests {
             "RUNNEL_LIMITS_MAX_TOPICS"
         );
         assert_eq!(env_var_name("data_dir"), "RUNNEL_DATA_DIR");
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_a_key_together_before_anything_else() {
+        let tls = |cert: &str, key: &str, ca: &str, metrics: bool| TlsSettings {
+            cert_file: cert.into(),
+            key_file: key.into(),
+            client_ca_file: ca.into(),
+            metrics,
+        };
+        let key = |t: TlsSettings| t.check().err().map(|(k, _)| k);
+        assert_eq!(key(tls("", "", "", false)), None);
+        assert_eq!(key(tls("c", "k", "a", true)), None);
+        assert_eq!(
+            key(tls("c", "", "", false)).as_deref(),
+            Some("tls.key_file")
+        );
+        assert_eq!(
+            key(tls("", "k", "", false)).as_deref(),
+            Some("tls.cert_file")
+        );
+        assert_eq!(
+            key(tls("", "", "a", false)).as_deref(),
+            Some("tls.client_ca_file")
+        );
+        assert_eq!(key(tls("", "", "", true)).as_deref(), Some("tls.metrics"));
     }
 
     #[test]

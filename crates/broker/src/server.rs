@@ -58,12 +58,18 @@ pub async fn run(
     let group_gauges = GroupGauges::new();
     let console = (config.metrics.enabled && config.console.served_on(config.metrics_listen))
         .then(Console::new);
-    let exporter = start_metrics(&config, &started, &group_gauges, console.clone())?;
+    let tls = Tls::load(&config.tls)?;
+    let exporter = start_metrics(
+        &config,
+        &started,
+        &group_gauges,
+        console.clone(),
+        tls.as_ref(),
+    )?;
     let (trigger, signal) = shutdown::channel();
     let health = router::Health::starting().await;
     let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
     let (router, services) = router::router(&config, &health, quotas.clone())?;
-    let tls = Tls::load(&config.tls)?;
     let mut serving = Serving::start(router, listener, tls.clone(), &config, &signal);
     let reloads = tokio::spawn(reload_on_sighup(tls, signal.clone()));
     let (topics, producers, groups) = open_state(&config, group_gauges).await?;
@@ -179,7 +185,12 @@ fn start_metrics(
     started: &Started,
     group_gauges: &Arc<GroupGauges>,
     console: Option<Arc<Console>>,
+    tls: Option<&Arc<Tls>>,
 ) -> Result<Option<JoinHandle<()>>, Error> {
+    let http_tls = tls.filter(|tls| tls.on_http_port()).map(|tls| {
+        let tls = tls.clone();
+        Arc::new(move || tls.http_acceptor()) as metrics::HttpTls
+    });
     let exporter = if config.metrics.enabled {
         Some(metrics::install(
             config.metrics_listen,
@@ -188,6 +199,7 @@ fn start_metrics(
             &config.data_dir,
             config.metrics.partition_labels,
             console.map(crate::console::routes),
+            http_tls,
         )?)
     } else {
         None
@@ -315,7 +327,12 @@ fn log_started(broker: &Broker, serving: &Serving) {
     let console = if !config.metrics.enabled || !config.console.enabled {
         "off".to_owned()
     } else if config.console.served_on(config.metrics_listen) {
-        format!("http://{}/", config.metrics_listen)
+        let scheme = if config.tls.enabled() && config.tls.metrics {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/", config.metrics_listen)
     } else {
         "off (metrics_listen is not loopback; see console.allow_remote)".to_owned()
     };

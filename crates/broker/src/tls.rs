@@ -26,7 +26,30 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Tls {
     settings: TlsSettings,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
+}
+
+/// The server configs of one reading of the files.
+#[derive(Debug, Clone)]
+struct Configs {
+    /// The gRPC listener's: HTTP/2 by ALPN.
+    grpc: Arc<ServerConfig>,
+    /// The HTTP port's (`tls.metrics`): HTTP/1.1 by ALPN.
+    http: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn read(settings: &TlsSettings) -> Result<Self, Error> {
+        let base = server_config(settings)?;
+        let mut grpc = base.clone();
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
+        let mut http = base;
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Configs {
+            grpc: Arc::new(grpc),
+            http: Arc::new(http),
+        })
+    }
 }
 
 impl Tls {
@@ -38,10 +61,9 @@ impl Tls {
         if !settings.enabled() {
             return Ok(None);
         }
-        let config = server_config(settings)?;
         Ok(Some(Arc::new(Tls {
             settings: settings.clone(),
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(Configs::read(settings)?),
         })))
     }
 
@@ -50,24 +72,36 @@ impl Tls {
     /// # Errors
     /// As [`Tls::load`]; the previous config stays in use.
     pub fn reload(&self) -> Result<(), Error> {
-        let config = Arc::new(server_config(&self.settings)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        let configs = Configs::read(&self.settings)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = configs;
         Ok(())
     }
 
-    /// The acceptor of the next handshake.
+    /// The acceptor of the gRPC listener's next handshake.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let config = self
-            .current
+        TlsAcceptor::from(self.configs().grpc)
+    }
+
+    /// The acceptor of the HTTP port's next handshake.
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.configs().http)
+    }
+
+    /// Whether the HTTP port serves TLS too.
+    pub fn on_http_port(&self) -> bool {
+        self.settings.metrics
+    }
+
+    fn configs(&self) -> Configs {
+        self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        TlsAcceptor::from(config)
+            .clone()
     }
 }
 
-/// The server config of `settings`: its certificate chain and key, HTTP/2 by ALPN, and the
-/// client verifier of its client CA, if any.
+/// The server config of `settings`: its certificate chain and key, and the client verifier
+/// of its client CA, if any.
 fn server_config(settings: &TlsSettings) -> Result<ServerConfig, Error> {
     let invalid = |key: &str, path: &str, why: String| Error::Config {
         key: format!("tls.{key}"),
@@ -99,11 +133,9 @@ fn server_config(settings: &TlsSettings) -> Result<ServerConfig, Error> {
             .map_err(|e| invalid("client_ca_file", path, e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut config = builder
+    builder
         .with_single_cert(chain, key)
-        .map_err(|e| invalid("key_file", &settings.key_file, e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+        .map_err(|e| invalid("key_file", &settings.key_file, e.to_string()))
 }
 
 /// The certificates of a PEM file, at least one.

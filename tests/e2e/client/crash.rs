@@ -234,7 +234,7 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
     let started = Instant::now();
     let mut phases = Vec::new();
     let mut phase = |name: &'static str| phases.push((name, started.elapsed()));
-    load.progresses(2000).await;
+    load.progresses(2000, &b).await;
     phase("load");
     let disk = &machine.disk;
 
@@ -246,7 +246,7 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
     refused(&b, ErrorCode::DiskFull, "disk full while writing").await;
     reads_go_on(&b).await;
     disk.set_faults(Faults::default());
-    load.progresses(2000).await;
+    load.progresses(2000, &b).await;
     phase("full");
 
     // A failed write is rolled back; the log takes appends again once the disk does.
@@ -259,7 +259,7 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
     reads_go_on(&b).await;
     phase("write EIO reads");
     disk.set_faults(Faults::default());
-    load.progresses(2000).await;
+    load.progresses(2000, &b).await;
     phase("write EIO");
 
     // After a failed fsync the logs refuse appends until the broker restarts.
@@ -280,7 +280,7 @@ async fn a_failing_disk_refuses_writes_keeps_reads_and_loses_nothing_acknowledge
     b.kill9();
     b = b.start_again().await;
     proxy.set_upstream(b.grpc);
-    load.progresses(2000).await;
+    load.progresses(2000, &b).await;
     phase("fsync EIO, restart");
 
     let done = load.finish(&b, |_| None).await;
@@ -443,15 +443,26 @@ impl Load {
         self.acked.load(Ordering::SeqCst)
     }
 
-    /// Waits (within the suite's patience) until `more` records were acknowledged.
-    async fn progresses(&self, more: u64) {
-        let goal = self.acked() + more;
-        within(async {
-            while self.acked() < goal {
+    /// Waits (within the suite's patience) until `more` records were acknowledged; if they
+    /// are not, fails with the end of `b`'s log, which says what the broker was refusing.
+    async fn progresses(&self, more: u64, b: &Broker) {
+        let start = self.acked();
+        let waited = tokio::time::timeout(PATIENCE, async {
+            while self.acked() < start + more {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
+        if waited.is_err() {
+            let log = b.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "the load had {} of {more} more acknowledgements after {PATIENCE:?}; the broker's log ends:\n{}",
+                self.acked() - start,
+                tail.join("\n")
+            );
+        }
     }
 
     /// Stops the load, waits for every delivery, reads what `b` stored and checks it

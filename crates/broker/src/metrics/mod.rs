@@ -115,6 +115,7 @@ pub fn install(
     data_dir: &Path,
     per_partition: bool,
     pages: Option<Router>,
+    tls: Option<HttpTls>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     PARTITION_LABELS.store(per_partition, std::sync::atomic::Ordering::Relaxed);
     let err = |reason: String| Error::Metrics { addr, reason };
@@ -133,10 +134,14 @@ pub fn install(
         groups,
         data_dir: data_dir.to_path_buf(),
     };
-    let task = tokio::spawn(serve(listener, handle, routes(scrape, pages)));
+    let task = tokio::spawn(serve(listener, handle, routes(scrape, pages), tls));
     describe();
     Ok(task)
 }
+
+/// The acceptor of the next TLS handshake on the endpoint, when it serves TLS (`tls.metrics`);
+/// called per connection, so that a reloaded certificate applies to new connections.
+pub type HttpTls = Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
 
 /// The longest a connection may take to send a request head (also between requests).
 const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -185,7 +190,7 @@ async fn render(State(s): State<Scrape>) -> Response {
     }
 }
 
-async fn serve(listener: TcpListener, handle: PrometheusHandle, app: Router) {
+async fn serve(listener: TcpListener, handle: PrometheusHandle, app: Router, tls: Option<HttpTls>) {
     // Histograms are drained at every render; upkeep bounds memory between scrapes.
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,8 +215,13 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, app: Router) {
             }
         };
         let app = app.clone();
+        let acceptor = tls.as_ref().map(|tls| tls());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, app).await {
+            let served = match acceptor {
+                Some(acceptor) => tls_connection(stream, acceptor, app).await,
+                None => connection(stream, app).await,
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "metrics connection failed");
             }
             drop(permit);
@@ -236,11 +246,32 @@ async fn connection(stream: TcpStream, app: Router) -> std::io::Result<()> {
     if peeked == start.len() && start == HTTP2_PREFACE[..start.len()] {
         return refuse_grpc(stream, Vec::new()).await;
     }
+    http1(stream, app).await
+}
+
+/// Serves one TLS connection's HTTP/1.1 requests (ALPN offers nothing else, so a gRPC client
+/// fails its handshake).
+async fn tls_connection(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) -> std::io::Result<()> {
+    let stream = tokio::time::timeout(SCRAPE_READ_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+    http1(stream, app).await
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client closes or stays silent too long.
+async fn http1<Io>(io: Io, app: Router) -> std::io::Result<()>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(SCRAPE_READ_TIMEOUT)
         .serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::rt::TokioIo::new(io),
             hyper_util::service::TowerToHyperService::new(app),
         )
         .await

@@ -266,6 +266,29 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_client_ca() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "without a client certificate");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // The same from a profile, its files named relative to the config file.
+    let dir = trust.parent().expect("dir");
+    let config = dir.join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[profiles.secure]\nbroker = \"{broker}\"\ntls_ca = \"server-ca.pem\"\ntls_cert = \"alice.pem\"\ntls_key = \"alice-key.pem\"\n"
+        ),
+    )
+    .expect("profile");
+    let out = runnel_command()
+        .arg("--config")
+        .arg(&config)
+        .args(["--profile", "secure", "topic", "list"])
+        .output()
+        .expect("run runnel");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("from-cli"), "{stdout}");
     assert!(
         !works(&b.client(&trust, None).await).await,
         "no client certificate"

@@ -229,19 +229,26 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         return Ok(());
     }
     let config_path = cli.config.clone().or_else(profile::default_path);
-    let broker = profile::resolve(
+    let target = profile::resolve(
         given(matches, "broker", cli.broker.clone()),
         given(matches, "profile", cli.profile.clone()),
         config_path.as_deref(),
     )?;
-    let tls = (cli.tls_ca.is_some() || cli.tls_cert.is_some()).then(|| ClientTls {
-        ca_file: cli.tls_ca.clone(),
-        cert_file: cli.tls_cert.clone(),
-        key_file: cli.tls_key.clone(),
+    // The flags (and their variables) override the profile's files, the key with its
+    // certificate.
+    let (cert, key) = match &cli.tls_cert {
+        Some(cert) => (Some(cert.clone()), cli.tls_key.clone()),
+        None => (target.tls_cert, target.tls_key),
+    };
+    let ca = cli.tls_ca.clone().or(target.tls_ca);
+    let tls = (ca.is_some() || cert.is_some()).then_some(ClientTls {
+        ca_file: ca,
+        cert_file: cert,
+        key_file: key,
         server_name: None,
     });
     let ctx = Ctx {
-        broker,
+        broker: target.broker,
         tls,
         output: cli.output,
     };

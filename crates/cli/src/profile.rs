@@ -12,7 +12,13 @@
 //!
 //! [profiles.staging]
 //! broker = "staging-runnel.internal:7171"
+//! tls_ca = "staging-ca.pem"          # TLS: the CA of the broker's certificate
+//! tls_cert = "me.pem"                # mutual TLS: this client's certificate and key
+//! tls_key = "me-key.pem"
 //! ```
+//!
+//! Relative TLS paths are relative to the config file's directory. `--tls-ca`, `--tls-cert`
+//! and `--tls-key` (and their variables) override a profile's.
 //!
 //! Precedence, first found wins: `--broker`, `--profile`, `RUNNEL_BROKER`, `RUNNEL_PROFILE`,
 //! `default_profile`, then `127.0.0.1:7171`. A flag beats the environment, so a shell with
@@ -45,6 +51,34 @@ pub struct ConfigFile {
 pub struct Profile {
     /// The broker's address, `host:port`.
     pub broker: String,
+    /// TLS: the CA certificates (PEM) of the broker's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Where the commands go: the broker, and the TLS files of the profile that named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The broker's address.
+    pub broker: String,
+    /// The profile's `tls_ca`, resolved against the config file's directory.
+    pub tls_ca: Option<PathBuf>,
+    /// The profile's `tls_cert`, likewise.
+    pub tls_cert: Option<PathBuf>,
+    /// The profile's `tls_key`, likewise.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Target {
+    fn address(broker: impl Into<String>) -> Self {
+        Target {
+            broker: broker.into(),
+            ..Target::default()
+        }
+    }
 }
 
 /// A value and whether it came from the command line (else from the environment).
@@ -101,7 +135,8 @@ pub fn parse(text: &str) -> Result<ConfigFile, String> {
     })
 }
 
-/// Resolves the broker address by the precedence in the module docs.
+/// Resolves the broker address (and a profile's TLS files) by the precedence in the module
+/// docs.
 ///
 /// # Errors
 /// A usage error for a bad config file; not found for a profile the file does not have.
@@ -109,32 +144,32 @@ pub fn resolve(
     broker: Option<Given>,
     profile: Option<Given>,
     config_path: Option<&Path>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Target> {
     let from_flag = |g: &Option<Given>| g.as_ref().filter(|g| g.flag).map(|g| g.value.clone());
     let from_env = |g: &Option<Given>| g.as_ref().filter(|g| !g.flag).map(|g| g.value.clone());
     if let Some(b) = from_flag(&broker) {
-        return Ok(b);
+        return Ok(Target::address(b));
     }
     if let Some(p) = from_flag(&profile) {
         return lookup(&p, config_path);
     }
     if let Some(b) = from_env(&broker) {
-        return Ok(b);
+        return Ok(Target::address(b));
     }
     if let Some(p) = from_env(&profile) {
         return lookup(&p, config_path);
     }
     let Some(path) = config_path else {
-        return Ok(DEFAULT_BROKER.to_owned());
+        return Ok(Target::address(DEFAULT_BROKER));
     };
     let config = load(path)?;
     match config.default_profile {
         Some(p) => find(&config.profiles, &p, path),
-        None => Ok(DEFAULT_BROKER.to_owned()),
+        None => Ok(Target::address(DEFAULT_BROKER)),
     }
 }
 
-fn lookup(profile: &str, config_path: Option<&Path>) -> anyhow::Result<String> {
+fn lookup(profile: &str, config_path: Option<&Path>) -> anyhow::Result<Target> {
     let Some(path) = config_path else {
         return Err(not_found(format!(
             "profile {profile:?} not found: no config file (set HOME, XDG_CONFIG_HOME or --config)"
@@ -150,9 +185,16 @@ fn lookup(profile: &str, config_path: Option<&Path>) -> anyhow::Result<String> {
     find(&config.profiles, profile, path)
 }
 
-fn find(profiles: &BTreeMap<String, Profile>, name: &str, path: &Path) -> anyhow::Result<String> {
+fn find(profiles: &BTreeMap<String, Profile>, name: &str, path: &Path) -> anyhow::Result<Target> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let near = |p: &Option<PathBuf>| p.as_ref().map(|p| dir.join(p));
     match profiles.get(name) {
-        Some(p) => Ok(p.broker.clone()),
+        Some(p) => Ok(Target {
+            broker: p.broker.clone(),
+            tls_ca: near(&p.tls_ca),
+            tls_cert: near(&p.tls_cert),
+            tls_key: near(&p.tls_key),
+        }),
         None => {
             let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
             Err(not_found(format!(
@@ -181,6 +223,9 @@ broker = "127.0.0.1:7171"
 
 [profiles.staging]
 broker = "staging:7171"
+tls_ca = "ca.pem"
+tls_cert = "/etc/me.pem"
+tls_key = "/etc/me-key.pem"
 "#;
 
     fn flag(v: &str) -> Option<Given> {
@@ -204,20 +249,27 @@ broker = "staging:7171"
         let path = dir.join("config.toml");
         std::fs::write(&path, FILE).unwrap();
         let p = Some(path.as_path());
-        assert_eq!(resolve(flag("a:1"), flag("staging"), p).unwrap(), "a:1");
+        let broker = |t: anyhow::Result<Target>| t.unwrap().broker;
+        assert_eq!(broker(resolve(flag("a:1"), flag("staging"), p)), "a:1");
         assert_eq!(
-            resolve(env("a:1"), flag("staging"), p).unwrap(),
+            broker(resolve(env("a:1"), flag("staging"), p)),
             "staging:7171"
         );
-        assert_eq!(resolve(env("a:1"), env("staging"), p).unwrap(), "a:1");
-        assert_eq!(resolve(None, env("staging"), p).unwrap(), "staging:7171");
-        assert_eq!(resolve(None, None, p).unwrap(), "127.0.0.1:7171");
-        assert_eq!(resolve(None, None, None).unwrap(), DEFAULT_BROKER);
+        assert_eq!(broker(resolve(env("a:1"), env("staging"), p)), "a:1");
+        assert_eq!(broker(resolve(None, env("staging"), p)), "staging:7171");
+        assert_eq!(broker(resolve(None, None, p)), "127.0.0.1:7171");
+        assert_eq!(broker(resolve(None, None, None)), DEFAULT_BROKER);
         let missing = dir.join("none.toml");
         assert_eq!(
-            resolve(None, None, Some(missing.as_path())).unwrap(),
+            broker(resolve(None, None, Some(missing.as_path()))),
             DEFAULT_BROKER
         );
+        // A profile's TLS files, relative ones next to the config file.
+        let staging = resolve(None, flag("staging"), p).unwrap();
+        assert_eq!(staging.tls_ca, Some(dir.join("ca.pem")));
+        assert_eq!(staging.tls_cert, Some(PathBuf::from("/etc/me.pem")));
+        assert_eq!(staging.tls_key, Some(PathBuf::from("/etc/me-key.pem")));
+        assert_eq!(resolve(None, flag("local"), p).unwrap().tls_ca, None);
         let e = resolve(None, flag("prod"), p).unwrap_err();
         assert_eq!(exit_code(&e), NOT_FOUND);
         assert!(e.to_string().contains("local, staging"), "{e}");

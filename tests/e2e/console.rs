@@ -152,6 +152,19 @@ async fn the_console_api_creates_produces_reads_and_reports_errors_as_json() {
             .is_empty()
     );
 
+    // A name other than localhost (DNS rebinding) is refused.
+    let mut rebound = TcpStream::connect(at).expect("connect");
+    rebound.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        rebound,
+        "GET /api/topics HTTP/1.1\r\nHost: evil.example:7172\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    rebound.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains("evil.example"), "{response}");
+
     // The metrics are still where Prometheus looks.
     let (status, metrics) = http(at, "GET", "/metrics", None);
     assert_eq!(status, 200);

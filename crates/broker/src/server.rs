@@ -57,7 +57,7 @@ pub async fn run(
     let lock = data_dir::open(&config.data_dir)?;
     let group_gauges = GroupGauges::new();
     let console = (config.metrics.enabled && config.console.served_on(config.metrics_listen))
-        .then(Console::new);
+        .then(|| Console::new(config.console.allow_remote));
     let tls = Tls::load(&config.tls)?;
     let exporter = start_metrics(
         &config,

@@ -6,6 +6,11 @@
 //! for quotas. Errors are JSON, `{"error": message, "code": "UNKNOWN_TOPIC"}`, with the HTTP
 //! status of their kind (`docs/operations.md`, "Web console").
 //!
+//! Unless `console.allow_remote` is set, the console answers only requests whose `Host` is
+//! `localhost` or an IP address: a page of another site that rebinds its own name to this
+//! address (DNS rebinding) would otherwise reach the API from the user's browser as if it
+//! were the console's own page.
+//!
 //! Keys, values and header values are JSON `{"text": ...}` when they are UTF-8 and
 //! `{"base64": ...}` otherwise; `null` for a null key or value. The page shows binary as
 //! escaped text and pretty-prints JSON.
@@ -42,12 +47,18 @@ const MAX_READ_BYTES: u32 = 4 << 20;
 #[derive(Debug, Default)]
 pub struct Console {
     broker: OnceLock<Arc<Broker>>,
+    /// Answer requests for any `Host` (`console.allow_remote`).
+    any_host: bool,
 }
 
 impl Console {
-    /// A console waiting for its broker.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Console::default())
+    /// A console waiting for its broker; `any_host` answers requests for any `Host`, else
+    /// only for `localhost` and IP addresses.
+    pub fn new(any_host: bool) -> Arc<Self> {
+        Arc::new(Console {
+            broker: OnceLock::new(),
+            any_host,
+        })
     }
 
     /// Gives the console its broker; until then the API answers 503.
@@ -79,7 +90,50 @@ pub fn routes(console: Arc<Console>) -> Router {
         )
         .route("/api/groups", get(list_groups))
         .route("/api/groups/{group}", get(describe_group))
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            check_host,
+        ))
         .with_state(console)
+}
+
+/// Refuses a request whose `Host` is a name other than `localhost` (module docs).
+async fn check_host(
+    State(c): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if c.any_host || local_host(host) {
+        return next.run(request).await;
+    }
+    let message = format!(
+        "the console answers requests for localhost or an IP address only, not Host {host:?} \
+         (a page of another site may have pointed that name here); set console.allow_remote \
+         to serve other names"
+    );
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "error": message, "code": "INVALID_REQUEST" })),
+    )
+        .into_response()
+}
+
+/// Whether a `Host` header names `localhost` or an IP address (with or without a port).
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 async fn page() -> Response {
@@ -523,4 +577,33 @@ async fn describe_group(State(c): State<Arc<Console>>, Path(group): Path<String>
         "members": members,
         "partitions": partitions,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_host;
+
+    #[test]
+    fn only_localhost_and_ip_addresses_are_local_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:7172",
+            "127.0.0.1:7172",
+            "10.0.0.5",
+            "[::1]:7172",
+            "[::1]",
+        ] {
+            assert!(local_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:7172",
+            "localhost.evil.example",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!local_host(host), "{host}");
+        }
+    }
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// TLS on the gRPC listener.
     pub tls: TlsSettings,
+    /// Authentication and authorization.
+    pub auth: AuthSettings,
     /// Shutdown behaviour.
     pub shutdown: ShutdownSettings,
 }
@@ -72,6 +74,7 @@ impl Default for Config {
             quotas: QuotaSettings::default(),
             server: ServerSettings::default(),
             tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
             shutdown: ShutdownSettings::default(),
         }
     }
@@ -503,6 +506,104 @@ impl TlsSettings {
     }
 }
 
+/// The `[auth]` section: who may call the broker, and what each caller may do
+/// (`docs/security.md`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Require every call to authenticate (password, token or client certificate) and allow
+    /// only what ACLs allow. Off, every call is allowed: only on a loopback address, unless
+    /// `insecure`.
+    pub enabled: bool,
+    /// Principals allowed everything, whatever the ACLs (`User:<name>`).
+    pub super_users: Vec<String>,
+    /// The first administrator's name: created with `bootstrap_password` when auth is on and
+    /// no user exists yet; always a super user.
+    pub bootstrap_user: String,
+    /// The first administrator's password (at least 8 bytes); best given as the environment
+    /// variable `RUNNEL_AUTH_BOOTSTRAP_PASSWORD`. Read on a start with no user only.
+    pub bootstrap_password: String,
+    /// Serve without authentication on an address other than loopback. Anyone who reaches
+    /// the port can then read, write and delete everything.
+    pub insecure: bool,
+    /// After a failed authentication, attempts by the same principal from the same address
+    /// are spaced by this, doubled per further failure, ms.
+    pub failure_delay_ms: u64,
+    /// The most that spacing grows to, ms.
+    pub max_failure_delay_ms: u64,
+    /// Serve `GET /metrics` on the HTTP port without credentials while auth is on (a
+    /// Prometheus that cannot send any); everything else there still needs them.
+    pub anonymous_metrics: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: false,
+            super_users: Vec::new(),
+            bootstrap_user: "admin".into(),
+            bootstrap_password: String::new(),
+            insecure: false,
+            failure_delay_ms: 250,
+            max_failure_delay_ms: 10_000,
+            anonymous_metrics: false,
+        }
+    }
+}
+
+/// The password is never shown.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("enabled", &self.enabled)
+            .field("super_users", &self.super_users)
+            .field("bootstrap_user", &self.bootstrap_user)
+            .field("bootstrap_password", &REDACTED)
+            .field("insecure", &self.insecure)
+            .field("failure_delay_ms", &self.failure_delay_ms)
+            .field("max_failure_delay_ms", &self.max_failure_delay_ms)
+            .field("anonymous_metrics", &self.anonymous_metrics)
+            .finish()
+    }
+}
+
+/// What stands for a secret wherever the config is shown.
+pub const REDACTED: &str = "<redacted>";
+
+impl AuthSettings {
+    /// `[auth]`: principals of the right form, a bootstrap password long enough, delays in
+    /// order.
+    fn check(&self) -> Result<(), Invalid> {
+        for (i, p) in self.super_users.iter().enumerate() {
+            if let Some(name) = p.strip_prefix("User:")
+                && !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            {
+                continue;
+            }
+            return Err((
+                format!("auth.super_users[{i}]"),
+                format!("{p:?} must be of the form User:<name>"),
+            ));
+        }
+        if !self.bootstrap_password.is_empty() && self.bootstrap_password.len() < 8 {
+            return Err((
+                "auth.bootstrap_password".into(),
+                "must be at least 8 bytes".into(),
+            ));
+        }
+        in_ranges(&[
+            ("auth.failure_delay_ms", self.failure_delay_ms, 1, 60_000),
+            (
+                "auth.max_failure_delay_ms",
+                self.max_failure_delay_ms,
+                self.failure_delay_ms,
+                3_600_000,
+            ),
+        ])
+    }
+}
+
 /// The `[shutdown]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -642,6 +743,8 @@ impl Config {
         self.quotas.check()?;
         self.server.check()?;
         self.tls.check()?;
+        self.auth.check()?;
+        self.check_exposure()?;
         self.shutdown.check()
     }
 
@@ -659,6 +762,37 @@ impl Config {
         Ok(())
     }
 
+    /// Without authentication, the broker is open to whoever reaches it: allowed on a loopback
+    /// address only (the gRPC listener, and the console when served to other hosts), unless
+    /// `auth.insecure`.
+    fn check_exposure(&self) -> Result<(), Invalid> {
+        if self.auth.enabled || self.auth.insecure {
+            return Ok(());
+        }
+        let open = |key: &str, addr: SocketAddr| {
+            Err((
+                key.to_owned(),
+                format!(
+                    "{addr} is not a loopback address and auth.enabled is false: anyone who \
+                     reaches it could read, write and delete every topic; turn on \
+                     auth.enabled (docs/security.md), or set auth.insecure (--insecure) to \
+                     serve without authentication anyway"
+                ),
+            ))
+        };
+        if !self.listen.ip().is_loopback() {
+            return open("listen", self.listen);
+        }
+        if self.metrics.enabled
+            && self.console.enabled
+            && self.console.allow_remote
+            && !self.metrics_listen.ip().is_loopback()
+        {
+            return open("metrics_listen", self.metrics_listen);
+        }
+        Ok(())
+    }
+
     /// The shutdown deadline.
     pub fn shutdown_deadline(&self) -> Duration {
         Duration::from_millis(self.shutdown.deadline_ms)
@@ -669,10 +803,14 @@ impl Config {
         Tree::defaults().leaf_keys()
     }
 
-    /// The configuration as TOML text.
+    /// The configuration as TOML text, secrets shown as [`REDACTED`].
     pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.auth.bootstrap_password.is_empty() {
+            REDACTED.clone_into(&mut shown.auth.bootstrap_password);
+        }
         // Every field serializes (no maps with non-string keys, no NaN defaults).
-        toml::to_string(self).unwrap_or_default()
+        toml::to_string(&shown).unwrap_or_default()
     }
 }
 
@@ -1303,6 +1441,36 @@ mod tests {
                 "{key}'s variable missing"
             );
         }
+    }
+
+    #[test]
+    fn without_auth_only_loopback_is_served_unless_insecure() {
+        let mut c = Config {
+            listen: "0.0.0.0:7171".parse().unwrap(),
+            ..Config::default()
+        };
+        let (key, why) = c.validate().unwrap_err();
+        assert_eq!(key, "listen");
+        assert!(
+            why.contains("not a loopback address") && why.contains("--insecure"),
+            "{why}"
+        );
+        c.auth.insecure = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.auth.insecure = false;
+        c.auth.enabled = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.auth.super_users = vec!["alice".into()];
+        assert_eq!(c.validate().unwrap_err().0, "auth.super_users[0]");
+    }
+
+    #[test]
+    fn the_bootstrap_password_is_never_shown() {
+        let mut c = Config::default();
+        c.auth.bootstrap_password = "s3cret-passw0rd".into();
+        assert!(!c.to_toml().contains("s3cret"), "{}", c.to_toml());
+        assert!(c.to_toml().contains(REDACTED));
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

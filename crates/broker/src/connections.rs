@@ -13,6 +13,7 @@ use ::metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
 
@@ -59,7 +60,9 @@ pub(crate) async fn accept_loop(
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(stream)) => {
-                            let conn = Conn::new(Stream::Tls(Box::new(stream)), permit, gauge);
+                            let certificate = tls::client_name(stream.get_ref().1);
+                            let mut conn = Conn::new(Stream::Tls(Box::new(stream)), permit, gauge);
+                            conn.certificate = certificate;
                             let _ = conns.send(Ok(conn)).await;
                         }
                         Ok(Err(e)) => {
@@ -107,8 +110,31 @@ macro_rules! with_stream {
 /// An accepted connection holding one `max_connections` slot until it closes.
 pub(crate) struct Conn {
     stream: Stream,
+    /// The name in the client certificate the handshake verified (mutual TLS).
+    certificate: Option<Arc<str>>,
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
+}
+
+/// What every request on a connection knows of it, in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The addresses.
+    pub tcp: TcpConnectInfo,
+    /// The name in the client's verified certificate, with mutual TLS.
+    pub certificate: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    /// The info of the connection a request came on, if it came on one.
+    pub(crate) fn of(extensions: &http::Extensions) -> Option<&ConnInfo> {
+        extensions.get::<ConnInfo>()
+    }
+
+    /// The client's address.
+    pub(crate) fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
 }
 
 impl Conn {
@@ -116,6 +142,7 @@ impl Conn {
         gauge.increment(1.0);
         Conn {
             stream,
+            certificate: None,
             _permit: permit,
             gauge,
         }
@@ -129,12 +156,16 @@ impl Drop for Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        match &self.stream {
+        let tcp = match &self.stream {
             Stream::Plain(s) => s.connect_info(),
             Stream::Tls(s) => s.get_ref().0.connect_info(),
+        };
+        ConnInfo {
+            tcp,
+            certificate: self.certificate.clone(),
         }
     }
 }

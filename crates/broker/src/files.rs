@@ -3,10 +3,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-/// Replaces `path` with `contents` atomically: writes a temporary file next to it, fsyncs it,
-/// renames it over `path` and fsyncs the directory. A crash leaves either the old or the new
+/// Replaces `path` with `contents` atomically: writes a temporary file next to it (readable
+/// and writable by the broker's user only), fsyncs it, renames it over `path` and fsyncs the
+/// directory. A crash leaves either the old or the new
 /// file, never a mix (the temporary file may stay behind; it is overwritten next time).
 ///
 /// # Errors
@@ -19,7 +21,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }
@@ -47,5 +54,8 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!dir.path().join("meta.toml.tmp").exists());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 }

@@ -19,7 +19,7 @@
 //!    console's page and JSON API).
 //! 3. the domain: `broker` (`Broker`, what every front end shares, and its produce, consume,
 //!    topic administration and group operations; they know nothing of tonic).
-//! 4. the state: [`groups`] (the coordinator, assignors, committed offsets, lag), [`producers`]
+//! 4. the state: [`auth`] (users, tokens, ACLs and the one authorization point), [`groups`] (the coordinator, assignors, committed offsets, lag), [`producers`]
 //!    (idempotent producer ids and epochs), [`topics`] (the topic registry and its metadata).
 //! 5. [`partition`]: one partition, the only door to its log; `internal_log`: one internal log
 //!    (the broker's own state: committed offsets, producer ids), the only door to it.
@@ -28,6 +28,7 @@
 //!    and the HTTP endpoint), [`shutdown`] (the one cancellation signal), `files` (atomic file
 //!    replacement), `tasks` (blocking work off the runtime).
 
+pub mod auth;
 mod background;
 mod broker;
 mod clock;

@@ -39,6 +39,10 @@ struct Args {
     /// Log filter, RUST_LOG syntax [key: log.filter].
     #[arg(long, value_name = "FILTER")]
     log_filter: Option<String>,
+    /// Serves without authentication on an address other than loopback: anyone who reaches
+    /// the port may then read, write and delete everything [key: auth.insecure].
+    #[arg(long)]
+    insecure: bool,
     /// Sets any config key, for example --set limits.max_topics=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -65,6 +69,13 @@ impl Args {
                     origin: format!("flag {flag}"),
                 });
             }
+        }
+        if self.insecure {
+            out.push(Override {
+                key: "auth.insecure".into(),
+                value: "true".into(),
+                origin: "flag --insecure".into(),
+            });
         }
         for s in &self.set {
             let Some((key, value)) = s.split_once('=') else {

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Router;
 use tracing::{error, info, warn};
 
+use crate::auth::Auth;
 use crate::background::Background;
 use crate::broker::Broker;
 use crate::config::Config;
@@ -59,17 +60,19 @@ pub async fn run(
     let console = (config.metrics.enabled && config.console.served_on(config.metrics_listen))
         .then(|| Console::new(config.console.allow_remote));
     let tls = Tls::load(&config.tls)?;
+    let auth = Auth::open(&config.data_dir, &config.auth)?;
     let exporter = start_metrics(
         &config,
         &started,
         &group_gauges,
         console.clone(),
+        &auth,
         tls.as_ref(),
     )?;
     let (trigger, signal) = shutdown::channel();
     let health = router::Health::starting().await;
     let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
-    let (router, services) = router::router(&config, &health, quotas.clone())?;
+    let (router, services) = router::router(&config, &health, quotas.clone(), &auth)?;
     let mut serving = Serving::start(router, listener, tls.clone(), &config, &signal);
     let reloads = tokio::spawn(reload_on_sighup(tls, signal.clone()));
     let (topics, producers, groups) = open_state(&config, group_gauges).await?;
@@ -185,6 +188,7 @@ fn start_metrics(
     started: &Started,
     group_gauges: &Arc<GroupGauges>,
     console: Option<Arc<Console>>,
+    auth: &Arc<Auth>,
     tls: Option<&Arc<Tls>>,
 ) -> Result<Option<JoinHandle<()>>, Error> {
     let http_tls = tls.filter(|tls| tls.on_http_port()).map(|tls| {
@@ -198,7 +202,12 @@ fn start_metrics(
             group_gauges.clone(),
             &config.data_dir,
             config.metrics.partition_labels,
-            console.map(crate::console::routes),
+            console.clone().map(crate::console::routes),
+            {
+                let (auth, anonymous) = (auth.clone(), config.auth.anonymous_metrics);
+                let with_page = console.is_some();
+                Box::new(move |app| crate::console::guard(app, auth, anonymous, with_page))
+            },
             http_tls,
         )?)
     } else {

@@ -100,6 +100,28 @@ impl Tls {
     }
 }
 
+/// The name a verified client certificate gives its holder (`docs/security.md`, "Client
+/// certificates"): the subject's common name (CN), or else its first DNS name. `None` without
+/// a client certificate (rustls verified it against the client CA before this).
+pub fn client_name(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+    let der = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok().map(str::to_owned));
+    let dns = || {
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+    };
+    cn.or_else(dns)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .map(Arc::from)
+}
+
 /// The server config of `settings`: its certificate chain and key, and the client verifier
 /// of its client CA, if any.
 fn server_config(settings: &TlsSettings) -> Result<ServerConfig, Error> {

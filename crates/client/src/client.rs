@@ -50,6 +50,11 @@ impl Client {
         Admin::new(self.conn.clone())
     }
 
+    /// The security API: users, tokens and ACLs.
+    pub fn security(&self) -> crate::Security {
+        crate::Security::new(self.conn.clone())
+    }
+
     /// Starts a producer (for an idempotent one, after getting a producer id).
     ///
     /// # Errors

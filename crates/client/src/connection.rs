@@ -66,6 +66,62 @@ pub struct ClientConfig {
     /// TLS to the broker; `None` connects in plaintext unless the address is an `https://`
     /// URL (then TLS with the system's CA certificates).
     pub tls: Option<ClientTls>,
+    /// Who the client is, for a broker with authentication on: sent with every call in the
+    /// `authorization` header. `None` sends none (a client certificate may still identify
+    /// the client).
+    pub credentials: Option<Credentials>,
+}
+
+/// What the client proves its identity with. Never shown: its `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user name and password (`Basic`); use over TLS, or on loopback only.
+    Password {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A bearer token made by the broker (`rnl_…`).
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Password { user, .. } => f
+                .debug_struct("Password")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The `authorization` header value, marked sensitive (HTTP/2 never indexes it).
+    fn header(&self) -> Result<http::HeaderValue> {
+        use base64::Engine as _;
+        let value = match self {
+            Credentials::Password { user, password } => {
+                if user.contains(':') {
+                    return Err(ClientError::Config(format!(
+                        "credentials: user {user:?} must not contain ':'"
+                    )));
+                }
+                let pair =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                format!("Basic {pair}")
+            }
+            Credentials::Token(token) => format!("Bearer {token}"),
+        };
+        let mut value = http::HeaderValue::from_str(&value).map_err(|_| {
+            ClientError::Config("credentials: the token holds characters a header cannot".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
 }
 
 /// How the client checks the broker's certificate, and the certificate it presents.
@@ -125,6 +181,7 @@ impl Default for ClientConfig {
             receive_window_bytes: STREAM_WINDOW_BYTES,
             client_id: None,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -161,20 +218,32 @@ impl ClientConfig {
                 1 << 30
             )));
         }
-        self.client_id_header()?;
+        self.headers()?;
         self.backoff.validate()
     }
 
-    /// The client id as a header value.
-    fn client_id_header(&self) -> Result<Option<http::HeaderValue>> {
-        let Some(id) = &self.client_id else {
-            return Ok(None);
+    /// The headers sent with every call: the client id and the credentials.
+    fn headers(&self) -> Result<CallHeaders> {
+        let client_id = match &self.client_id {
+            None => None,
+            Some(id) => {
+                runnel_proto::check_client_id(id.as_bytes())
+                    .map_err(|why| ClientError::Config(format!("client_id {id:?} {why}")))?;
+                Some(
+                    http::HeaderValue::from_str(id)
+                        .map_err(|e| ClientError::Config(format!("client_id {id:?}: {e}")))?,
+                )
+            }
         };
-        runnel_proto::check_client_id(id.as_bytes())
-            .map_err(|why| ClientError::Config(format!("client_id {id:?} {why}")))?;
-        http::HeaderValue::from_str(id)
-            .map(Some)
-            .map_err(|e| ClientError::Config(format!("client_id {id:?}: {e}")))
+        let authorization = self
+            .credentials
+            .as_ref()
+            .map(Credentials::header)
+            .transpose()?;
+        Ok(CallHeaders {
+            client_id,
+            authorization,
+        })
     }
 
     fn url(&self) -> String {
@@ -258,18 +327,27 @@ pub(crate) struct Connection {
     pub(crate) channel: Transport,
 }
 
-/// The channel to the broker, naming the client id ([`ClientConfig::client_id`]) on every
-/// call.
+/// The headers of every call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallHeaders {
+    /// [`ClientConfig::client_id`].
+    client_id: Option<http::HeaderValue>,
+    /// [`ClientConfig::credentials`] (its `Debug` shows "Sensitive").
+    authorization: Option<http::HeaderValue>,
+}
+
+/// The channel to the broker, naming the client id ([`ClientConfig::client_id`]) and the
+/// credentials ([`ClientConfig::credentials`]) on every call.
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
     channel: Channel,
-    client_id: Option<http::HeaderValue>,
+    headers: CallHeaders,
 }
 
 impl Transport {
-    /// `channel`, sending `client_id` with every call.
-    pub(crate) fn new(channel: Channel, client_id: Option<http::HeaderValue>) -> Self {
-        Transport { channel, client_id }
+    /// `channel`, sending `headers` with every call.
+    pub(crate) fn new(channel: Channel, headers: CallHeaders) -> Self {
+        Transport { channel, headers }
     }
 }
 
@@ -286,10 +364,15 @@ impl tonic::codegen::Service<http::Request<Body>> for Transport {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        if let Some(id) = &self.client_id {
+        if let Some(id) = &self.headers.client_id {
             request
                 .headers_mut()
                 .insert(runnel_proto::CLIENT_ID_METADATA_KEY, id.clone());
+        }
+        if let Some(authorization) = &self.headers.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
         }
         self.channel.call(request)
     }
@@ -375,8 +458,7 @@ impl Connection {
         loop {
             match endpoint.connect().await {
                 Ok(channel) => {
-                    let client_id = config.client_id_header()?;
-                    let channel = Transport::new(channel, client_id);
+                    let channel = Transport::new(channel, config.headers()?);
                     return Ok(Arc::new(Self { config, channel }));
                 }
                 Err(e) => {

@@ -84,6 +84,16 @@ pub enum ErrorCode {
     GroupNotEmpty,
     /// The client id has no quotas of its own.
     UnknownQuota,
+    /// The call carried no credentials, or credentials the broker refused.
+    Unauthenticated,
+    /// No ACL allows the call (or one denies it).
+    PermissionDenied,
+    /// No user has that name.
+    UnknownUser,
+    /// A user with that name exists already.
+    UserExists,
+    /// No token has that id.
+    UnknownToken,
     /// A code this client does not know (or `ERROR_CODE_UNSPECIFIED`), by number.
     Unknown(i32),
 }
@@ -123,6 +133,11 @@ impl ErrorCode {
             Ok(P::FencedMember) => Self::FencedMember,
             Ok(P::GroupNotEmpty) => Self::GroupNotEmpty,
             Ok(P::UnknownQuota) => Self::UnknownQuota,
+            Ok(P::Unauthenticated) => Self::Unauthenticated,
+            Ok(P::PermissionDenied) => Self::PermissionDenied,
+            Ok(P::UnknownUser) => Self::UnknownUser,
+            Ok(P::UserExists) => Self::UserExists,
+            Ok(P::UnknownToken) => Self::UnknownToken,
             // Unspecified and codes added after this client was built.
             _ => Self::Unknown(code),
         }
@@ -162,6 +177,11 @@ impl ErrorCode {
             Self::FencedMember => P::FencedMember,
             Self::GroupNotEmpty => P::GroupNotEmpty,
             Self::UnknownQuota => P::UnknownQuota,
+            Self::Unauthenticated => P::Unauthenticated,
+            Self::PermissionDenied => P::PermissionDenied,
+            Self::UnknownUser => P::UnknownUser,
+            Self::UserExists => P::UserExists,
+            Self::UnknownToken => P::UnknownToken,
             Self::Unknown(n) => return n,
         };
         p as i32
@@ -186,8 +206,12 @@ impl ErrorCode {
             Self::UnknownTopic
             | Self::UnknownPartition
             | Self::UnknownGroup
-            | Self::UnknownQuota => C::NotFound,
-            Self::TopicExists | Self::DuplicateSequence => C::AlreadyExists,
+            | Self::UnknownQuota
+            | Self::UnknownUser
+            | Self::UnknownToken => C::NotFound,
+            Self::TopicExists | Self::DuplicateSequence | Self::UserExists => C::AlreadyExists,
+            Self::Unauthenticated => C::Unauthenticated,
+            Self::PermissionDenied => C::PermissionDenied,
             Self::OffsetOutOfRange => C::OutOfRange,
             Self::OutOfOrderSequence => C::Aborted,
             Self::ProducerFenced

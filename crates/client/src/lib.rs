@@ -70,6 +70,7 @@ mod error;
 mod partitioner;
 mod producer;
 mod record;
+mod security;
 
 pub use admin::{
     Admin, AlteredConfig, BrokerInfo, ClientQuota, Durability, GroupDescription, GroupListing,
@@ -79,7 +80,7 @@ pub use admin::{
 };
 pub use client::Client;
 pub use compression::Compression;
-pub use connection::{Backoff, ClientConfig, ClientTls, DEFAULT_PORT};
+pub use connection::{Backoff, ClientConfig, ClientTls, Credentials, DEFAULT_PORT};
 pub use consumer::{
     CommittedOffset, Consumer, ConsumerConfig, OffsetReset, Rebalance, RebalanceListener, StartAt,
     TopicPartition,
@@ -92,3 +93,7 @@ pub use record::{
     TraceParent,
 };
 pub use runnel_format::compression;
+pub use security::{
+    Acl, AclFilter, AclOperation, AclPermission, AclResource, NewToken, Pattern, Security, Token,
+    User,
+};

@@ -134,8 +134,9 @@ pub mod prelude {
     pub use crate::errors::{assert_inline, assert_status, assert_too_large};
     pub use crate::process::Broker;
     pub use crate::rpc::{
-        committed_offsets, create_topic, describe_topic, entry, fetch_all, fetch_partition,
-        produce, produce_acked, produce_request, raw_stream_first, raw_unary, subscribe,
+        CallKind, committed_offsets, create_topic, describe_topic, entry, fetch_all,
+        fetch_partition, produce, produce_acked, produce_request, raw_call, raw_stream_first,
+        raw_unary, subscribe,
     };
     pub use crate::{Connection, PATIENCE, within};
 }

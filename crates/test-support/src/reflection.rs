@@ -5,7 +5,7 @@ use tokio_stream::StreamExt as _;
 use crate::{Connection, within};
 
 /// Every service a broker serves and its reflection services list, sorted by name.
-pub const SERVICES: [&str; 7] = [
+pub const SERVICES: [&str; 8] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -13,6 +13,7 @@ pub const SERVICES: [&str; 7] = [
     "runnel.v1.ConsumeService",
     "runnel.v1.GroupService",
     "runnel.v1.ProduceService",
+    "runnel.v1.SecurityService",
 ];
 
 /// What a reflection service answered in one stream.

@@ -282,3 +282,62 @@ pub async fn raw_stream_first(
         .into_inner();
     responses.message().await
 }
+
+/// How a method is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// One request, one response.
+    Unary,
+    /// One request, a stream of responses.
+    ServerStreaming,
+    /// Streams both ways (the request stream is kept open after the one message).
+    Bidirectional,
+}
+
+/// Calls the method at `path` of kind `kind` with one request message of `body`'s bytes and
+/// the metadata `headers`, and returns the first response message's bytes (`None` if a
+/// stream ended without one), or the status the call or stream ended with.
+///
+/// # Errors
+///
+/// The call's or the stream's status.
+pub async fn raw_call(
+    b: &Connection,
+    path: &'static str,
+    kind: CallKind,
+    body: Bytes,
+    headers: &[(&'static str, &str)],
+) -> Result<Option<Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(b.channel());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    fn with_headers<T>(
+        mut request: tonic::Request<T>,
+        headers: &[(&'static str, &str)],
+    ) -> tonic::Request<T> {
+        for (key, value) in headers {
+            let value = value.parse().expect("a valid metadata value");
+            request.metadata_mut().insert(*key, value);
+        }
+        request
+    }
+    if kind == CallKind::Unary {
+        let request = with_headers(tonic::Request::new(body), headers);
+        return grpc
+            .unary(request, path, RawCodec)
+            .await
+            .map(|r| Some(r.into_inner()));
+    }
+    let one = tokio_stream::iter([body]);
+    let requests: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Bytes> + Send>> =
+        if kind == CallKind::Bidirectional {
+            Box::pin(tokio_stream::StreamExt::chain(one, tokio_stream::pending()))
+        } else {
+            Box::pin(one)
+        };
+    let request = with_headers(tonic::Request::new(requests), headers);
+    let mut responses = grpc.streaming(request, path, RawCodec).await?.into_inner();
+    responses.message().await
+}

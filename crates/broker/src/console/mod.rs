@@ -21,7 +21,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -29,6 +29,8 @@ use runnel_proto::pb::{self, ErrorCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::acl::{Operation, Resource, ResourceType};
+use crate::auth::{Access, Auth, Presented, Principal};
 use crate::broker::Broker;
 use crate::clock::now_ms;
 use crate::error::RpcError;
@@ -123,6 +125,76 @@ async fn check_host(
         .into_response()
 }
 
+/// The HTTP port's door, around every route of it (metrics, page, API): while auth is on, a
+/// request must authenticate with the same credentials as a gRPC call, sent as HTTP
+/// authentication (`Basic` or `Bearer`); a browser is asked for a user and password. The
+/// metrics need DESCRIBE on the cluster (none with `auth.anonymous_metrics`); the page only
+/// authentication; each API call checks its own need in its handler, through the [`Access`]
+/// this puts in the request.
+/// `with_page`: the console's page is at `/` (else `/` shows the metrics too).
+pub fn guard(router: Router, auth: Arc<Auth>, anonymous_metrics: bool, with_page: bool) -> Router {
+    let door = Door {
+        auth,
+        anonymous_metrics,
+        with_page,
+    };
+    router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(door),
+        http_door,
+    ))
+}
+
+/// What the HTTP port's door knows.
+struct Door {
+    auth: Arc<Auth>,
+    anonymous_metrics: bool,
+    with_page: bool,
+}
+
+async fn http_door(
+    State(door): State<Arc<Door>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let addr = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let path = request.uri().path();
+    let call = format!("HTTP {} {path}", request.method());
+    let metrics = path == "/metrics" || (path == "/" && !door.with_page);
+    let auth = &door.auth;
+    if !auth.enabled() || (metrics && door.anonymous_metrics) {
+        let access = Access::new(auth.clone(), Principal::anonymous(), addr, call);
+        request.extensions_mut().insert(access);
+        return next.run(request).await;
+    }
+    let presented = match request.headers().get(header::AUTHORIZATION) {
+        Some(value) => Presented::authorization(value.as_bytes()),
+        None => Ok(Presented::Nothing),
+    };
+    let principal = match presented {
+        Ok(p) => auth.authenticate(p.as_credentials(), addr).await,
+        Err(e) => Err(e),
+    };
+    let access = match principal {
+        Ok(p) => Access::new(auth.clone(), p, addr, call),
+        Err(e) => {
+            let mut response = ApiError(e).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"runnel\", charset=\"UTF-8\""),
+            );
+            return response;
+        }
+    };
+    if metrics && let Err(e) = access.check(Resource::Cluster, Operation::Describe) {
+        return ApiError(e).into_response();
+    }
+    request.extensions_mut().insert(access);
+    next.run(request).await
+}
+
 /// Whether a `Host` header names `localhost` or an IP address (with or without a port).
 fn local_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
@@ -180,6 +252,8 @@ impl IntoResponse for ApiError {
             ErrorCode::BrokerStarting | ErrorCode::BrokerShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = self.0.code.as_str_name().trim_start_matches("ERROR_CODE_");
@@ -207,7 +281,8 @@ fn only<T>(results: Vec<T>, call: &str) -> Result<T, ApiError> {
         .ok_or_else(|| ApiError(RpcError::internal(format!("{call} returned no result"))))
 }
 
-async fn broker_info(State(c): State<Arc<Console>>) -> ApiResult {
+async fn broker_info(State(c): State<Arc<Console>>, Extension(a): Extension<Access>) -> ApiResult {
+    a.check(Resource::Cluster, Operation::Describe)?;
     let b = c.broker()?;
     let info = b.broker_info().await?;
     Ok(Json(json!({
@@ -223,10 +298,15 @@ async fn broker_info(State(c): State<Arc<Console>>) -> ApiResult {
     })))
 }
 
-async fn list_topics(State(c): State<Arc<Console>>) -> ApiResult {
+async fn list_topics(State(c): State<Arc<Console>>, Extension(a): Extension<Access>) -> ApiResult {
+    a.check_some(ResourceType::Topic, Operation::Describe)?;
     let b = c.broker()?;
     let mut topics = Vec::new();
-    for t in b.list_topics() {
+    let listed = b.list_topics();
+    for t in listed
+        .iter()
+        .filter(|t| a.may(Resource::Topic(&t.topic), Operation::Describe))
+    {
         // A topic deleted meanwhile is left out.
         if let Ok(d) = b.describe_topic(&t.topic) {
             let sum = |f: fn(&pb::PartitionDescription) -> u64| -> u64 {
@@ -252,14 +332,21 @@ struct NewTopic {
 
 async fn create_topic(
     State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
     Json(new): Json<NewTopic>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    a.check(Resource::Topic(&new.topic), Operation::Create)?;
     let b = c.broker()?;
     let created = b.create_topic(new.topic, new.partitions, None).await?;
     Ok((StatusCode::CREATED, Json(describe(&created))))
 }
 
-async fn describe_topic(State(c): State<Arc<Console>>, Path(topic): Path<String>) -> ApiResult {
+async fn describe_topic(
+    State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
+    Path(topic): Path<String>,
+) -> ApiResult {
+    a.check(Resource::Topic(&topic), Operation::Describe)?;
     let b = c.broker()?;
     Ok(Json(describe(&b.describe_topic(&topic)?)))
 }
@@ -305,8 +392,10 @@ fn config_json(c: &pb::TopicConfig) -> Value {
 
 async fn delete_topic(
     State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    a.check(Resource::Topic(&topic), Operation::Delete)?;
     let b = c.broker()?;
     b.delete_topic(topic).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -325,9 +414,11 @@ struct Browse {
 
 async fn read_messages(
     State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
     Path(topic): Path<String>,
     Query(q): Query<Browse>,
 ) -> ApiResult {
+    a.check(Resource::Topic(&topic), Operation::Read)?;
     let b = c.broker()?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_MESSAGES {
@@ -436,9 +527,11 @@ struct NewHeader {
 
 async fn produce_message(
     State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
     Path(topic): Path<String>,
     Json(m): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    a.check(Resource::Topic(&topic), Operation::Write)?;
     let b = c.broker()?;
     let key = m.key.map(Bytes::from);
     let partition = match (m.partition, &key) {
@@ -485,12 +578,14 @@ async fn produce_message(
     ))
 }
 
-async fn list_groups(State(c): State<Arc<Console>>) -> ApiResult {
+async fn list_groups(State(c): State<Arc<Console>>, Extension(a): Extension<Access>) -> ApiResult {
+    a.check_some(ResourceType::Group, Operation::Describe)?;
     let b = c.broker()?;
     let groups: Vec<Value> = b
         .list_groups()
         .groups
         .iter()
+        .filter(|g| a.may(Resource::Group(&g.group), Operation::Describe))
         .map(|g| {
             json!({
                 "group": g.group,
@@ -514,7 +609,12 @@ fn state_name(state: i32) -> String {
 
 /// A group, with the lag of each partition in records and in seconds (the age of the oldest
 /// record not consumed yet).
-async fn describe_group(State(c): State<Arc<Console>>, Path(group): Path<String>) -> ApiResult {
+async fn describe_group(
+    State(c): State<Arc<Console>>,
+    Extension(a): Extension<Access>,
+    Path(group): Path<String>,
+) -> ApiResult {
+    a.check(Resource::Group(&group), Operation::Describe)?;
     let b = c.broker()?;
     let d = b.describe_group(&group)?;
     let topics = b.topics.clone();

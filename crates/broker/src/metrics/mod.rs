@@ -77,6 +77,10 @@ pub const LOGS_FAILED: &str = "runnel_logs_failed";
 pub const GROUP_REBALANCES: &str = "runnel_group_rebalances_total";
 /// TLS handshakes that failed or timed out on the gRPC listener.
 pub const TLS_HANDSHAKE_FAILURES: &str = "runnel_tls_handshake_failures_total";
+/// Calls whose credentials were missing or refused, per mechanism.
+pub const AUTH_FAILURES: &str = "runnel_authentication_failures_total";
+/// Calls refused because no ACL allowed them, per operation.
+pub const AUTH_DENIALS: &str = "runnel_authorization_denials_total";
 /// Topics.
 pub const TOPICS: &str = "runnel_topics";
 /// Partitions of all topics.
@@ -115,6 +119,7 @@ pub fn install(
     data_dir: &Path,
     per_partition: bool,
     pages: Option<Router>,
+    guard: Guard,
     tls: Option<HttpTls>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     PARTITION_LABELS.store(per_partition, std::sync::atomic::Ordering::Relaxed);
@@ -134,10 +139,13 @@ pub fn install(
         groups,
         data_dir: data_dir.to_path_buf(),
     };
-    let task = tokio::spawn(serve(listener, handle, routes(scrape, pages), tls));
+    let task = tokio::spawn(serve(listener, handle, guard(routes(scrape, pages)), tls));
     describe();
     Ok(task)
 }
+
+/// What wraps every route of the endpoint: the HTTP front end's authentication.
+pub type Guard = Box<dyn FnOnce(Router) -> Router + Send>;
 
 /// The acceptor of the next TLS handshake on the endpoint, when it serves TLS (`tls.metrics`);
 /// called per connection, so that a reloaded certificate applies to new connections.
@@ -206,15 +214,18 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, app: Router, tls
             }
             a = listener.accept() => a,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a metrics connection failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let app = app.clone();
+        // Handlers and the guard find the client's address as axum's `ConnectInfo`.
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         let acceptor = tls.as_ref().map(|tls| tls());
         tokio::spawn(async move {
             let served = match acceptor {
@@ -589,6 +600,16 @@ fn describe() {
         Unit::Count,
         "TLS handshakes on the gRPC listener that failed or timed out."
     );
+    describe_counter!(
+        AUTH_FAILURES,
+        Unit::Count,
+        "Calls refused as unauthenticated, per mechanism (none, password, token)."
+    );
+    describe_counter!(
+        AUTH_DENIALS,
+        Unit::Count,
+        "Calls refused because no ACL allows them (or one denies them), per operation."
+    );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");
     describe_gauge!(
@@ -719,6 +740,16 @@ pub fn at_zero() {
 /// Counts a TLS handshake that failed or timed out.
 pub fn tls_handshake_failed() {
     counter!(TLS_HANDSHAKE_FAILURES).increment(1);
+}
+
+/// Counts a call refused as unauthenticated; `mechanism` is `none`, `password` or `token`.
+pub fn auth_failed(mechanism: &'static str) {
+    counter!(AUTH_FAILURES, "mechanism" => mechanism).increment(1);
+}
+
+/// Counts a call refused by authorization.
+pub fn auth_denied(operation: &'static str) {
+    counter!(AUTH_DENIALS, "operation" => operation).increment(1);
 }
 
 /// Counts a group rebalance.

@@ -7,7 +7,9 @@ use std::time::Instant;
 use runnel_proto::pb::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
+use super::access::authorized;
 use super::finish;
+use crate::auth::acl::{Operation, Resource};
 use crate::broker::Broker;
 use crate::quotas::Rates;
 
@@ -30,12 +32,14 @@ impl AdminService for Admin {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let result = self
-            .broker
-            .create_topic(req.topic, req.partition_count, req.config)
-            .await
-            .map(|d| pb::CreateTopicResponse { topic: Some(d) });
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker
+                .create_topic(req.topic, req.partition_count, req.config)
+                .await
+                .map(|d| pb::CreateTopicResponse { topic: Some(d) })
+        }
+        .await;
         finish("CreateTopic", started, result)
     }
 
@@ -44,22 +48,28 @@ impl AdminService for Admin {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let result = self
-            .broker
-            .delete_topic(req.topic)
-            .await
-            .map(|()| pb::DeleteTopicResponse {});
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker
+                .delete_topic(req.topic)
+                .await
+                .map(|()| pb::DeleteTopicResponse {})
+        }
+        .await;
         finish("DeleteTopic", started, result)
     }
 
     async fn list_topics(
         &self,
-        _request: Request<pb::ListTopicsRequest>,
+        request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let started = Instant::now();
-        let topics = self.broker.list_topics();
-        finish("ListTopics", started, Ok(pb::ListTopicsResponse { topics }))
+        let result = authorized(request).map(|(access, _)| {
+            let mut topics = self.broker.list_topics();
+            topics.retain(|t| access.may(Resource::Topic(&t.topic), Operation::Describe));
+            pb::ListTopicsResponse { topics }
+        });
+        finish("ListTopics", started, result)
     }
 
     async fn describe_topic(
@@ -67,10 +77,11 @@ impl AdminService for Admin {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let started = Instant::now();
-        let result = self
-            .broker
-            .describe_topic(&request.get_ref().topic)
-            .map(|d| pb::DescribeTopicResponse { topic: Some(d) });
+        let result = authorized(request).and_then(|(_, req)| {
+            self.broker
+                .describe_topic(&req.topic)
+                .map(|d| pb::DescribeTopicResponse { topic: Some(d) })
+        });
         finish("DescribeTopic", started, result)
     }
 
@@ -79,15 +90,17 @@ impl AdminService for Admin {
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let result = self
-            .broker
-            .alter_topic_config(req.topic, req.set, req.reset)
-            .await
-            .map(|c| pb::AlterTopicConfigResponse {
-                config: Some(c.config),
-                config_overrides: c.overrides,
-            });
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker
+                .alter_topic_config(req.topic, req.set, req.reset)
+                .await
+                .map(|c| pb::AlterTopicConfigResponse {
+                    config: Some(c.config),
+                    config_overrides: c.overrides,
+                })
+        }
+        .await;
         finish("AlterTopicConfig", started, result)
     }
 
@@ -96,32 +109,35 @@ impl AdminService for Admin {
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let result = self
-            .broker
-            .create_partitions(req.topic, req.partition_count)
-            .await
-            .map(|partition_count| pb::CreatePartitionsResponse { partition_count });
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker
+                .create_partitions(req.topic, req.partition_count)
+                .await
+                .map(|partition_count| pb::CreatePartitionsResponse { partition_count })
+        }
+        .await;
         finish("CreatePartitions", started, result)
     }
 
     async fn broker_info(
         &self,
-        _request: Request<pb::BrokerInfoRequest>,
+        request: Request<pb::BrokerInfoRequest>,
     ) -> Result<Response<pb::BrokerInfoResponse>, Status> {
         let started = Instant::now();
-        let result = self
-            .broker
-            .broker_info()
-            .await
-            .map(|i| pb::BrokerInfoResponse {
-                version: i.version.to_owned(),
-                start_time_ms: i.start_time_ms,
-                uptime_ms: i.uptime_ms,
-                data_dir: i.data_dir,
-                disk_free_bytes: i.disk_free_bytes,
-                disk_total_bytes: i.disk_total_bytes,
-            });
+        let result = async {
+            authorized(request)?;
+            self.broker.broker_info().await
+        }
+        .await
+        .map(|i| pb::BrokerInfoResponse {
+            version: i.version.to_owned(),
+            start_time_ms: i.start_time_ms,
+            uptime_ms: i.uptime_ms,
+            data_dir: i.data_dir,
+            disk_free_bytes: i.disk_free_bytes,
+            disk_total_bytes: i.disk_total_bytes,
+        });
         finish("BrokerInfo", started, result)
     }
 
@@ -130,13 +146,13 @@ impl AdminService for Admin {
         request: Request<pb::SetQuotaRequest>,
     ) -> Result<Response<pb::SetQuotaResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let rates = req.rates.map(rates_from_pb).unwrap_or_default();
-        let result = self
-            .broker
-            .set_quota(req.client_id, rates)
-            .await
-            .map(|()| pb::SetQuotaResponse {});
+        let result = async {
+            let (_, req) = authorized(request)?;
+            let rates = req.rates.map(rates_from_pb).unwrap_or_default();
+            self.broker.set_quota(req.client_id, rates).await
+        }
+        .await
+        .map(|()| pb::SetQuotaResponse {});
         finish("SetQuota", started, result)
     }
 
@@ -145,19 +161,23 @@ impl AdminService for Admin {
         request: Request<pb::DeleteQuotaRequest>,
     ) -> Result<Response<pb::DeleteQuotaResponse>, Status> {
         let started = Instant::now();
-        let result = self
-            .broker
-            .delete_quota(request.into_inner().client_id)
-            .await
-            .map(|()| pb::DeleteQuotaResponse {});
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker.delete_quota(req.client_id).await
+        }
+        .await
+        .map(|()| pb::DeleteQuotaResponse {});
         finish("DeleteQuota", started, result)
     }
 
     async fn list_quotas(
         &self,
-        _request: Request<pb::ListQuotasRequest>,
+        request: Request<pb::ListQuotasRequest>,
     ) -> Result<Response<pb::ListQuotasResponse>, Status> {
         let started = Instant::now();
+        if let Err(e) = authorized(request) {
+            return finish("ListQuotas", started, Err(e));
+        }
         let (defaults, clients) = self.broker.list_quotas();
         let response = pb::ListQuotasResponse {
             defaults: Some(rates_to_pb(defaults)),

@@ -1,11 +1,15 @@
-//! The one door every `runnel.v1` call passes: who is calling ([`Caller`], from the
-//! `runnel-client-id` header) and the request quota, paid by delaying the call before it is
-//! served. The caller goes on in the request's extensions, where each service finds it
-//! ([`caller`]) to pay its byte quotas.
+//! The one door every `runnel.v1` call passes: who is calling, authenticated from the
+//! `authorization` header or the client certificate ([`Access`], refused with
+//! `UNAUTHENTICATED` here while auth is on), which client it is ([`Caller`], from the
+//! `runnel-client-id` header), and the request quota, paid by delaying the call before it is
+//! served. Both go on in the request's extensions, where each service finds them: the access
+//! to authorize the request ([`super::access::authorized`]), the caller to pay its byte
+//! quotas ([`caller`]).
 //!
 //! Health checks and reflection are not `runnel.v1` calls: they pass untouched.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,6 +17,9 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 
+use super::access::Access;
+use crate::auth::{Auth, Presented};
+use crate::connections::ConnInfo;
 use crate::error::RpcError;
 use runnel_proto::{CLIENT_ID_METADATA_KEY, check_client_id};
 
@@ -25,12 +32,13 @@ const RUNNEL_PATHS: &str = "/runnel.v1.";
 #[derive(Debug, Clone)]
 pub struct CallerLayer {
     quotas: Arc<Quotas>,
+    auth: Arc<Auth>,
 }
 
 impl CallerLayer {
-    /// The layer over `quotas`.
-    pub(crate) fn new(quotas: Arc<Quotas>) -> Self {
-        CallerLayer { quotas }
+    /// The layer over `quotas` and `auth`.
+    pub(crate) fn new(quotas: Arc<Quotas>, auth: Arc<Auth>) -> Self {
+        CallerLayer { quotas, auth }
     }
 }
 
@@ -41,6 +49,7 @@ impl<S> tower_layer::Layer<S> for CallerLayer {
         CallerService {
             inner,
             quotas: self.quotas.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -51,6 +60,7 @@ impl<S> tower_layer::Layer<S> for CallerLayer {
 pub struct CallerService<S> {
     inner: S,
     quotas: Arc<Quotas>,
+    auth: Arc<Auth>,
 }
 
 impl<S, B> Service<http::Request<B>> for CallerService<S>
@@ -75,19 +85,71 @@ where
             Ok(id) => self.quotas.caller(id),
             Err(e) => return Box::pin(async move { Ok(e.status().into_http()) }),
         };
-        let delay = self.quotas.charge(&caller, Quota::Requests, 1);
-        req.extensions_mut().insert(caller);
-        if delay.is_zero() {
-            return Box::pin(self.inner.call(req));
-        }
         // The ready service is the one to call; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (quotas, auth) = (self.quotas.clone(), self.auth.clone());
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            let access = match presented(&auth, &req) {
+                Ok(p) => authenticate(&auth, p).await,
+                Err(e) => Err(e),
+            };
+            let access = match access {
+                Ok(access) => access,
+                Err(e) => return Ok(e.status().into_http()),
+            };
+            let delay = quotas.charge(&caller, Quota::Requests, 1);
+            req.extensions_mut().insert(caller);
+            req.extensions_mut().insert(access);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             inner.call(req).await
         })
     }
+}
+
+/// What the call `req` presents: credentials (none while auth is off), its address, and the
+/// RPC's name.
+///
+/// # Errors
+/// `UNAUTHENTICATED` for a malformed `authorization` header.
+fn presented<B>(
+    auth: &Auth,
+    req: &http::Request<B>,
+) -> Result<(Presented, Option<IpAddr>, String), RpcError> {
+    let conn = ConnInfo::of(req.extensions());
+    let addr = conn.and_then(ConnInfo::remote).map(|a| a.ip());
+    let call = req
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if !auth.enabled() {
+        return Ok((Presented::Nothing, addr, call));
+    }
+    let presented = match req.headers().get(http::header::AUTHORIZATION) {
+        Some(value) => Presented::authorization(value.as_bytes())?,
+        None => match conn.and_then(|c| c.certificate.clone()) {
+            Some(name) => Presented::Certificate(name),
+            None => Presented::Nothing,
+        },
+    };
+    Ok((presented, addr, call))
+}
+
+/// Who presents `presented`, checked by `auth`.
+///
+/// # Errors
+/// `UNAUTHENTICATED` for refused credentials.
+async fn authenticate(
+    auth: &Arc<Auth>,
+    (presented, addr, call): (Presented, Option<IpAddr>, String),
+) -> Result<Access, RpcError> {
+    let principal = auth.authenticate(presented.as_credentials(), addr).await?;
+    Ok(Access::new(auth.clone(), principal, addr, call))
 }
 
 /// The client id a call names, `""` without the header.

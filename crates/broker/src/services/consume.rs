@@ -14,6 +14,7 @@ use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use super::access::authorized;
 use super::caller::caller;
 use super::status::grpc_code;
 use super::{finish, rpc_done};
@@ -60,7 +61,10 @@ impl ConsumeService for Consume {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let started = Instant::now();
         let caller = caller(request.extensions(), &self.broker.quotas);
-        let result = self.broker.fetch(request.into_inner(), &caller).await;
+        let result = match authorized(request) {
+            Ok((_, req)) => self.broker.fetch(req, &caller).await,
+            Err(e) => Err(e),
+        };
         finish("Fetch", started, result)
     }
 
@@ -73,10 +77,14 @@ impl ConsumeService for Consume {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let caller = caller(request.extensions(), &self.broker.quotas);
-        let opened = self
-            .broker
-            .subscribe(request.into_inner(), caller, subscribe_done(started))
-            .await;
+        let opened = match authorized(request) {
+            Ok((_, req)) => {
+                self.broker
+                    .subscribe(req, caller, subscribe_done(started))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match opened {
             Ok(stream) => Ok(Response::new(stream.map(
                 subscribe_item as fn(SubscribeItem) -> Result<pb::SubscribeResponse, Status>,
@@ -90,7 +98,10 @@ impl ConsumeService for Consume {
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.list_offsets(request.into_inner()).await;
+        let result = match authorized(request) {
+            Ok((_, req)) => self.broker.list_offsets(req).await,
+            Err(e) => Err(e),
+        };
         finish("ListOffsets", started, result)
     }
 }

@@ -25,11 +25,13 @@ use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceSe
 use tokio_stream::StreamExt as _;
 use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
+use tonic::{Request, Status};
 
+use super::access::{Protected, authorized};
 use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
@@ -94,7 +96,7 @@ async fn subscribe(
 ) -> http::Response<Body> {
     let started = Instant::now();
     let caller = caller(req.extensions(), &broker.quotas);
-    let request = match read_request(req.into_body(), max_request_bytes).await {
+    let request = match read_authorized(req, max_request_bytes).await {
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
@@ -121,7 +123,7 @@ async fn fetch(
 ) -> http::Response<Body> {
     let started = Instant::now();
     let caller = caller(req.extensions(), &broker.quotas);
-    let request = match read_request(req.into_body(), max_request_bytes).await {
+    let request = match read_authorized(req, max_request_bytes).await {
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
@@ -133,6 +135,17 @@ async fn fetch(
         }
         Err(status) => status.into_http(),
     }
+}
+
+/// The request's message, read and authorized ([`authorized`]).
+async fn read_authorized<M: Message + Default + Protected>(
+    req: http::Request<Body>,
+    max: usize,
+) -> Result<M, Status> {
+    let (parts, body) = req.into_parts();
+    let message: M = read_request(body, max).await?;
+    let request = Request::from_parts(MetadataMap::new(), parts.extensions, message);
+    authorized(request).map(|(_, m)| m).map_err(|e| e.status())
 }
 
 /// A `200` gRPC response with `body`.

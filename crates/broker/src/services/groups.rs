@@ -16,11 +16,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::access::{Access, Protected as _, access, authorized, read_topics};
 use super::caller::caller;
 use super::{finish, rpc_done, status};
+use crate::auth::acl::{Operation, Resource};
 use crate::broker::Broker;
 use crate::broker::group_consume::{ConsumeEnd, GroupConsumer, InboundError};
 use crate::broker::groups::{Joined, View};
+use crate::connections::ConnInfo;
 use crate::error::RpcError;
 
 /// Responses queued per Membership stream. Assignments are complete states and heartbeats
@@ -79,6 +82,7 @@ async fn run_member(
     b: &Broker,
     mut inbound: Streaming<pb::MembershipRequest>,
     host: String,
+    access: &Access,
     tx: &mpsc::Sender<MembershipItem>,
 ) -> Code {
     let groups = b.groups();
@@ -102,7 +106,10 @@ async fn run_member(
         }
         Ok(Ok(Some(pb::MembershipRequest {
             request: Some(Said::Join(join)),
-        }))) => join,
+        }))) => match join.authorize(access) {
+            Ok(()) => join,
+            Err(e) => return end(b, tx, e).await,
+        },
         Ok(Ok(Some(_))) => {
             return end(
                 b,
@@ -274,16 +281,23 @@ impl GroupService for Groups {
         request: Request<Streaming<pb::GroupConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let started = Instant::now();
-        let host = request
-            .remote_addr()
+        let host = ConnInfo::of(request.extensions())
+            .and_then(ConnInfo::remote)
             .map(|a| a.to_string())
             .unwrap_or_default();
         let caller = caller(request.extensions(), &self.broker.quotas);
-        let inbound = request.into_inner().map(|m| {
-            m.map_err(|status| match status::inbound_error(&status) {
+        let access = match access(request.extensions()) {
+            Ok(access) => access,
+            Err(e) => return finish("Consume", started, Err(e)),
+        };
+        // The start is authorized as it arrives; a denied one ends the stream with the denial.
+        let inbound = request.into_inner().map(move |m| {
+            let m = m.map_err(|status| match status::inbound_error(&status) {
                 Some(e) => InboundError::Malformed(e),
                 None => InboundError::Gone,
-            })
+            })?;
+            m.authorize(&access).map_err(InboundError::Malformed)?;
+            Ok(m)
         });
         match self
             .broker
@@ -308,14 +322,18 @@ impl GroupService for Groups {
         if let Err(e) = broker.check_running() {
             return finish("Membership", started, Err(e));
         }
-        let host = request
-            .remote_addr()
+        let host = ConnInfo::of(request.extensions())
+            .and_then(ConnInfo::remote)
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let access = match access(request.extensions()) {
+            Ok(access) => access,
+            Err(e) => return finish("Membership", started, Err(e)),
+        };
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         tokio::spawn(async move {
-            let code = run_member(&broker, inbound, host, &tx).await;
+            let code = run_member(&broker, inbound, host, &access, &tx).await;
             rpc_done("Membership", code, started);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -326,7 +344,10 @@ impl GroupService for Groups {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.commit_offsets(request.into_inner()).await;
+        let result = match authorized(request) {
+            Ok((_, req)) => self.broker.commit_offsets(req).await,
+            Err(e) => Err(e),
+        };
         finish("CommitOffsets", started, result)
     }
 
@@ -335,16 +356,23 @@ impl GroupService for Groups {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.fetch_offsets(request.get_ref());
+        let result = authorized(request).and_then(|(_, req)| self.broker.fetch_offsets(&req));
         finish("FetchOffsets", started, result)
     }
 
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let started = Instant::now();
-        finish("ListGroups", started, Ok(self.broker.list_groups()))
+        let result = authorized(request).map(|(access, _)| {
+            let mut listed = self.broker.list_groups();
+            listed
+                .groups
+                .retain(|g| access.may(Resource::Group(&g.group), Operation::Describe));
+            listed
+        });
+        finish("ListGroups", started, result)
     }
 
     async fn describe_group(
@@ -352,7 +380,8 @@ impl GroupService for Groups {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.describe_group(&request.get_ref().group);
+        let result =
+            authorized(request).and_then(|(_, req)| self.broker.describe_group(&req.group));
         finish("DescribeGroup", started, result)
     }
 
@@ -361,11 +390,12 @@ impl GroupService for Groups {
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let started = Instant::now();
-        let result = self
-            .broker
-            .delete_group(&request.get_ref().group)
-            .await
-            .map(|()| pb::DeleteGroupResponse {});
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker.delete_group(&req.group).await
+        }
+        .await
+        .map(|()| pb::DeleteGroupResponse {});
         finish("DeleteGroup", started, result)
     }
 
@@ -374,7 +404,18 @@ impl GroupService for Groups {
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = self.broker.reset_offsets(request.into_inner()).await;
+        let result = async {
+            let (access, req) = authorized(request)?;
+            if req.all_topics {
+                let committed = self.broker.fetch_offsets(&pb::FetchOffsetsRequest {
+                    group: req.group.clone(),
+                    partitions: Vec::new(),
+                })?;
+                read_topics(&access, committed.offsets.iter().map(|o| o.topic.as_str()))?;
+            }
+            self.broker.reset_offsets(req).await
+        }
+        .await;
         finish("ResetOffsets", started, result)
     }
 }

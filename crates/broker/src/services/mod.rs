@@ -3,6 +3,7 @@
 //! errors back to protobuf responses and statuses ([`status`], the one place errors become
 //! statuses).
 
+pub mod access;
 pub mod admin;
 pub mod caller;
 pub mod consume;
@@ -11,6 +12,7 @@ mod gate;
 pub mod groups;
 pub mod produce;
 pub mod router;
+pub mod security;
 pub mod status;
 
 use std::time::Instant;

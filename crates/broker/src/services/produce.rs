@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::access::{Protected as _, access, authorized};
 use super::caller::caller;
 use super::{finish, rpc_done, status};
 use crate::broker::Broker;
@@ -70,7 +71,10 @@ impl ProduceService for Produce {
         let started = Instant::now();
         let b = &self.broker;
         let caller = caller(request.extensions(), &b.quotas);
-        let req = request.into_inner();
+        let (_, req) = match authorized(request) {
+            Ok(authorized) => authorized,
+            Err(e) => return finish("Produce", started, Err(e)),
+        };
         let size = batch_bytes(&req);
         let result = match b.produce_write(req).await {
             Ok(written) => Ok(b.produce_finish(written).await),
@@ -100,6 +104,10 @@ impl ProduceService for Produce {
         let (steps_tx, mut steps_rx) = mpsc::channel::<Step>(max_in_flight);
         let (out_tx, out_rx) = mpsc::channel(max_in_flight);
         let caller = caller(request.extensions(), &broker.quotas);
+        let access = match access(request.extensions()) {
+            Ok(access) => access,
+            Err(e) => return finish("ProduceStream", started, Err(e)),
+        };
         let mut inbound = request.into_inner();
 
         // Reader: reads a request only while fewer than the limits are unanswered, and runs
@@ -138,7 +146,11 @@ impl ProduceService for Produce {
                     p = bytes.clone().acquire_many_owned(want) => p.ok(),
                 };
                 let id = req.request_id;
-                let written = b.produce_write(req).await.map_err(|e| (id, e));
+                // Each request is authorized on its own: a denied one is answered inline.
+                let written = match req.authorize(&access) {
+                    Ok(()) => b.produce_write(req).await.map_err(|e| (id, e)),
+                    Err(e) => Err((id, e)),
+                };
                 let permits = StreamPermits {
                     _count: count_permit,
                     _bytes: bytes_permit,
@@ -209,15 +221,17 @@ impl ProduceService for Produce {
         request: Request<pb::InitProducerRequest>,
     ) -> Result<Response<pb::InitProducerResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
-        let result = self
-            .broker
-            .init_producer(req.producer_id, req.producer_epoch)
-            .await
-            .map(|(id, epoch)| pb::InitProducerResponse {
-                producer_id: id,
-                producer_epoch: i32::from(epoch),
-            });
+        let result = async {
+            let (_, req) = authorized(request)?;
+            self.broker
+                .init_producer(req.producer_id, req.producer_epoch)
+                .await
+        }
+        .await
+        .map(|(id, epoch)| pb::InitProducerResponse {
+            producer_id: id,
+            producer_epoch: i32::from(epoch),
+        });
         finish("InitProducer", started, result)
     }
 }

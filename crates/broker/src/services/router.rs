@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use runnel_proto::pb::{
     admin_service_server::AdminServiceServer, group_service_server::GroupServiceServer,
-    produce_service_server::ProduceServiceServer,
+    produce_service_server::ProduceServiceServer, security_service_server::SecurityServiceServer,
 };
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -25,18 +25,21 @@ use super::consume_http::ConsumeRoutes;
 use super::gate::Gated;
 use super::groups::Groups;
 use super::produce::Produce;
+use super::security::Security;
 use super::status;
+use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::Error;
 use crate::quotas::Quotas;
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "runnel.v1.AdminService",
     "runnel.v1.ProduceService",
     "runnel.v1.ConsumeService",
     "runnel.v1.GroupService",
+    "runnel.v1.SecurityService",
 ];
 
 /// The health statuses the server reports (`grpc.health.v1`).
@@ -119,8 +122,9 @@ impl Services {
 
 /// The router of the broker's gRPC services, with health (the statuses of `health`) and
 /// reflection (v1 and v1alpha), configured from `[server]` and `[limits]`, every `runnel.v1`
-/// call paced by `quotas` ([`CallerLayer`]). The `runnel.v1` services answer
-/// `BROKER_STARTING` until [`Services::open`].
+/// call authenticated by `auth` and paced by `quotas` ([`CallerLayer`]). The `runnel.v1`
+/// services answer `BROKER_STARTING` until [`Services::open`], but for the security service,
+/// which needs no partition.
 ///
 /// # Errors
 /// [`Error::Metadata`] if the services' descriptors cannot be read.
@@ -128,6 +132,7 @@ pub(crate) fn router(
     config: &Config,
     health: &Health,
     quotas: Arc<Quotas>,
+    auth: &Arc<Auth>,
 ) -> Result<(Router<Layers>, Services), Error> {
     let (v1, v1alpha) = reflection()?;
     let services = Services {
@@ -136,23 +141,27 @@ pub(crate) fn router(
         consume: Gated::closed(),
         groups: Gated::closed(),
     };
-    let router = server(config, quotas)
+    let max_request = usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX);
+    let security = SecurityServiceServer::new(Security::new(auth.clone()))
+        .max_decoding_message_size(max_request);
+    let router = server(config, quotas, auth.clone())
         .add_service(health.service())
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(services.admin.clone())
         .add_service(services.produce.clone())
         .add_service(services.consume.clone())
-        .add_service(services.groups.clone());
+        .add_service(services.groups.clone())
+        .add_service(security);
     Ok((router, services))
 }
 
 /// A server configured from `[server]` and `[limits]`.
-fn server(config: &Config, quotas: Arc<Quotas>) -> Server<Layers> {
+fn server(config: &Config, quotas: Arc<Quotas>, auth: Arc<Auth>) -> Server<Layers> {
     let keepalive = config.server.http2_keepalive_interval_ms;
     Server::builder()
         .layer(status::ErrorCodeLayer)
-        .layer(CallerLayer::new(quotas))
+        .layer(CallerLayer::new(quotas, auth))
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .tcp_nodelay(true)
         // Larger than HTTP/2's defaults (1 MiB windows, 16 KiB frames), so that a producer

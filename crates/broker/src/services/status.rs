@@ -203,8 +203,14 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::UnknownTopic
         | ErrorCode::UnknownPartition
         | ErrorCode::UnknownGroup
-        | ErrorCode::UnknownQuota => Code::NotFound,
-        ErrorCode::TopicExists | ErrorCode::DuplicateSequence => Code::AlreadyExists,
+        | ErrorCode::UnknownQuota
+        | ErrorCode::UnknownUser
+        | ErrorCode::UnknownToken => Code::NotFound,
+        ErrorCode::TopicExists | ErrorCode::DuplicateSequence | ErrorCode::UserExists => {
+            Code::AlreadyExists
+        }
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::OutOfOrderSequence => Code::Aborted,
         ErrorCode::ProducerFenced

@@ -12,5 +12,6 @@ mod malformed;
 mod produce;
 mod quotas;
 mod records;
+mod security;
 mod shutdown;
 mod upgrade;

@@ -819,7 +819,7 @@ mod tests_support {
         let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
         let conn = Arc::new(Connection {
             config: ClientConfig::default(),
-            channel: Transport::new(channel, None),
+            channel: Transport::new(channel, Default::default()),
         });
         let inner = Arc::new(Inner::new(conn, config));
         lock(&inner.state).topics.insert(

@@ -1,0 +1,237 @@
+//! Authorization of `runnel.v1` requests: what each request needs ([`Protected`], one
+//! implementation per request message, the table `docs/security.md` prints), checked by
+//! the one authorization point ([`Auth::check`]) for the caller the door authenticated
+//! ([`Access`], put in the request's extensions by `caller.rs`).
+//!
+//! A service takes its request's message only through [`authorized`], so a message is never
+//! used before it is authorized; a stream checks each message it receives the same way.
+
+use runnel_proto::pb::{self, group_consume_request, membership_request};
+use tonic::Request;
+
+pub(crate) use crate::auth::Access;
+use crate::auth::acl::{Operation, Resource, ResourceType};
+use crate::error::RpcError;
+
+/// The access the door put in `extensions`.
+///
+/// # Errors
+/// `INTERNAL` if there is none: the call did not pass the door, and is refused rather than
+/// served unchecked.
+pub(crate) fn access(extensions: &tonic::Extensions) -> Result<Access, RpcError> {
+    extensions
+        .get::<Access>()
+        .cloned()
+        .ok_or_else(|| RpcError::internal("the call did not pass authentication"))
+}
+
+/// The request's message, once its caller may make it; and the caller's access.
+///
+/// # Errors
+/// `PERMISSION_DENIED`, or `INTERNAL` for a call that did not pass the door.
+pub(crate) fn authorized<T: Protected>(request: Request<T>) -> Result<(Access, T), RpcError> {
+    let access = access(request.extensions())?;
+    let message = request.into_inner();
+    message.authorize(&access)?;
+    Ok((access, message))
+}
+
+/// A request message that says what its caller needs.
+pub(crate) trait Protected {
+    /// `Ok` if `access` allows this request.
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED` for the first need not met.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError>;
+}
+
+use Operation::{Alter, Create, Delete, Describe, Read, Write};
+
+/// Requests that need one operation on the cluster.
+macro_rules! on_cluster {
+    ($($message:ty => $op:expr),* $(,)?) => {$(
+        impl Protected for $message {
+            fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+                access.check(Resource::Cluster, $op)
+            }
+        }
+    )*};
+}
+
+on_cluster! {
+    pb::BrokerInfoRequest => Describe,
+    pb::SetQuotaRequest => Alter,
+    pb::DeleteQuotaRequest => Alter,
+    pb::ListQuotasRequest => Describe,
+    pb::CreateUserRequest => Alter,
+    pb::SetPasswordRequest => Alter,
+    pb::DeleteUserRequest => Alter,
+    pb::ListUsersRequest => Describe,
+    pb::CreateTokenRequest => Alter,
+    pb::DeleteTokenRequest => Alter,
+    pb::ListTokensRequest => Describe,
+    pb::CreateAclsRequest => Alter,
+    pb::DeleteAclsRequest => Alter,
+    pb::ListAclsRequest => Describe,
+}
+
+impl Protected for pb::CreateTopicRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        // CREATE on the topic's name, or on the cluster (`Auth::allows`).
+        access.check(Resource::Topic(&self.topic), Create)
+    }
+}
+
+impl Protected for pb::DeleteTopicRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Topic(&self.topic), Delete)
+    }
+}
+
+impl Protected for pb::ListTopicsRequest {
+    /// The answer lists only the topics the caller may describe.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check_some(ResourceType::Topic, Describe)
+    }
+}
+
+impl Protected for pb::DescribeTopicRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Topic(&self.topic), Describe)
+    }
+}
+
+impl Protected for pb::AlterTopicConfigRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Topic(&self.topic), Alter)
+    }
+}
+
+impl Protected for pb::CreatePartitionsRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Topic(&self.topic), Alter)
+    }
+}
+
+impl Protected for pb::ProduceRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Topic(&self.topic), Write)
+    }
+}
+
+impl Protected for pb::InitProducerRequest {
+    /// A producer id is of use only to a caller that may write somewhere (as Kafka's
+    /// `InitProducerId` since KIP-679).
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check_some(ResourceType::Topic, Write)
+    }
+}
+
+impl Protected for pb::FetchRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.topics(self.partitions.iter().map(|p| p.topic.as_str()), Read)
+    }
+}
+
+impl Protected for pb::SubscribeRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        let named = (!self.topic.is_empty()).then_some(self.topic.as_str());
+        let listed = self.partitions.iter().map(|p| p.topic.as_str());
+        access.topics(named.into_iter().chain(listed), Read)
+    }
+}
+
+impl Protected for pb::ListOffsetsRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.topics(self.queries.iter().map(|q| q.topic.as_str()), Describe)
+    }
+}
+
+impl Protected for pb::JoinGroup {
+    /// READ on the group, DESCRIBE on its topics (as Kafka's `JoinGroup` and `Metadata`).
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Read)?;
+        access.topics(self.topics.iter().map(String::as_str), Describe)
+    }
+}
+
+impl Protected for pb::MembershipRequest {
+    /// The join is checked; the rest of the stream belongs to the member it made.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        match &self.request {
+            Some(membership_request::Request::Join(join)) => join.authorize(access),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Protected for pb::GroupConsumeRequest {
+    /// The start: READ on the group and on its topics; the rest of the stream belongs to the
+    /// member it made.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        match &self.request {
+            Some(group_consume_request::Request::Start(start)) => {
+                let Some(join) = &start.join else {
+                    return Ok(());
+                };
+                access.check(Resource::Group(&join.group), Read)?;
+                access.topics(join.topics.iter().map(String::as_str), Read)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Protected for pb::CommitOffsetsRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Read)?;
+        access.topics(self.offsets.iter().map(|o| o.topic.as_str()), Read)
+    }
+}
+
+impl Protected for pb::FetchOffsetsRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Describe)?;
+        access.topics(self.partitions.iter().map(|p| p.topic.as_str()), Describe)
+    }
+}
+
+impl Protected for pb::ListGroupsRequest {
+    /// The answer lists only the groups the caller may describe.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check_some(ResourceType::Group, Describe)
+    }
+}
+
+impl Protected for pb::DescribeGroupRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Describe)
+    }
+}
+
+impl Protected for pb::DeleteGroupRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Delete)
+    }
+}
+
+impl Protected for pb::ResetOffsetsRequest {
+    /// READ on the group and on the topics named; with `all_topics`, the service checks each
+    /// topic the group has offsets for.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group), Read)?;
+        access.topics(self.topics.iter().map(|t| t.topic.as_str()), Read)
+    }
+}
+
+/// `Ok` if the caller may READ every topic of `topics` (the topics a reset of every topic
+/// turned out to touch).
+///
+/// # Errors
+/// `PERMISSION_DENIED` for the first it may not.
+pub(crate) fn read_topics<'a>(
+    access: &Access,
+    topics: impl IntoIterator<Item = &'a str>,
+) -> Result<(), RpcError> {
+    access.topics(topics, Read)
+}

@@ -31,9 +31,12 @@ COPY config/runneld.toml /etc/runnel/runneld.toml
 # stop_grace_period), raise RUNNEL_SHUTDOWN_DEADLINE_MS to about N - 2 s. The web console is
 # off since the metrics port is not on loopback; to use it, publish that port on the host's
 # loopback only (-p 127.0.0.1:7172:7172) and set RUNNEL_CONSOLE_ALLOW_REMOTE=true.
+# Authentication is on (docs/security.md): the first start needs the administrator's password,
+# -e RUNNEL_AUTH_BOOTSTRAP_PASSWORD=..., and refuses to start without it.
 ENV RUNNEL_DATA_DIR=/var/lib/runnel \
     RUNNEL_LISTEN=0.0.0.0:7171 \
     RUNNEL_METRICS_LISTEN=0.0.0.0:7172 \
+    RUNNEL_AUTH_ENABLED=true \
     RUNNEL_SHUTDOWN_DEADLINE_MS=8000
 
 USER runnel:runnel

@@ -1,6 +1,7 @@
 //! The `runnel` CLI against the real broker: stdout, stderr and exit codes of real runs.
 //!
-//! Exit codes (docs/cli.md): 0 ok, 1 other failure, 2 usage, 3 not found, 4 connection.
+//! Exit codes (docs/cli.md): 0 ok, 1 other failure, 2 usage, 3 not found, 4 connection,
+//! 5 not allowed (tested with authentication on, in `security.rs`).
 
 use std::io::Write as _;
 use std::path::Path;

@@ -220,7 +220,10 @@ fn the_image_runs_its_config_as_a_user_its_health_check_passes_and_it_stops_in_t
     for (k, v) in &image.env {
         cmd.env(k, v);
     }
-    cmd.env("RUNNEL_DATA_DIR", dir.path().join("data"))
+    // `docker run -e RUNNEL_AUTH_BOOTSTRAP_PASSWORD=…`, which an image with auth on needs.
+    assert_eq!(image.env("RUNNEL_AUTH_ENABLED"), "true");
+    cmd.env("RUNNEL_AUTH_BOOTSTRAP_PASSWORD", "first-start-password")
+        .env("RUNNEL_DATA_DIR", dir.path().join("data"))
         .env("RUNNEL_LISTEN", grpc.to_string())
         .env("RUNNEL_METRICS_LISTEN", metrics.to_string())
         .args(["--config"])
@@ -255,6 +258,8 @@ fn the_image_runs_its_config_as_a_user_its_health_check_passes_and_it_stops_in_t
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("runneld stopped"), "{log}");
+    assert!(log.contains("bootstrap administrator created"), "{log}");
+    assert!(!log.contains("first-start-password"), "{log}");
     let after = health();
     assert!(!after.status.success(), "healthy after it stopped");
 }

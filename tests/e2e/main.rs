@@ -12,7 +12,8 @@
 //! `cli` runs the real `runnel` binary and checks its stdout, stderr and exit codes.
 //! `python` runs the Python examples' own checks (`examples/python`), and `grpcurl` the
 //! grpcurl walkthrough of docs/protocol.md, command by command. `console` drives the web
-//! console's API, and its page in headless Chromium.
+//! console's API, and its page in headless Chromium. `security` runs a broker with
+//! authentication on: users, tokens and ACLs through the CLI, the HTTP port, the audit log.
 
 mod harness;
 
@@ -30,5 +31,6 @@ mod operations;
 mod protocol;
 mod python;
 mod reflection;
+mod security;
 mod streaming;
 mod tls;

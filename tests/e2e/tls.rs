@@ -26,9 +26,18 @@ impl Ca {
 
     /// A certificate for `names` (DNS names or IP addresses) and its key, both PEM.
     fn issue(&self, names: &[&str]) -> (String, String) {
-        let params =
+        self.issue_to(None, names)
+    }
+
+    /// As [`Ca::issue`], with the subject's common name `cn`.
+    fn issue_to(&self, cn: Option<&str>, names: &[&str]) -> (String, String) {
+        let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.0).expect("certificate");
         (cert.pem(), key.serialize_pem())
@@ -412,4 +421,78 @@ async fn with_tls_metrics_the_http_port_serves_metrics_and_the_console_over_tls(
     let mut got = String::new();
     let _ = plain.read_to_string(&mut got);
     assert!(!got.contains("runnel_build_info"), "{got}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_the_principal_that_acls_are_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let trust = server_ca.write(&dir.path().join("server-ca.pem"));
+    let clients = client_ca.write(&dir.path().join("client-ca.pem"));
+    let write = |name: &str, (c, k): (String, String)| {
+        let (cp, kp) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cp, c).expect("cert");
+        std::fs::write(&kp, k).expect("key");
+        (cp, kp)
+    };
+    let (cert, key) = write("server", server_ca.issue(&["localhost"]));
+    // The subject's CN names the principal; without one, the first DNS name does.
+    let (alice, alice_key) = write(
+        "alice",
+        client_ca.issue_to(Some("alice"), &["alice.example"]),
+    );
+    let (bob, bob_key) = write("bob", client_ca.issue_to(None, &["bob"]));
+    let b = TlsBroker::start_with(
+        dir,
+        &[
+            ("cert_file", &cert),
+            ("key_file", &key),
+            ("client_ca_file", &clients),
+        ],
+        &[
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            "auth.super_users=[\"User:bob\"]",
+        ],
+    );
+    let as_alice = b
+        .client(&trust, Some((&alice, &alice_key)))
+        .await
+        .expect("alice");
+    let e = as_alice.admin().list_topics().await.unwrap_err();
+    assert!(e.to_string().contains("User:alice may not DESCRIBE"), "{e}");
+    // Bob, a super user by his certificate, grants alice what she needs.
+    let as_bob = b.client(&trust, Some((&bob, &bob_key))).await.expect("bob");
+    as_bob
+        .admin()
+        .create_topic("orders", 1, Default::default())
+        .await
+        .expect("bob is a super user");
+    let grant = runnel_client::Acl {
+        principal: "User:alice".into(),
+        resource: runnel_client::AclResource::Topic(runnel_client::Pattern::Literal(
+            "orders".into(),
+        )),
+        operation: runnel_client::AclOperation::Describe,
+        permission: runnel_client::AclPermission::Allow,
+    };
+    as_bob
+        .security()
+        .create_acls(&[grant])
+        .await
+        .expect("grant");
+    let topics = as_alice
+        .admin()
+        .list_topics()
+        .await
+        .expect("alice may describe orders");
+    assert_eq!(topics.len(), 1);
+    assert!(
+        b.log().contains("User:alice"),
+        "the denial is in the audit log"
+    );
 }

@@ -142,7 +142,8 @@ pub struct ConsoleSettings {
     /// Whether to serve the console (at `/` of `metrics_listen`, with metrics enabled).
     pub enabled: bool,
     /// Serve it also when `metrics_listen` is not a loopback address. The console can create
-    /// and delete topics and has no authentication: anyone who reaches the port may.
+    /// and delete topics: without auth, anyone who reaches the port may (so auth or
+    /// `auth.insecure` is required then).
     pub allow_remote: bool,
 }
 
@@ -1186,15 +1187,22 @@ fn coerce(slot: &toml::Value, v: toml::Value) -> Result<toml::Value, String> {
     use toml::Value as V;
     match (slot, v) {
         (V::Float(_), V::Integer(i)) => Ok(V::Float(i as f64)),
-        (V::Array(_), V::Array(items)) => items
-            .into_iter()
-            .map(|item| match item {
-                V::Integer(i) => Ok(V::Float(i as f64)),
-                V::Float(f) => Ok(V::Float(f)),
-                other => Err(format!("expected numbers, found a {}", other.type_str())),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(V::Array),
+        // A list of numbers takes integers as floats; other lists (of principals) are taken
+        // as they are, and their items checked when the tree is read.
+        (V::Array(defaults), V::Array(items))
+            if defaults.iter().all(V::is_float) && !defaults.is_empty() =>
+        {
+            items
+                .into_iter()
+                .map(|item| match item {
+                    V::Integer(i) => Ok(V::Float(i as f64)),
+                    V::Float(f) => Ok(V::Float(f)),
+                    other => Err(format!("expected numbers, found a {}", other.type_str())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(V::Array)
+        }
+        (V::Array(_), V::Array(items)) => Ok(V::Array(items)),
         (V::Integer(_), V::Integer(i)) if i < 0 => Err(format!("{i} is negative")),
         (slot, v) if slot.same_type(&v) => Ok(v),
         (slot, v) => Err(format!(

@@ -26,6 +26,8 @@ pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 /// The broker cannot be reached or went away.
 pub const UNAVAILABLE: u8 = 4;
+/// The broker refused the credentials, or no ACL allows the call.
+pub const NOT_ALLOWED: u8 = 5;
 
 /// The exit-code table for `--help` and the docs.
 pub const EXIT_CODES: &str = "\
@@ -35,7 +37,8 @@ Exit codes:
   2  usage: bad flags or arguments, or names and values the broker rejects as invalid
   3  not found: the topic, partition, group or profile does not exist
   4  connection: the broker is unreachable, the connection broke, or the broker is starting or
-     shutting down";
+     shutting down
+  5  not allowed: no or wrong credentials (--user, --token-file), or no ACL allows the command";
 
 /// An error in the command line found by the CLI itself (exit code 2).
 #[derive(Debug)]
@@ -124,7 +127,10 @@ fn client_code(e: &ClientError) -> u8 {
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownGroup
-            | ErrorCode::UnknownQuota => NOT_FOUND,
+            | ErrorCode::UnknownQuota
+            | ErrorCode::UnknownUser
+            | ErrorCode::UnknownToken => NOT_FOUND,
+            ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => NOT_ALLOWED,
             ErrorCode::InvalidTopicName
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidPartitionCount

@@ -20,6 +20,7 @@ mod produce;
 mod profile;
 mod progress;
 mod quota;
+mod security;
 mod topic;
 
 use std::io::Write as _;
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use runnel_client::{Client, ClientConfig, ClientTls};
+use runnel_client::{Client, ClientConfig, ClientTls, Credentials};
 
 use crate::output::Output;
 
@@ -93,6 +94,19 @@ struct Cli {
     #[arg(long, global = true, env = "RUNNEL_TLS_KEY", value_name = "PATH", requires = "tls_cert", help_heading = GLOBAL)]
     tls_key: Option<PathBuf>,
 
+    /// Authenticate as this user, with the password of RUNNEL_PASSWORD, --password-file or the
+    /// profile
+    #[arg(id = "auth_user", long = "user", global = true, env = "RUNNEL_USER", value_name = "NAME", help_heading = GLOBAL)]
+    user: Option<String>,
+
+    /// A file whose first line is the password of --user
+    #[arg(long, global = true, env = "RUNNEL_PASSWORD_FILE", value_name = "PATH", help_heading = GLOBAL)]
+    password_file: Option<PathBuf>,
+
+    /// A file whose first line is a bearer token (or set RUNNEL_TOKEN)
+    #[arg(long, global = true, env = "RUNNEL_TOKEN_FILE", value_name = "PATH", conflicts_with = "auth_user", help_heading = GLOBAL)]
+    token_file: Option<PathBuf>,
+
     /// How listings and descriptions are printed
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, help_heading = GLOBAL)]
     output: Output,
@@ -121,6 +135,15 @@ enum Command {
     /// Set, list and delete the quotas of client ids
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// Create, list and delete users, and set their passwords
+    #[command(subcommand)]
+    User(security::UserCommand),
+    /// Create, list and delete bearer tokens
+    #[command(subcommand)]
+    Token(security::TokenCommand),
+    /// Create, list and delete access control lists
+    #[command(subcommand)]
+    Acl(security::AclCommand),
     /// Broker information
     #[command(subcommand)]
     Broker(broker::BrokerCommand),
@@ -142,6 +165,8 @@ pub struct Ctx {
     pub broker: String,
     /// TLS to the broker, if asked for.
     pub tls: Option<ClientTls>,
+    /// Who to authenticate as, if anyone.
+    pub credentials: Option<Credentials>,
     /// `--output`.
     pub output: Output,
 }
@@ -154,6 +179,7 @@ impl Ctx {
     pub async fn client(&self) -> anyhow::Result<Client> {
         let config = ClientConfig {
             tls: self.tls.clone(),
+            credentials: self.credentials.clone(),
             ..ClientConfig::new(self.broker.clone())
         };
         Ok(Client::connect_with(config).await?)
@@ -234,6 +260,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         given(matches, "profile", cli.profile.clone()),
         config_path.as_deref(),
     )?;
+    let credentials = credentials(&cli, &target)?;
     // The flags (and their variables) override the profile's files, the key with its
     // certificate.
     let (cert, key) = match &cli.tls_cert {
@@ -250,6 +277,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let ctx = Ctx {
         broker: target.broker,
         tls,
+        credentials,
         output: cli.output,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -264,10 +292,62 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Command::Consume(a) => consume::run(&ctx, a).await,
             Command::Offsets(a) => offsets::run(&ctx, a).await,
             Command::Quota(c) => quota::run(&ctx, c).await,
+            Command::User(c) => security::user(&ctx, c).await,
+            Command::Token(c) => security::token(&ctx, c).await,
+            Command::Acl(c) => security::acl(&ctx, c).await,
             Command::Broker(c) => broker::run(&ctx, c).await,
             Command::Completions { .. } => Ok(()),
         }
     })
+}
+
+/// Who to authenticate as: `--user` (with a password from `RUNNEL_PASSWORD`,
+/// `--password-file` or the profile), else a token from `--token-file` or `RUNNEL_TOKEN`, else
+/// the profile's user or token; none if nothing names any.
+///
+/// # Errors
+/// A usage error for a user without a password, or a file that cannot be read.
+fn credentials(cli: &Cli, target: &profile::Target) -> anyhow::Result<Option<Credentials>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let password = |user: &str| -> anyhow::Result<String> {
+        if let Some(path) = &cli.password_file {
+            return first_line(path);
+        }
+        env("RUNNEL_PASSWORD")
+            .or_else(|| target.password.clone().map(|p| p.0))
+            .ok_or_else(|| {
+                error::usage(format!(
+                    "user {user:?} needs a password: set RUNNEL_PASSWORD, --password-file or the \
+                     profile's password"
+                ))
+            })
+    };
+    if let Some(user) = &cli.user {
+        return Ok(Some(Credentials::Password {
+            user: user.clone(),
+            password: password(user)?,
+        }));
+    }
+    if let Some(path) = &cli.token_file {
+        return Ok(Some(Credentials::Token(first_line(path)?)));
+    }
+    if let Some(token) = env("RUNNEL_TOKEN") {
+        return Ok(Some(Credentials::Token(token)));
+    }
+    if let Some(user) = &target.user {
+        return Ok(Some(Credentials::Password {
+            user: user.clone(),
+            password: password(user)?,
+        }));
+    }
+    Ok(target.token.clone().map(|t| Credentials::Token(t.0)))
+}
+
+/// The first line of a file holding a secret, without its line ending.
+fn first_line(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error::usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 #[cfg(test)]

@@ -15,10 +15,15 @@
 //! tls_ca = "staging-ca.pem"          # TLS: the CA of the broker's certificate
 //! tls_cert = "me.pem"                # mutual TLS: this client's certificate and key
 //! tls_key = "me-key.pem"
+//! user = "alice"                     # authentication: a user and password,
+//! password = "…"
+//! # token = "rnl_…"                  # or a token
 //! ```
 //!
 //! Relative TLS paths are relative to the config file's directory. `--tls-ca`, `--tls-cert`
-//! and `--tls-key` (and their variables) override a profile's.
+//! and `--tls-key` (and their variables) override a profile's; so do `--user`,
+//! `--password-file`, `--token-file` and their variables its credentials. A file holding a
+//! password or token should be readable by its owner only.
 //!
 //! Precedence, first found wins: `--broker`, `--profile`, `RUNNEL_BROKER`, `RUNNEL_PROFILE`,
 //! `default_profile`, then `127.0.0.1:7171`. A flag beats the environment, so a shell with
@@ -57,6 +62,23 @@ pub struct Profile {
     pub tls_cert: Option<PathBuf>,
     /// TLS: the private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// The user to authenticate as, with `password`.
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<Secret>,
+    /// A bearer token, when no user is given.
+    pub token: Option<Secret>,
+}
+
+/// A password or token: never shown (its `Debug` hides it).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Where the commands go: the broker, and the TLS files of the profile that named it.
@@ -70,6 +92,12 @@ pub struct Target {
     pub tls_cert: Option<PathBuf>,
     /// The profile's `tls_key`, likewise.
     pub tls_key: Option<PathBuf>,
+    /// The profile's `user`.
+    pub user: Option<String>,
+    /// The profile's `password`.
+    pub password: Option<Secret>,
+    /// The profile's `token`.
+    pub token: Option<Secret>,
 }
 
 impl Target {
@@ -194,6 +222,9 @@ fn find(profiles: &BTreeMap<String, Profile>, name: &str, path: &Path) -> anyhow
             tls_ca: near(&p.tls_ca),
             tls_cert: near(&p.tls_cert),
             tls_key: near(&p.tls_key),
+            user: p.user.clone(),
+            password: p.password.clone(),
+            token: p.token.clone(),
         }),
         None => {
             let known: Vec<&str> = profiles.keys().map(String::as_str).collect();

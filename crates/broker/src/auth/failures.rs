@@ -54,9 +54,14 @@ impl Failures {
     pub fn wait(&self, principal: &str, addr: Option<IpAddr>) -> Duration {
         let now = Instant::now();
         let mut pairs = lock(&self.pairs);
-        let Some(e) = pairs.get_mut(&(principal.to_owned(), addr)) else {
+        let key = (principal.to_owned(), addr);
+        let Some(e) = pairs.get_mut(&key) else {
             return Duration::ZERO;
         };
+        if now.duration_since(e.last_failure) >= FORGET_AFTER && e.next <= now {
+            pairs.remove(&key);
+            return Duration::ZERO;
+        }
         let slot = e.next.max(now);
         e.next = slot + self.spacing(e.failures);
         slot - now

@@ -171,13 +171,9 @@ async fn http_door(
     }
     let presented = match request.headers().get(header::AUTHORIZATION) {
         Some(value) => Presented::authorization(value.as_bytes()),
-        None => Ok(Presented::Nothing),
+        None => Presented::Nothing,
     };
-    let principal = match presented {
-        Ok(p) => auth.authenticate(p.as_credentials(), addr).await,
-        Err(e) => Err(e),
-    };
-    let access = match principal {
+    let access = match auth.authenticate(presented.as_credentials(), addr).await {
         Ok(p) => Access::new(auth.clone(), p, addr, call),
         Err(e) => {
             let mut response = ApiError(e).into_response();

@@ -603,7 +603,7 @@ fn describe() {
     describe_counter!(
         AUTH_FAILURES,
         Unit::Count,
-        "Calls refused as unauthenticated, per mechanism (none, password, token)."
+        "Calls refused as unauthenticated, per mechanism (none, malformed, password, token)."
     );
     describe_counter!(
         AUTH_DENIALS,
@@ -742,7 +742,8 @@ pub fn tls_handshake_failed() {
     counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }
 
-/// Counts a call refused as unauthenticated; `mechanism` is `none`, `password` or `token`.
+/// Counts a call refused as unauthenticated; `mechanism` is `none`, `malformed`, `password` or
+/// `token`.
 pub fn auth_failed(mechanism: &'static str) {
     counter!(AUTH_FAILURES, "mechanism" => mechanism).increment(1);
 }

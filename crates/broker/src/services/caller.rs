@@ -90,11 +90,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (quotas, auth) = (self.quotas.clone(), self.auth.clone());
         Box::pin(async move {
-            let access = match presented(&auth, &req) {
-                Ok(p) => authenticate(&auth, p).await,
-                Err(e) => Err(e),
-            };
-            let access = match access {
+            let presented = presented(&auth, &req);
+            let access = match authenticate(&auth, presented).await {
                 Ok(access) => access,
                 Err(e) => return Ok(e.status().into_http()),
             };
@@ -111,13 +108,7 @@ where
 
 /// What the call `req` presents: credentials (none while auth is off), its address, and the
 /// RPC's name.
-///
-/// # Errors
-/// `UNAUTHENTICATED` for a malformed `authorization` header.
-fn presented<B>(
-    auth: &Auth,
-    req: &http::Request<B>,
-) -> Result<(Presented, Option<IpAddr>, String), RpcError> {
+fn presented<B>(auth: &Auth, req: &http::Request<B>) -> (Presented, Option<IpAddr>, String) {
     let conn = ConnInfo::of(req.extensions());
     let addr = conn.and_then(ConnInfo::remote).map(|a| a.ip());
     let call = req
@@ -128,16 +119,16 @@ fn presented<B>(
         .unwrap_or_default()
         .to_owned();
     if !auth.enabled() {
-        return Ok((Presented::Nothing, addr, call));
+        return (Presented::Nothing, addr, call);
     }
     let presented = match req.headers().get(http::header::AUTHORIZATION) {
-        Some(value) => Presented::authorization(value.as_bytes())?,
+        Some(value) => Presented::authorization(value.as_bytes()),
         None => match conn.and_then(|c| c.certificate.clone()) {
             Some(name) => Presented::Certificate(name),
             None => Presented::Nothing,
         },
     };
-    Ok((presented, addr, call))
+    (presented, addr, call)
 }
 
 /// Who presents `presented`, checked by `auth`.

@@ -356,7 +356,14 @@ impl GroupService for Groups {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = authorized(request).and_then(|(_, req)| self.broker.fetch_offsets(&req));
+        let result = authorized(request).and_then(|(access, req)| {
+            let mut committed = self.broker.fetch_offsets(&req)?;
+            // Every topic's offsets, when none is named: those the caller may describe.
+            committed
+                .offsets
+                .retain(|o| access.may(Resource::Topic(&o.topic), Operation::Describe));
+            Ok(committed)
+        });
         finish("FetchOffsets", started, result)
     }
 
@@ -380,8 +387,14 @@ impl GroupService for Groups {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let started = Instant::now();
-        let result =
-            authorized(request).and_then(|(_, req)| self.broker.describe_group(&req.group));
+        let result = authorized(request).and_then(|(access, req)| {
+            let mut described = self.broker.describe_group(&req.group)?;
+            // Offsets and lag of the topics the caller may describe.
+            described
+                .partitions
+                .retain(|p| access.may(Resource::Topic(&p.topic), Operation::Describe));
+            Ok(described)
+        });
         finish("DescribeGroup", started, result)
     }
 

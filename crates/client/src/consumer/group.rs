@@ -121,9 +121,15 @@ impl GroupTask {
                         attempt = 0;
                     }
                     Err(e) => {
+                        // Errors that a retry cannot mend end the subscription.
                         if matches!(
                             e.code(),
-                            Some(ErrorCode::InvalidGroupId | ErrorCode::InvalidRequest)
+                            Some(
+                                ErrorCode::InvalidGroupId
+                                    | ErrorCode::InvalidRequest
+                                    | ErrorCode::Unauthenticated
+                                    | ErrorCode::PermissionDenied
+                            )
                         ) {
                             let _ = self.events.send(GroupEvent::Error(e)).await;
                             topics.clear();

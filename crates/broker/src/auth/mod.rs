@@ -115,6 +115,8 @@ pub struct Auth {
     changes: Mutex<()>,
     remembering: Remembering,
     verified: Mutex<HashMap<String, Verified>>,
+    /// A hash of no one's password, verified against for names no user has.
+    dummy_hash: Arc<str>,
     failures: Failures,
 }
 
@@ -143,10 +145,16 @@ impl Auth {
         if settings.enabled && stored.users.is_empty() {
             bootstrap(&mut stored, &path, settings)?;
         }
-        let remembering = Remembering::new().map_err(|e| Error::Config {
+        let unusable = |e: RpcError| Error::Config {
             key: "auth".into(),
             reason: e.message,
-        })?;
+        };
+        let remembering = Remembering::new().map_err(unusable)?;
+        let dummy_hash = if settings.enabled {
+            secrets::unguessable_hash().map_err(unusable)?
+        } else {
+            String::new()
+        };
         Ok(Arc::new(Auth {
             enabled: settings.enabled,
             super_users,
@@ -155,6 +163,7 @@ impl Auth {
             changes: Mutex::new(()),
             remembering,
             verified: Mutex::new(HashMap::new()),
+            dummy_hash: Arc::from(dummy_hash),
             failures: Failures::new(
                 Duration::from_millis(settings.failure_delay_ms),
                 Duration::from_millis(settings.max_failure_delay_ms),
@@ -204,6 +213,16 @@ impl Auth {
                  or \"Bearer <token>\"",
             )),
             Credentials::Password { user, password } => {
+                // A name no user can have is refused at once, and not remembered: the table
+                // of failures holds only names of bounded length.
+                if check_user_name(user).is_err() {
+                    return Err(refused(
+                        "password",
+                        "",
+                        addr,
+                        "the user name or password is wrong",
+                    ));
+                }
                 self.slow_down(user, addr).await;
                 if self.password_ok(user, password).await {
                     self.failures.succeeded(user, addr);
@@ -256,6 +275,10 @@ impl Auth {
             .user(user)
             .map(|u| Arc::<str>::from(u.password_hash.as_str()))
         else {
+            // As long as a wrong password of a real user, so that the time of the answer does
+            // not tell whether the user exists.
+            let (pw, dummy) = (password.to_owned(), self.dummy_hash.clone());
+            let _ = blocking(move || Ok(secrets::verify_password(&pw, &dummy))).await;
             return false;
         };
         {

@@ -48,6 +48,16 @@ pub fn hash_password(password: &str) -> Result<String, RpcError> {
         .map_err(|e| RpcError::internal(format!("password hash: {e}")))
 }
 
+/// The hash of a random password no one knows, with the same cost as any other.
+///
+/// # Errors
+/// As [`hash_password`].
+pub fn unguessable_hash() -> Result<String, RpcError> {
+    let mut secret = [0u8; 32];
+    random(&mut secret)?;
+    hash_password(&URL_SAFE_NO_PAD.encode(secret))
+}
+
 /// Whether `password` is the one `hash` (a PHC string) was made from. Slow by design.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {

@@ -13,11 +13,11 @@ use ::metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::metrics;
+use crate::services::caller::ConnInfo;
 use crate::shutdown::Shutdown;
 use crate::tls::{self, Tls};
 
@@ -114,27 +114,6 @@ pub(crate) struct Conn {
     certificate: Option<Arc<str>>,
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
-}
-
-/// What every request on a connection knows of it, in the request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    /// The addresses.
-    pub tcp: TcpConnectInfo,
-    /// The name in the client's verified certificate, with mutual TLS.
-    pub certificate: Option<Arc<str>>,
-}
-
-impl ConnInfo {
-    /// The info of the connection a request came on, if it came on one.
-    pub(crate) fn of(extensions: &http::Extensions) -> Option<&ConnInfo> {
-        extensions.get::<ConnInfo>()
-    }
-
-    /// The client's address.
-    pub(crate) fn remote(&self) -> Option<std::net::SocketAddr> {
-        self.tcp.remote_addr()
-    }
 }
 
 impl Conn {

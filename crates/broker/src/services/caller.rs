@@ -19,7 +19,6 @@ use tonic::codegen::{Service, http};
 
 use super::access::Access;
 use crate::auth::{Auth, Presented};
-use crate::connections::ConnInfo;
 use crate::error::RpcError;
 use runnel_proto::{CLIENT_ID_METADATA_KEY, check_client_id};
 
@@ -141,6 +140,27 @@ async fn authenticate(
 ) -> Result<Access, RpcError> {
     let principal = auth.authenticate(presented.as_credentials(), addr).await?;
     Ok(Access::new(auth.clone(), principal, addr, call))
+}
+
+/// What every request on a connection knows of it, in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The addresses.
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    /// The name in the client's verified certificate, with mutual TLS.
+    pub certificate: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    /// The info of the connection a request came on, if it came on one.
+    pub(crate) fn of(extensions: &http::Extensions) -> Option<&ConnInfo> {
+        extensions.get::<ConnInfo>()
+    }
+
+    /// The client's address.
+    pub(crate) fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
 }
 
 /// The client id a call names, `""` without the header.

@@ -17,13 +17,12 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::access::{Access, Protected as _, access, authorized, read_topics};
-use super::caller::caller;
+use super::caller::{ConnInfo, caller};
 use super::{finish, rpc_done, status};
 use crate::auth::acl::{Operation, Resource};
 use crate::broker::Broker;
 use crate::broker::group_consume::{ConsumeEnd, GroupConsumer, InboundError};
 use crate::broker::groups::{Joined, View};
-use crate::connections::ConnInfo;
 use crate::error::RpcError;
 
 /// Responses queued per Membership stream. Assignments are complete states and heartbeats

@@ -68,7 +68,8 @@ fn reflection_descriptor_documents_every_element_of_the_protocol() {
             "AdminService",
             "ConsumeService",
             "GroupService",
-            "ProduceService"
+            "ProduceService",
+            "SecurityService"
         ]
     );
     assert!(

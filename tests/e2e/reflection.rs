@@ -31,6 +31,7 @@ async fn reflection_lists_and_describes_every_method() {
         "runnel.v1.ProduceService",
         "runnel.v1.ConsumeService",
         "runnel.v1.GroupService",
+        "runnel.v1.SecurityService",
         "grpc.health.v1.Health",
     ];
     let r = reflect_v1(&b, &services).await;
@@ -55,7 +56,7 @@ async fn reflection_lists_and_describes_every_method() {
         got.contains(&"grpc.health.v1.Health/Check".to_owned()),
         "{got:?}"
     );
-    assert_eq!(expected.len(), 24, "{expected:?}");
+    assert_eq!(expected.len(), 34, "{expected:?}");
 
     // The comments travel too, so `grpcurl describe` documents the protocol.
     let produce = described

@@ -75,6 +75,13 @@ fn refused(out: &Output, needle: &str) {
     assert!(stderr.contains(needle), "{needle:?} in {stderr}");
 }
 
+/// `runnel acl create --principal PRINCIPAL rest…` as the administrator, which must succeed.
+fn grant(b: &Broker, principal: &str, rest: &str) {
+    let mut args = vec!["acl", "create", "--principal", principal];
+    args.extend(rest.split_whitespace());
+    ok(&cli(b, &ADMIN, None, &args));
+}
+
 async fn client_as(b: &Broker, credentials: Credentials) -> Client {
     Client::connect_with(ClientConfig {
         credentials: Some(credentials),
@@ -148,15 +155,12 @@ async fn an_administrator_grants_a_user_exactly_what_it_needs_and_the_log_tells_
 
     // Granted write and read on orders, and read on her group: she produces and consumes,
     // and lists only that topic.
-    let grants = [
-        vec!["--topic", "orders", "--operation", "read,write"],
-        vec!["--group", "alice-", "--prefixed", "--operation", "read"],
-    ];
-    for g in grants {
-        let mut args = vec!["acl", "create", "--principal", "User:alice"];
-        args.extend(g);
-        ok(&cli(&b, &ADMIN, None, &args));
-    }
+    grant(&b, "User:alice", "--topic orders --operation read,write");
+    grant(
+        &b,
+        "User:alice",
+        "--group alice- --prefixed --operation read",
+    );
     ok(&cli(
         &b,
         &alice_env,
@@ -210,22 +214,7 @@ async fn an_administrator_grants_a_user_exactly_what_it_needs_and_the_log_tells_
     assert_eq!(acls.lines().count(), 4, "a header and three ACLs: {acls}");
 
     // A deny wins over the allow.
-    ok(&cli(
-        &b,
-        &ADMIN,
-        None,
-        &[
-            "acl",
-            "create",
-            "--principal",
-            "User:alice",
-            "--topic",
-            "orders",
-            "--operation",
-            "write",
-            "--deny",
-        ],
-    ));
+    grant(&b, "User:alice", "--topic orders --operation write --deny");
     refused(
         &cli(&b, &alice_env, Some("x\n"), &["produce", "orders"]),
         "may not WRITE",
@@ -266,20 +255,7 @@ async fn tokens_from_the_cli_work_from_files_profiles_and_the_environment_until_
         Some("service-Pa55word\n"),
         &["user", "create", "billing"],
     ));
-    ok(&cli(
-        &b,
-        &ADMIN,
-        None,
-        &[
-            "acl",
-            "create",
-            "--principal",
-            "User:billing",
-            "--cluster",
-            "--operation",
-            "describe",
-        ],
-    ));
+    grant(&b, "User:billing", "--cluster --operation describe");
     let made = cli(
         &b,
         &ADMIN,
@@ -397,21 +373,7 @@ async fn the_http_port_asks_for_credentials_and_checks_the_same_acls() {
         denied.starts_with("HTTP/1.1 403") && denied.contains("PERMISSION_DENIED"),
         "{denied}"
     );
-    ok(&cli(
-        &b,
-        &ADMIN,
-        None,
-        &[
-            "acl",
-            "create",
-            "--principal",
-            "User:alice",
-            "--topic",
-            "orders",
-            "--operation",
-            "describe",
-        ],
-    ));
+    grant(&b, "User:alice", "--topic orders --operation describe");
     let described = scrape_as(&b, alice, "/api/topics/orders");
     assert!(
         described.starts_with("HTTP/1.1 200") && described.contains("\"orders\""),

@@ -1,10 +1,12 @@
-//! Small filesystem helpers for broker metadata: atomic replacement of a file and durable
-//! directory entries (`docs/operations.md`, "Data directory").
+//! Small filesystem helpers for broker metadata: TOML files read and replaced atomically, and
+//! durable directory entries (`docs/operations.md`, "Data directory").
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+
+use crate::error::{Error, RpcError};
 
 /// Replaces `path` with `contents` atomically: writes a temporary file next to it (readable
 /// and writable by the broker's user only), fsyncs it, renames it over `path` and fsyncs the
@@ -32,6 +34,31 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     sync_dir(dir)
+}
+
+/// The TOML file at `path` read as a `T`; `T::default()` if there is none.
+///
+/// # Errors
+/// [`Error::Io`] if it exists but cannot be read, [`Error::Metadata`] if it does not parse.
+pub fn read_toml<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T, Error> {
+    match fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| Error::Metadata {
+            path: path.to_owned(),
+            reason: e.to_string().trim().replace('\n', " "),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Replaces the file at `path` with `value` as TOML, durably ([`write_atomic`]). Blocking.
+///
+/// # Errors
+/// `DISK_FULL` or `INTERNAL` if it cannot be written; the file is then unchanged.
+pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RpcError> {
+    let text = toml::to_string(value)
+        .map_err(|e| RpcError::internal(format!("encode {}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes()).map_err(|e| RpcError::io("write", path, &e))
 }
 
 /// fsyncs a directory so that entries created, renamed or removed in it are durable.

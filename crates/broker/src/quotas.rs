@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::QuotaSettings;
 use crate::error::{Error, RpcError};
-use crate::files::write_atomic;
+use crate::files::{read_toml, write_toml};
 use crate::metrics;
 
 /// The file, in the data directory, of the quotas set through the admin API.
@@ -135,14 +135,7 @@ impl Quotas {
     /// does not parse.
     pub fn open(data_dir: &Path, settings: QuotaSettings) -> Result<Self, Error> {
         let path = data_dir.join(FILE);
-        let stored = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<Stored>(&text).map_err(|e| Error::Metadata {
-                path: path.clone(),
-                reason: e.to_string().trim().replace('\n', " "),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(Error::io("read", &path, e)),
-        };
+        let stored: Stored = read_toml(&path)?;
         Ok(Quotas {
             settings,
             path,
@@ -273,10 +266,7 @@ impl Quotas {
             return Ok(false);
         }
         let stored = Stored { clients: next };
-        let text = toml::to_string(&stored)
-            .map_err(|e| RpcError::internal(format!("encode {}: {e}", self.path.display())))?;
-        write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| RpcError::io("write", &self.path, &e))?;
+        write_toml(&self.path, &stored)?;
         *self
             .overrides
             .write()

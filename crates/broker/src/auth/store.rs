@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acl::Acl;
 use crate::error::{Error, RpcError};
-use crate::files::write_atomic;
+use crate::files::{read_toml, write_toml};
 
 /// The file, in the data directory.
 pub const FILE: &str = "security.toml";
@@ -63,15 +63,7 @@ impl Stored {
     /// [`Error::Io`] if it cannot be read, [`Error::Metadata`] if it does not parse.
     pub fn read(data_dir: &Path) -> Result<(Stored, PathBuf), Error> {
         let path = data_dir.join(FILE);
-        let stored = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<Stored>(&text).map_err(|e| Error::Metadata {
-                path: path.clone(),
-                reason: e.to_string().trim().replace('\n', " "),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(Error::io("read", &path, e)),
-        };
-        Ok((stored, path))
+        Ok((read_toml(&path)?, path))
     }
 
     /// Writes the state to `path`, durably and atomically. Blocking (an fsync).
@@ -79,9 +71,7 @@ impl Stored {
     /// # Errors
     /// `DISK_FULL` or `INTERNAL` if it cannot be written.
     pub fn write(&self, path: &Path) -> Result<(), RpcError> {
-        let text = toml::to_string(self)
-            .map_err(|e| RpcError::internal(format!("encode {}: {e}", path.display())))?;
-        write_atomic(path, text.as_bytes()).map_err(|e| RpcError::io("write", path, &e))
+        write_toml(path, self)
     }
 
     /// The user called `name`.

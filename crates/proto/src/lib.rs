@@ -203,6 +203,7 @@ mod tests {
                 "runnel/v1/consume.proto",
                 "runnel/v1/groups.proto",
                 "runnel/v1/produce.proto",
+                "runnel/v1/security.proto",
             ]
         );
 
@@ -255,6 +256,21 @@ mod tests {
                 "ResetOffsets",
             ]
         );
+        assert_eq!(
+            methods("SecurityService"),
+            [
+                "CreateUser",
+                "SetPassword",
+                "DeleteUser",
+                "ListUsers",
+                "CreateToken",
+                "DeleteToken",
+                "ListTokens",
+                "CreateAcls",
+                "DeleteAcls",
+                "ListAcls",
+            ]
+        );
     }
 
     #[test]
@@ -274,6 +290,10 @@ mod tests {
         assert_eq!(
             pb::group_service_server::SERVICE_NAME,
             "runnel.v1.GroupService"
+        );
+        assert_eq!(
+            pb::security_service_server::SERVICE_NAME,
+            "runnel.v1.SecurityService"
         );
     }
 

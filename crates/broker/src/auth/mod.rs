@@ -79,6 +79,48 @@ impl fmt::Debug for Principal {
     }
 }
 
+/// How a caller proved who it is, kept to check again while its streams last.
+#[derive(Debug, Clone)]
+pub enum Proof {
+    /// Nothing: authentication is off.
+    Anonymous,
+    /// A client certificate (valid for the connection's life).
+    Certificate,
+    /// A password, matched against this hash of the user's.
+    Password {
+        /// The user.
+        user: String,
+        /// The hash the password matched.
+        hash: Arc<str>,
+    },
+    /// A token.
+    Token {
+        /// Its id.
+        id: String,
+        /// Its expiry, ms since the epoch; 0 never.
+        expires_ms: i64,
+    },
+}
+
+/// A caller that [`Auth::authenticate`] accepted.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who it is.
+    pub principal: Principal,
+    /// How it proved it.
+    pub proof: Proof,
+}
+
+impl Authenticated {
+    /// The caller while authentication is off.
+    pub fn anonymous() -> Self {
+        Authenticated {
+            principal: Principal::anonymous(),
+            proof: Proof::Anonymous,
+        }
+    }
+}
+
 /// What a call presents to prove who it is.
 pub enum Credentials<'a> {
     /// Nothing.
@@ -117,6 +159,8 @@ pub struct Auth {
     verified: Mutex<HashMap<String, Verified>>,
     /// A hash of no one's password, verified against for names no user has.
     dummy_hash: Arc<str>,
+    /// Changes so far ([`Auth::revision`]).
+    revision: std::sync::atomic::AtomicU64,
     failures: Failures,
 }
 
@@ -164,6 +208,7 @@ impl Auth {
             remembering,
             verified: Mutex::new(HashMap::new()),
             dummy_hash: Arc::from(dummy_hash),
+            revision: std::sync::atomic::AtomicU64::new(0),
             failures: Failures::new(
                 Duration::from_millis(settings.failure_delay_ms),
                 Duration::from_millis(settings.max_failure_delay_ms),
@@ -192,9 +237,9 @@ impl Auth {
         self: &Arc<Self>,
         credentials: Credentials<'_>,
         addr: Option<IpAddr>,
-    ) -> Result<Principal, RpcError> {
+    ) -> Result<Authenticated, RpcError> {
         if !self.enabled {
-            return Ok(Principal::anonymous());
+            return Ok(Authenticated::anonymous());
         }
         match credentials {
             Credentials::None => Err(refused(
@@ -204,7 +249,10 @@ impl Auth {
                 "no credentials: send a user and password or a token \
                  (authorization: Basic … or Bearer …), or a client certificate",
             )),
-            Credentials::Certificate(name) => Ok(Principal::user(name)),
+            Credentials::Certificate(name) => Ok(Authenticated {
+                principal: Principal::user(name),
+                proof: Proof::Certificate,
+            }),
             Credentials::Malformed => Err(refused(
                 "malformed",
                 "",
@@ -224,9 +272,15 @@ impl Auth {
                     ));
                 }
                 self.slow_down(user, addr).await;
-                if self.password_ok(user, password).await {
+                if let Some(hash) = self.password_ok(user, password).await {
                     self.failures.succeeded(user, addr);
-                    Ok(Principal::user(user))
+                    Ok(Authenticated {
+                        principal: Principal::user(user),
+                        proof: Proof::Password {
+                            user: user.to_owned(),
+                            hash,
+                        },
+                    })
                 } else {
                     self.failures.failed(user, addr);
                     Err(refused(
@@ -248,9 +302,15 @@ impl Auth {
                 };
                 self.slow_down(id, addr).await;
                 match self.token_user(id, secret) {
-                    Ok(user) => {
+                    Ok((user, expires_ms)) => {
                         self.failures.succeeded(id, addr);
-                        Ok(Principal::user(&user))
+                        Ok(Authenticated {
+                            principal: Principal::user(&user),
+                            proof: Proof::Token {
+                                id: id.to_owned(),
+                                expires_ms,
+                            },
+                        })
                     }
                     Err(why) => {
                         self.failures.failed(id, addr);
@@ -268,8 +328,9 @@ impl Auth {
         }
     }
 
-    /// Whether `password` is `user`'s: from the remembered digest, or by the hash.
-    async fn password_ok(self: &Arc<Self>, user: &str, password: &str) -> bool {
+    /// The hash `password` matched if it is `user`'s: from the remembered digest, or by the
+    /// hash.
+    async fn password_ok(self: &Arc<Self>, user: &str, password: &str) -> Option<Arc<str>> {
         let Some(hash) = self
             .state()
             .user(user)
@@ -279,7 +340,7 @@ impl Auth {
             // not tell whether the user exists.
             let (pw, dummy) = (password.to_owned(), self.dummy_hash.clone());
             let _ = blocking(move || Ok(secrets::verify_password(&pw, &dummy))).await;
-            return false;
+            return None;
         };
         {
             let verified = lock(&self.verified);
@@ -287,22 +348,27 @@ impl Auth {
                 && v.hash == hash
                 && self.remembering.is_digest(&v.digest, user, password)
             {
-                return true;
+                return Some(hash);
             }
         }
         let (pw, h) = (password.to_owned(), hash.clone());
         let ok = blocking(move || Ok(secrets::verify_password(&pw, &h)))
             .await
             .unwrap_or(false);
-        if ok {
-            let digest = self.remembering.digest(user, password);
-            lock(&self.verified).insert(user.to_owned(), Verified { digest, hash });
+        if !ok {
+            return None;
         }
-        ok
+        let digest = self.remembering.digest(user, password);
+        let verified = Verified {
+            digest,
+            hash: hash.clone(),
+        };
+        lock(&self.verified).insert(user.to_owned(), verified);
+        Some(hash)
     }
 
-    /// The user of the token `id` if `secret` is its secret and it has not expired.
-    fn token_user(&self, id: &str, secret: &str) -> Result<String, &'static str> {
+    /// The user and expiry of the token `id` if `secret` is its secret and it has not expired.
+    fn token_user(&self, id: &str, secret: &str) -> Result<(String, i64), &'static str> {
         let state = self.state();
         let Some(token) = state.tokens.iter().find(|t| t.id == id) else {
             return Err("the token is unknown or was deleted");
@@ -313,7 +379,42 @@ impl Auth {
         if token.expires_ms != 0 && token.expires_ms <= now_ms() {
             return Err("the token has expired");
         }
-        Ok(token.user.clone())
+        Ok((token.user.clone(), token.expires_ms))
+    }
+
+    /// The number of changes to users, tokens and ACLs so far: a stream that saw this number
+    /// needs no new check until it changes.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether `proof` still proves who it proved: its user not deleted and its password
+    /// unchanged, its token not deleted and not expired.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` saying which, with an audit line.
+    fn still_valid(&self, proof: &Proof, addr: Option<IpAddr>) -> Result<(), RpcError> {
+        match proof {
+            Proof::Anonymous | Proof::Certificate => Ok(()),
+            Proof::Password { user, hash } => {
+                let state = self.state();
+                match state.user(user) {
+                    Some(u) if *u.password_hash == **hash => Ok(()),
+                    Some(_) => Err(refused("password", user, addr, "the password was changed")),
+                    None => Err(refused("password", user, addr, "the user was deleted")),
+                }
+            }
+            Proof::Token { id, expires_ms } => {
+                if *expires_ms != 0 && *expires_ms <= now_ms() {
+                    return Err(refused("token", id, addr, "the token has expired"));
+                }
+                if self.state().tokens.iter().any(|t| t.id == *id) {
+                    Ok(())
+                } else {
+                    Err(refused("token", id, addr, "the token was deleted"))
+                }
+            }
+        }
     }
 
     /// Whether `who` may do `op` on `resource`: always while auth is off and for super users.
@@ -420,6 +521,8 @@ impl Auth {
             .state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        self.revision
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(out)
     }
 
@@ -685,6 +788,7 @@ impl Auth {
 pub struct Access {
     auth: Arc<Auth>,
     principal: Principal,
+    proof: Proof,
     addr: Option<IpAddr>,
     call: Arc<str>,
 }
@@ -702,13 +806,14 @@ impl Access {
     /// `principal`'s access, calling `call` from `addr`.
     pub fn new(
         auth: Arc<Auth>,
-        principal: Principal,
+        caller: Authenticated,
         addr: Option<IpAddr>,
         call: impl Into<Arc<str>>,
     ) -> Self {
         Access {
             auth,
-            principal,
+            principal: caller.principal,
+            proof: caller.proof,
             addr,
             call: call.into(),
         }
@@ -717,6 +822,39 @@ impl Access {
     /// Who is calling.
     pub fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    /// For a stream that outlives its first check: whether anything changed since `seen` (a
+    /// revision of [`Auth::revision`], updated here). `Ok(false)`: nothing did; `Ok(true)`:
+    /// the credentials still hold, but the stream must authorize its request again, since
+    /// users, tokens or ACLs changed.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` once the token expired, or the user, token or password it proved
+    /// itself with was deleted or changed.
+    pub fn revalidate(&self, seen: &mut u64) -> Result<bool, RpcError> {
+        if !self.auth.enabled() {
+            return Ok(false);
+        }
+        if let Proof::Token { expires_ms, .. } = &self.proof
+            && *expires_ms != 0
+            && *expires_ms <= now_ms()
+        {
+            self.auth.still_valid(&self.proof, self.addr)?;
+        }
+        let revision = self.auth.revision();
+        if revision == *seen {
+            return Ok(false);
+        }
+        self.auth.still_valid(&self.proof, self.addr)?;
+        *seen = revision;
+        Ok(true)
+    }
+
+    /// The revision of the security state when this caller was authenticated, or later: the
+    /// start of [`Access::revalidate`]'s `seen`.
+    pub fn revision(&self) -> u64 {
+        self.auth.revision()
     }
 
     /// `Ok` if the caller may do `op` on `resource`.

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::acl::{Operation, Resource, ResourceType};
-use crate::auth::{Access, Auth, Presented, Principal};
+use crate::auth::{Access, Auth, Authenticated, Presented};
 use crate::broker::Broker;
 use crate::clock::now_ms;
 use crate::error::RpcError;
@@ -165,7 +165,7 @@ async fn http_door(
     let metrics = path == "/metrics" || (path == "/" && !door.with_page);
     let auth = &door.auth;
     if !auth.enabled() || (metrics && door.anonymous_metrics) {
-        let access = Access::new(auth.clone(), Principal::anonymous(), addr, call);
+        let access = Access::new(auth.clone(), Authenticated::anonymous(), addr, call);
         request.extensions_mut().insert(access);
         return next.run(request).await;
     }

@@ -4,9 +4,17 @@
 //! ([`Access`], put in the request's extensions by `caller.rs`).
 //!
 //! A service takes its request's message only through [`authorized`], so a message is never
-//! used before it is authorized; a stream checks each message it receives the same way.
+//! used before it is authorized; a stream checks each message it receives the same way. A
+//! stream that outlives its check ([`Rechecked`]) checks again, before each answer, once
+//! users, tokens or ACLs have changed or its token has expired: revoking a caller ends its
+//! open streams too.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use runnel_proto::pb::{self, group_consume_request, membership_request};
+use tokio_stream::Stream;
 use tonic::Request;
 
 pub(crate) use crate::auth::Access;
@@ -37,7 +45,7 @@ pub(crate) fn authorized<T: Protected>(request: Request<T>) -> Result<(Access, T
 }
 
 /// A request message that says what its caller needs.
-pub(crate) trait Protected {
+pub trait Protected {
     /// `Ok` if `access` allows this request.
     ///
     /// # Errors
@@ -234,4 +242,87 @@ pub(crate) fn read_topics<'a>(
     topics: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), RpcError> {
     access.topics(topics, Read)
+}
+
+/// A request checked once it has arrived: the first message of a stream of requests, which
+/// the stream's later answers are re-checked against.
+impl<M: Protected> Protected for Arc<OnceLock<M>> {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        self.get().map_or(Ok(()), |m| m.authorize(access))
+    }
+}
+
+/// A stream's caller and request, checked again once users, tokens or ACLs have changed or
+/// its token has expired.
+pub struct Recheck<R> {
+    access: Access,
+    request: R,
+    seen: u64,
+}
+
+impl<R: Protected> Recheck<R> {
+    /// `access`'s caller, as `request` allowed it when the security state was `seen`
+    /// ([`Access::revision`], read before the check).
+    pub(crate) fn new(access: Access, request: R, seen: u64) -> Self {
+        Recheck {
+            access,
+            request,
+            seen,
+        }
+    }
+
+    /// `Ok` while the caller may still have the stream's answers.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` for credentials gone or expired, `PERMISSION_DENIED` for an ACL
+    /// revoked.
+    pub(crate) fn check(&mut self) -> Result<(), RpcError> {
+        if self.access.revalidate(&mut self.seen)? {
+            self.request.authorize(&self.access)?;
+        }
+        Ok(())
+    }
+}
+
+/// The answers of a stream, each passed only while its caller still may have them
+/// ([`Recheck`]); a refusal ends the stream with its error.
+pub struct Rechecked<S, R> {
+    inner: S,
+    recheck: Recheck<R>,
+    ended: bool,
+}
+
+impl<S, R> Rechecked<S, R> {
+    /// `inner`'s answers, passed while `recheck` holds.
+    pub(crate) fn new(inner: S, recheck: Recheck<R>) -> Self {
+        Rechecked {
+            inner,
+            recheck,
+            ended: false,
+        }
+    }
+}
+
+impl<S, R, T> Stream for Rechecked<S, R>
+where
+    S: Stream<Item = Result<T, RpcError>> + Unpin,
+    R: Protected + Unpin,
+{
+    type Item = Result<T, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(answer))) => match self.recheck.check() {
+                Ok(()) => Poll::Ready(Some(Ok(answer))),
+                Err(e) => {
+                    self.ended = true;
+                    Poll::Ready(Some(Err(e)))
+                }
+            },
+            other => other,
+        }
+    }
 }

@@ -138,8 +138,8 @@ async fn authenticate(
     auth: &Arc<Auth>,
     (presented, addr, call): (Presented, Option<IpAddr>, String),
 ) -> Result<Access, RpcError> {
-    let principal = auth.authenticate(presented.as_credentials(), addr).await?;
-    Ok(Access::new(auth.clone(), principal, addr, call))
+    let caller = auth.authenticate(presented.as_credentials(), addr).await?;
+    Ok(Access::new(auth.clone(), caller, addr, call))
 }
 
 /// What every request on a connection knows of it, in the request's extensions.

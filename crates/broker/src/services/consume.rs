@@ -14,7 +14,7 @@ use tokio_stream::adapters::Map;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use super::access::authorized;
+use super::access::{Recheck, Rechecked, access, authorized};
 use super::caller::caller;
 use super::status::grpc_code;
 use super::{finish, rpc_done};
@@ -49,8 +49,10 @@ pub(crate) fn subscribe_done(started: Instant) -> impl FnOnce(SubscriptionEnd) +
     }
 }
 
-type SubscribeStream =
-    Map<ReceiverStream<SubscribeItem>, fn(SubscribeItem) -> Result<pb::SubscribeResponse, Status>>;
+type SubscribeStream = Map<
+    Rechecked<ReceiverStream<SubscribeItem>, pb::SubscribeRequest>,
+    fn(SubscribeItem) -> Result<pb::SubscribeResponse, Status>,
+>;
 
 #[tonic::async_trait]
 impl ConsumeService for Consume {
@@ -77,16 +79,21 @@ impl ConsumeService for Consume {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let caller = caller(request.extensions(), &self.broker.quotas);
-        let opened = match authorized(request) {
-            Ok((_, req)) => {
-                self.broker
-                    .subscribe(req, caller, subscribe_done(started))
-                    .await
-            }
-            Err(e) => Err(e),
+        let seen = match access(request.extensions()) {
+            Ok(access) => access.revision(),
+            Err(e) => return finish("Subscribe", started, Err(e)),
         };
+        let (access, req) = match authorized(request) {
+            Ok(authorized) => authorized,
+            Err(e) => return finish("Subscribe", started, Err(e)),
+        };
+        let recheck = Recheck::new(access, req.clone(), seen);
+        let opened = self
+            .broker
+            .subscribe(req, caller, subscribe_done(started))
+            .await;
         match opened {
-            Ok(stream) => Ok(Response::new(stream.map(
+            Ok(stream) => Ok(Response::new(Rechecked::new(stream, recheck).map(
                 subscribe_item as fn(SubscribeItem) -> Result<pb::SubscribeResponse, Status>,
             ))),
             Err(e) => finish("Subscribe", started, Err(e)),

@@ -31,7 +31,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::access::{Protected, authorized};
+use super::access::{Access, Protected, Recheck, Rechecked, access, authorized};
 use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
@@ -96,17 +96,22 @@ async fn subscribe(
 ) -> http::Response<Body> {
     let started = Instant::now();
     let caller = caller(req.extensions(), &broker.quotas);
-    let request = match read_authorized(req, max_request_bytes).await {
-        Ok(r) => r,
-        Err(status) => return status.into_http(),
-    };
+    let (access, request, seen) =
+        match read_authorized::<pb::SubscribeRequest>(req, max_request_bytes).await {
+            Ok(r) => r,
+            Err(status) => return status.into_http(),
+        };
+    let checked = request.clone();
     match broker
         .subscribe(request, caller, subscribe_done(started))
         .await
     {
         Ok(stream) => grpc_response(ResponseBody::response(
             Framed::new(),
-            Some(stream.map(frame_subscribe_item as fn(_) -> _)),
+            Some(
+                Rechecked::new(stream, Recheck::new(access, checked, seen))
+                    .map(frame_subscribe_item as fn(_) -> _),
+            ),
         )),
         Err(e) => {
             rpc_done("Subscribe", e.grpc_code(), started);
@@ -123,7 +128,7 @@ async fn fetch(
 ) -> http::Response<Body> {
     let started = Instant::now();
     let caller = caller(req.extensions(), &broker.quotas);
-    let request = match read_authorized(req, max_request_bytes).await {
+    let (_, request, _) = match read_authorized(req, max_request_bytes).await {
         Ok(r) => r,
         Err(status) => return status.into_http(),
     };
@@ -138,14 +143,20 @@ async fn fetch(
 }
 
 /// The request's message, read and authorized ([`authorized`]).
+/// With the caller's access, and the revision of the security state it was checked under
+/// ([`Rechecked`]).
 async fn read_authorized<M: Message + Default + Protected>(
     req: http::Request<Body>,
     max: usize,
-) -> Result<M, Status> {
+) -> Result<(Access, M, u64), Status> {
     let (parts, body) = req.into_parts();
     let message: M = read_request(body, max).await?;
+    let seen = access(&parts.extensions)
+        .map_err(|e| e.status())?
+        .revision();
     let request = Request::from_parts(MetadataMap::new(), parts.extensions, message);
-    authorized(request).map(|(_, m)| m).map_err(|e| e.status())
+    let (access, message) = authorized(request).map_err(|e| e.status())?;
+    Ok((access, message, seen))
 }
 
 /// A `200` gRPC response with `body`.
@@ -210,8 +221,10 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
 type ResponseBody = FramedBody<SubscribeMessages>;
 
 /// A `Subscribe` stream's items as framed messages (or the error that ends the call).
-type SubscribeMessages =
-    Map<ReceiverStream<SubscribeItem>, fn(SubscribeItem) -> Result<Framed, Status>>;
+type SubscribeMessages = Map<
+    Rechecked<ReceiverStream<SubscribeItem>, pb::SubscribeRequest>,
+    fn(SubscribeItem) -> Result<Framed, Status>,
+>;
 
 /// Frames one item of a `Subscribe` stream.
 fn frame_subscribe_item(item: SubscribeItem) -> Result<Framed, Status> {

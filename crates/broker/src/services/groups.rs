@@ -2,7 +2,7 @@
 //! offsets, and group administration, over the group operations of [`crate::broker::groups`].
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::access::{Access, Protected as _, access, authorized, read_topics};
+use super::access::{Access, Protected as _, Recheck, access, authorized, read_topics};
 use super::caller::{ConnInfo, caller};
 use super::{finish, rpc_done, status};
 use crate::auth::acl::{Operation, Resource};
@@ -221,6 +221,8 @@ async fn stopped(b: &Broker, tx: &mpsc::Sender<MembershipItem>) -> Code {
 /// records; the first error ends it.
 pub struct ConsumeResponses {
     consumer: GroupConsumer,
+    /// The caller and its start, checked again before records once security changes.
+    recheck: Recheck<Arc<OnceLock<pb::GroupConsumeRequest>>>,
     done: bool,
 }
 
@@ -247,13 +249,18 @@ impl Stream for ConsumeResponses {
             Poll::Pending => {}
         }
         match this.consumer.records.poll_recv(cx) {
-            Poll::Ready(Some(item)) => Poll::Ready(Some(match item {
-                Ok(records) => response(ConsumeTell::Records(records)),
-                Err(e) => {
-                    this.done = true;
-                    Err(e.status())
-                }
-            })),
+            Poll::Ready(Some(item)) => Poll::Ready(Some(
+                match item.and_then(|r| {
+                    this.recheck.check()?;
+                    Ok(r)
+                }) {
+                    Ok(records) => response(ConsumeTell::Records(records)),
+                    Err(e) => {
+                        this.done = true;
+                        Err(e.status())
+                    }
+                },
+            )),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
@@ -289,13 +296,22 @@ impl GroupService for Groups {
             Ok(access) => access,
             Err(e) => return finish("Consume", started, Err(e)),
         };
-        // The start is authorized as it arrives; a denied one ends the stream with the denial.
+        // The start is authorized as it arrives (a denied one ends the stream with the
+        // denial), and kept to check again while records flow.
+        let start = Arc::new(OnceLock::new());
+        let recheck = Recheck::new(access.clone(), start.clone(), access.revision());
         let inbound = request.into_inner().map(move |m| {
             let m = m.map_err(|status| match status::inbound_error(&status) {
                 Some(e) => InboundError::Malformed(e),
                 None => InboundError::Gone,
             })?;
             m.authorize(&access).map_err(InboundError::Malformed)?;
+            if matches!(
+                m.request,
+                Some(pb::group_consume_request::Request::Start(_))
+            ) {
+                let _ = start.set(m.clone());
+            }
             Ok(m)
         });
         match self
@@ -304,6 +320,7 @@ impl GroupService for Groups {
         {
             Ok(consumer) => Ok(Response::new(ConsumeResponses {
                 consumer,
+                recheck,
                 done: false,
             })),
             Err(e) => finish("Consume", started, Err(e)),

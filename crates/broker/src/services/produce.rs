@@ -108,6 +108,7 @@ impl ProduceService for Produce {
             Ok(access) => access,
             Err(e) => return finish("ProduceStream", started, Err(e)),
         };
+        let mut seen = access.revision();
         let mut inbound = request.into_inner();
 
         // Reader: reads a request only while fewer than the limits are unanswered, and runs
@@ -146,7 +147,12 @@ impl ProduceService for Produce {
                     p = bytes.clone().acquire_many_owned(want) => p.ok(),
                 };
                 let id = req.request_id;
-                // Each request is authorized on its own: a denied one is answered inline.
+                // Credentials revoked or expired end the stream; each request is authorized
+                // on its own, and a denied one is answered inline.
+                if let Err(e) = access.revalidate(&mut seen) {
+                    let _ = steps_tx.send(Step::End(e.status())).await;
+                    return;
+                }
                 let written = match req.authorize(&access) {
                     Ok(()) => b.produce_write(req).await.map_err(|e| (id, e)),
                     Err(e) => Err((id, e)),

@@ -913,3 +913,159 @@ async fn with_auth_off_every_call_is_allowed_and_credentials_are_ignored() {
     .await
     .expect("auth is off");
 }
+
+/// A `Subscribe` stream of `topic` from the start, as `authorization`.
+async fn subscribe_as(
+    b: &TestBroker,
+    topic: &str,
+    authorization: &str,
+) -> tonic::Streaming<pb::SubscribeResponse> {
+    let mut request = tonic::Request::new(pb::SubscribeRequest {
+        topic: topic.into(),
+        partition: 0,
+        start: Some(pb::StartPosition {
+            position: Some(pb::start_position::Position::Boundary(
+                pb::OffsetBoundary::Earliest as i32,
+            )),
+        }),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", authorization.parse().unwrap());
+    within(b.consume().subscribe(request))
+        .await
+        .expect("subscribed")
+        .into_inner()
+}
+
+/// Reads `stream` until it ends with an error, writing a batch to `t` whenever it waits.
+async fn until_refused(
+    b: &TestBroker,
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> tonic::Status {
+    for _ in 0..100 {
+        let more = produce_request("t", pb::Acks::Written, vec![entry(0, vec![batch(1, 0)])]);
+        as_admin(
+            b,
+            "/runnel.v1.ProduceService/Produce",
+            CallKind::Unary,
+            &more,
+        )
+        .await;
+        match within(stream.message()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => return status,
+        }
+    }
+    panic!("the stream went on after 100 batches");
+}
+
+#[tokio::test]
+async fn revoking_an_acl_or_deleting_a_token_ends_the_open_streams_it_allowed() {
+    let b = secured().await;
+    set_up(&b).await;
+    let create = pb::CreateUserRequest {
+        name: "alice".into(),
+        password: "alice-password".into(),
+    };
+    as_admin(
+        &b,
+        "/runnel.v1.SecurityService/CreateUser",
+        CallKind::Unary,
+        &create,
+    )
+    .await;
+    let grant = pb::CreateAclsRequest {
+        acls: vec![acl(
+            "User:alice",
+            pb::ResourceType::Topic,
+            "t",
+            pb::Operation::Read,
+        )],
+    };
+    as_admin(
+        &b,
+        "/runnel.v1.SecurityService/CreateAcls",
+        CallKind::Unary,
+        &grant,
+    )
+    .await;
+    let token = pb::CreateTokenRequest {
+        user: "alice".into(),
+        ..Default::default()
+    };
+    let token = as_admin(
+        &b,
+        "/runnel.v1.SecurityService/CreateToken",
+        CallKind::Unary,
+        &token,
+    )
+    .await;
+    let token = pb::CreateTokenResponse::decode(token).unwrap();
+
+    // A stream by password: reads, until the ACL goes.
+    let mut by_password = subscribe_as(&b, "t", &basic("alice", "alice-password")).await;
+    let first = within(by_password.message()).await.expect("records");
+    assert!(first.is_some());
+    // An unrelated change costs a stream nothing but a check.
+    let other = pb::CreateAclsRequest {
+        acls: vec![acl(
+            "User:x",
+            pb::ResourceType::Topic,
+            "x",
+            pb::Operation::Read,
+        )],
+    };
+    as_admin(
+        &b,
+        "/runnel.v1.SecurityService/CreateAcls",
+        CallKind::Unary,
+        &other,
+    )
+    .await;
+    let more = produce_request("t", pb::Acks::Written, vec![entry(0, vec![batch(1, 0)])]);
+    as_admin(
+        &b,
+        "/runnel.v1.ProduceService/Produce",
+        CallKind::Unary,
+        &more,
+    )
+    .await;
+    within(by_password.message()).await.expect("still allowed");
+
+    // A stream by token: ends once the token is deleted.
+    let mut by_token = subscribe_as(&b, "t", &format!("Bearer {}", token.secret)).await;
+    within(by_token.message()).await.expect("records");
+    let id = token.token.unwrap().id;
+    as_admin(
+        &b,
+        "/runnel.v1.SecurityService/DeleteToken",
+        CallKind::Unary,
+        &pb::DeleteTokenRequest { id },
+    )
+    .await;
+    let e = until_refused(&b, &mut by_token).await;
+    assert_status(&e, ErrorCode::Unauthenticated, "the token was deleted");
+
+    let revoke = pb::DeleteAclsRequest {
+        filter: Some(pb::AclFilter {
+            principal: Some("User:alice".into()),
+            ..Default::default()
+        }),
+    };
+    as_admin(
+        &b,
+        "/runnel.v1.SecurityService/DeleteAcls",
+        CallKind::Unary,
+        &revoke,
+    )
+    .await;
+    let e = until_refused(&b, &mut by_password).await;
+    assert_status(
+        &e,
+        ErrorCode::PermissionDenied,
+        "User:alice may not READ topic \"t\"",
+    );
+}

@@ -9,12 +9,10 @@ every response names its topic and partition. Prints one JSON line per record an
 
 import argparse
 
-import grpc
-
 from runnel_api import (
     admin_pb2,
     admin_pb2_grpc,
-    broker_address,
+    channel as runnel_channel,
     consume_pb2,
     consume_pb2_grpc,
     record_json,
@@ -28,7 +26,7 @@ def main():
     parser.add_argument("--count", type=int, default=0, help="stop after this many records")
     args = parser.parse_args()
 
-    with grpc.insecure_channel(broker_address()) as channel:
+    with runnel_channel() as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         topic = admin.DescribeTopic(admin_pb2.DescribeTopicRequest(topic=args.topic)).topic
         earliest = consume_pb2.StartPosition(boundary=consume_pb2.OFFSET_BOUNDARY_EARLIEST)

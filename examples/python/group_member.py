@@ -14,9 +14,7 @@ import queue
 import signal
 import sys
 
-import grpc
-
-from runnel_api import broker_address, consume_pb2, groups_pb2, groups_pb2_grpc, record_json, run
+from runnel_api import channel as runnel_channel, consume_pb2, groups_pb2, groups_pb2_grpc, record_json, run
 
 
 def main():
@@ -42,7 +40,7 @@ def main():
         requests.put(groups_pb2.GroupConsumeRequest(leave=groups_pb2.LeaveGroup()))
 
     signal.signal(signal.SIGINT, leave)
-    with grpc.insecure_channel(broker_address()) as channel:
+    with runnel_channel() as channel:
         responses = groups_pb2_grpc.GroupServiceStub(channel).Consume(iter(requests.get, None))
         seen = 0
         for response in responses:  # until the broker ends the stream: OK after `leave`

@@ -15,7 +15,7 @@ import grpc
 from runnel_api import (
     admin_pb2,
     admin_pb2_grpc,
-    broker_address,
+    channel as runnel_channel,
     common_pb2,
     produce_pb2,
     produce_pb2_grpc,
@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--partition", type=int, default=0)
     args = parser.parse_args()
 
-    with grpc.insecure_channel(broker_address()) as channel:
+    with runnel_channel() as channel:
         try:
             admin_pb2_grpc.AdminServiceStub(channel).CreateTopic(
                 admin_pb2.CreateTopicRequest(topic=args.topic, partition_count=3)

@@ -14,7 +14,7 @@ import grpc
 from runnel_api import (
     admin_pb2,
     admin_pb2_grpc,
-    broker_address,
+    channel as runnel_channel,
     common_pb2,
     produce_pb2,
     produce_pb2_grpc,
@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--partitions", type=int, default=3, help="if the topic is created")
     args = parser.parse_args()
 
-    with grpc.insecure_channel(broker_address()) as channel:
+    with runnel_channel() as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         try:
             admin.CreateTopic(

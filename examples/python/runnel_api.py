@@ -27,6 +27,60 @@ def broker_address():
     return os.environ.get("RUNNEL_BROKER", "127.0.0.1:7171")
 
 
+def channel():
+    """A channel to broker_address() that sends credentials with every call when the
+    environment names some: $RUNNEL_TOKEN (a bearer token), or $RUNNEL_USER with
+    $RUNNEL_PASSWORD, for a broker with authentication on (docs/security.md). Use a TLS
+    channel (grpc.secure_channel) for a broker on a network."""
+    import base64
+    import collections
+
+    import grpc
+
+    plain = grpc.insecure_channel(broker_address())
+    token, user = os.environ.get("RUNNEL_TOKEN"), os.environ.get("RUNNEL_USER")
+    if token:
+        value = f"Bearer {token}"
+    elif user:
+        pair = f"{user}:{os.environ.get('RUNNEL_PASSWORD', '')}".encode()
+        value = f"Basic {base64.b64encode(pair).decode()}"
+    else:
+        return plain
+
+    fields = ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]
+
+    class Details(collections.namedtuple("Details", fields), grpc.ClientCallDetails):
+        pass
+
+    class Credentials(
+        grpc.UnaryUnaryClientInterceptor,
+        grpc.UnaryStreamClientInterceptor,
+        grpc.StreamUnaryClientInterceptor,
+        grpc.StreamStreamClientInterceptor,
+    ):
+        """Adds the `authorization` metadata to every call."""
+
+        def _with(self, d):
+            metadata = [*(d.metadata or []), ("authorization", value)]
+            return Details(
+                d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression
+            )
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(self._with(details), request)
+
+        def intercept_unary_stream(self, continuation, details, request):
+            return continuation(self._with(details), request)
+
+        def intercept_stream_unary(self, continuation, details, requests):
+            return continuation(self._with(details), requests)
+
+        def intercept_stream_stream(self, continuation, details, requests):
+            return continuation(self._with(details), requests)
+
+    return grpc.intercept_channel(plain, Credentials())
+
+
 def record_json(topic, partition, record):
     """One record as a line of JSON; keys, values and header values as text (null if unset)."""
     import json
@@ -105,6 +159,7 @@ __all__ = [
     "admin_pb2",
     "admin_pb2_grpc",
     "broker_address",
+    "channel",
     "common_pb2",
     "consume_pb2",
     "consume_pb2_grpc",

@@ -19,6 +19,7 @@ import grpc
 from runnel_api import (
     admin_pb2,
     admin_pb2_grpc,
+    channel,
     consume_pb2,
     consume_pb2_grpc,
     groups_pb2,
@@ -28,7 +29,7 @@ from runnel_api import (
 HERE = Path(__file__).resolve().parent
 BROKER = os.environ.get("RUNNEL_BROKER") or sys.exit("set RUNNEL_BROKER to the broker's host:port")
 TIMEOUT_S = 60
-CHANNEL = grpc.insecure_channel(BROKER)
+CHANNEL = channel()
 ADMIN = admin_pb2_grpc.AdminServiceStub(CHANNEL)
 CONSUME = consume_pb2_grpc.ConsumeServiceStub(CHANNEL)
 GROUPS = groups_pb2_grpc.GroupServiceStub(CHANNEL)

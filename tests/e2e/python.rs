@@ -1,6 +1,7 @@
 //! The Python examples (`examples/python`) against the real broker: their own driver,
 //! `test_examples.py`, runs the four programs (produce, consume, group member, idempotent
-//! retry) with stubs generated from `proto/`, and checks what they did.
+//! retry) with stubs generated from `proto/`, and checks what they did, against a broker with
+//! authentication on (the programs send a user and password with every call).
 //!
 //! The interpreter is the `python3` on PATH (3.10 or later); the packages of
 //! `examples/python/requirements.txt` go into a virtualenv at `target/python-venv`, made once
@@ -79,12 +80,21 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 async fn python_examples_produce_consume_join_a_group_and_retry_idempotently() {
     let root = workspace_root();
     let python = venv_python(&root);
-    let b = Broker::start().await;
+    // With authentication on: the examples send RUNNEL_USER and RUNNEL_PASSWORD with every call.
+    let b = Broker::start_with(&[
+        "--set",
+        "auth.enabled=true",
+        "--set",
+        "auth.bootstrap_password=python-Pa55word",
+    ])
+    .await;
 
     // The driver bounds its own waits: 60 s per program and per RPC.
     let out = clean_command(&python)
         .arg(root.join("examples/python/test_examples.py"))
         .env("RUNNEL_BROKER", b.grpc.to_string())
+        .env("RUNNEL_USER", "admin")
+        .env("RUNNEL_PASSWORD", "python-Pa55word")
         .current_dir(root.join("examples/python"))
         .output()
         .expect("run test_examples.py");

@@ -56,9 +56,13 @@ impl Principal {
         Principal(Arc::from(format!("User:{name}")))
     }
 
-    /// The principal of calls while authentication is off.
+    /// The principal of calls while authentication is off (one shared value: no allocation
+    /// per call).
     pub fn anonymous() -> Self {
-        Principal(Arc::from(ANONYMOUS))
+        static ANONYMOUS_PRINCIPAL: std::sync::OnceLock<Principal> = std::sync::OnceLock::new();
+        ANONYMOUS_PRINCIPAL
+            .get_or_init(|| Principal(Arc::from(ANONYMOUS)))
+            .clone()
     }
 
     /// `User:<name>`.

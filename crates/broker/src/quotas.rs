@@ -1,14 +1,18 @@
-//! Quotas per client id: produce bytes, fetch bytes and requests per second, enforced by
-//! delaying answers rather than failing them, as Kafka does (`docs/operations.md`, "Quotas").
+//! Quotas per principal and per client id: produce bytes, fetch bytes and requests per
+//! second, enforced by delaying answers rather than failing them, as Kafka does
+//! (`docs/operations.md`, "Quotas").
 //!
 //! Every client id has its own pacer per quota, a virtual clock in the manner of the generic
 //! cell rate algorithm: each request moves it on by its cost (`amount / rate`), starting at
 //! the present when it lags behind. How far the clock runs ahead of the present, less the
 //! burst a client may use at once (`quotas.burst_ms`), is how long the answer waits, at most
 //! `quotas.max_throttle_ms`; the clock keeps the whole debt, so a client held at the cap
-//! pays the rest with its next requests. The rates of a client id are its override, set
-//! through the admin API and kept in `<data_dir>/quotas.toml`, or else the defaults of
-//! `[quotas]`; 0 is no limit.
+//! pays the rest with its next requests.
+//!
+//! Whose pacers a call charges ([`Owner`]): its principal's, when the principal has quotas of
+//! its own (every call of that principal then shares them, whatever client id it names);
+//! else its client id's. The rates are that owner's override, set through the admin API and
+//! kept in `<data_dir>/quotas.toml`, or else the defaults of `[quotas]`; 0 is no limit.
 //!
 //! Locks here are held for a map lookup or a clock update, never across an `.await`.
 
@@ -83,29 +87,74 @@ impl Rates {
     }
 }
 
+/// Whose quotas: a principal's, or a client id's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// A principal (`User:<name>`): every call it makes, whatever its client id.
+    Principal(Arc<str>),
+    /// A client id, as its calls name it (`""` for calls that name none).
+    Client(Arc<str>),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Principal(p) => write!(f, "principal {p}"),
+            Owner::Client(c) => write!(f, "client id {c:?}"),
+        }
+    }
+}
+
 /// The contents of `quotas.toml`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
     #[serde(default)]
     clients: BTreeMap<String, Rates>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    principals: BTreeMap<String, Rates>,
 }
 
-/// The quotas of every client id, and the pacers of the client ids seen lately.
+impl Stored {
+    fn into_overrides(self) -> BTreeMap<Owner, Rates> {
+        let principals = self
+            .principals
+            .into_iter()
+            .map(|(p, r)| (Owner::Principal(p.into()), r));
+        let clients = self
+            .clients
+            .into_iter()
+            .map(|(c, r)| (Owner::Client(c.into()), r));
+        principals.chain(clients).collect()
+    }
+
+    fn from_overrides(overrides: &BTreeMap<Owner, Rates>) -> Self {
+        let mut stored = Stored::default();
+        for (owner, rates) in overrides {
+            match owner {
+                Owner::Principal(p) => stored.principals.insert(p.to_string(), *rates),
+                Owner::Client(c) => stored.clients.insert(c.to_string(), *rates),
+            };
+        }
+        stored
+    }
+}
+
+/// The quotas of every principal and client id, and the pacers of those seen lately.
 #[derive(Debug)]
 pub struct Quotas {
     settings: QuotaSettings,
     path: PathBuf,
-    overrides: RwLock<BTreeMap<String, Rates>>,
+    overrides: RwLock<BTreeMap<Owner, Rates>>,
     /// Serializes changes of the overrides with the writes of their file.
     changes: Mutex<()>,
     clients: Mutex<Clients>,
 }
 
-/// The pacers of client ids, forgotten once idle and paid up.
+/// The pacers of owners, forgotten once idle and paid up.
 #[derive(Debug, Default)]
 struct Clients {
-    by_id: HashMap<Arc<str>, Arc<Pacers>>,
+    by_id: HashMap<Owner, Arc<Pacers>>,
     /// The size at which idle entries are next pruned.
     prune_at: usize,
 }
@@ -119,11 +168,11 @@ struct Pacers {
     clocks: Mutex<[Option<Instant>; 3]>,
 }
 
-/// Who makes a call, as far as quotas go: its client id and that id's pacers. Made once per
-/// call by [`Quotas::caller`].
+/// Who makes a call, as far as quotas go: the owner whose quotas it pays, and that owner's
+/// pacers. Made once per call by [`Quotas::caller`].
 #[derive(Debug, Clone)]
 pub struct Caller {
-    client_id: Arc<str>,
+    owner: Owner,
     pacers: Arc<Pacers>,
 }
 
@@ -139,7 +188,7 @@ impl Quotas {
         Ok(Quotas {
             settings,
             path,
-            overrides: RwLock::new(stored.clients),
+            overrides: RwLock::new(stored.into_overrides()),
             changes: Mutex::new(()),
             clients: Mutex::new(Clients {
                 by_id: HashMap::new(),
@@ -148,14 +197,25 @@ impl Quotas {
         })
     }
 
-    /// The caller with client id `client_id` (already checked against
-    /// [`MAX_CLIENT_ID_BYTES`]).
-    pub fn caller(&self, client_id: &str) -> Caller {
+    /// The caller `principal` with client id `client_id` (already checked against
+    /// [`MAX_CLIENT_ID_BYTES`]): paying its principal's quotas if it has its own, else its
+    /// client id's.
+    pub fn caller(&self, principal: &str, client_id: &str) -> Caller {
+        let owner = {
+            let overrides = self
+                .overrides
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match overrides.get_key_value(&Owner::Principal(Arc::from(principal))) {
+                Some((owner, _)) => owner.clone(),
+                None => Owner::Client(Arc::from(client_id)),
+            }
+        };
         let mut clients = lock(&self.clients);
-        if let Some((id, pacers)) = clients.by_id.get_key_value(client_id) {
+        if let Some(pacers) = clients.by_id.get(&owner) {
             return Caller {
-                client_id: id.clone(),
                 pacers: pacers.clone(),
+                owner,
             };
         }
         if clients.by_id.len() >= clients.prune_at {
@@ -166,19 +226,19 @@ impl Quotas {
             clients.prune_at = (clients.by_id.len() * 2).max(PRUNE_MIN);
         }
         let caller = Caller {
-            client_id: Arc::from(client_id),
+            owner,
             pacers: Arc::default(),
         };
         clients
             .by_id
-            .insert(caller.client_id.clone(), caller.pacers.clone());
+            .insert(caller.owner.clone(), caller.pacers.clone());
         caller
     }
 
     /// Charges `amount` (bytes, or requests) to `caller` under `quota`, and gives how long
     /// its answer must wait: zero while the caller stays within its rate and burst.
     pub fn charge(&self, caller: &Caller, quota: Quota, amount: u64) -> Duration {
-        let rate = self.rate(&caller.client_id, quota);
+        let rate = self.rate(&caller.owner, quota);
         if rate == 0 || amount == 0 {
             return Duration::ZERO;
         }
@@ -210,14 +270,14 @@ impl Quotas {
         }
     }
 
-    /// The rate of `quota` for `client_id`: its override, or the default; 0 is no limit.
-    pub fn rate(&self, client_id: &str, quota: Quota) -> u64 {
+    /// The rate of `quota` for `owner`: its override, or the default; 0 is no limit.
+    pub fn rate(&self, owner: &Owner, quota: Quota) -> u64 {
         let overrides = self
             .overrides
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         overrides
-            .get(client_id)
+            .get(owner)
             .and_then(|r| r.get(quota))
             .unwrap_or_else(|| self.default_rate(quota))
     }
@@ -241,36 +301,35 @@ impl Quotas {
         }
     }
 
-    /// Every override, by client id.
-    pub fn overrides(&self) -> BTreeMap<String, Rates> {
+    /// Every override: principals' first, then client ids'.
+    pub fn overrides(&self) -> BTreeMap<Owner, Rates> {
         self.overrides
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Sets the override of `client_id` to `rates` (replacing any earlier one), or removes
-    /// it with `None`; durable before it returns. True if something changed. Blocking (an
+    /// Sets the override of `owner` to `rates` (replacing any earlier one), or removes it
+    /// with `None`; durable before it returns. True if something changed. Blocking (an
     /// fsync).
     ///
     /// # Errors
     /// `DISK_FULL` or `INTERNAL` if `quotas.toml` cannot be written; nothing changes then.
-    pub fn set(&self, client_id: &str, rates: Option<Rates>) -> Result<bool, RpcError> {
+    pub fn set(&self, owner: &Owner, rates: Option<Rates>) -> Result<bool, RpcError> {
         let _changes = lock(&self.changes);
         let mut next = self.overrides();
         let changed = match rates {
-            Some(r) => next.insert(client_id.to_owned(), r) != Some(r),
-            None => next.remove(client_id).is_some(),
+            Some(r) => next.insert(owner.clone(), r) != Some(r),
+            None => next.remove(owner).is_some(),
         };
         if !changed {
             return Ok(false);
         }
-        let stored = Stored { clients: next };
-        write_toml(&self.path, &stored)?;
+        write_toml(&self.path, &Stored::from_overrides(&next))?;
         *self
             .overrides
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = stored.clients;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         Ok(true)
     }
 }
@@ -290,6 +349,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    const ANON: &str = "User:ANONYMOUS";
+
+    fn client(id: &str) -> Owner {
+        Owner::Client(Arc::from(id))
+    }
+
+    #[test]
+    fn a_principal_with_quotas_pays_them_whatever_client_id_it_names() {
+        let (dir, q) = quotas(settings(0));
+        let alice = Owner::Principal(Arc::from("User:alice"));
+        let limited = Rates {
+            produce_bytes_per_sec: Some(1000),
+            ..Rates::default()
+        };
+        assert!(q.set(&alice, Some(limited)).unwrap());
+        let (a, b) = (q.caller("User:alice", "a"), q.caller("User:alice", "b"));
+        assert_eq!(
+            q.charge(&a, Quota::ProduceBytes, 1000),
+            Duration::ZERO,
+            "the burst"
+        );
+        assert!(
+            !q.charge(&b, Quota::ProduceBytes, 500).is_zero(),
+            "one budget"
+        );
+        let bob = q.caller("User:bob", "a");
+        assert_eq!(q.charge(&bob, Quota::ProduceBytes, 1 << 30), Duration::ZERO);
+        let reopened = Quotas::open(dir.path(), settings(0)).unwrap();
+        assert_eq!(reopened.overrides(), q.overrides(), "durable");
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(text.contains("[principals.\"User:alice\"]"), "{text}");
+    }
+
     fn quotas(settings: QuotaSettings) -> (tempfile::TempDir, Quotas) {
         let dir = tempfile::tempdir().unwrap();
         let q = Quotas::open(dir.path(), settings).unwrap();
@@ -308,7 +400,7 @@ mod tests {
     #[test]
     fn within_the_rate_and_burst_nothing_waits_past_it_the_wait_is_the_excess() {
         let (_d, q) = quotas(settings(1000));
-        let c = q.caller("app");
+        let c = q.caller(ANON, "app");
         assert_eq!(
             q.charge(&c, Quota::ProduceBytes, 1000),
             Duration::ZERO,
@@ -329,7 +421,7 @@ mod tests {
     #[test]
     fn a_wait_is_capped_but_the_debt_is_kept() {
         let (_d, q) = quotas(settings(1000));
-        let c = q.caller("app");
+        let c = q.caller(ANON, "app");
         assert_eq!(
             q.charge(&c, Quota::ProduceBytes, 60_000),
             Duration::from_secs(10)
@@ -346,7 +438,7 @@ mod tests {
         let (dir, q) = quotas(settings(1000));
         assert!(
             q.set(
-                "bulk",
+                &client("bulk"),
                 Some(Rates {
                     produce_bytes_per_sec: Some(0),
                     requests_per_sec: Some(5),
@@ -355,34 +447,37 @@ mod tests {
             )
             .unwrap()
         );
-        let (app, bulk) = (q.caller("app"), q.caller("bulk"));
+        let (app, bulk) = (q.caller(ANON, "app"), q.caller(ANON, "bulk"));
         q.charge(&app, Quota::ProduceBytes, 5000);
         assert_eq!(
             q.charge(&bulk, Quota::ProduceBytes, 1 << 30),
             Duration::ZERO
         );
         assert!(!q.charge(&app, Quota::ProduceBytes, 1).is_zero());
-        assert_eq!(q.rate("bulk", Quota::Requests), 5);
-        assert_eq!(q.rate("app", Quota::Requests), 0);
+        assert_eq!(q.rate(&client("bulk"), Quota::Requests), 5);
+        assert_eq!(q.rate(&client("app"), Quota::Requests), 0);
 
         let reopened = Quotas::open(dir.path(), settings(1000)).unwrap();
         assert_eq!(reopened.overrides(), q.overrides(), "durable");
-        assert!(q.set("bulk", None).unwrap());
-        assert!(!q.set("bulk", None).unwrap(), "nothing to remove");
-        assert_eq!(q.rate("bulk", Quota::ProduceBytes), 1000);
+        assert!(q.set(&client("bulk"), None).unwrap());
+        assert!(!q.set(&client("bulk"), None).unwrap(), "nothing to remove");
+        assert_eq!(q.rate(&client("bulk"), Quota::ProduceBytes), 1000);
     }
 
     #[test]
     fn idle_paid_up_client_ids_are_forgotten() {
         let (_d, q) = quotas(settings(1_000_000));
-        let kept = q.caller("kept");
+        let kept = q.caller(ANON, "kept");
         for i in 0..3 * PRUNE_MIN {
-            let c = q.caller(&format!("c{i}"));
+            let c = q.caller(ANON, &format!("c{i}"));
             q.charge(&c, Quota::ProduceBytes, 1);
         }
         let held = lock(&q.clients).by_id.len();
         assert!(held <= 2 * PRUNE_MIN, "{held} client ids held");
-        assert!(lock(&q.clients).by_id.contains_key("kept"), "in use");
+        assert!(
+            lock(&q.clients).by_id.contains_key(&client("kept")),
+            "in use"
+        );
         drop(kept);
     }
 

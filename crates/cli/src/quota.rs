@@ -1,4 +1,4 @@
-//! `runnel quota set|delete|list`: the quotas of client ids.
+//! `runnel quota set|delete|list`: the quotas of client ids and principals.
 
 use std::io::Write as _;
 
@@ -14,31 +14,52 @@ use crate::parse::{format_size, parse_size};
 /// `runnel quota ...`
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
-    /// Set the quotas of a client id, replacing any it had (unset rates follow the defaults)
+    /// Set the quotas of a client id or a principal, replacing any it had (unset rates follow
+    /// the defaults)
     #[command(after_help = "Examples:
   runnel quota set billing --produce-rate 10MiB --fetch-rate 50MiB
   runnel quota set reports --request-rate 100
-  runnel quota set bulk --produce-rate 0     # no limit, whatever the default")]
+  runnel quota set bulk --produce-rate 0     # no limit, whatever the default
+  runnel quota set --principal User:etl --fetch-rate 20MiB   # every call of User:etl")]
     Set(SetArgs),
-    /// Remove the quotas of a client id: it follows the defaults again
+    /// Remove the quotas of a client id or a principal: it follows the defaults again
     #[command(after_help = "Examples:
-  runnel quota delete billing")]
-    Delete {
-        /// The client id
-        client_id: String,
-    },
-    /// List the default quotas and every client id with quotas of its own
+  runnel quota delete billing
+  runnel quota delete --principal User:etl")]
+    Delete(WhoseArgs),
+    /// List the default quotas and every client id and principal with quotas of its own
     #[command(after_help = "Examples:
   runnel quota list
   runnel quota list --output json")]
     List,
 }
 
+/// Whose quotas: a client id, or a principal.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct WhoseArgs {
+    /// The client id, as its clients send it (`""` for clients that send none)
+    client_id: Option<String>,
+    /// A principal (User:<name>) instead: every call it makes pays these quotas, whatever
+    /// client id it names
+    #[arg(long, value_name = "PRINCIPAL")]
+    principal: Option<String>,
+}
+
+impl WhoseArgs {
+    fn name(&self) -> String {
+        match (&self.principal, &self.client_id) {
+            (Some(p), _) => format!("principal {p}"),
+            (None, id) => format!("client id {:?}", id.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
 /// `runnel quota set`
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    /// The client id, as its clients send it (`""` for clients that send none)
-    client_id: String,
+    #[command(flatten)]
+    whose: WhoseArgs,
     /// Batch bytes produced per second (0: no limit)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     produce_rate: Option<u64>,
@@ -69,7 +90,10 @@ impl From<QuotaRates> for RatesJson {
 
 #[derive(Serialize)]
 struct ClientJson<'a> {
-    client_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a str>,
     rates: RatesJson,
     effective: RatesJson,
 }
@@ -93,18 +117,26 @@ pub async fn run(ctx: &Ctx, command: QuotaCommand) -> anyhow::Result<()> {
                 fetch_bytes_per_sec: a.fetch_rate,
                 requests_per_sec: a.request_rate,
             };
-            admin
-                .set_quota(&a.client_id, rates)
-                .await
-                .with_context(|| format!("cannot set the quotas of client id {:?}", a.client_id))?;
-            done(ctx, &a.client_id, "set")
+            let name = a.whose.name();
+            let set = match (&a.whose.principal, &a.whose.client_id) {
+                (Some(p), _) => admin.set_principal_quota(p, rates).await,
+                (None, id) => {
+                    admin
+                        .set_quota(id.as_deref().unwrap_or_default(), rates)
+                        .await
+                }
+            };
+            set.with_context(|| format!("cannot set the quotas of {name}"))?;
+            done(ctx, &a.whose, "set")
         }
-        QuotaCommand::Delete { client_id } => {
-            admin
-                .delete_quota(&client_id)
-                .await
-                .with_context(|| format!("cannot delete the quotas of client id {client_id:?}"))?;
-            done(ctx, &client_id, "deleted")
+        QuotaCommand::Delete(whose) => {
+            let name = whose.name();
+            let deleted = match (&whose.principal, &whose.client_id) {
+                (Some(p), _) => admin.delete_principal_quota(p).await,
+                (None, id) => admin.delete_quota(id.as_deref().unwrap_or_default()).await,
+            };
+            deleted.with_context(|| format!("cannot delete the quotas of {name}"))?;
+            done(ctx, &whose, "deleted")
         }
         QuotaCommand::List => {
             let listing = admin.list_quotas().await.context("cannot list quotas")?;
@@ -115,18 +147,27 @@ pub async fn run(ctx: &Ctx, command: QuotaCommand) -> anyhow::Result<()> {
                         .clients
                         .iter()
                         .map(|c| ClientJson {
-                            client_id: &c.client_id,
+                            client_id: c.principal.is_none().then_some(c.client_id.as_str()),
+                            principal: c.principal.as_deref(),
                             rates: c.rates.into(),
                             effective: c.effective.into(),
                         })
                         .collect(),
                 })?,
                 Output::Table => {
-                    let mut table =
-                        Table::new(&["CLIENT ID", "PRODUCE RATE", "FETCH RATE", "REQUEST RATE"]);
+                    let mut table = Table::new(&[
+                        "CLIENT ID OR PRINCIPAL",
+                        "PRODUCE RATE",
+                        "FETCH RATE",
+                        "REQUEST RATE",
+                    ]);
                     table.row(row("(default)", listing.defaults, listing.defaults));
                     for c in &listing.clients {
-                        table.row(row(&format!("{:?}", c.client_id), c.rates, c.effective));
+                        let name = match &c.principal {
+                            Some(p) => p.clone(),
+                            None => format!("{:?}", c.client_id),
+                        };
+                        table.row(row(&name, c.rates, c.effective));
                     }
                     let mut out = output::stdout();
                     table.write(&mut out)?;
@@ -139,14 +180,20 @@ pub async fn run(ctx: &Ctx, command: QuotaCommand) -> anyhow::Result<()> {
 }
 
 /// Confirms a change.
-fn done(ctx: &Ctx, client_id: &str, what: &str) -> anyhow::Result<()> {
+fn done(ctx: &Ctx, whose: &WhoseArgs, what: &str) -> anyhow::Result<()> {
     match ctx.output {
         Output::Json => {
-            output::print_json(&serde_json::json!({ "client_id": client_id, what: true }))?;
+            let value = match &whose.principal {
+                Some(p) => serde_json::json!({ "principal": p, what: true }),
+                None => {
+                    serde_json::json!({ "client_id": whose.client_id.as_deref().unwrap_or_default(), what: true })
+                }
+            };
+            output::print_json(&value)?;
         }
         Output::Table => {
             let mut out = output::stdout();
-            writeln!(out, "quotas of client id {client_id:?} {what}")?;
+            writeln!(out, "quotas of {} {what}", whose.name())?;
             out.flush()?;
         }
     }

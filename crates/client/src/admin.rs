@@ -208,11 +208,14 @@ pub struct QuotaListing {
     pub clients: Vec<ClientQuota>,
 }
 
-/// The quotas of one client id.
+/// The quotas of one client id, or of one principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientQuota {
-    /// The client id.
+    /// The client id; empty for a principal's quotas.
     pub client_id: String,
+    /// The principal (`User:<name>`) whose quotas these are: every call it makes pays them,
+    /// whatever client id it names. `None` for a client id's.
+    pub principal: Option<String>,
     /// The rates set for it.
     pub rates: QuotaRates,
     /// The rates it gets: those set, the defaults for the rest; every field set.
@@ -490,6 +493,41 @@ impl Admin {
             .set_quota(pb::SetQuotaRequest {
                 client_id: client_id.to_owned(),
                 rates: Some(rates.to_pb()),
+                principal: String::new(),
+            })
+            .await
+            .map_err(|s| self.conn.error(s))?;
+        Ok(())
+    }
+
+    /// Sets the quotas of `principal` (`User:<name>`), replacing any it had: every call it
+    /// makes pays them, whatever client id it names, in place of its client ids' quotas.
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` for a principal or rate out of range; transport errors.
+    pub async fn set_principal_quota(&self, principal: &str, rates: QuotaRates) -> Result<()> {
+        self.client
+            .clone()
+            .set_quota(pb::SetQuotaRequest {
+                client_id: String::new(),
+                rates: Some(rates.to_pb()),
+                principal: principal.to_owned(),
+            })
+            .await
+            .map_err(|s| self.conn.error(s))?;
+        Ok(())
+    }
+
+    /// Removes the quotas of `principal`: its calls pay their client ids' quotas again.
+    ///
+    /// # Errors
+    /// `UNKNOWN_QUOTA` if it had none; transport errors.
+    pub async fn delete_principal_quota(&self, principal: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete_quota(pb::DeleteQuotaRequest {
+                client_id: String::new(),
+                principal: principal.to_owned(),
             })
             .await
             .map_err(|s| self.conn.error(s))?;
@@ -505,6 +543,7 @@ impl Admin {
             .clone()
             .delete_quota(pb::DeleteQuotaRequest {
                 client_id: client_id.to_owned(),
+                principal: String::new(),
             })
             .await
             .map_err(|s| self.conn.error(s))?;
@@ -531,6 +570,7 @@ impl Admin {
                 .into_iter()
                 .map(|c| ClientQuota {
                     client_id: c.client_id,
+                    principal: (!c.principal.is_empty()).then_some(c.principal),
                     rates: QuotaRates::from_pb(c.rates.unwrap_or_default()),
                     effective: QuotaRates::from_pb(c.effective.unwrap_or_default()),
                 })

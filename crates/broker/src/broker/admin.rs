@@ -7,8 +7,9 @@ use std::sync::Arc;
 use runnel_proto::pb::{self, ErrorCode};
 
 use super::Broker;
+use crate::auth::acl::check_principal;
 use crate::error::RpcError;
-use crate::quotas::{Quota, Rates};
+use crate::quotas::{Owner, Quota, Rates};
 use crate::tasks::blocking;
 use crate::topics::{self, remove_deleted};
 use runnel_proto::check_client_id;
@@ -150,19 +151,37 @@ impl Broker {
         })
     }
 
-    /// Sets the quotas of `client_id` to `rates`, replacing any it had; durable before it
+    /// The owner of the quotas a request names: `principal` if set (then `client_id` must be
+    /// empty), else `client_id`.
+    ///
+    /// # Errors
+    /// `INVALID_REQUEST` for a client id or principal out of bounds, or both given.
+    pub(crate) fn quota_owner(client_id: String, principal: String) -> Result<Owner, RpcError> {
+        if principal.is_empty() {
+            check_client_id(client_id.as_bytes())
+                .map_err(|why| RpcError::invalid(format!("client_id {why}")))?;
+            return Ok(Owner::Client(client_id.into()));
+        }
+        if !client_id.is_empty() {
+            return Err(RpcError::invalid(
+                "client_id and principal are both set; set one",
+            ));
+        }
+        check_principal(&principal).map_err(|why| RpcError::invalid(format!("principal {why}")))?;
+        Ok(Owner::Principal(principal.into()))
+    }
+
+    /// Sets the quotas of `owner` to `rates`, replacing any it had; durable before it
     /// returns.
     ///
     /// # Errors
-    /// `INVALID_REQUEST` for a client id or rate out of range; `DISK_FULL` or `INTERNAL` if
-    /// the quotas cannot be stored.
+    /// `INVALID_REQUEST` for a rate out of range; `DISK_FULL` or `INTERNAL` if the quotas
+    /// cannot be stored.
     pub(crate) async fn set_quota(
         self: &Arc<Self>,
-        client_id: String,
+        owner: Owner,
         rates: Rates,
     ) -> Result<(), RpcError> {
-        check_client_id(client_id.as_bytes())
-            .map_err(|why| RpcError::invalid(format!("client_id {why}")))?;
         for quota in [Quota::ProduceBytes, Quota::FetchBytes, Quota::Requests] {
             if let Some(rate) = rates.get(quota).filter(|r| *r > MAX_RATE) {
                 return Err(RpcError::invalid(format!(
@@ -173,49 +192,49 @@ impl Broker {
         }
         let quotas = self.quotas.clone();
         blocking(move || {
-            quotas.set(&client_id, Some(rates))?;
-            tracing::info!(client_id, ?rates, "quotas set");
+            quotas.set(&owner, Some(rates))?;
+            tracing::info!(%owner, ?rates, "quotas set");
             Ok(())
         })
         .await
     }
 
-    /// Removes the quotas of `client_id`; durable before it returns.
+    /// Removes the quotas of `owner`; durable before it returns.
     ///
     /// # Errors
     /// `UNKNOWN_QUOTA` if it had none; `DISK_FULL` or `INTERNAL` if the quotas cannot be
     /// stored.
-    pub(crate) async fn delete_quota(self: &Arc<Self>, client_id: String) -> Result<(), RpcError> {
+    pub(crate) async fn delete_quota(self: &Arc<Self>, owner: Owner) -> Result<(), RpcError> {
         let quotas = self.quotas.clone();
         blocking(move || {
-            if quotas.set(&client_id, None)? {
-                tracing::info!(client_id, "quotas deleted");
+            if quotas.set(&owner, None)? {
+                tracing::info!(%owner, "quotas deleted");
                 Ok(())
             } else {
                 Err(RpcError::new(
                     ErrorCode::UnknownQuota,
-                    format!("client id {client_id:?} has no quotas of its own"),
+                    format!("{owner} has no quotas of its own"),
                 ))
             }
         })
         .await
     }
 
-    /// The default rates, and every client id with rates of its own: `(client id, rates
-    /// set, effective rates)`, sorted by client id. Every field of the defaults and the
-    /// effective rates is set.
-    pub(crate) fn list_quotas(&self) -> (Rates, Vec<(String, Rates, Rates)>) {
+    /// The default rates, and every owner with rates of its own: `(owner, rates set,
+    /// effective rates)`, principals first, each kind sorted. Every field of the defaults and
+    /// the effective rates is set.
+    pub(crate) fn list_quotas(&self) -> (Rates, Vec<(Owner, Rates, Rates)>) {
         let q = &self.quotas;
         let defaults = q.effective(&Rates::default());
-        let clients = q
+        let owners = q
             .overrides()
             .into_iter()
-            .map(|(id, set)| {
+            .map(|(owner, set)| {
                 let effective = q.effective(&set);
-                (id, set, effective)
+                (owner, set, effective)
             })
             .collect();
-        (defaults, clients)
+        (defaults, owners)
     }
 }
 

@@ -442,7 +442,7 @@ async fn read_messages(
         max_bytes: MAX_READ_BYTES,
         format: pb::RecordFormat::Records as i32,
     };
-    let caller = b.quotas.caller(CLIENT_ID);
+    let caller = b.quotas.caller(a.principal().as_str(), CLIENT_ID);
     let fetched = b.fetch(req, &caller).await?;
     let r = only(fetched.results, "fetch")?;
     if let Some(e) = r.error {

@@ -11,7 +11,7 @@ use super::access::authorized;
 use super::finish;
 use crate::auth::acl::{Operation, Resource};
 use crate::broker::Broker;
-use crate::quotas::Rates;
+use crate::quotas::{Owner, Rates};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -149,7 +149,8 @@ impl AdminService for Admin {
         let result = async {
             let (_, req) = authorized(request)?;
             let rates = req.rates.map(rates_from_pb).unwrap_or_default();
-            self.broker.set_quota(req.client_id, rates).await
+            let owner = Broker::quota_owner(req.client_id, req.principal)?;
+            self.broker.set_quota(owner, rates).await
         }
         .await
         .map(|()| pb::SetQuotaResponse {});
@@ -163,7 +164,8 @@ impl AdminService for Admin {
         let started = Instant::now();
         let result = async {
             let (_, req) = authorized(request)?;
-            self.broker.delete_quota(req.client_id).await
+            let owner = Broker::quota_owner(req.client_id, req.principal)?;
+            self.broker.delete_quota(owner).await
         }
         .await
         .map(|()| pb::DeleteQuotaResponse {});
@@ -183,10 +185,17 @@ impl AdminService for Admin {
             defaults: Some(rates_to_pb(defaults)),
             clients: clients
                 .into_iter()
-                .map(|(client_id, set, effective)| pb::ClientQuota {
-                    client_id,
-                    rates: Some(rates_to_pb(set)),
-                    effective: Some(rates_to_pb(effective)),
+                .map(|(owner, set, effective)| {
+                    let (client_id, principal) = match owner {
+                        Owner::Client(c) => (c.to_string(), String::new()),
+                        Owner::Principal(p) => (String::new(), p.to_string()),
+                    };
+                    pb::ClientQuota {
+                        client_id,
+                        principal,
+                        rates: Some(rates_to_pb(set)),
+                        effective: Some(rates_to_pb(effective)),
+                    }
                 })
                 .collect(),
         };

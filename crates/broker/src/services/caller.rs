@@ -80,8 +80,8 @@ where
         if !req.uri().path().starts_with(RUNNEL_PATHS) {
             return Box::pin(self.inner.call(req));
         }
-        let caller = match client_id(req.headers()) {
-            Ok(id) => self.quotas.caller(id),
+        let client_id: Arc<str> = match client_id(req.headers()) {
+            Ok(id) => Arc::from(id),
             Err(e) => return Box::pin(async move { Ok(e.status().into_http()) }),
         };
         // The ready service is the one to call; a clone takes its place.
@@ -94,6 +94,8 @@ where
                 Ok(access) => access,
                 Err(e) => return Ok(e.status().into_http()),
             };
+            // Quotas are paid by the principal when it has its own, else by the client id.
+            let caller = quotas.caller(access.principal().as_str(), &client_id);
             let delay = quotas.charge(&caller, Quota::Requests, 1);
             req.extensions_mut().insert(caller);
             req.extensions_mut().insert(access);
@@ -181,7 +183,7 @@ pub(crate) fn caller(extensions: &http::Extensions, quotas: &Quotas) -> Caller {
     extensions
         .get::<Caller>()
         .cloned()
-        .unwrap_or_else(|| quotas.caller(""))
+        .unwrap_or_else(|| quotas.caller(crate::auth::ANONYMOUS, ""))
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ async fn set(b: &TestBroker, id: &str, r: pb::QuotaRates) {
         .set_quota(pb::SetQuotaRequest {
             client_id: id.into(),
             rates: Some(r),
+            ..Default::default()
         })
         .await
         .expect("set quota");
@@ -77,6 +78,7 @@ async fn quotas_are_set_listed_kept_across_a_restart_and_deleted() {
     b.admin()
         .delete_quota(pb::DeleteQuotaRequest {
             client_id: "billing".into(),
+            ..Default::default()
         })
         .await
         .expect("delete");
@@ -85,6 +87,7 @@ async fn quotas_are_set_listed_kept_across_a_restart_and_deleted() {
         .admin()
         .delete_quota(pb::DeleteQuotaRequest {
             client_id: "billing".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -104,6 +107,7 @@ async fn bad_client_ids_and_rates_are_refused_naming_the_field_and_limit() {
         .set_quota(pb::SetQuotaRequest {
             client_id: long.clone(),
             rates: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -117,6 +121,7 @@ async fn bad_client_ids_and_rates_are_refused_naming_the_field_and_limit() {
         .set_quota(pb::SetQuotaRequest {
             client_id: "a".into(),
             rates: Some(rates(None, Some(1 << 41), None)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -273,5 +278,85 @@ async fn calls_over_the_request_rate_wait_their_turn() {
     assert!(
         took >= Duration::from_millis(500),
         "12 calls at {rate}/s took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_principal_s_quota_paces_all_its_calls_whatever_client_ids_they_name() {
+    use base64::Engine as _;
+    let b = TestBroker::start_with(|c| {
+        c.quotas.burst_ms = 100;
+        c.auth.enabled = true;
+        c.auth.bootstrap_password = "admin-password".into();
+    })
+    .await;
+    let admin = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:admin-password")
+    );
+    fn authed<T>(message: T, authorization: &str) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut()
+            .insert("authorization", authorization.parse().expect("ascii"));
+        r
+    }
+    let rate = 20;
+    let quota = pb::SetQuotaRequest {
+        principal: "User:admin".into(),
+        rates: Some(rates(None, None, Some(rate))),
+        ..Default::default()
+    };
+    b.admin()
+        .set_quota(authed(quota, &admin))
+        .await
+        .expect("set a principal's quota");
+    let listed = b
+        .admin()
+        .list_quotas(authed(pb::ListQuotasRequest {}, &admin))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.clients.len(), 1);
+    assert_eq!(listed.clients[0].principal, "User:admin");
+    assert_eq!(listed.clients[0].client_id, "");
+
+    // 12 calls under 12 client ids: one budget at 20/s, 0.6 s less the 0.1 s burst.
+    let started = Instant::now();
+    for i in 0..12 {
+        let mut r = authed(pb::ListTopicsRequest {}, &admin);
+        r.metadata_mut()
+            .insert("runnel-client-id", format!("c{i}").parse().expect("ascii"));
+        b.admin().list_topics(r).await.expect("delayed, not failed");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "12 calls at {rate}/s took {took:?}"
+    );
+
+    let both = pb::SetQuotaRequest {
+        client_id: "c".into(),
+        principal: "User:admin".into(),
+        rates: Some(rates(None, None, Some(1))),
+    };
+    let e = b.admin().set_quota(authed(both, &admin)).await.unwrap_err();
+    assert_status(
+        &e,
+        ErrorCode::InvalidRequest,
+        "client_id and principal are both set",
+    );
+    let bad = pb::DeleteQuotaRequest {
+        principal: "alice".into(),
+        ..Default::default()
+    };
+    let e = b
+        .admin()
+        .delete_quota(authed(bad, &admin))
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        ErrorCode::InvalidRequest,
+        "principal \"alice\" must be of the form User:<name>",
     );
 }

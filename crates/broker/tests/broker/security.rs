@@ -224,6 +224,7 @@ fn table() -> Vec<Row> {
             || pb::SetQuotaRequest {
                 client_id: "c".into(),
                 rates: Some(pb::QuotaRates::default()),
+                ..Default::default()
             },
             &[(Cluster, Alter)],
         ),
@@ -232,6 +233,7 @@ fn table() -> Vec<Row> {
             Unary,
             || pb::DeleteQuotaRequest {
                 client_id: "limited".into(),
+                ..Default::default()
             },
             &[(Cluster, Alter)],
         ),
@@ -504,6 +506,7 @@ async fn set_up(b: &TestBroker) {
     let quota = pb::SetQuotaRequest {
         client_id: "limited".into(),
         rates: Some(pb::QuotaRates::default()),
+        ..Default::default()
     };
     as_admin(b, "/runnel.v1.AdminService/SetQuota", Unary, &quota).await;
     for user in ["other", "bye"] {

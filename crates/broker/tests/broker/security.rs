@@ -67,6 +67,33 @@ async fn as_admin(
     .unwrap_or_default()
 }
 
+/// Creates user `name` as the administrator.
+async fn add_user(b: &TestBroker, name: &str, password: &str) {
+    let create = pb::CreateUserRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    as_admin(
+        b,
+        "/runnel.v1.SecurityService/CreateUser",
+        CallKind::Unary,
+        &create,
+    )
+    .await;
+}
+
+/// Creates `acls` as the administrator.
+async fn allow(b: &TestBroker, acls: Vec<pb::Acl>) {
+    let create = pb::CreateAclsRequest { acls };
+    as_admin(
+        b,
+        "/runnel.v1.SecurityService/CreateAcls",
+        CallKind::Unary,
+        &create,
+    )
+    .await;
+}
+
 fn acl(principal: &str, t: pb::ResourceType, name: &str, op: pb::Operation) -> pb::Acl {
     pb::Acl {
         principal: principal.into(),
@@ -594,17 +621,7 @@ async fn every_rpc_refuses_the_unauthenticated_denies_the_unauthorized_and_serve
 
         // (b) Authenticated, no ACL.
         let (user, password) = (format!("u{i}"), format!("password-{i}"));
-        let create = pb::CreateUserRequest {
-            name: user.clone(),
-            password: password.clone(),
-        };
-        as_admin(
-            b,
-            "/runnel.v1.SecurityService/CreateUser",
-            CallKind::Unary,
-            &create,
-        )
-        .await;
+        add_user(b, &user, &password).await;
         let result = send(Some(basic(&user, &password))).await;
         assert!(denied(path, &result), "{path} without ACLs: {result:?}");
 
@@ -619,14 +636,7 @@ async fn every_rpc_refuses_the_unauthenticated_denies_the_unauthorized_and_serve
                 On::Cluster => acl(&principal, pb::ResourceType::Cluster, "", *op),
             })
             .collect();
-        let create = pb::CreateAclsRequest { acls };
-        as_admin(
-            b,
-            "/runnel.v1.SecurityService/CreateAcls",
-            CallKind::Unary,
-            &create,
-        )
-        .await;
+        allow(b, acls).await;
         let result = send(Some(basic(&user, &password))).await;
         assert!(
             served(path, &result),
@@ -640,17 +650,7 @@ async fn every_rpc_refuses_the_unauthenticated_denies_the_unauthorized_and_serve
 async fn lists_show_only_what_the_caller_may_describe() {
     let b = secured().await;
     set_up(&b).await;
-    let create = pb::CreateUserRequest {
-        name: "reader".into(),
-        password: "reader-password".into(),
-    };
-    as_admin(
-        &b,
-        "/runnel.v1.SecurityService/CreateUser",
-        CallKind::Unary,
-        &create,
-    )
-    .await;
+    add_user(&b, "reader", "reader-password").await;
     let acls = vec![
         acl(
             "User:reader",
@@ -665,13 +665,7 @@ async fn lists_show_only_what_the_caller_may_describe() {
             pb::Operation::Read,
         ),
     ];
-    as_admin(
-        &b,
-        "/runnel.v1.SecurityService/CreateAcls",
-        CallKind::Unary,
-        &pb::CreateAclsRequest { acls },
-    )
-    .await;
+    allow(&b, acls).await;
     let reader = basic("reader", "reader-password");
     let topics = call(
         &b,
@@ -780,30 +774,15 @@ async fn tokens_authenticate_until_they_expire_or_are_deleted() {
 #[tokio::test]
 async fn a_changed_password_is_refused_at_once_and_users_survive_a_restart() {
     let b = secured().await;
-    let create = pb::CreateUserRequest {
-        name: "alice".into(),
-        password: "first-password".into(),
-    };
-    as_admin(
+    add_user(&b, "alice", "first-password").await;
+    allow(
         &b,
-        "/runnel.v1.SecurityService/CreateUser",
-        CallKind::Unary,
-        &create,
-    )
-    .await;
-    let grant = pb::CreateAclsRequest {
-        acls: vec![acl(
+        vec![acl(
             "User:alice",
             pb::ResourceType::Cluster,
             "",
             pb::Operation::Describe,
         )],
-    };
-    as_admin(
-        &b,
-        "/runnel.v1.SecurityService/CreateAcls",
-        CallKind::Unary,
-        &grant,
     )
     .await;
     let path = "/runnel.v1.AdminService/BrokerInfo";
@@ -969,30 +948,15 @@ async fn until_refused(
 async fn revoking_an_acl_or_deleting_a_token_ends_the_open_streams_it_allowed() {
     let b = secured().await;
     set_up(&b).await;
-    let create = pb::CreateUserRequest {
-        name: "alice".into(),
-        password: "alice-password".into(),
-    };
-    as_admin(
+    add_user(&b, "alice", "alice-password").await;
+    allow(
         &b,
-        "/runnel.v1.SecurityService/CreateUser",
-        CallKind::Unary,
-        &create,
-    )
-    .await;
-    let grant = pb::CreateAclsRequest {
-        acls: vec![acl(
+        vec![acl(
             "User:alice",
             pb::ResourceType::Topic,
             "t",
             pb::Operation::Read,
         )],
-    };
-    as_admin(
-        &b,
-        "/runnel.v1.SecurityService/CreateAcls",
-        CallKind::Unary,
-        &grant,
     )
     .await;
     let token = pb::CreateTokenRequest {

@@ -69,7 +69,8 @@ fn reflection_descriptor_documents_every_element_of_the_protocol() {
             "ConsumeService",
             "GroupService",
             "ProduceService",
-            "SecurityService"
+            "SecurityService",
+            "ShareService"
         ]
     );
     assert!(

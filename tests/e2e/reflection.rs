@@ -31,6 +31,7 @@ async fn reflection_lists_and_describes_every_method() {
         "runnel.v1.ProduceService",
         "runnel.v1.ConsumeService",
         "runnel.v1.GroupService",
+        "runnel.v1.ShareService",
         "runnel.v1.SecurityService",
         "grpc.health.v1.Health",
     ];
@@ -56,7 +57,7 @@ async fn reflection_lists_and_describes_every_method() {
         got.contains(&"grpc.health.v1.Health/Check".to_owned()),
         "{got:?}"
     );
-    assert_eq!(expected.len(), 34, "{expected:?}");
+    assert_eq!(expected.len(), 41, "{expected:?}");
 
     // The comments travel too, so `grpcurl describe` documents the protocol.
     let produce = described

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::groups::{self, Groups};
+use crate::shares::{self, ShareGroups};
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
 
@@ -16,6 +17,7 @@ pub(crate) struct Background {
     retention: JoinHandle<()>,
     group_ticks: JoinHandle<()>,
     group_lag: JoinHandle<()>,
+    share_ticks: JoinHandle<()>,
 }
 
 impl Background {
@@ -29,6 +31,7 @@ impl Background {
                 shutdown.clone(),
             )),
             group_ticks: tokio::spawn(group_tick_loop(broker.groups.clone(), shutdown.clone())),
+            share_ticks: tokio::spawn(share_tick_loop(broker.shares.clone(), shutdown.clone())),
             group_lag: tokio::spawn(groups::lag::refresh_loop(
                 broker.groups.clone(),
                 Duration::from_millis(config.groups.lag_refresh_interval_ms),
@@ -42,6 +45,7 @@ impl Background {
         let _ = self.retention.await;
         let _ = self.group_ticks.await;
         let _ = self.group_lag.await;
+        let _ = self.share_ticks.await;
     }
 }
 
@@ -54,6 +58,20 @@ async fn group_tick_loop(groups: Arc<Groups>, shutdown: Shutdown) {
             biased;
             () = shutdown.wait() => return,
             _ = tick.tick() => groups.tick(Instant::now()),
+        }
+    }
+}
+
+/// Expires share group locks and wakes readers of delayed records every [`shares::TICK`]
+/// until shutdown.
+async fn share_tick_loop(shares: Arc<ShareGroups>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(shares::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            _ = tick.tick() => shares.tick(crate::clock::now_ms()),
         }
     }
 }

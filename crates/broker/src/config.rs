@@ -46,6 +46,8 @@ pub struct Config {
     pub limits: Limits,
     /// Consumer groups: membership timeouts, offsets, lag metrics.
     pub groups: GroupSettings,
+    /// Share groups: acquisition locks, redelivery, dead letters, limits.
+    pub shares: ShareSettings,
     /// Default quotas of every client id, and how they are enforced.
     pub quotas: QuotaSettings,
     /// gRPC server connection settings.
@@ -71,6 +73,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             limits: Limits::default(),
             groups: GroupSettings::default(),
+            shares: ShareSettings::default(),
             quotas: QuotaSettings::default(),
             server: ServerSettings::default(),
             tls: TlsSettings::default(),
@@ -243,6 +246,61 @@ impl TopicDefaults {
         Ok(())
     }
 }
+
+/// The `[shares]` section: share groups (`docs/protocol.md`, "Share groups"). Each group may
+/// override lock_ms, max_deliveries, backoff_ms and start (`AlterShareGroup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShareSettings {
+    /// How long an acquisition lock lasts, ms.
+    pub lock_ms: u64,
+    /// Deliveries after which a released or expired record is dead-lettered (or archived).
+    pub max_deliveries: u32,
+    /// Redelivery delays, ms: the n-th after the n-th delivery, the last for later ones.
+    pub backoff_ms: Vec<u64>,
+    /// Where a group starts reading a partition it has not read before.
+    pub start: ShareStartSetting,
+    /// The longest redelivery delay a release, a backoff step or a lock may ask for, ms.
+    pub max_delay_ms: u64,
+    /// Records in flight (acquired, waiting for redelivery or for the dead-letter topic) per
+    /// share partition; no fresh record is acquired beyond it.
+    pub max_in_flight_records: u32,
+    /// The most records one ShareFetch acquires.
+    pub max_fetch_records: u32,
+    /// Share groups.
+    pub max_groups: u32,
+    /// Size past which the share groups' internal log is compacted, bytes.
+    pub compact_bytes: u64,
+}
+
+impl Default for ShareSettings {
+    fn default() -> Self {
+        ShareSettings {
+            lock_ms: 30_000,
+            max_deliveries: 5,
+            backoff_ms: Vec::new(),
+            start: ShareStartSetting::Latest,
+            max_delay_ms: 86_400_000,
+            max_in_flight_records: 2_000,
+            max_fetch_records: 10_000,
+            max_groups: 10_000,
+            compact_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Where a share group starts reading a partition it has not read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareStartSetting {
+    /// The log start: every stored record.
+    Earliest,
+    /// The log end: records produced from then on (Kafka's default).
+    Latest,
+}
+
+/// Most steps of a backoff schedule.
+pub const MAX_BACKOFF_STEPS: usize = 32;
 
 /// A durability policy as written in the config file and in topic metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -741,6 +799,7 @@ impl Config {
         self.storage.check()?;
         self.limits.check()?;
         self.groups.check()?;
+        self.shares.check()?;
         self.quotas.check()?;
         self.server.check()?;
         self.tls.check()?;
@@ -972,6 +1031,43 @@ impl GroupSettings {
             ("groups.offsets_compact_bytes", g.offsets_compact_bytes, 4096, 1 << 40),
         ];
         in_ranges(&ranges)
+    }
+}
+
+impl ShareSettings {
+    /// `[shares]`: durations within `max_delay_ms`, limits at least 1.
+    fn check(&self) -> Result<(), Invalid> {
+        let s = self;
+        #[rustfmt::skip]
+        let ranges = [
+            ("shares.max_delay_ms", s.max_delay_ms, 1, 30 * 86_400_000),
+            ("shares.lock_ms", s.lock_ms, 100, s.max_delay_ms.max(100)),
+            ("shares.max_deliveries", u64::from(s.max_deliveries), 1, 1000),
+            ("shares.max_in_flight_records", u64::from(s.max_in_flight_records), 1, 1 << 20),
+            ("shares.max_fetch_records", u64::from(s.max_fetch_records), 1, 1 << 20),
+            ("shares.max_groups", u64::from(s.max_groups), 1, 1 << 24),
+            ("shares.compact_bytes", s.compact_bytes, 4096, 1 << 40),
+        ];
+        in_ranges(&ranges)?;
+        if s.backoff_ms.len() > MAX_BACKOFF_STEPS {
+            return Err((
+                "shares.backoff_ms".into(),
+                format!(
+                    "has {} steps, more than {MAX_BACKOFF_STEPS}",
+                    s.backoff_ms.len()
+                ),
+            ));
+        }
+        if let Some(d) = s.backoff_ms.iter().find(|d| **d > s.max_delay_ms) {
+            return Err((
+                "shares.backoff_ms".into(),
+                format!(
+                    "step {d} is longer than shares.max_delay_ms ({})",
+                    s.max_delay_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,7 @@ pub mod producers;
 mod quotas;
 mod server;
 mod services;
+pub mod shares;
 pub mod shutdown;
 mod tasks;
 mod tls;

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::Auth;
 use crate::background::Background;
-use crate::broker::Broker;
+use crate::broker::{Broker, State};
 use crate::config::Config;
 use crate::connections::{Conn, accept_loop};
 use crate::console::Console;
@@ -29,6 +29,7 @@ use crate::metrics::{self, GroupGauges};
 use crate::producers::Producers;
 use crate::quotas::Quotas;
 use crate::services::router;
+use crate::shares::ShareGroups;
 use crate::shutdown::{self, Shutdown};
 use crate::tasks::BlockingPool;
 use crate::tls::Tls;
@@ -75,15 +76,13 @@ pub async fn run(
     let (router, services) = router::router(&config, &health, quotas.clone(), &auth)?;
     let mut serving = Serving::start(router, listener, tls.clone(), &config, &signal);
     let reloads = tokio::spawn(reload_on_sighup(tls, signal.clone()));
-    let (topics, producers, groups) = open_state(&config, group_gauges).await?;
+    let state = open_state(&config, group_gauges).await?;
 
     // Serve: the broker over that state behind the services, the background loops, all
     // watching one shutdown signal; then health says SERVING.
     let broker = Arc::new(Broker::new(
         config,
-        topics,
-        producers,
-        groups,
+        state,
         signal.clone(),
         quotas,
         started.at,
@@ -119,6 +118,7 @@ pub async fn run(
     // Close: commits answered before this point are durable, later ones were refused; then
     // every log is closed cleanly, the internal logs with the partitions.
     broker.groups.close().await;
+    broker.shares.close().await;
     let failed = close_logs(&broker).await;
     if let Some(exporter) = exporter {
         exporter.abort();
@@ -218,13 +218,10 @@ fn start_metrics(
     Ok(exporter)
 }
 
-/// Opens the topics (recovering every partition's log), the producer registry and the
-/// consumer groups, starts the groups' offsets writer, and removes in the background what
-/// deleted topics left.
-async fn open_state(
-    config: &Config,
-    group_gauges: Arc<GroupGauges>,
-) -> Result<(Arc<Topics>, Producers, Arc<Groups>), Error> {
+/// Opens the topics (recovering every partition's log), the producer registry, the
+/// consumer groups and the share groups, starts the writers of the groups' internal logs,
+/// and removes in the background what deleted topics left.
+async fn open_state(config: &Config, group_gauges: Arc<GroupGauges>) -> Result<State, Error> {
     let env = LogEnv {
         clock: Arc::new(SystemClock),
         observer: metrics::StorageObserver::new(),
@@ -237,11 +234,14 @@ async fn open_state(
         config.limits.clone(),
     );
     let group_settings = config.groups.clone();
-    let (topics, producers, groups) = tokio::task::spawn_blocking(move || {
+    let share_settings = config.shares.clone();
+    let (topics, producers, groups, shares) = tokio::task::spawn_blocking(move || {
         let topics = Arc::new(Topics::open(&dir, defaults, storage, limits, env.clone())?);
         let producers = Producers::open(&dir, &env)?;
+        let max_members = group_settings.max_members_per_group;
         let groups = Groups::open(&dir, group_settings, topics.clone(), group_gauges, &env)?;
-        Ok::<_, Error>((topics, producers, groups))
+        let shares = ShareGroups::open(&dir, share_settings, max_members, &env)?;
+        Ok::<_, Error>((topics, producers, groups, shares))
     })
     .await
     .map_err(|e| Error::Thread {
@@ -250,9 +250,16 @@ async fn open_state(
     })??;
     let groups = Arc::new(groups);
     groups.start();
+    let shares = Arc::new(shares);
+    shares.start();
     let t = topics.clone();
     tokio::task::spawn_blocking(move || t.purge_deleted());
-    Ok((topics, producers, groups))
+    Ok(State {
+        topics,
+        producers,
+        groups,
+        shares,
+    })
 }
 
 /// The gRPC server and the loop that accepts its connections.

@@ -94,6 +94,9 @@ pub enum ErrorCode {
     UserExists,
     /// No token has that id.
     UnknownToken,
+    /// An acknowledgement names a record the member does not hold (never acquired, already
+    /// acknowledged, lock expired, or another member's).
+    InvalidRecordState,
     /// A code this client does not know (or `ERROR_CODE_UNSPECIFIED`), by number.
     Unknown(i32),
 }
@@ -138,6 +141,7 @@ impl ErrorCode {
             Ok(P::UnknownUser) => Self::UnknownUser,
             Ok(P::UserExists) => Self::UserExists,
             Ok(P::UnknownToken) => Self::UnknownToken,
+            Ok(P::InvalidRecordState) => Self::InvalidRecordState,
             // Unspecified and codes added after this client was built.
             _ => Self::Unknown(code),
         }
@@ -182,6 +186,7 @@ impl ErrorCode {
             Self::UnknownUser => P::UnknownUser,
             Self::UserExists => P::UserExists,
             Self::UnknownToken => P::UnknownToken,
+            Self::InvalidRecordState => P::InvalidRecordState,
             Self::Unknown(n) => return n,
         };
         p as i32
@@ -218,7 +223,8 @@ impl ErrorCode {
             | Self::UnknownProducer
             | Self::UnknownMember
             | Self::FencedMember
-            | Self::GroupNotEmpty => C::FailedPrecondition,
+            | Self::GroupNotEmpty
+            | Self::InvalidRecordState => C::FailedPrecondition,
             Self::CorruptLog => C::DataLoss,
             Self::Unimplemented => C::Unimplemented,
             Self::DeadlineExceeded => C::DeadlineExceeded,

@@ -204,6 +204,7 @@ mod tests {
                 "runnel/v1/groups.proto",
                 "runnel/v1/produce.proto",
                 "runnel/v1/security.proto",
+                "runnel/v1/share.proto",
             ]
         );
 
@@ -257,6 +258,18 @@ mod tests {
             ]
         );
         assert_eq!(
+            methods("ShareService"),
+            [
+                "ShareFetch",
+                "ShareAcknowledge",
+                "LeaveShareGroup",
+                "AlterShareGroup",
+                "DescribeShareGroup",
+                "ListShareGroups",
+                "DeleteShareGroup",
+            ]
+        );
+        assert_eq!(
             methods("SecurityService"),
             [
                 "CreateUser",
@@ -290,6 +303,10 @@ mod tests {
         assert_eq!(
             pb::group_service_server::SERVICE_NAME,
             "runnel.v1.GroupService"
+        );
+        assert_eq!(
+            pb::share_service_server::SERVICE_NAME,
+            "runnel.v1.ShareService"
         );
         assert_eq!(
             pb::security_service_server::SERVICE_NAME,

@@ -36,6 +36,7 @@ macro_rules! requests {
 }
 
 requests!(
+    AlterShareGroupRequest,
     AlterTopicConfigRequest,
     BrokerInfoRequest,
     CommitOffsetsRequest,
@@ -47,19 +48,23 @@ requests!(
     DeleteAclsRequest,
     DeleteGroupRequest,
     DeleteQuotaRequest,
+    DeleteShareGroupRequest,
     DeleteTokenRequest,
     DeleteTopicRequest,
     DeleteUserRequest,
     DescribeGroupRequest,
+    DescribeShareGroupRequest,
     DescribeTopicRequest,
     FetchOffsetsRequest,
     FetchRequest,
     GroupConsumeRequest,
     InitProducerRequest,
+    LeaveShareGroupRequest,
     ListAclsRequest,
     ListGroupsRequest,
     ListOffsetsRequest,
     ListQuotasRequest,
+    ListShareGroupsRequest,
     ListTokensRequest,
     ListTopicsRequest,
     ListUsersRequest,
@@ -68,6 +73,8 @@ requests!(
     ResetOffsetsRequest,
     SetPasswordRequest,
     SetQuotaRequest,
+    ShareAcknowledgeRequest,
+    ShareFetchRequest,
     SubscribeRequest,
 );
 

@@ -56,6 +56,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::UnknownUser, Code::NotFound),
     row(ErrorCode::UserExists, Code::AlreadyExists),
     row(ErrorCode::UnknownToken, Code::NotFound),
+    row(ErrorCode::InvalidRecordState, Code::FailedPrecondition),
     row(ErrorCode::BrokerShuttingDown, Code::Unavailable),
     row(ErrorCode::BrokerStarting, Code::Unavailable),
     row(ErrorCode::Internal, Code::Internal),

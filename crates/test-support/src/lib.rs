@@ -18,6 +18,7 @@ use std::time::Duration;
 use runnel_proto::pb::{
     admin_service_client::AdminServiceClient, consume_service_client::ConsumeServiceClient,
     group_service_client::GroupServiceClient, produce_service_client::ProduceServiceClient,
+    share_service_client::ShareServiceClient,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -124,6 +125,11 @@ impl Connection {
     /// A `GroupService` client on this connection.
     pub fn groups(&self) -> GroupServiceClient<Channel> {
         GroupServiceClient::new(self.channel())
+    }
+
+    /// A `ShareService` client on this connection.
+    pub fn share(&self) -> ShareServiceClient<Channel> {
+        ShareServiceClient::new(self.channel()).max_decoding_message_size(MAX_DECODING_BYTES)
     }
 }
 

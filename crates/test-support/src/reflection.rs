@@ -5,7 +5,7 @@ use tokio_stream::StreamExt as _;
 use crate::{Connection, within};
 
 /// Every service a broker serves and its reflection services list, sorted by name.
-pub const SERVICES: [&str; 8] = [
+pub const SERVICES: [&str; 9] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -14,6 +14,7 @@ pub const SERVICES: [&str; 8] = [
     "runnel.v1.GroupService",
     "runnel.v1.ProduceService",
     "runnel.v1.SecurityService",
+    "runnel.v1.ShareService",
 ];
 
 /// What a reflection service answered in one stream.

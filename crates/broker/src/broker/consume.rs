@@ -24,7 +24,7 @@ use crate::partition::Partition;
 use crate::quotas::{Caller, Quota};
 use crate::tasks::blocking;
 
-fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
+pub(crate) fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
     RpcError::storage(
         e,
         At {
@@ -36,7 +36,7 @@ fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
 }
 
 /// Completes when any receiver sees a change.
-async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
+pub(crate) async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
     if watches.is_empty() {
         return std::future::pending().await;
     }

@@ -15,6 +15,7 @@ pub mod group_consume;
 pub mod groups;
 pub mod produce;
 pub mod records;
+pub mod share;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,9 +27,23 @@ use crate::error::RpcError;
 use crate::groups::Groups;
 use crate::producers::Producers;
 use crate::quotas::Quotas;
+use crate::shares::ShareGroups;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
 use budget::{ProduceBudget, ReadAhead};
+
+/// The broker's state, opened from the data directory.
+#[derive(Debug)]
+pub struct State {
+    /// The topics and their partitions.
+    pub topics: Arc<Topics>,
+    /// Idempotent producer ids and epochs.
+    pub producers: Producers,
+    /// Consumer groups and their committed offsets.
+    pub groups: Arc<Groups>,
+    /// Share groups.
+    pub shares: Arc<ShareGroups>,
+}
 
 /// What every front end shares: the configuration, the topics and their partitions, the
 /// idempotent producers, the consumer groups, the shutdown signal, the broker-wide limits
@@ -43,6 +58,8 @@ pub struct Broker {
     pub producers: Producers,
     /// Consumer groups and their committed offsets.
     pub groups: Arc<Groups>,
+    /// Share groups and their records in flight.
+    pub shares: Arc<ShareGroups>,
     /// The shutdown signal.
     pub shutdown: Shutdown,
     /// Produce batch bytes being appended (`limits.produce_max_in_flight_bytes`).
@@ -63,9 +80,7 @@ impl Broker {
     /// The broker over state already opened, with the limits of `config`.
     pub fn new(
         config: Config,
-        topics: Arc<Topics>,
-        producers: Producers,
-        groups: Arc<Groups>,
+        state: State,
         shutdown: Shutdown,
         quotas: Arc<Quotas>,
         started: Instant,
@@ -80,9 +95,10 @@ impl Broker {
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions as usize)),
             read_ahead: ReadAhead::new(limits.read_buffer_bytes),
             quotas,
-            topics,
-            producers,
-            groups,
+            topics: state.topics,
+            producers: state.producers,
+            groups: state.groups,
+            shares: state.shares,
             shutdown,
             started,
             start_time_ms,

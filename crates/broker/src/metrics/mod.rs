@@ -81,6 +81,22 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "runnel_tls_handshake_failures_total";
 pub const AUTH_FAILURES: &str = "runnel_authentication_failures_total";
 /// Calls refused because no ACL allowed them, per operation.
 pub const AUTH_DENIALS: &str = "runnel_authorization_denials_total";
+/// Records acquired by share group members, per group and topic (redeliveries included).
+pub const SHARE_ACQUIRED: &str = "runnel_share_records_acquired_total";
+/// Records acquired again after an earlier delivery, per group and topic.
+pub const SHARE_REDELIVERED: &str = "runnel_share_records_redelivered_total";
+/// Records acknowledged by share group members, per group, topic and `kind` (accept,
+/// release, reject, renew).
+pub const SHARE_ACKNOWLEDGED: &str = "runnel_share_records_acknowledged_total";
+/// Records whose acquisition lock expired, per group and topic.
+pub const SHARE_LOCK_EXPIRIES: &str = "runnel_share_lock_expiries_total";
+/// Records copied to a share group's dead-letter topic, per group and topic (the topic read).
+pub const SHARE_DEAD_LETTERED: &str = "runnel_share_records_dead_lettered_total";
+/// Records in flight (acquired, waiting for redelivery or for the dead-letter topic), per
+/// share group, topic and partition.
+pub const SHARE_IN_FLIGHT: &str = "runnel_share_records_in_flight";
+/// Records not yet delivered to a share group, per group, topic and partition.
+pub const SHARE_LAG: &str = "runnel_share_lag_records";
 /// Topics.
 pub const TOPICS: &str = "runnel_topics";
 /// Partitions of all topics.
@@ -610,6 +626,31 @@ fn describe() {
         Unit::Count,
         "Calls refused because no ACL allows them (or one denies them), per operation."
     );
+    describe_counter!(
+        SHARE_ACQUIRED,
+        Unit::Count,
+        "Records acquired by share group members, per group and topic."
+    );
+    describe_counter!(
+        SHARE_REDELIVERED,
+        Unit::Count,
+        "Records acquired again after an earlier delivery, per group and topic."
+    );
+    describe_counter!(
+        SHARE_ACKNOWLEDGED,
+        Unit::Count,
+        "Records acknowledged by share group members, per group, topic and kind."
+    );
+    describe_counter!(
+        SHARE_LOCK_EXPIRIES,
+        Unit::Count,
+        "Records whose acquisition lock expired, per share group and topic."
+    );
+    describe_counter!(
+        SHARE_DEAD_LETTERED,
+        Unit::Count,
+        "Records copied to a share group's dead-letter topic, per group and topic read."
+    );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");
     describe_gauge!(
@@ -751,6 +792,38 @@ pub fn auth_failed(mechanism: &'static str) {
 /// Counts a call refused by authorization.
 pub fn auth_denied(operation: &'static str) {
     counter!(AUTH_DENIALS, "operation" => operation).increment(1);
+}
+
+/// Counts records acquired by a share group member; `redelivered` of them not for the first
+/// time.
+pub fn share_acquired(group: &str, topic: &str, records: u64, redelivered: u64) {
+    let labels = [("group", group.to_owned()), ("topic", topic.to_owned())];
+    counter!(SHARE_ACQUIRED, &labels).increment(records);
+    if redelivered > 0 {
+        counter!(SHARE_REDELIVERED, &labels).increment(redelivered);
+    }
+}
+
+/// Counts records acknowledged; `kind` is accept, release, reject or renew.
+pub fn share_acknowledged(group: &str, topic: &str, kind: &'static str, records: u64) {
+    let labels = [
+        ("group", group.to_owned()),
+        ("topic", topic.to_owned()),
+        ("kind", kind.to_owned()),
+    ];
+    counter!(SHARE_ACKNOWLEDGED, &labels).increment(records);
+}
+
+/// Counts records whose acquisition lock expired.
+pub fn share_lock_expiries(group: &str, topic: &str, records: u64) {
+    let labels = [("group", group.to_owned()), ("topic", topic.to_owned())];
+    counter!(SHARE_LOCK_EXPIRIES, &labels).increment(records);
+}
+
+/// Counts records copied to a dead-letter topic.
+pub fn share_dead_lettered(group: &str, topic: &str, records: u64) {
+    let labels = [("group", group.to_owned()), ("topic", topic.to_owned())];
+    counter!(SHARE_DEAD_LETTERED, &labels).increment(records);
 }
 
 /// Counts a group rebalance.

@@ -232,6 +232,61 @@ impl Protected for pb::ResetOffsetsRequest {
     }
 }
 
+impl Protected for pb::ShareFetchRequest {
+    /// READ on the group and on the topics read and acknowledged (as Kafka's `ShareFetch`).
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Read)?;
+        let acked = self.acknowledgements.iter().map(|a| a.topic.as_str());
+        access.topics(self.topics.iter().map(String::as_str).chain(acked), Read)
+    }
+}
+
+impl Protected for pb::ShareAcknowledgeRequest {
+    /// READ on the group and on the topics acknowledged.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Read)?;
+        access.topics(self.acknowledgements.iter().map(|a| a.topic.as_str()), Read)
+    }
+}
+
+impl Protected for pb::LeaveShareGroupRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Read)
+    }
+}
+
+impl Protected for pb::AlterShareGroupRequest {
+    /// ALTER on the group, and WRITE on a dead-letter topic it names: the broker writes dead
+    /// letters there on the group's behalf.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Alter)?;
+        let dead_letter = self
+            .settings
+            .as_ref()
+            .and_then(|s| s.dead_letter_topic.as_deref());
+        access.topics(dead_letter, Write)
+    }
+}
+
+impl Protected for pb::DescribeShareGroupRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Describe)
+    }
+}
+
+impl Protected for pb::ListShareGroupsRequest {
+    /// The answer lists only the groups the caller may describe.
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check_some(ResourceType::Group, Describe)
+    }
+}
+
+impl Protected for pb::DeleteShareGroupRequest {
+    fn authorize(&self, access: &Access) -> Result<(), RpcError> {
+        access.check(Resource::Group(&self.group_id), Delete)
+    }
+}
+
 /// `Ok` if the caller may READ every topic of `topics` (the topics a reset of every topic
 /// turned out to touch).
 ///

@@ -13,6 +13,7 @@ pub mod groups;
 pub mod produce;
 pub mod router;
 pub mod security;
+pub mod share;
 pub mod status;
 
 use std::time::Instant;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use runnel_proto::pb::{
     admin_service_server::AdminServiceServer, group_service_server::GroupServiceServer,
     produce_service_server::ProduceServiceServer, security_service_server::SecurityServiceServer,
+    share_service_server::ShareServiceServer,
 };
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -26,6 +27,7 @@ use super::gate::Gated;
 use super::groups::Groups;
 use super::produce::Produce;
 use super::security::Security;
+use super::share::Share;
 use super::status;
 use crate::auth::Auth;
 use crate::broker::Broker;
@@ -34,11 +36,12 @@ use crate::error::Error;
 use crate::quotas::Quotas;
 
 /// The gRPC service names whose health is reported, besides the overall `""`.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "runnel.v1.AdminService",
     "runnel.v1.ProduceService",
     "runnel.v1.ConsumeService",
     "runnel.v1.GroupService",
+    "runnel.v1.ShareService",
     "runnel.v1.SecurityService",
 ];
 
@@ -95,6 +98,7 @@ pub(crate) struct Services {
     produce: Gated<ProduceServiceServer<Produce>>,
     consume: Gated<ConsumeRoutes>,
     groups: Gated<GroupServiceServer<Groups>>,
+    share: Gated<ShareServiceServer<Share>>,
 }
 
 impl Services {
@@ -115,6 +119,10 @@ impl Services {
             .open(ConsumeRoutes::new(broker.clone(), max_request));
         self.groups.open(
             GroupServiceServer::new(Groups::new(broker.clone()))
+                .max_decoding_message_size(max_request),
+        );
+        self.share.open(
+            ShareServiceServer::new(Share::new(broker.clone()))
                 .max_decoding_message_size(max_request),
         );
     }
@@ -140,6 +148,7 @@ pub(crate) fn router(
         produce: Gated::closed(),
         consume: Gated::closed(),
         groups: Gated::closed(),
+        share: Gated::closed(),
     };
     let max_request = usize::try_from(config.limits.max_request_bytes).unwrap_or(usize::MAX);
     let security = SecurityServiceServer::new(Security::new(auth.clone()))
@@ -152,6 +161,7 @@ pub(crate) fn router(
         .add_service(services.produce.clone())
         .add_service(services.consume.clone())
         .add_service(services.groups.clone())
+        .add_service(services.share.clone())
         .add_service(security);
     Ok((router, services))
 }

@@ -217,7 +217,8 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnknownProducer
         | ErrorCode::UnknownMember
         | ErrorCode::FencedMember
-        | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
+        | ErrorCode::GroupNotEmpty
+        | ErrorCode::InvalidRecordState => Code::FailedPrecondition,
         ErrorCode::CorruptLog => Code::DataLoss,
     }
 }

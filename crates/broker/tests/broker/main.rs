@@ -13,5 +13,6 @@ mod produce;
 mod quotas;
 mod records;
 mod security;
+mod share;
 mod shutdown;
 mod upgrade;

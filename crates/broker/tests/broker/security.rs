@@ -403,6 +403,80 @@ fn table() -> Vec<Row> {
             &[(Group("g"), Read), (Topic("t"), Read)],
         ),
         row(
+            "/runnel.v1.ShareService/ShareFetch",
+            Unary,
+            || pb::ShareFetchRequest {
+                group_id: "sg".into(),
+                member_id: "m".into(),
+                topics: vec!["t".into()],
+                max_records: 10,
+                ..Default::default()
+            },
+            &[(Group("sg"), Read), (Topic("t"), Read)],
+        ),
+        row(
+            "/runnel.v1.ShareService/ShareAcknowledge",
+            Unary,
+            || pb::ShareAcknowledgeRequest {
+                group_id: "sg".into(),
+                member_id: "m".into(),
+                acknowledgements: vec![pb::Acknowledgement {
+                    topic: "t".into(),
+                    partition: 0,
+                    first_offset: 0,
+                    last_offset: 0,
+                    r#type: pb::AckType::Accept.into(),
+                    ..Default::default()
+                }],
+            },
+            &[(Group("sg"), Read), (Topic("t"), Read)],
+        ),
+        row(
+            "/runnel.v1.ShareService/LeaveShareGroup",
+            Unary,
+            || pb::LeaveShareGroupRequest {
+                group_id: "sg".into(),
+                member_id: "m".into(),
+            },
+            &[(Group("sg"), Read)],
+        ),
+        row(
+            "/runnel.v1.ShareService/AlterShareGroup",
+            Unary,
+            || pb::AlterShareGroupRequest {
+                group_id: "sg".into(),
+                settings: Some(pb::ShareGroupSettings {
+                    dead_letter_topic: Some("dlq".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &[(Group("sg"), Alter), (Topic("dlq"), Write)],
+        ),
+        row(
+            "/runnel.v1.ShareService/DescribeShareGroup",
+            Unary,
+            || pb::DescribeShareGroupRequest {
+                group_id: "sg".into(),
+            },
+            &[(Group("sg"), Describe)],
+        ),
+        row(
+            "/runnel.v1.ShareService/ListShareGroups",
+            Unary,
+            || pb::ListShareGroupsRequest {},
+            &[(Group("sg"), Describe)],
+        ),
+        row(
+            "/runnel.v1.ShareService/DeleteShareGroup",
+            Unary,
+            || pb::DeleteShareGroupRequest {
+                group_id: "sgone".into(),
+                force: false,
+            },
+            &[(Group("sgone"), Delete)],
+        ),
+        row(
             "/runnel.v1.SecurityService/CreateUser",
             Unary,
             || pb::CreateUserRequest {
@@ -497,7 +571,7 @@ thread_local! {
 /// with committed offsets; a quota for `limited`; users `other` and `bye`; a token.
 async fn set_up(b: &TestBroker) {
     use CallKind::Unary;
-    for (topic, partitions) in [("t", 1), ("doomed", 1), ("grow", 1)] {
+    for (topic, partitions) in [("t", 1), ("doomed", 1), ("grow", 1), ("dlq", 1)] {
         as_admin(
             b,
             "/runnel.v1.AdminService/CreateTopic",
@@ -529,6 +603,14 @@ async fn set_up(b: &TestBroker) {
             answer.results.iter().all(|r| r.error.is_none()),
             "{answer:?}"
         );
+    }
+    for group in ["sg", "sgone"] {
+        let alter = pb::AlterShareGroupRequest {
+            group_id: group.into(),
+            settings: Some(pb::ShareGroupSettings::default()),
+            ..Default::default()
+        };
+        as_admin(b, "/runnel.v1.ShareService/AlterShareGroup", Unary, &alter).await;
     }
     let quota = pb::SetQuotaRequest {
         client_id: "limited".into(),

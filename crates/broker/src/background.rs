@@ -18,11 +18,12 @@ pub(crate) struct Background {
     group_ticks: JoinHandle<()>,
     group_lag: JoinHandle<()>,
     share_ticks: JoinHandle<()>,
+    dead_letters: JoinHandle<()>,
 }
 
 impl Background {
     /// Starts every loop over the broker's state.
-    pub(crate) fn spawn(broker: &Broker, shutdown: &Shutdown) -> Self {
+    pub(crate) fn spawn(broker: &Arc<Broker>, shutdown: &Shutdown) -> Self {
         let config = &broker.config;
         Background {
             retention: tokio::spawn(retention_loop(
@@ -32,6 +33,7 @@ impl Background {
             )),
             group_ticks: tokio::spawn(group_tick_loop(broker.groups.clone(), shutdown.clone())),
             share_ticks: tokio::spawn(share_tick_loop(broker.shares.clone(), shutdown.clone())),
+            dead_letters: tokio::spawn(broker.clone().dead_letter_loop()),
             group_lag: tokio::spawn(groups::lag::refresh_loop(
                 broker.groups.clone(),
                 Duration::from_millis(config.groups.lag_refresh_interval_ms),
@@ -46,6 +48,7 @@ impl Background {
         let _ = self.group_ticks.await;
         let _ = self.group_lag.await;
         let _ = self.share_ticks.await;
+        let _ = self.dead_letters.await;
     }
 }
 

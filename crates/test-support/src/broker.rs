@@ -55,7 +55,13 @@ impl TestBroker {
         Self::launch(config, Some(dir)).await
     }
 
-    async fn launch(config: Config, dir: Option<TempDir>) -> Self {
+    /// Starts a broker with `config` over a data directory an earlier one left (what
+    /// [`TestBroker::stop`] returned), after a test changed what is in it.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestBroker::start`].
+    pub async fn launch(config: Config, dir: Option<TempDir>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod budget;
 pub mod consume;
+pub mod dead_letters;
 pub mod group_consume;
 pub mod groups;
 pub mod produce;

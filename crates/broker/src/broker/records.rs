@@ -80,6 +80,38 @@ pub(crate) fn decode(
     limit: usize,
     at: (&str, u32),
 ) -> Result<Vec<pb::Record>, RpcError> {
+    let mut out = Vec::new();
+    each_record(batches, from, limit, at, |r| {
+        out.push(pb::Record {
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| pb::RecordHeader {
+                    key: String::from_utf8_lossy(&h.name).into_owned(),
+                    value: h.value,
+                })
+                .collect(),
+        });
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with every record at or after `from` of stored batches, decompressing
+/// compressed batches, none to more than `limit` bytes.
+///
+/// # Errors
+/// As [`decode`].
+pub(crate) fn each_record(
+    batches: &[Bytes],
+    from: u64,
+    limit: usize,
+    at: (&str, u32),
+    mut each: impl FnMut(runnel_storage::batch::Record),
+) -> Result<(), RpcError> {
     let (topic, partition) = at;
     let corrupt = |offset: u64, reason: &dyn std::fmt::Display| {
         RpcError::new(
@@ -87,7 +119,6 @@ pub(crate) fn decode(
             format!("{topic}/{partition}: the batch at offset {offset} does not decode: {reason}"),
         )
     };
-    let mut out = Vec::new();
     for bytes in batches {
         for batch in Batches::new(bytes.clone()) {
             let batch = batch.map_err(|e| corrupt(from, &e))?;
@@ -102,30 +133,15 @@ pub(crate) fn decode(
                 )),
                 e => corrupt(header.base_offset, &e),
             })?;
-            out.reserve(header.record_count as usize);
             for record in records {
                 let r = record.map_err(|e| corrupt(header.base_offset, &e))?;
-                if r.offset < from {
-                    continue;
+                if r.offset >= from {
+                    each(r);
                 }
-                out.push(pb::Record {
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|h| pb::RecordHeader {
-                            key: String::from_utf8_lossy(&h.name).into_owned(),
-                            value: h.value,
-                        })
-                        .collect(),
-                });
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

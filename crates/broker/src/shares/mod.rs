@@ -27,7 +27,7 @@ use crate::config::{MAX_BACKOFF_STEPS, ShareSettings, ShareStartSetting};
 use crate::error::{Error, RpcError};
 use crate::groups::assignor::Tp;
 use crate::metrics;
-use state::{Ack, Acquired, Counts, Rules, SharePartition};
+use state::{Ack, Acquired, Copy, Counts, DeadLetters, Rules, SharePartition};
 use store::{Entry, Reset, Settings, Store, Written};
 
 /// How often [`ShareGroups::tick`] runs: locks expire and delayed records become available
@@ -107,6 +107,8 @@ pub struct ShareGroups {
     groups: RwLock<BTreeMap<String, Arc<ShareGroup>>>,
     stop: Notify,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Notified when records wait for a dead-letter topic.
+    pub dead_letters: Arc<Notify>,
 }
 
 /// One share group.
@@ -118,6 +120,7 @@ pub struct ShareGroup {
     store: Arc<Store>,
     /// Notified when records become available again (released, expired, a delay passed).
     pub changed: Notify,
+    dead_letters: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +154,7 @@ impl ShareGroups {
             loaded.entry(group).or_default().load(entry);
         })?;
         let store = Arc::new(store);
+        let dead_letters = Arc::new(Notify::new());
         let partitions: usize = loaded.values().map(|g| g.partitions.len()).sum();
         info!(groups = loaded.len(), partitions, "loaded share groups");
         let groups = loaded
@@ -162,6 +166,7 @@ impl ShareGroups {
                     state: Mutex::new(state),
                     store: store.clone(),
                     changed: Notify::new(),
+                    dead_letters: dead_letters.clone(),
                 });
                 (id, g)
             })
@@ -173,6 +178,7 @@ impl ShareGroups {
             groups: RwLock::new(groups),
             stop: Notify::new(),
             writer: Mutex::new(None),
+            dead_letters,
         })
     }
 
@@ -240,6 +246,7 @@ impl ShareGroups {
             }),
             store: self.store.clone(),
             changed: Notify::new(),
+            dead_letters: self.dead_letters.clone(),
         });
         groups.insert(id.to_owned(), g.clone());
         Ok(g)
@@ -248,6 +255,11 @@ impl ShareGroups {
     /// Every group id, sorted.
     pub fn list(&self) -> Vec<String> {
         read(&self.groups).keys().cloned().collect()
+    }
+
+    /// Every group.
+    pub fn all(&self) -> Vec<Arc<ShareGroup>> {
+        read(&self.groups).values().cloned().collect()
     }
 
     /// Checks and applies a change of a group's settings (creating the group), durably.
@@ -400,6 +412,7 @@ impl ShareGroups {
                 }
                 let lock_ms = rules.lock_ms;
                 s.members.retain(|_, seen| now_ms - *seen < lock_ms as i64);
+                s.notice_dead_letters(&g.dead_letters);
                 wake
             };
             if wake {
@@ -486,6 +499,17 @@ impl GroupState {
                 backoff_ms: Vec::new(),
                 dead_letter: false,
             })
+    }
+
+    /// Wakes the dead-letter copier if records wait for it.
+    fn notice_dead_letters(&self, copier: &Notify) {
+        if self
+            .partitions
+            .values()
+            .any(|p| p.counts().dead_lettering > 0)
+        {
+            copier.notify_one();
+        }
     }
 
     fn live_members(&self, now_ms: i64, lock_ms: u64) -> usize {
@@ -651,6 +675,7 @@ impl ShareGroup {
                 written = written.and(self.store.queue(&self.id, &e));
             }
         }
+        s.notice_dead_letters(&self.dead_letters);
         drop(s);
         if released {
             self.changed.notify_waiters();
@@ -676,10 +701,75 @@ impl ShareGroup {
         for e in &entries {
             written = written.and(self.store.queue(&self.id, e));
         }
+        s.notice_dead_letters(&self.dead_letters);
         drop(s);
         if count > 0 {
             self.changed.notify_waiters();
         }
+        (count, written)
+    }
+
+    /// Work for the dead-letter copier: the group's dead-letter topic, and per partition the
+    /// ranges waiting for it (about `max` records each). A group without a dead-letter topic
+    /// (it was removed) archives them instead, and has none.
+    pub fn dead_letter_work(
+        &self,
+        max: u64,
+    ) -> (Option<String>, Vec<(Tp, Vec<DeadLetters>)>, Written) {
+        let mut s = self.lock();
+        let topic = s
+            .effective
+            .as_ref()
+            .and_then(|e| e.dead_letter_topic.clone());
+        let mut work = Vec::new();
+        let mut written = Written::none();
+        let mut entries = Vec::new();
+        for (tp, p) in &mut s.partitions {
+            if p.counts().dead_lettering == 0 {
+                continue;
+            }
+            let ranges = p.dead_lettering(max);
+            if topic.is_some() {
+                work.push((tp.clone(), ranges));
+                continue;
+            }
+            for r in &ranges {
+                p.dead_lettered(r.first, r.last);
+            }
+            entries.extend(take_entry(tp, p));
+        }
+        for e in &entries {
+            written = written.and(self.store.queue(&self.id, e));
+        }
+        (topic, work, written)
+    }
+
+    /// Notes where a copy of dead letters starts, before it is written.
+    pub fn copying(&self, tp: &Tp, ranges: &[(u64, u64)], copy: Copy) -> Written {
+        let mut s = self.lock();
+        let Some(p) = s.partitions.get_mut(tp) else {
+            return Written::none();
+        };
+        for (first, last) in ranges {
+            p.copying(*first, *last, copy);
+        }
+        match take_entry(tp, p) {
+            Some(e) => self.store.queue(&self.id, &e),
+            None => Written::none(),
+        }
+    }
+
+    /// Marks dead letters done (copied, or gone from the log); returns how many.
+    pub fn dead_lettered(&self, tp: &Tp, ranges: &[(u64, u64)]) -> (u64, Written) {
+        let mut s = self.lock();
+        let Some(p) = s.partitions.get_mut(tp) else {
+            return (0, Written::none());
+        };
+        let count = ranges.iter().map(|(a, b)| p.dead_lettered(*a, *b)).sum();
+        let written = match take_entry(tp, p) {
+            Some(e) => self.store.queue(&self.id, &e),
+            None => Written::none(),
+        };
         (count, written)
     }
 

@@ -47,6 +47,9 @@ pub enum RecordState {
         deliveries: u16,
         /// Why it is dead-lettered (the consumer's error text, or the delivery limit).
         reason: Arc<str>,
+        /// Set once a copy was started: where it went, so that a copy cut short by a crash
+        /// can be found and is not written twice.
+        copy: Option<Copy>,
     },
     /// Accepted, rejected without a dead-letter topic, or dead-lettered: never delivered again.
     Done,
@@ -68,6 +71,31 @@ impl RecordState {
             other => other.clone(),
         }
     }
+}
+
+/// Where a copy of dead letters was written: the dead-letter topic's partition, and its log
+/// end offset before the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Copy {
+    /// The partition of the dead-letter topic.
+    pub partition: u32,
+    /// Its log end offset before the copy: the copy, if it was written, is at or after it.
+    pub from: u64,
+}
+
+/// Records waiting for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetters {
+    /// First offset.
+    pub first: u64,
+    /// Last offset (inclusive).
+    pub last: u64,
+    /// Deliveries they had.
+    pub deliveries: u16,
+    /// Why.
+    pub reason: Arc<str>,
+    /// Where a copy was started, if one was.
+    pub copy: Option<Copy>,
 }
 
 /// A range of records and the state it was set to, for the share store to write.
@@ -166,7 +194,11 @@ impl Rules {
 
     fn finished(&self, deliveries: u16, reason: Arc<str>) -> RecordState {
         if self.dead_letter {
-            RecordState::DeadLettering { deliveries, reason }
+            RecordState::DeadLettering {
+                deliveries,
+                reason,
+                copy: None,
+            }
         } else {
             RecordState::Done
         }
@@ -521,32 +553,71 @@ impl SharePartition {
         count
     }
 
-    /// The ranges waiting to be dead-lettered, with their deliveries and reasons.
-    pub fn dead_lettering(&self) -> Vec<(u64, u64, u16, Arc<str>)> {
-        self.runs
-            .iter()
-            .filter_map(|(first, r)| match &r.state {
-                RecordState::DeadLettering { deliveries, reason } => {
-                    Some((*first, r.last, *deliveries, reason.clone()))
-                }
-                _ => None,
-            })
-            .collect()
+    /// The ranges waiting to be dead-lettered, in offset order, at most about `max` records
+    /// (whole runs).
+    pub fn dead_lettering(&self, max: u64) -> Vec<DeadLetters> {
+        let mut out = Vec::new();
+        let mut count = 0;
+        for (first, r) in &self.runs {
+            if count >= max {
+                break;
+            }
+            if let RecordState::DeadLettering {
+                deliveries,
+                reason,
+                copy,
+            } = &r.state
+            {
+                count += r.last - first + 1;
+                out.push(DeadLetters {
+                    first: *first,
+                    last: r.last,
+                    deliveries: *deliveries,
+                    reason: reason.clone(),
+                    copy: *copy,
+                });
+            }
+        }
+        out
     }
 
-    /// Marks `[first, last]` done after it was copied to the dead-letter topic: only the
-    /// records of it still waiting for that.
-    pub fn dead_lettered(&mut self, first: u64, last: u64) {
+    /// Notes that a copy of `[first, last]` to the dead-letter topic starts at `copy`: only
+    /// the records of it still waiting for that.
+    pub fn copying(&mut self, first: u64, last: u64, copy: Copy) {
+        for (a, b, state) in self.overlapping(first, last) {
+            if let RecordState::DeadLettering {
+                deliveries, reason, ..
+            } = state
+            {
+                self.set_written(
+                    a,
+                    b,
+                    RecordState::DeadLettering {
+                        deliveries,
+                        reason,
+                        copy: Some(copy),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Marks `[first, last]` done: copied to the dead-letter topic, or archived. Only the
+    /// records of it still waiting for that. Returns how many.
+    pub fn dead_lettered(&mut self, first: u64, last: u64) -> u64 {
         let pieces: Vec<(u64, u64)> = self
             .overlapping(first, last)
             .into_iter()
             .filter(|(_, _, s)| matches!(s, RecordState::DeadLettering { .. }))
             .map(|(a, b, _)| (a, b))
             .collect();
+        let mut count = 0;
         for (a, b) in pieces {
+            count += b - a + 1;
             self.set_written(a, b, RecordState::Done);
         }
         self.advance();
+        count
     }
 
     /// The pieces of `[first, last]` the member holds, with their deliveries, or why not.
@@ -860,10 +931,16 @@ mod tests {
         );
         assert_eq!(p.acquire(&m("a"), 0, 0, 1, 1200, 1300, 10)[0].deliveries, 3);
         p.expire(1300, &r);
-        let dl = p.dead_lettering();
+        let dl = p.dead_lettering(100);
         assert_eq!(dl.len(), 1);
-        assert!(dl[0].3.contains("3 times"), "{dl:?}");
-        p.dead_lettered(0, 0);
+        assert!(dl[0].reason.contains("3 times"), "{dl:?}");
+        let copy = Copy {
+            partition: 0,
+            from: 7,
+        };
+        p.copying(0, 0, copy);
+        assert_eq!(p.dead_lettering(100)[0].copy, Some(copy));
+        assert_eq!(p.dead_lettered(0, 0), 1);
         assert_eq!(p.start(), 1);
     }
 

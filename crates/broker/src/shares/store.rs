@@ -24,8 +24,9 @@
 //! | 4 delete group | nothing |
 //!
 //! A range: `first` u64, `last` u64, `state` u8, then for state 1 (available) `deliveries`
-//! u16 and `not_before_ms` i64; for 2 (dead-lettering) `deliveries` u16, `reason_len` u16 and
-//! `reason`; for 3 (done) nothing.
+//! u16 and `not_before_ms` i64; for 2 (dead-lettering) `deliveries` u16, `reason_len` u16,
+//! `reason`, and `copied` u8: 0, or 1 followed by the dead-letter partition u32 and its log
+//! end offset before the copy u64; for 3 (done) nothing.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use runnel_storage::LogEnv;
 use tokio::sync::{Notify, oneshot};
 use tracing::warn;
 
-use super::state::{Change, RecordState};
+use super::state::{Change, Copy, RecordState};
 use crate::error::{Error, RpcError};
 use crate::internal_log::{self, InternalLog};
 
@@ -188,10 +189,22 @@ fn put_partition(b: &mut Vec<u8>, topic: &str, partition: u32, start: u64, range
                 b.extend_from_slice(&deliveries.to_le_bytes());
                 b.extend_from_slice(&not_before_ms.to_le_bytes());
             }
-            RecordState::DeadLettering { deliveries, reason } => {
+            RecordState::DeadLettering {
+                deliveries,
+                reason,
+                copy,
+            } => {
                 b.push(STATE_DEAD_LETTERING);
                 b.extend_from_slice(&deliveries.to_le_bytes());
                 put_str(b, truncated(reason, MAX_REASON_BYTES));
+                match copy {
+                    None => b.push(0),
+                    Some(c) => {
+                        b.push(1);
+                        b.extend_from_slice(&c.partition.to_le_bytes());
+                        b.extend_from_slice(&c.from.to_le_bytes());
+                    }
+                }
             }
             // Acquired is never written (Change::state is durable()).
             RecordState::Done | RecordState::Acquired { .. } => b.push(STATE_DONE),
@@ -326,6 +339,14 @@ impl Reader<'_> {
             STATE_DEAD_LETTERING => RecordState::DeadLettering {
                 deliveries: self.u16()?,
                 reason: self.string()?.into(),
+                copy: match self.u8()? {
+                    0 => None,
+                    1 => Some(Copy {
+                        partition: self.u32()?,
+                        from: self.u64()?,
+                    }),
+                    other => return Err(format!("unknown copy flag {other}")),
+                },
             },
             STATE_DONE => RecordState::Done,
             other => return Err(format!("unknown record state {other}")),
@@ -533,10 +554,23 @@ mod tests {
                         state: RecordState::DeadLettering {
                             deliveries: 1,
                             reason: "bad ümlaut".into(),
+                            copy: None,
                         },
                     },
                     Change {
                         first: 22,
+                        last: 22,
+                        state: RecordState::DeadLettering {
+                            deliveries: 3,
+                            reason: "".into(),
+                            copy: Some(Copy {
+                                partition: 2,
+                                from: 99,
+                            }),
+                        },
+                    },
+                    Change {
+                        first: 23,
                         last: 30,
                         state: RecordState::Done,
                     },

@@ -395,3 +395,239 @@ async fn a_dead_letter_topic_must_exist_and_must_not_be_read_by_the_group() {
     .unwrap_err();
     assert_status(&err, ErrorCode::InvalidConfig, "settings.lock_ms 10");
 }
+
+/// Reads every record of a topic's partition 0 with its headers.
+async fn read_all(b: &TestBroker, topic: &str) -> Vec<pb::Record> {
+    let resp = b
+        .consume()
+        .fetch(pb::FetchRequest {
+            partitions: vec![pb::FetchPartition {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 0,
+            }],
+            format: pb::RecordFormat::Records.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.results[0].records.clone()
+}
+
+fn header<'a>(r: &'a pb::Record, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .rev()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.as_deref())
+        .map(|v| std::str::from_utf8(v).unwrap())
+}
+
+/// Polls the dead-letter topic until it holds `n` records.
+async fn dead_letters(b: &TestBroker, topic: &str, n: usize) -> Vec<pb::Record> {
+    runnel_test_support::within(async {
+        loop {
+            let records = read_all(b, topic).await;
+            if records.len() >= n {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rejected_and_exhausted_records_are_copied_to_the_dead_letter_topic_with_why_and_whence() {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    create_topic(&b, "jobs.dlq", 1).await;
+    alter(
+        &b,
+        pb::ShareGroupSettings {
+            dead_letter_topic: Some("jobs.dlq".into()),
+            max_deliveries: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut builder = runnel_storage::batch::BatchBuilder::new();
+    builder.push(Some(b"k0"), Some(b"v0"), &[(b"trace", Some(b"t0"))], 1_000);
+    builder.push(Some(b"k1"), Some(b"v1"), &[], 1_001);
+    builder.push(None, Some(b"v2"), &[], 1_002);
+    let r = produce(&b, "jobs", 0, vec![builder.build()]).await;
+    assert!(r.error.is_none());
+    let got = acquire(&b, "m", "jobs", 3, 0).await;
+    assert_eq!(got.len(), 3);
+    let mut reject = ack("jobs", 0, 0, AckType::Reject);
+    reject.error = "bad total".into();
+    let results = acknowledge(
+        &b,
+        "m",
+        vec![
+            reject,
+            ack("jobs", 0, 1, AckType::Release),
+            ack("jobs", 0, 2, AckType::Accept),
+        ],
+    )
+    .await;
+    assert!(results.iter().all(Option::is_none), "{results:?}");
+
+    let dead = dead_letters(&b, "jobs.dlq", 2).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let first = &dead[0];
+    assert_eq!(first.key.as_deref(), Some(&b"k0"[..]));
+    assert_eq!(first.value.as_deref(), Some(&b"v0"[..]));
+    assert_eq!(first.timestamp_ms, 1_000);
+    assert_eq!(
+        header(first, "trace"),
+        Some("t0"),
+        "the record's own headers are kept"
+    );
+    assert_eq!(header(first, "runnel.dlq.topic"), Some("jobs"));
+    assert_eq!(header(first, "runnel.dlq.partition"), Some("0"));
+    assert_eq!(header(first, "runnel.dlq.offset"), Some("0"));
+    assert_eq!(header(first, "runnel.dlq.group"), Some(GROUP));
+    assert_eq!(header(first, "runnel.dlq.delivery_count"), Some("1"));
+    assert_eq!(header(first, "runnel.dlq.error"), Some("bad total"));
+    assert!(
+        header(first, "runnel.dlq.time_ms")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    let second = &dead[1];
+    assert_eq!(header(second, "runnel.dlq.offset"), Some("1"));
+    assert!(
+        header(second, "runnel.dlq.error")
+            .unwrap()
+            .contains("max_deliveries"),
+        "{second:?}"
+    );
+
+    // Done: nothing is delivered again, before or after a restart, and nothing is copied twice.
+    let b = b.restart().await;
+    assert!(acquire(&b, "m", "jobs", 10, 0).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read_all(&b, "jobs.dlq").await.len(), 2);
+    let described = b
+        .share()
+        .describe_share_group(pb::DescribeShareGroupRequest {
+            group_id: GROUP.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.partitions[0].start_offset, 3);
+}
+
+async fn start_offset(b: &TestBroker) -> u64 {
+    b.share()
+        .describe_share_group(pb::DescribeShareGroupRequest {
+            group_id: GROUP.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .partitions[0]
+        .start_offset
+}
+
+/// Opens the stopped broker's share groups, makes record 0 of `jobs` a dead letter whose copy
+/// was started at `from` in partition 0 of the dead-letter topic (as a crash between the two
+/// would leave it), and closes them.
+async fn start_a_copy_offline(config: &runnel_broker::config::Config, from: u64) {
+    use runnel_broker::shares::state::{Ack, Copy};
+    use runnel_broker::shares::{AckEntry, ShareGroups};
+    let shares = std::sync::Arc::new(
+        ShareGroups::open(
+            &config.data_dir,
+            config.shares.clone(),
+            100,
+            &runnel_storage::LogEnv::default(),
+        )
+        .unwrap(),
+    );
+    shares.start();
+    let group = shares.get(GROUP).unwrap();
+    let tp = ("jobs".to_owned(), 0);
+    let member: std::sync::Arc<str> = "offline".into();
+    let now = 1;
+    group.plan(&tp, |_| 0, 0, 1, now, 100);
+    assert_eq!(group.acquire(&member, &tp, (0, 0), 1, now, 100).0.len(), 1);
+    let reject = AckEntry {
+        tp: tp.clone(),
+        first: 0,
+        last: 0,
+        ack: Ack::Reject {
+            reason: "crashed mid-copy".into(),
+        },
+    };
+    let (results, written) = group.acknowledge(&member, &[reject], now);
+    assert!(results[0].is_ok());
+    written.wait().await.unwrap();
+    let copy = Copy { partition: 0, from };
+    group.copying(&tp, &[(0, 0)], copy).wait().await.unwrap();
+    shares.close().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_copy_cut_short_by_a_crash_is_found_or_made_once() {
+    for copy_was_written in [true, false] {
+        let b = share_broker().await;
+        create_topic(&b, "jobs", 1).await;
+        create_topic(&b, "jobs.dlq", 1).await;
+        alter(
+            &b,
+            pb::ShareGroupSettings {
+                dead_letter_topic: Some("jobs.dlq".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        produce_values(&b, "jobs", 0, "a", 2).await;
+        produce_values(&b, "jobs.dlq", 0, "unrelated", 1).await;
+        if copy_was_written {
+            // The copy made before the crash, as the copier writes it.
+            let mut builder = runnel_storage::batch::BatchBuilder::new();
+            let headers: [(&[u8], Option<&[u8]>); 4] = [
+                (b"runnel.dlq.topic", Some(b"jobs")),
+                (b"runnel.dlq.partition", Some(b"0")),
+                (b"runnel.dlq.offset", Some(b"0")),
+                (b"runnel.dlq.group", Some(GROUP.as_bytes())),
+            ];
+            builder.push(None, Some(b"a-0"), &headers, 1);
+            let r = produce(&b, "jobs.dlq", 0, vec![builder.build()]).await;
+            assert!(r.error.is_none());
+        }
+        let (config, dir) = b.stop().await;
+        start_a_copy_offline(&config, 1).await;
+        let b = TestBroker::launch(config, dir).await;
+
+        // Once record 0 is done, its copy is in the dead-letter topic exactly once.
+        runnel_test_support::within(async {
+            while start_offset(&b).await < 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let dead = read_all(&b, "jobs.dlq").await;
+        assert_eq!(
+            dead.len(),
+            2,
+            "copied exactly once ({copy_was_written}): {dead:?}"
+        );
+        assert_eq!(header(&dead[1], "runnel.dlq.offset"), Some("0"));
+        let got = acquire(&b, "m", "jobs", 10, 0).await;
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            vec![1],
+            "0 is done"
+        );
+    }
+}

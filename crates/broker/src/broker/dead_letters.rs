@@ -227,59 +227,98 @@ impl Broker {
             let now = now_ms().to_string();
             let mut builder = BatchBuilder::new();
             let mut count = 0;
+            let mut cursor = Cursor::new(&source, limit);
             for d in &pending {
-                let mut at = d.first.max(source.start_offset());
-                while at <= d.last && at < source.end_offset() {
-                    let read = source
-                        .read(at, limit)
-                        .map_err(|e| storage_error(&e, &source))?;
-                    if read.batches.is_empty() {
-                        break;
-                    }
-                    super::records::each_record(
-                        &read.batches,
-                        at,
-                        limit,
-                        (&source.topic, source.index),
-                        |r| {
-                            if r.offset > d.last {
-                                return;
-                            }
-                            let extra = [
-                                tp.0.clone(),
-                                tp.1.to_string(),
-                                r.offset.to_string(),
-                                group.clone(),
-                                d.deliveries.to_string(),
-                                d.reason.to_string(),
-                                now.clone(),
-                            ];
-                            let mut headers: Vec<(&[u8], Option<&[u8]>)> = r
-                                .headers
-                                .iter()
-                                .map(|h| (&h.name[..], h.value.as_deref()))
-                                .collect();
-                            headers.extend(
-                                HEADERS
-                                    .iter()
-                                    .zip(&extra)
-                                    .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
-                            );
-                            builder.push(
-                                r.key.as_deref(),
-                                r.value.as_deref(),
-                                &headers,
-                                r.timestamp,
-                            );
-                            count += 1;
-                        },
-                    )?;
-                    at = read.next_offset;
-                }
+                cursor.take(d.first, d.last, |r| {
+                    let extra = [
+                        tp.0.clone(),
+                        tp.1.to_string(),
+                        r.offset.to_string(),
+                        group.clone(),
+                        d.deliveries.to_string(),
+                        d.reason.to_string(),
+                        now.clone(),
+                    ];
+                    let mut headers: Vec<(&[u8], Option<&[u8]>)> = r
+                        .headers
+                        .iter()
+                        .map(|h| (&h.name[..], h.value.as_deref()))
+                        .collect();
+                    headers.extend(
+                        HEADERS
+                            .iter()
+                            .zip(&extra)
+                            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+                    );
+                    builder.push(r.key.as_deref(), r.value.as_deref(), &headers, r.timestamp);
+                    count += 1;
+                })?;
             }
             Ok((count > 0).then(|| (builder.build(), count)))
         })
         .await
+    }
+}
+
+/// Bytes read at a time from the source partition: a few batches, as pending records are
+/// usually near each other.
+const READ_BYTES: usize = 256 << 10;
+
+/// Reads a partition forward for ranges in offset order, decoding each batch once.
+struct Cursor<'a> {
+    source: &'a Partition,
+    limit: usize,
+    decoded: std::collections::VecDeque<runnel_storage::batch::Record>,
+    /// The offset after the last record decoded.
+    next: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(source: &'a Partition, limit: usize) -> Self {
+        Cursor {
+            source,
+            limit,
+            decoded: std::collections::VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    /// Calls `each` with the records of `[first, last]` still in the log, in order.
+    fn take(
+        &mut self,
+        first: u64,
+        last: u64,
+        mut each: impl FnMut(runnel_storage::batch::Record),
+    ) -> Result<(), RpcError> {
+        loop {
+            while self.decoded.front().is_some_and(|r| r.offset < first) {
+                self.decoded.pop_front();
+            }
+            while self.decoded.front().is_some_and(|r| r.offset <= last) {
+                if let Some(r) = self.decoded.pop_front() {
+                    each(r);
+                }
+            }
+            if !self.decoded.is_empty() || self.next > last {
+                return Ok(());
+            }
+            let at = self.next.max(first).max(self.source.start_offset());
+            if at > last || at >= self.source.end_offset() {
+                return Ok(());
+            }
+            let read = self
+                .source
+                .read(at, READ_BYTES)
+                .map_err(|e| storage_error(&e, self.source))?;
+            if read.batches.is_empty() {
+                return Ok(());
+            }
+            let at_topic = (&*self.source.topic, self.source.index);
+            super::records::each_record(&read.batches, at, self.limit, at_topic, |r| {
+                self.decoded.push_back(r);
+            })?;
+            self.next = read.next_offset;
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::{self, AckType, ErrorCode};
 
+use runnel_test_support::Connection;
 use runnel_test_support::prelude::*;
 
 const GROUP: &str = "workers";
@@ -629,5 +630,195 @@ async fn a_dead_letter_copy_cut_short_by_a_crash_is_found_or_made_once() {
             vec![1],
             "0 is done"
         );
+    }
+}
+
+/// What one simulated consumer ended with.
+#[derive(Default)]
+struct Outcome {
+    /// Values whose ACCEPT the broker confirmed.
+    accepted: Vec<String>,
+    /// Fetch rounds in which it crashed (dropped its acknowledgements and its member id).
+    crashes: u32,
+}
+
+/// A consumer that takes records, accepts most, releases, rejects or forgets some, and now
+/// and then crashes: its pending acknowledgements are lost and it comes back as a new member.
+async fn chaotic_consumer(
+    b: Connection,
+    index: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
+    let mut rng = runnel_test_support::random::Rng::new(0x5eed + index);
+    let mut out = Outcome::default();
+    let mut incarnation = 0;
+    let mut pending: Vec<(pb::Acknowledgement, Option<String>)> = Vec::new();
+    let mut client = b.share();
+    while !*stop.borrow() {
+        let member = format!("c{index}-{incarnation}");
+        if rng.below(40) == 0 {
+            out.crashes += 1;
+            incarnation += 1;
+            pending.clear();
+            continue;
+        }
+        let request = pb::ShareFetchRequest {
+            acknowledgements: pending.iter().map(|(a, _)| a.clone()).collect(),
+            ..fetch_req(&member, "q", 100, 100)
+        };
+        let resp = client
+            .share_fetch(request)
+            .await
+            .expect("share fetch")
+            .into_inner();
+        for ((_, value), result) in pending.drain(..).zip(&resp.acknowledgements) {
+            // Acknowledgements of records whose lock expired meanwhile may be refused; an
+            // accepted one is counted only when the broker confirmed it.
+            if let (Some(v), None) = (value, &result.error) {
+                out.accepted.push(v);
+            }
+        }
+        for p in resp.partitions {
+            for r in p.records {
+                let value =
+                    String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap();
+                let mut a = ack("q", p.partition, r.offset, AckType::Accept);
+                let roll = rng.below(100);
+                let accepted = match roll {
+                    0..=79 => Some(value),
+                    80..=89 => {
+                        a.r#type = AckType::Release.into();
+                        a.delay_ms = Some(rng.below(2) as u64 * 10);
+                        None
+                    }
+                    90..=94 => {
+                        a.r#type = AckType::Reject.into();
+                        a.error = format!("rejected by c{index}");
+                        None
+                    }
+                    // Forgotten: its lock expires.
+                    _ => continue,
+                };
+                pending.push((a, accepted));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn eight_chaotic_consumers_account_for_every_record_exactly_once() {
+    const RECORDS: u64 = 100_000;
+    let b = TestBroker::start_with(|c| {
+        c.shares.start = runnel_broker::config::ShareStartSetting::Earliest;
+        c.shares.lock_ms = 500;
+    })
+    .await;
+    create_topic(&b, "q", 2).await;
+    create_topic(&b, "q.dlq", 1).await;
+    b.share()
+        .alter_share_group(pb::AlterShareGroupRequest {
+            group_id: GROUP.into(),
+            settings: Some(pb::ShareGroupSettings {
+                dead_letter_topic: Some("q.dlq".into()),
+                max_deliveries: Some(3),
+                backoff_ms: vec![5, 20],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let consumers: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(chaotic_consumer(
+                Connection::new(b.addr(), runnel_test_support::PATIENCE),
+                i,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    for chunk in 0..RECORDS / 1000 {
+        let partition = (chunk % 2) as u32;
+        let r = produce(&b, "q", partition, vec![batch_of("r", chunk * 1000, 1000)]).await;
+        assert!(r.error.is_none());
+    }
+    // Done when every record of both partitions is done (accepted, or dead-lettered).
+    runnel_test_support::within(async {
+        loop {
+            let d = b
+                .share()
+                .describe_share_group(pb::DescribeShareGroupRequest {
+                    group_id: GROUP.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let done: u64 = d.partitions.iter().map(|p| p.start_offset).sum();
+            if done == RECORDS {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    let mut accepted = Vec::new();
+    let mut crashes = 0;
+    for c in consumers {
+        let o = c.await.unwrap();
+        accepted.extend(o.accepted);
+        crashes += o.crashes;
+    }
+    let dead: Vec<String> = read_all_partition(&b, "q.dlq")
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    let accepted_set: BTreeSet<&String> = accepted.iter().collect();
+    let dead_set: BTreeSet<&String> = dead.iter().collect();
+    assert_eq!(
+        accepted_set.len(),
+        accepted.len(),
+        "no record accepted twice"
+    );
+    assert_eq!(dead_set.len(), dead.len(), "no record dead-lettered twice");
+    assert!(
+        accepted_set.is_disjoint(&dead_set),
+        "no record both accepted and dead-lettered"
+    );
+    assert_eq!(accepted.len() + dead.len(), RECORDS as usize, "none lost");
+    assert!(
+        crashes > 0 && !dead.is_empty(),
+        "the chaos happened: {crashes} crashes"
+    );
+}
+
+/// Every record of partition 0 of a topic, reading past the fetch size.
+async fn read_all_partition(b: &TestBroker, topic: &str) -> Vec<pb::Record> {
+    let mut out: Vec<pb::Record> = Vec::new();
+    loop {
+        let offset = out.last().map_or(0, |r| r.offset + 1);
+        let resp = b
+            .consume()
+            .fetch(pb::FetchRequest {
+                partitions: vec![pb::FetchPartition {
+                    topic: topic.into(),
+                    partition: 0,
+                    offset,
+                    max_bytes: 0,
+                }],
+                format: pb::RecordFormat::Records.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let records = &resp.results[0].records;
+        if records.is_empty() {
+            return out;
+        }
+        out.extend(records.iter().cloned());
     }
 }

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::groups::{self, Groups};
-use crate::shares::{self, ShareGroups};
+use crate::shares;
 use crate::shutdown::Shutdown;
 use crate::topics::Topics;
 
@@ -32,7 +32,7 @@ impl Background {
                 shutdown.clone(),
             )),
             group_ticks: tokio::spawn(group_tick_loop(broker.groups.clone(), shutdown.clone())),
-            share_ticks: tokio::spawn(share_tick_loop(broker.shares.clone(), shutdown.clone())),
+            share_ticks: tokio::spawn(share_tick_loop(broker.clone(), shutdown.clone())),
             dead_letters: tokio::spawn(broker.clone().dead_letter_loop()),
             group_lag: tokio::spawn(groups::lag::refresh_loop(
                 broker.groups.clone(),
@@ -65,16 +65,31 @@ async fn group_tick_loop(groups: Arc<Groups>, shutdown: Shutdown) {
     }
 }
 
-/// Expires share group locks and wakes readers of delayed records every [`shares::TICK`]
-/// until shutdown.
-async fn share_tick_loop(shares: Arc<ShareGroups>, shutdown: Shutdown) {
+/// Expires share group locks and wakes readers of delayed records every [`shares::TICK`],
+/// and refreshes the share group gauges every `groups.lag_refresh_interval_ms`, until
+/// shutdown.
+async fn share_tick_loop(broker: Arc<Broker>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(shares::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refresh = Duration::from_millis(broker.config.groups.lag_refresh_interval_ms);
+    let mut refreshed = Instant::now();
     loop {
         tokio::select! {
             biased;
             () = shutdown.wait() => return,
-            _ = tick.tick() => shares.tick(crate::clock::now_ms()),
+            _ = tick.tick() => broker.shares.tick(crate::clock::now_ms()),
+        }
+        if refreshed.elapsed() >= refresh {
+            refreshed = Instant::now();
+            let topics = &broker.topics;
+            let samples = broker.shares.samples(|(topic, partition)| {
+                let p = topics
+                    .get(topic)
+                    .and_then(|t| t.partition(*partition))
+                    .ok()?;
+                (!p.is_deleted()).then(|| p.end_offset())
+            });
+            broker.groups.gauges.replace_shares(samples);
         }
     }
 }

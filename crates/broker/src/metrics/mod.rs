@@ -429,10 +429,26 @@ pub struct GroupSamples {
     pub members: Vec<(String, usize)>,
 }
 
+/// What a share group has in flight on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSample {
+    /// The share group id.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// [`SHARE_IN_FLIGHT`].
+    pub in_flight: u64,
+    /// [`SHARE_LAG`].
+    pub lag: u64,
+}
+
 /// The group gauges, replaced as a whole at each refresh.
 #[derive(Debug, Default)]
 pub struct GroupGauges {
     samples: Mutex<GroupSamples>,
+    shares: Mutex<Vec<ShareSample>>,
 }
 
 impl GroupGauges {
@@ -448,6 +464,11 @@ impl GroupGauges {
     /// Replaces every sample.
     pub fn replace(&self, samples: GroupSamples) {
         *self.lock() = samples;
+    }
+
+    /// Replaces every share group sample.
+    pub fn replace_shares(&self, samples: Vec<ShareSample>) {
+        *self.shares.lock().unwrap_or_else(|p| p.into_inner()) = samples;
     }
 
     /// Drops a deleted group's series at once.
@@ -524,6 +545,48 @@ impl GroupGauges {
         let _ = writeln!(out, "# TYPE {GROUP_MEMBERS} gauge");
         for (g, n) in &s.members {
             let _ = writeln!(out, "{GROUP_MEMBERS}{{group=\"{}\"}} {n}", escape(g));
+        }
+        drop(s);
+        self.render_shares(out, per_partition);
+    }
+
+    /// Appends the share group gauges: per group, topic and partition, or summed per group and
+    /// topic.
+    fn render_shares(&self, out: &mut String, per_partition: bool) {
+        let shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: std::collections::BTreeMap<String, (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for s in shares.iter() {
+            let mut labels = format!(
+                "group=\"{}\",topic=\"{}\"",
+                escape(&s.group),
+                escape(&s.topic)
+            );
+            if per_partition {
+                let _ = write!(labels, ",partition=\"{}\"", s.partition);
+            }
+            let row = rows.entry(labels).or_default();
+            row.0 += s.in_flight;
+            row.1 += s.lag;
+        }
+        let families: [(&str, &str, fn(&(u64, u64)) -> u64); 2] = [
+            (
+                SHARE_IN_FLIGHT,
+                "Records a share group has in flight (acquired, waiting for redelivery or for the dead-letter topic)",
+                |r| r.0,
+            ),
+            (
+                SHARE_LAG,
+                "Records not yet delivered to a share group",
+                |r| r.1,
+            ),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}.");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, row) in &rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", value(row));
+            }
         }
     }
 }

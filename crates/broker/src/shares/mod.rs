@@ -446,6 +446,26 @@ impl ShareGroups {
         out
     }
 
+    /// What every group has in flight and not yet delivered per partition, for the gauges;
+    /// `end` gives a partition's log end offset.
+    pub fn samples(&self, end: impl Fn(&Tp) -> Option<u64>) -> Vec<metrics::ShareSample> {
+        let mut out = Vec::new();
+        for g in self.all() {
+            let s = g.lock();
+            for (tp, p) in &s.partitions {
+                let Some(end) = end(tp) else { continue };
+                out.push(metrics::ShareSample {
+                    group: g.id.clone(),
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    in_flight: p.counts().in_flight(),
+                    lag: end.saturating_sub(p.next()),
+                });
+            }
+        }
+        out
+    }
+
     /// Members allowed per group.
     pub fn max_members(&self) -> u32 {
         self.max_members

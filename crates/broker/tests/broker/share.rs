@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::{self, AckType, ErrorCode};
 
-use runnel_test_support::Connection;
+use std::sync::{Arc, Mutex};
+
 use runnel_test_support::prelude::*;
+use runnel_test_support::share::{Ledger, chaotic_consumer, check, done_records, values_of};
+use runnel_test_support::{Connection, PATIENCE, within};
 
 const GROUP: &str = "workers";
 
@@ -633,79 +636,6 @@ async fn a_dead_letter_copy_cut_short_by_a_crash_is_found_or_made_once() {
     }
 }
 
-/// What one simulated consumer ended with.
-#[derive(Default)]
-struct Outcome {
-    /// Values whose ACCEPT the broker confirmed.
-    accepted: Vec<String>,
-    /// Fetch rounds in which it crashed (dropped its acknowledgements and its member id).
-    crashes: u32,
-}
-
-/// A consumer that takes records, accepts most, releases, rejects or forgets some, and now
-/// and then crashes: its pending acknowledgements are lost and it comes back as a new member.
-async fn chaotic_consumer(
-    b: Connection,
-    index: u64,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Outcome {
-    let mut rng = runnel_test_support::random::Rng::new(0x5eed + index);
-    let mut out = Outcome::default();
-    let mut incarnation = 0;
-    let mut pending: Vec<(pb::Acknowledgement, Option<String>)> = Vec::new();
-    let mut client = b.share();
-    while !*stop.borrow() {
-        let member = format!("c{index}-{incarnation}");
-        if rng.below(40) == 0 {
-            out.crashes += 1;
-            incarnation += 1;
-            pending.clear();
-            continue;
-        }
-        let request = pb::ShareFetchRequest {
-            acknowledgements: pending.iter().map(|(a, _)| a.clone()).collect(),
-            ..fetch_req(&member, "q", 100, 100)
-        };
-        let resp = client
-            .share_fetch(request)
-            .await
-            .expect("share fetch")
-            .into_inner();
-        for ((_, value), result) in pending.drain(..).zip(&resp.acknowledgements) {
-            // Acknowledgements of records whose lock expired meanwhile may be refused; an
-            // accepted one is counted only when the broker confirmed it.
-            if let (Some(v), None) = (value, &result.error) {
-                out.accepted.push(v);
-            }
-        }
-        for p in resp.partitions {
-            for r in p.records {
-                let value =
-                    String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap();
-                let mut a = ack("q", p.partition, r.offset, AckType::Accept);
-                let roll = rng.below(100);
-                let accepted = match roll {
-                    0..=79 => Some(value),
-                    80..=89 => {
-                        a.r#type = AckType::Release.into();
-                        a.delay_ms = Some(rng.below(2) as u64 * 10);
-                        None
-                    }
-                    90..=94 => {
-                        a.r#type = AckType::Reject.into();
-                        a.error = format!("rejected by c{index}");
-                        None
-                    }
-                    // Forgotten: its lock expires.
-                    _ => continue,
-                };
-                pending.push((a, accepted));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn eight_chaotic_consumers_account_for_every_record_exactly_once() {
     const RECORDS: u64 = 100_000;
@@ -716,27 +646,21 @@ async fn eight_chaotic_consumers_account_for_every_record_exactly_once() {
     .await;
     create_topic(&b, "q", 2).await;
     create_topic(&b, "q.dlq", 1).await;
-    b.share()
-        .alter_share_group(pb::AlterShareGroupRequest {
-            group_id: GROUP.into(),
-            settings: Some(pb::ShareGroupSettings {
-                dead_letter_topic: Some("q.dlq".into()),
-                max_deliveries: Some(3),
-                backoff_ms: vec![5, 20],
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    alter_chaos_group(&b).await;
+    let (_, broker) = tokio::sync::watch::channel(Connection::new(b.addr(), PATIENCE));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let consumers: Vec<_> = (0..8)
         .map(|i| {
-            tokio::spawn(chaotic_consumer(
-                Connection::new(b.addr(), runnel_test_support::PATIENCE),
+            let run = chaotic_consumer(
+                broker.clone(),
+                GROUP.into(),
+                "q".into(),
                 i,
                 stop.clone(),
-            ))
+                ledger.clone(),
+            );
+            tokio::spawn(run)
         })
         .collect();
     for chunk in 0..RECORDS / 1000 {
@@ -744,81 +668,36 @@ async fn eight_chaotic_consumers_account_for_every_record_exactly_once() {
         let r = produce(&b, "q", partition, vec![batch_of("r", chunk * 1000, 1000)]).await;
         assert!(r.error.is_none());
     }
-    // Done when every record of both partitions is done (accepted, or dead-lettered).
-    runnel_test_support::within(async {
-        loop {
-            let d = b
-                .share()
-                .describe_share_group(pb::DescribeShareGroupRequest {
-                    group_id: GROUP.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let done: u64 = d.partitions.iter().map(|p| p.start_offset).sum();
-            if done == RECORDS {
-                return;
-            }
+    within(async {
+        while done_records(&b, GROUP).await != Some(RECORDS) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
     stop_tx.send(true).unwrap();
-    let mut accepted = Vec::new();
-    let mut crashes = 0;
     for c in consumers {
-        let o = c.await.unwrap();
-        accepted.extend(o.accepted);
-        crashes += o.crashes;
+        c.await.unwrap();
     }
-    let dead: Vec<String> = read_all_partition(&b, "q.dlq")
-        .await
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
-        .collect();
-    let accepted_set: BTreeSet<&String> = accepted.iter().collect();
-    let dead_set: BTreeSet<&String> = dead.iter().collect();
-    assert_eq!(
-        accepted_set.len(),
-        accepted.len(),
-        "no record accepted twice"
-    );
-    assert_eq!(dead_set.len(), dead.len(), "no record dead-lettered twice");
-    assert!(
-        accepted_set.is_disjoint(&dead_set),
-        "no record both accepted and dead-lettered"
-    );
-    assert_eq!(accepted.len() + dead.len(), RECORDS as usize, "none lost");
-    assert!(
-        crashes > 0 && !dead.is_empty(),
-        "the chaos happened: {crashes} crashes"
-    );
+    let dead = values_of(&b, "q.dlq", 0).await;
+    let produced: BTreeSet<String> = (0..RECORDS).map(|i| format!("r-{i}")).collect();
+    let ledger = ledger.lock().unwrap();
+    check(&ledger, &dead, &produced);
+    assert!(ledger.in_doubt.is_empty(), "the broker never died");
+    assert_eq!(ledger.accepted.len() + dead.len(), RECORDS as usize);
+    assert!(ledger.crashes > 0 && !dead.is_empty(), "the chaos happened");
 }
 
-/// Every record of partition 0 of a topic, reading past the fetch size.
-async fn read_all_partition(b: &TestBroker, topic: &str) -> Vec<pb::Record> {
-    let mut out: Vec<pb::Record> = Vec::new();
-    loop {
-        let offset = out.last().map_or(0, |r| r.offset + 1);
-        let resp = b
-            .consume()
-            .fetch(pb::FetchRequest {
-                partitions: vec![pb::FetchPartition {
-                    topic: topic.into(),
-                    partition: 0,
-                    offset,
-                    max_bytes: 0,
-                }],
-                format: pb::RecordFormat::Records.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let records = &resp.results[0].records;
-        if records.is_empty() {
-            return out;
-        }
-        out.extend(records.iter().cloned());
-    }
+/// The chaos tests' group: dead letters to `q.dlq`, three deliveries, a short backoff.
+async fn alter_chaos_group(b: &TestBroker) {
+    alter(
+        b,
+        pb::ShareGroupSettings {
+            dead_letter_topic: Some("q.dlq".into()),
+            max_deliveries: Some(3),
+            backoff_ms: vec![5, 20],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 }

@@ -569,23 +569,24 @@ impl GroupGauges {
             row.0 += s.in_flight;
             row.1 += s.lag;
         }
-        let families: [(&str, &str, fn(&(u64, u64)) -> u64); 2] = [
+        let families = [
             (
                 SHARE_IN_FLIGHT,
                 "Records a share group has in flight (acquired, waiting for redelivery or for the dead-letter topic)",
-                |r| r.0,
+                false,
             ),
             (
                 SHARE_LAG,
                 "Records not yet delivered to a share group",
-                |r| r.1,
+                true,
             ),
         ];
-        for (name, help, value) in families {
+        for (name, help, lag) in families {
             let _ = writeln!(out, "# HELP {name} {help}.");
             let _ = writeln!(out, "# TYPE {name} gauge");
-            for (labels, row) in &rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", value(row));
+            for (labels, (in_flight, behind)) in &rows {
+                let value = if lag { behind } else { in_flight };
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
             }
         }
     }

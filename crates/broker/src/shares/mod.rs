@@ -608,10 +608,27 @@ impl ShareGroup {
         }
         let rules = s.rules();
         let reset = s.effective.as_ref().map_or(Reset::Latest, |e| e.reset);
-        let p = s
-            .partitions
-            .entry(tp.clone())
-            .or_insert_with(|| SharePartition::new(initial(reset)));
+        // A partition read for the first time starts where the group's start says; so does
+        // one whose log is shorter than what the group has done (the topic was deleted and
+        // created again: its records are new ones). Its first record replaces what the log
+        // knew of it.
+        let known = s.partitions.get(tp).map(|p| p.start() <= log_end);
+        if known != Some(true) {
+            let start = initial(reset);
+            let mut fresh = SharePartition::new(start);
+            fresh.take_changes();
+            let entry = Entry::Partition {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                start,
+                ranges: Vec::new(),
+            };
+            drop(self.store.queue(&self.id, &entry));
+            s.partitions.insert(tp.clone(), fresh);
+        }
+        let Some(p) = s.partitions.get_mut(tp) else {
+            return Plan::default();
+        };
         p.skip_to(log_start);
         p.expire(now_ms, &rules);
         let plan = Plan {

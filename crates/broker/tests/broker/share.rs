@@ -701,3 +701,34 @@ async fn alter_chaos_group(b: &TestBroker) {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_topic_deleted_and_created_again_is_read_from_its_new_start() {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    produce_values(&b, "jobs", 0, "old", 10).await;
+    let got = acquire(&b, "m", "jobs", 10, 0).await;
+    let mut all = ack("jobs", 0, 0, AckType::Accept);
+    all.last_offset = 9;
+    assert!(acknowledge(&b, "m", vec![all]).await[0].is_none());
+    b.admin()
+        .delete_topic(pb::DeleteTopicRequest {
+            topic: "jobs".into(),
+        })
+        .await
+        .unwrap();
+    create_topic(&b, "jobs", 1).await;
+    produce_values(&b, "jobs", 0, "new", 3).await;
+    let got_new = acquire(&b, "m", "jobs", 10, 0).await;
+    assert_eq!(got.len(), 10);
+    let values: Vec<&str> = got_new.iter().map(|g| g.3.as_str()).collect();
+    assert_eq!(values, ["new-0", "new-1", "new-2"]);
+    let b = b.restart().await;
+    let again = acquire(&b, "m2", "jobs", 10, 0).await;
+    assert_eq!(
+        again.len(),
+        3,
+        "held, not done: delivered again after the restart"
+    );
+    assert!(again.iter().all(|g| g.3.starts_with("new-")));
+}

@@ -56,10 +56,6 @@ pub enum RecordState {
 }
 
 impl RecordState {
-    fn in_flight(&self) -> bool {
-        !matches!(self, RecordState::Done)
-    }
-
     /// What a restart should see: an acquisition is not written, so an acquired record is
     /// what it was before (available, one delivery less).
     pub fn durable(&self) -> RecordState {
@@ -324,11 +320,11 @@ impl SharePartition {
         }
     }
 
-    /// Every run not done, in the state a restart should see, for a snapshot.
+    /// Every run of the window, done ones included (a gap would read as never delivered),
+    /// in the state a restart should see, for a snapshot.
     pub fn durable_runs(&self) -> Vec<Change> {
         self.runs
             .iter()
-            .filter(|(_, r)| r.state.in_flight())
             .map(|(first, r)| Change {
                 first: *first,
                 last: r.last,
@@ -972,6 +968,24 @@ mod tests {
         );
         let got = q.acquire(&m("b"), 12, 12, 1, 0, 1000, 100);
         assert_eq!(got[0].deliveries, 2, "the written delivery count");
+    }
+
+    #[test]
+    fn a_snapshot_of_the_window_loads_as_the_same_window() {
+        let mut p = SharePartition::new(0);
+        p.acquire(&m("a"), 0, 9, 10, 0, 1000, 100);
+        p.acknowledge("a", 0, 0, &Ack::Release { delay_ms: Some(50) }, 1, &rules())
+            .unwrap();
+        p.acknowledge("a", 1, 4, &Ack::Accept, 1, &rules()).unwrap();
+        let mut q = SharePartition::new(p.start());
+        for c in p.durable_runs() {
+            q.load(&c);
+        }
+        assert_eq!((q.start(), q.next()), (p.start(), p.next()));
+        // 5-9 were held: available again, one delivery less; 1-4 stay done.
+        let ready: Vec<_> = q.ready_ranges(100).collect();
+        assert_eq!(ready, vec![(0, 0), (5, 9)]);
+        assert_eq!(q.counts().in_flight(), 6);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! |---|---|
 //! | 1 settings | `lock_ms` u64 (0: unset), `max_deliveries` u16 (0: unset), `backoff_count` u16 (`u16::MAX`: unset) and as many `delay_ms` u64, `dead_letter_len` u16 and `dead_letter_topic` (empty: none), `start` u8 (0 unset, 1 earliest, 2 latest) |
 //! | 2 partition changes | `topic_len` u16, `topic`, `partition` u32, `start` u64 (`u64::MAX`: unchanged), `count` u32, `count` ranges |
-//! | 3 partition state | as 2, the ranges being every record in flight: replaces the partition |
+//! | 3 partition state | as 2, the ranges covering the whole window (done records included): replaces the partition |
 //! | 4 delete group | nothing |
 //!
 //! A range: `first` u64, `last` u64, `state` u8, then for state 1 (available) `deliveries`
@@ -102,7 +102,7 @@ pub enum Entry {
         partition: u32,
         /// The start offset.
         start: u64,
-        /// Every record in flight.
+        /// Every run of the window.
         ranges: Vec<Change>,
     },
     /// The group is deleted.

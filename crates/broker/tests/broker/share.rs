@@ -732,3 +732,58 @@ async fn a_topic_deleted_and_created_again_is_read_from_its_new_start() {
     );
     assert!(again.iter().all(|g| g.3.starts_with("new-")));
 }
+
+#[tokio::test]
+async fn the_share_log_compacts_and_a_restart_finds_the_same_state() {
+    let b = TestBroker::start_with(|c| {
+        c.shares.start = runnel_broker::config::ShareStartSetting::Earliest;
+        c.shares.compact_bytes = 4096;
+    })
+    .await;
+    create_topic(&b, "jobs", 1).await;
+    produce_values(&b, "jobs", 0, "a", 400).await;
+    // Accept every record but each tenth, which is released with a long delay: 40 records
+    // stay in flight, each delivered once, and hundreds of changes are written.
+    let mut delayed = Vec::new();
+    for _ in 0..40 {
+        let got = acquire(&b, "m", "jobs", 10, 0).await;
+        for (_, offset, _, _) in got {
+            let mut a = ack("jobs", 0, offset, AckType::Accept);
+            if offset % 10 == 0 {
+                a.r#type = AckType::Release.into();
+                a.delay_ms = Some(3_600_000);
+                delayed.push(offset);
+            }
+            assert!(acknowledge(&b, "m", vec![a]).await[0].is_none());
+        }
+    }
+    assert_eq!(delayed.len(), 40);
+    let segments = |b: &TestBroker| {
+        std::fs::read_dir(b.data_dir().join("internal/share_groups"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count()
+    };
+    assert!(segments(&b) <= 3, "compacted: {} segments", segments(&b));
+    let b = b.restart().await;
+    let d = b
+        .share()
+        .describe_share_group(pb::DescribeShareGroupRequest {
+            group_id: GROUP.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = &d.partitions[0];
+    assert_eq!((p.start_offset, p.next_offset, p.available), (0, 400, 40));
+    assert!(
+        acquire(&b, "m", "jobs", 100, 0).await.is_empty(),
+        "all delayed or done"
+    );
+}

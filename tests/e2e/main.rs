@@ -14,6 +14,9 @@
 //! grpcurl walkthrough of docs/protocol.md, command by command. `console` drives the web
 //! console's API, and its page in headless Chromium. `security` runs a broker with
 //! authentication on: users, tokens and ACLs through the CLI, the HTTP port, the audit log.
+//! `share` drives share groups through `runnel-client` and the CLI: records shared out
+//! exactly once, refused acknowledgements, and the dead-letter path (`runnel dlq`);
+//! `share_crash` runs chaotic share group members through a `kill -9` of the broker.
 
 mod harness;
 
@@ -32,5 +35,7 @@ mod protocol;
 mod python;
 mod reflection;
 mod security;
+mod share;
+mod share_crash;
 mod streaming;
 mod tls;

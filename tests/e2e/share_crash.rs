@@ -97,9 +97,11 @@ async fn share_groups_account_for_every_record_across_kill_9() {
     }
     let dead = values_of(&b, "q.dlq", 0).await;
     let produced: BTreeSet<String> = (0..RECORDS).map(|i| format!("r-{i}")).collect();
-    let ledger = ledger.lock().expect("ledger");
-    check(&ledger, &dead, &produced);
-    assert!(ledger.failed_fetches > 0, "the broker was down for a while");
+    {
+        let ledger = ledger.lock().expect("ledger");
+        check(&ledger, &dead, &produced);
+        assert!(ledger.failed_fetches > 0, "the broker was down for a while");
+    }
 
     // The gauges: nothing in flight and nothing left to deliver.
     let text = within(async {

@@ -26,10 +26,10 @@ use runnel_client::{
 
 use crate::Ctx;
 use crate::error::usage;
-use crate::format::{FormatKind, RecordFormat, TEMPLATE_FIELDS};
+use crate::format::{FormatArgs, RecordFormat};
 use crate::offsets::{lookup, select_partitions};
 use crate::output::{self, Output};
-use crate::parse::{From, parse_from, unescape};
+use crate::parse::{From, parse_from};
 use crate::progress::{self, Unit};
 
 /// Examples for `--help`.
@@ -72,32 +72,13 @@ pub struct ConsumeArgs {
     /// Only these partitions (repeatable; default: all)
     #[arg(long, short = 'p', value_name = "PARTITION")]
     partition: Vec<u32>,
-    /// The output format [default: value, or json with --output json]
-    #[arg(long, value_enum, conflicts_with = "template")]
-    format: Option<FormatKind>,
-    /// Print each record with this template (a newline follows each record)
-    #[arg(long, short = 't', value_name = "TEMPLATE")]
-    template: Option<String>,
-    /// The separator of the key-value format (\t for a tab)
-    #[arg(long, short = 'k', value_name = "SEP", default_value = "\\t")]
-    key_separator: String,
+    #[command(flatten)]
+    print: FormatArgs,
 }
 
 impl ConsumeArgs {
     fn record_format(&self, output: Output) -> anyhow::Result<RecordFormat> {
-        if let Some(t) = &self.template {
-            return RecordFormat::template(t)
-                .map_err(|e| usage(format!("{e} (placeholders: {TEMPLATE_FIELDS})")));
-        }
-        let kind = self.format.unwrap_or(match output {
-            Output::Json => FormatKind::Json,
-            Output::Table => FormatKind::Value,
-        });
-        Ok(match kind {
-            FormatKind::Value => RecordFormat::Value,
-            FormatKind::KeyValue => RecordFormat::KeyValue(unescape(&self.key_separator).into()),
-            FormatKind::Json => RecordFormat::Json,
-        })
+        self.print.record_format(output)
     }
 }
 
@@ -212,7 +193,7 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> anyhow::Result<()> {
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the command then stops as at `--count`, so a
 /// group member commits what it printed and leaves the group.
-async fn interrupted() {
+pub async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -7,12 +7,51 @@
 
 use std::io::{self, Write};
 
+use clap::Args;
 use runnel_client::ConsumerRecord;
 use serde::Serialize;
 use serde::ser::SerializeMap as _;
 
-use crate::output::{self, JsonHeader};
-use crate::parse::format_time_ms;
+use crate::error::usage;
+use crate::output::{self, JsonHeader, Output};
+use crate::parse::{format_time_ms, unescape};
+
+/// The flags that choose how records are printed (`runnel consume`, `runnel share consume`).
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// The output format [default: value, or json with --output json]
+    #[arg(long, value_enum, conflicts_with = "template")]
+    pub format: Option<FormatKind>,
+    /// Print each record with this template (a newline follows each record)
+    #[arg(long, short = 't', value_name = "TEMPLATE")]
+    pub template: Option<String>,
+    /// The separator of the key-value format (\t for a tab)
+    #[arg(long, short = 'k', value_name = "SEP", default_value = "\\t")]
+    pub key_separator: String,
+}
+
+impl FormatArgs {
+    /// The format the flags ask for; without any, the value alone (JSON lines with
+    /// `--output json`).
+    ///
+    /// # Errors
+    /// A usage error for an invalid template.
+    pub fn record_format(&self, output: Output) -> anyhow::Result<RecordFormat> {
+        if let Some(t) = &self.template {
+            return RecordFormat::template(t)
+                .map_err(|e| usage(format!("{e} (placeholders: {TEMPLATE_FIELDS})")));
+        }
+        let kind = self.format.unwrap_or(match output {
+            Output::Json => FormatKind::Json,
+            Output::Table => FormatKind::Value,
+        });
+        Ok(match kind {
+            FormatKind::Value => RecordFormat::Value,
+            FormatKind::KeyValue => RecordFormat::KeyValue(unescape(&self.key_separator).into()),
+            FormatKind::Json => RecordFormat::Json,
+        })
+    }
+}
 
 /// The record formats of `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

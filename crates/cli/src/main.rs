@@ -1,14 +1,16 @@
-//! `runnel`, the Runnel command-line tool: topics, consumer groups, produce, consume,
-//! offsets and broker info, talking to the broker only through `runnel-client`.
+//! `runnel`, the Runnel command-line tool: topics, consumer groups, share groups, dead
+//! letters, produce, consume, offsets and broker info, talking to the broker only through
+//! `runnel-client`.
 //!
 //! `main` parses the command line, resolves the broker address (flag, profile, environment),
 //! builds the async runtime, runs the command, and turns an error into one line on stderr
 //! and an exit code (`error.rs`; `docs/cli.md` lists them). A broken pipe on stdout is
-//! success. Each command group is a module: `topic`, `group`, `produce`, `consume`,
-//! `offsets`, `broker`. The benchmark tool is a binary of its own, `runnel-bench`.
+//! success. Each command group is a module: `topic`, `group`, `share`, `dlq`, `produce`,
+//! `consume`, `offsets`, `broker`. The benchmark tool is a binary of its own, `runnel-bench`.
 
 mod broker;
 mod consume;
+mod dlq;
 mod error;
 mod format;
 mod group;
@@ -21,6 +23,7 @@ mod profile;
 mod progress;
 mod quota;
 mod security;
+mod share;
 mod topic;
 
 use std::io::Write as _;
@@ -34,8 +37,9 @@ use runnel_client::{Client, ClientConfig, ClientTls, Credentials};
 
 use crate::output::Output;
 
-const ABOUT: &str = "The Runnel command-line tool: manage topics and consumer groups, produce and \
-consume records, look up offsets and broker information.";
+const ABOUT: &str = "The Runnel command-line tool: manage topics, consumer groups and share \
+groups, produce and consume records, inspect and replay dead letters, look up offsets and broker \
+information.";
 
 /// The help heading of the flags every command takes.
 const GLOBAL: &str = "Global options";
@@ -47,6 +51,9 @@ Examples:
   runnel consume orders --from earliest --count 10
   runnel consume orders --group audit --follow --format json
   runnel group describe payment
+  runnel share alter workers --start earliest --dead-letter-topic jobs.dlq
+  runnel share consume workers --topic jobs --count 10
+  runnel dlq list jobs.dlq
   runnel --profile staging topic list --output json
 
 The broker: --broker HOST:PORT, else --profile NAME from the config file
@@ -123,6 +130,13 @@ enum Command {
     /// List, describe, reset and delete consumer groups
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// List, describe, alter and delete share groups (queues over topics), and consume as a
+    /// member
+    #[command(subcommand)]
+    Share(share::ShareCommand),
+    /// List the records of a dead-letter topic and replay them to their original topic
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Send records read from stdin or a file, one per line
     #[command(after_help = produce::EXAMPLES)]
     Produce(produce::ProduceArgs),
@@ -288,6 +302,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         match cli.command {
             Command::Topic(c) => topic::run(&ctx, c).await,
             Command::Group(c) => group::run(&ctx, c).await,
+            Command::Share(c) => share::run(&ctx, c).await,
+            Command::Dlq(c) => dlq::run(&ctx, c).await,
             Command::Produce(a) => produce::run(&ctx, a).await,
             Command::Consume(a) => consume::run(&ctx, a).await,
             Command::Offsets(a) => offsets::run(&ctx, a).await,

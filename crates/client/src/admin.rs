@@ -17,7 +17,8 @@ use crate::consumer::flatten;
 use crate::consumer::{CommittedOffset, TopicPartition, group_by_topic};
 use crate::error::{ClientError, Result};
 
-const READ_RETRIES: u32 = 3;
+/// How often reads are tried again after a transport error.
+pub(crate) const READ_RETRIES: u32 = 3;
 
 /// When the broker fsyncs a topic's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +286,11 @@ impl Admin {
         let client = AdminServiceClient::new(conn.channel.clone())
             .max_decoding_message_size(conn.config.max_message_bytes);
         Self { conn, client }
+    }
+
+    /// The connection, for the admin calls of other modules (share groups).
+    pub(crate) fn conn(&self) -> &Arc<Connection> {
+        &self.conn
     }
 
     /// Creates a topic with `partitions` partitions; unset config fields take the broker's

@@ -1,5 +1,5 @@
 //! [`Client`], the entry point: one connection to the broker, shared by the producers,
-//! consumers and admin made from it.
+//! consumers, share consumers and admin made from it.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use crate::connection::{ClientConfig, Connection};
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::error::Result;
 use crate::producer::{Producer, ProducerConfig};
+use crate::share::{ShareConsumer, ShareConsumerConfig};
 
 /// A connection to a Runnel broker, from which producers, consumers and the admin are made.
 ///
@@ -70,5 +71,14 @@ impl Client {
     /// [`ClientError::Config`](crate::ClientError::Config) for invalid settings.
     pub fn consumer(&self, config: ConsumerConfig) -> Result<Consumer> {
         Consumer::new(self.conn.clone(), config)
+    }
+
+    /// Creates a member of a share group. It acquires nothing until its first
+    /// [`ShareConsumer::poll`](crate::ShareConsumer::poll).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`](crate::ClientError::Config) for invalid settings.
+    pub fn share_consumer(&self, config: ShareConsumerConfig) -> Result<ShareConsumer> {
+        ShareConsumer::new(self.conn.clone(), config)
     }
 }

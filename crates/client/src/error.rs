@@ -364,6 +364,39 @@ pub enum ClientError {
     /// An invalid argument to a client call (for example a partition out of range).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Acknowledgements of a share consumer that the broker refused (the others of the same
+    /// call were applied): a record whose lock expired, that another member holds, or that
+    /// was acknowledged already (`INVALID_RECORD_STATE`).
+    #[error("{}", refused_text(failures))]
+    Acknowledgement {
+        /// One per refused record (or per range, for a refusal that names no record).
+        failures: Vec<crate::share::AckFailure>,
+    },
+
+    /// A record read as a dead letter lacks a dead-letter header, or has one malformed.
+    #[error("record {topic}/{partition} at offset {offset} is not a dead letter: {reason}")]
+    NotADeadLetter {
+        /// The topic read.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// "N acknowledgement(s) refused; the first: ...".
+fn refused_text(failures: &[crate::share::AckFailure]) -> String {
+    match failures.first() {
+        Some(first) => format!(
+            "{} acknowledgement(s) refused; the first: {first}",
+            failures.len()
+        ),
+        None => "no acknowledgement refused".to_owned(),
+    }
 }
 
 impl ClientError {
@@ -377,18 +410,22 @@ impl ClientError {
         }
     }
 
-    /// The Runnel error code, for errors reported by the broker.
+    /// The Runnel error code, for errors reported by the broker (for refused
+    /// acknowledgements, the first one's).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Broker { code, .. } => Some(*code),
+            Self::Acknowledgement { failures } => failures.first()?.error.code(),
             _ => None,
         }
     }
 
-    /// The gRPC status code, for errors that came with one.
+    /// The gRPC status code, for errors that came with one (for refused acknowledgements,
+    /// the first one's).
     pub fn grpc_status(&self) -> Option<tonic::Code> {
         match self {
             Self::Broker { status, .. } | Self::Transport { status, .. } => Some(*status),
+            Self::Acknowledgement { failures } => failures.first()?.error.grpc_status(),
             _ => None,
         }
     }
@@ -534,6 +571,7 @@ mod tests {
             (63, tonic::Code::FailedPrecondition, false),
             (64, tonic::Code::FailedPrecondition, false),
             (70, tonic::Code::NotFound, false),
+            (90, tonic::Code::FailedPrecondition, false),
         ];
         for (n, status, retriable) in table {
             let code = ErrorCode::from_i32(n);
@@ -588,6 +626,32 @@ mod tests {
         assert!(e.is_retriable());
         let e = ClientError::from(status_with_code(tonic::Code::PermissionDenied, None, "no"));
         assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn refused_acknowledgements_carry_the_first_ones_code() {
+        let refused = |offset| crate::share::AckFailure {
+            topic: "jobs".into(),
+            partition: 0,
+            first_offset: offset,
+            last_offset: offset,
+            kind: crate::share::AckKind::Accept,
+            error: ClientError::from_inline(&pb::Error {
+                code: pb::ErrorCode::InvalidRecordState as i32,
+                message: format!("jobs/0 offset {offset}: already acknowledged"),
+            }),
+        };
+        let e = ClientError::Acknowledgement {
+            failures: vec![refused(3), refused(4)],
+        };
+        assert_eq!(e.code(), Some(ErrorCode::InvalidRecordState));
+        assert_eq!(e.grpc_status(), Some(tonic::Code::FailedPrecondition));
+        assert!(!e.is_retriable());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("2 acknowledgement(s) refused; the first: accept of jobs/0 offset 3: INVALID_RECORD_STATE"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The Rust client of Runnel, the single-node event streaming broker: a [`Producer`], a
-//! [`Consumer`] and an [`Admin`] over the broker's gRPC protocol (`proto/runnel/v1`).
+//! [`Consumer`], a [`ShareConsumer`] and an [`Admin`] over the broker's gRPC protocol
+//! (`proto/runnel/v1`).
 //!
 //! - **Producer**: [`Producer::send`] returns a [`DeliveryFuture`] of the record's partition
 //!   and offset. Records are batched per partition by size and linger time, compressed
@@ -14,7 +15,13 @@
 //!   reach [`ConsumerConfig::on_rebalance`]). Offsets are committed automatically at an
 //!   interval, or by hand ([`Consumer::commit`]); on revocation they are committed before the
 //!   partition is released. Delivery is at least once: nothing is skipped.
-//! - **Admin**: topics, partitions, configs, offsets, consumer groups and broker info, typed.
+//! - **Share consumer**: [`ShareConsumer`], a member of a share group (a queue over topics):
+//!   records acquired under a lock and acknowledged one by one (accept, release, reject,
+//!   renew), the acknowledgements riding on the next poll; [`DeadLetter`]s read from a
+//!   dead-letter topic and replayed ([`read_dead_letters`], [`replay_dead_letters`]), and
+//!   [`dead_letter`] for consumer-group applications. The [`share`] module tells how.
+//! - **Admin**: topics, partitions, configs, offsets, consumer groups, share groups and
+//!   broker info, typed.
 //! - **Errors**: one [`ClientError`] with the broker's [`ErrorCode`], gRPC status and message,
 //!   and [`ClientError::is_retriable`].
 //! - **Tracing**: [`TraceParent`] injects and extracts the W3C `traceparent` header so a
@@ -71,6 +78,7 @@ mod partitioner;
 mod producer;
 mod record;
 mod security;
+pub mod share;
 
 pub use admin::{
     Admin, AlteredConfig, BrokerInfo, ClientQuota, Durability, GroupDescription, GroupListing,
@@ -96,4 +104,9 @@ pub use runnel_format::compression;
 pub use security::{
     Acl, AclFilter, AclOperation, AclPermission, AclResource, NewToken, Pattern, Security, Token,
     User,
+};
+pub use share::{
+    AckFailure, AckKind, AckMode, AlterShareGroup, DeadLetter, ShareConsumer, ShareConsumerConfig,
+    ShareGroupDescription, ShareGroupSettings, SharePartitionState, ShareRecord, ShareStart,
+    dead_letter, dead_letter_headers, dead_letter_record, read_dead_letters, replay_dead_letters,
 };

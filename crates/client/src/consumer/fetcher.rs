@@ -284,38 +284,68 @@ impl Fetcher {
     /// Checks, decompresses and decodes received batches into records at or after `from`.
     fn decode(&self, batches: &[bytes::Bytes], from: u64) -> Result<VecDeque<ConsumerRecord>> {
         let mut out = VecDeque::new();
-        let corrupt = |offset: u64, reason: String| ClientError::CorruptData {
-            topic: self.tp.topic.to_string(),
-            partition: self.tp.partition,
-            offset,
-            reason,
-        };
-        for bytes in batches {
-            for batch in Batches::new(bytes.clone()) {
-                let batch = batch.map_err(|e| corrupt(from, e.to_string()))?;
-                let header = batch.header();
-                if header.next_offset() <= from {
-                    continue;
-                }
-                let records = compression::records(&batch, self.config.max_decompressed_bytes)
-                    .map_err(|e| corrupt(header.base_offset, e.to_string()))?;
-                for record in records {
-                    let r = record.map_err(|e| corrupt(header.base_offset, e.to_string()))?;
-                    if r.offset < from {
-                        continue;
-                    }
-                    out.push_back(ConsumerRecord {
-                        topic: self.tp.topic.clone(),
-                        partition: self.tp.partition,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                    });
-                }
-            }
-        }
+        decode_batches(
+            &self.tp,
+            batches,
+            from,
+            self.config.max_decompressed_bytes,
+            |_, last| last >= from,
+            |record| out.push_back(record),
+        )?;
         Ok(out)
     }
+}
+
+/// Checks, decompresses and decodes batches of `tp` as the broker sent them (byte for byte as
+/// stored), handing each record `wanted` to `each` in offset order. `wanted(first, last)` is
+/// asked of each batch's offset range (a batch it refuses is not decompressed) and of each
+/// record's offset (`first == last`). The one decoder of the client: the [`Fetcher`] keeps
+/// the records from its position on, the share consumer those in its acquired ranges.
+///
+/// # Errors
+/// [`ClientError::CorruptData`] for a batch that fails its CRC or structure check (naming
+/// `position`, the offset being read, when the batch cannot even be delimited), or whose
+/// records cannot be decompressed within `max_decompressed_bytes` (naming its base offset).
+pub(crate) fn decode_batches(
+    tp: &TopicPartition,
+    batches: &[bytes::Bytes],
+    position: u64,
+    max_decompressed_bytes: usize,
+    wanted: impl Fn(u64, u64) -> bool,
+    mut each: impl FnMut(ConsumerRecord),
+) -> Result<()> {
+    let corrupt = |offset: u64, reason: String| ClientError::CorruptData {
+        topic: tp.topic.to_string(),
+        partition: tp.partition,
+        offset,
+        reason,
+    };
+    for bytes in batches {
+        for batch in Batches::new(bytes.clone()) {
+            let batch = batch.map_err(|e| corrupt(position, e.to_string()))?;
+            let header = batch.header();
+            if !wanted(header.base_offset, header.last_offset()) {
+                continue;
+            }
+            let base = header.base_offset;
+            let records = compression::records(&batch, max_decompressed_bytes)
+                .map_err(|e| corrupt(base, e.to_string()))?;
+            for record in records {
+                let r = record.map_err(|e| corrupt(base, e.to_string()))?;
+                if !wanted(r.offset, r.offset) {
+                    continue;
+                }
+                each(ConsumerRecord {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                });
+            }
+        }
+    }
+    Ok(())
 }

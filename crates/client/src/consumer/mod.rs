@@ -976,4 +976,5 @@ impl CommittedOffset {
     }
 }
 
+pub(crate) use fetcher::decode_batches;
 pub(crate) use group::{flatten, group_by_topic};

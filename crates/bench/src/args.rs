@@ -15,6 +15,8 @@ pub enum Mode {
     Produce,
     /// Consumers reading data already written (written first if missing).
     Consume,
+    /// Share group members accepting each record on its own (data written first if missing).
+    Share,
     /// Producers and consumers at once: end-to-end latency.
     E2e,
     /// The machine's sequential write speed (no broker).
@@ -68,6 +70,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel-bench produce --acks durable --batch-size 1 --max-in-flight 1 --producers 16 --duration 10s
   runnel-bench produce --rate 200000 --linger 1ms --duration 20s       # latency at a fixed rate
   runnel-bench consume --records 1000000                             # catch up on written data
+  runnel-bench share --records 1000000 --consumers 4                 # share group, one accept per record
   runnel-bench e2e --rate 100000 --duration 20s --output json
   runnel-bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
   runnel-bench disk --dir /var/lib/runnel && runnel-bench net        # the machine's own limits
@@ -163,7 +166,7 @@ impl BenchArgs {
         if self.producers == 0 && matches!(self.mode, Mode::Produce | Mode::E2e | Mode::Sync) {
             bail!("--producers must be at least 1");
         }
-        if self.consumers == 0 && matches!(self.mode, Mode::Consume | Mode::E2e) {
+        if self.consumers == 0 && matches!(self.mode, Mode::Consume | Mode::Share | Mode::E2e) {
             bail!("--consumers must be at least 1");
         }
         if self.partitions == 0 {

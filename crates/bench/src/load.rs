@@ -16,8 +16,9 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use runnel_client::{
-    Acks, Client, ClientConfig, Compression, ConsumerConfig, DeliveryFuture, ProducerConfig,
-    ProducerRecord, StartAt, TopicConfig, TopicPartition,
+    AckMode, Acks, AlterShareGroup, Client, ClientConfig, Compression, ConsumerConfig,
+    DeliveryFuture, ProducerConfig, ProducerRecord, ShareConsumerConfig, ShareStart, StartAt,
+    TopicConfig, TopicPartition,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -95,6 +96,7 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     });
     let (phase_tx, phase_rx) = watch::channel(match args.mode {
         Mode::Consume => "consume",
+        Mode::Share => "share",
         _ => "produce",
     });
     let progress = (!args.quiet).then(|| tokio::spawn(progress(shared.clone(), phase_rx)));
@@ -130,6 +132,7 @@ pub async fn run(broker: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     let result = match args.mode {
         Mode::Produce => produce_only(broker, args, &shared).await,
         Mode::Consume => consume_only(broker, args, &shared, &admin, &description, &phase_tx).await,
+        Mode::Share => share_only(broker, args, &shared, &admin, &description, &phase_tx).await,
         _ => end_to_end(broker, args, &shared, &description).await,
     };
     drop(stalled);
@@ -181,14 +184,16 @@ async fn produce_only(
     Ok(r)
 }
 
-async fn consume_only(
+/// Writes what the topic lacks of `--records` (untimed), for `consume` and `share`; returns
+/// the topic as it is then and the records to read.
+async fn ensure_records(
     broker: &str,
     args: &BenchArgs,
     shared: &Arc<Shared>,
     admin: &runnel_client::Admin,
     description: &runnel_client::TopicDescription,
     phase: &watch::Sender<&'static str>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(runnel_client::TopicDescription, u64)> {
     let mut description = description.clone();
     let available: u64 = description
         .partitions
@@ -218,8 +223,24 @@ async fn consume_only(
             );
         }
         description = admin.describe_topic(&args.topic).await?;
-        let _ = phase.send("consume");
+        let _ = phase.send(match args.mode {
+            Mode::Share => "share",
+            _ => "consume",
+        });
     }
+    Ok((description, wanted))
+}
+
+async fn consume_only(
+    broker: &str,
+    args: &BenchArgs,
+    shared: &Arc<Shared>,
+    admin: &runnel_client::Admin,
+    description: &runnel_client::TopicDescription,
+    phase: &watch::Sender<&'static str>,
+) -> anyhow::Result<Report> {
+    let (description, wanted) =
+        ensure_records(broker, args, shared, admin, description, phase).await?;
     // Each partition's share of `wanted`, from its start.
     let held: Vec<u64> = description
         .partitions
@@ -253,6 +274,87 @@ async fn consume_only(
     r.bytes = consumed.bytes;
     r.seconds = seconds;
     Ok(r)
+}
+
+/// `share`: `--consumers` members of a new share group, starting at the earliest record,
+/// accept each record on its own until `--records` (or every record stored, with
+/// `--duration`) are accepted.
+async fn share_only(
+    broker: &str,
+    args: &BenchArgs,
+    shared: &Arc<Shared>,
+    admin: &runnel_client::Admin,
+    description: &runnel_client::TopicDescription,
+    phase: &watch::Sender<&'static str>,
+) -> anyhow::Result<Report> {
+    let (_, wanted) = ensure_records(broker, args, shared, admin, description, phase).await?;
+    let group = format!("runnel-bench-{}", std::process::id());
+    admin
+        .alter_share_group(
+            &group,
+            &AlterShareGroup {
+                start: Some(ShareStart::Earliest),
+                ..AlterShareGroup::default()
+            },
+        )
+        .await
+        .context("creating the share group")?;
+    let cpu = Cpu::now(args.broker_pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let client = Client::connect(broker.to_owned()).await?;
+        let config = ShareConsumerConfig {
+            ack_mode: AckMode::Manual,
+            ..ShareConsumerConfig::new(group.clone(), [args.topic.clone()])
+        };
+        let consumer = client.share_consumer(config)?;
+        tasks.push(tokio::spawn(share_member(consumer, shared.clone(), wanted)));
+    }
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await.context("a share consumer panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let records = shared.consumed.load(Ordering::Relaxed);
+    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, records);
+    admin.delete_share_group(&group, true).await?;
+    let mut r = Report::new("share");
+    r.cpu = Some(cpu);
+    r.records = records;
+    r.bytes = bytes;
+    r.seconds = seconds;
+    Ok(r)
+}
+
+/// One share group member: accepts each record it gets, one acknowledgement per record,
+/// until the members together accepted `wanted`; returns the value bytes it accepted.
+async fn share_member(
+    mut consumer: runnel_client::ShareConsumer,
+    shared: Arc<Shared>,
+    wanted: u64,
+) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    let mut last_record = Instant::now();
+    while shared.consumed.load(Ordering::Relaxed) < wanted {
+        let records = consumer.poll().await?;
+        if records.is_empty() {
+            if last_record.elapsed() > STALL_TIMEOUT {
+                bail!("no record for {STALL_TIMEOUT:?}");
+            }
+            continue;
+        }
+        last_record = Instant::now();
+        for record in &records {
+            bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
+            consumer.accept(record);
+        }
+        shared
+            .consumed
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+    consumer.close().await?;
+    Ok(bytes)
 }
 
 async fn end_to_end(

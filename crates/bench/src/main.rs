@@ -93,6 +93,9 @@ pub(crate) enum Command {
     Produce(BenchArgs),
     /// Consumers reading data already written (written first if missing)
     Consume(BenchArgs),
+    /// Share group members accepting each record on its own, on data already written
+    /// (written first if missing)
+    Share(BenchArgs),
     /// Producers and consumers at once: end-to-end latency
     E2e(BenchArgs),
     /// The machine's sequential write speed, one fdatasync included (no broker)
@@ -134,6 +137,7 @@ impl Command {
         let (mode, mut args) = match self {
             Command::Produce(a) => (Mode::Produce, a),
             Command::Consume(a) => (Mode::Consume, a),
+            Command::Share(a) => (Mode::Share, a),
             Command::E2e(a) => (Mode::E2e, a),
             Command::Disk(a) => (Mode::Disk, a),
             Command::Net(a) => (Mode::Net, a),
@@ -216,7 +220,7 @@ async fn measure(broker: String, args: BenchArgs) -> anyhow::Result<report::Repo
         Mode::Sync => Some((limits::sync, "group commit")),
         Mode::Paced => Some((limits::paced, "paced write")),
         Mode::Cpu => Some((limits::cpu, "CPU")),
-        Mode::Produce | Mode::Consume | Mode::E2e => None,
+        Mode::Produce | Mode::Consume | Mode::Share | Mode::E2e => None,
     };
     match probe {
         Some((probe, name)) => tokio::task::spawn_blocking(move || probe(&args))

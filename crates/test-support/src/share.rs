@@ -62,6 +62,8 @@ pub async fn chaotic_consumer(
             max_records: 100,
             max_wait_ms: 100,
             format: pb::RecordFormat::Records.into(),
+            // Small acquisitions, split batches: members interleave within batches.
+            record_limit: true,
             ..Default::default()
         };
         let conn = broker.borrow().clone();

@@ -437,7 +437,7 @@ impl SharePartition {
             if left == 0 {
                 break;
             }
-            let b = b.min(a + left - 1);
+            let b = b.min(a.saturating_add(left - 1));
             let deliveries = deliveries.saturating_add(1);
             self.set(
                 a,

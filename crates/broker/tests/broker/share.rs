@@ -31,6 +31,7 @@ fn fetch_req(member: &str, topic: &str, max_records: u32, wait_ms: u32) -> pb::S
         max_records,
         max_wait_ms: wait_ms,
         format: pb::RecordFormat::Records.into(),
+        record_limit: true,
         ..Default::default()
     }
 }
@@ -786,4 +787,45 @@ async fn the_share_log_compacts_and_a_restart_finds_the_same_state() {
         acquire(&b, "m", "jobs", 100, 0).await.is_empty(),
         "all delayed or done"
     );
+}
+
+#[tokio::test]
+async fn without_record_limit_whole_batches_are_acquired() {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    produce_values(&b, "jobs", 0, "a", 10).await;
+    produce_values(&b, "jobs", 0, "b", 10).await;
+    let fetch = |member: &str, max_records: u32| pb::ShareFetchRequest {
+        record_limit: false,
+        ..fetch_req(member, "jobs", max_records, 0)
+    };
+    let first = b
+        .share()
+        .share_fetch(fetch("m1", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let acquired: Vec<_> = first.partitions[0]
+        .acquired
+        .iter()
+        .map(|a| (a.first_offset, a.last_offset))
+        .collect();
+    assert_eq!(
+        acquired,
+        vec![(0, 9)],
+        "the batch holding the third record, whole"
+    );
+    assert_eq!(first.partitions[0].records.len(), 10);
+    let second = b
+        .share()
+        .share_fetch(fetch("m2", 12))
+        .await
+        .unwrap()
+        .into_inner();
+    let acquired: Vec<_> = second.partitions[0]
+        .acquired
+        .iter()
+        .map(|a| (a.first_offset, a.last_offset))
+        .collect();
+    assert_eq!(acquired, vec![(10, 19)]);
 }

@@ -267,6 +267,41 @@ impl InternalLog {
         Ok(())
     }
 
+    /// Writes batches on the blocking pool and waits until they are durable (the storage group
+    /// commit): the one way an owner's writer task writes.
+    ///
+    /// # Errors
+    /// As [`InternalLog::write`] and the fsync's error.
+    pub async fn write_durably(self: &Arc<Self>, batches: Vec<Bytes>) -> Result<(), RpcError> {
+        let log = self.clone();
+        match tokio::task::spawn_blocking(move || log.write(&batches)).await {
+            Ok(Ok(end)) => self.durable(end).await.map_err(|e| self.rpc(&e)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(RpcError::internal(format!(
+                "writing the internal log {} failed: {e}",
+                self.name
+            ))),
+        }
+    }
+
+    /// Compacts the log with `snapshot` (the owner's whole state, as batches) on the blocking
+    /// pool, while the caller keeps other writes out; a failure is logged, and the next
+    /// compaction tries again.
+    pub async fn compact(self: &Arc<Self>, snapshot: Vec<Bytes>) {
+        let log = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let c = log.start_compaction(&snapshot)?;
+            log.finish_compaction(c)
+        })
+        .await;
+        let failed = match done {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.message,
+            Err(e) => e.to_string(),
+        };
+        warn!(log = self.name, error = %failed, "compacting an internal log failed");
+    }
+
     /// Closes the log cleanly (everything fsynced, the clean-shutdown marker written). Blocking.
     ///
     /// # Errors

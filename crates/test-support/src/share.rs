@@ -36,7 +36,7 @@ type Pending = (pb::Acknowledgement, Option<String>);
 
 /// Runs one chaotic member of `group` reading `topic` until `stop` says so, connecting to
 /// whatever broker `broker` names (it changes when the broker restarts on a new port).
-pub async fn chaotic_consumer(
+async fn chaotic_consumer(
     broker: watch::Receiver<Connection>,
     group: String,
     topic: String,
@@ -197,6 +197,106 @@ pub fn check(ledger: &Ledger, dead: &[String], produced: &BTreeSet<String>) {
         ledger.accepted.len() + dead.len() <= produced.len() + ledger.in_doubt.len(),
         "more outcomes than records"
     );
+}
+
+/// The queue of the chaos tests: the topics `q` (2 partitions) and `q.dlq`, the share group
+/// `group` dead-lettering to `q.dlq` after 3 deliveries with a backoff of 5 and 20 ms, and
+/// `records` records `r-0`, `r-1`... on `q` (durable), 1,000 per batch.
+///
+/// # Panics
+///
+/// If a call fails.
+pub async fn set_up_queue(b: &Connection, group: &str, records: u64) {
+    crate::rpc::create_topic(b, "q", 2).await;
+    crate::rpc::create_topic(b, "q.dlq", 1).await;
+    b.share()
+        .alter_share_group(pb::AlterShareGroupRequest {
+            group_id: group.into(),
+            settings: Some(pb::ShareGroupSettings {
+                dead_letter_topic: Some("q.dlq".into()),
+                max_deliveries: Some(3),
+                backoff_ms: vec![5, 20],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("alter the share group");
+    for chunk in 0..records.div_ceil(1000) {
+        let partition = (chunk % 2) as u32;
+        let n = (records - chunk * 1000).min(1000);
+        let batch = crate::batches::batch_of("r", chunk * 1000, n);
+        let r = crate::rpc::produce_acked(b, "q", partition, pb::Acks::Durable, vec![batch]).await;
+        assert!(r.error.is_none(), "{r:?}");
+    }
+}
+
+/// Chaotic members of a group reading `q`, and what they saw.
+pub struct Chaos {
+    /// What every member saw.
+    pub ledger: Arc<Mutex<Ledger>>,
+    /// Where the members connect: send a new connection when the broker moves.
+    pub broker: watch::Sender<Connection>,
+    stop: watch::Sender<bool>,
+    members: Vec<tokio::task::JoinHandle<()>>,
+    group: String,
+}
+
+impl Chaos {
+    /// Starts `members` chaotic members of `group` reading `q` on `b`.
+    pub fn start(b: &Connection, group: &str, members: u64) -> Self {
+        let (broker, connect) = watch::channel(b.clone());
+        let (stop, stopped) = watch::channel(false);
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let members = (0..members)
+            .map(|i| {
+                let run = chaotic_consumer(
+                    connect.clone(),
+                    group.to_owned(),
+                    "q".into(),
+                    i,
+                    stopped.clone(),
+                    ledger.clone(),
+                );
+                tokio::spawn(run)
+            })
+            .collect();
+        Chaos {
+            ledger,
+            broker,
+            stop,
+            members,
+            group: group.to_owned(),
+        }
+    }
+
+    /// Waits until the group has done `records` records (accepted or dead-lettered).
+    pub async fn wait_done(&self, b: &Connection, records: u64) {
+        crate::within(async {
+            while done_records(b, &self.group).await.unwrap_or(0) < records {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops the members, and checks the ledger against `q.dlq` and the `records` produced
+    /// ([`check`]); returns the dead letters' count and the ledger.
+    ///
+    /// # Panics
+    ///
+    /// If a member panicked or a property fails.
+    pub async fn finish(self, b: &Connection, records: u64) -> (usize, Ledger) {
+        let _ = self.stop.send(true);
+        for m in self.members {
+            m.await.expect("a member");
+        }
+        let dead = values_of(b, "q.dlq", 0).await;
+        let produced: BTreeSet<String> = (0..records).map(|i| format!("r-{i}")).collect();
+        let ledger = std::mem::take(&mut *lock(&self.ledger));
+        check(&ledger, &dead, &produced);
+        (dead.len(), ledger)
+    }
 }
 
 /// The values of every record of one partition of a topic.

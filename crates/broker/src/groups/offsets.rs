@@ -360,12 +360,7 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        let log = self.log.clone();
-        let outcome = match tokio::task::spawn_blocking(move || log.write(&batches)).await {
-            Ok(Ok(end)) => self.log.durable(end).await.map_err(|e| self.log.rpc(&e)),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(RpcError::internal(format!("offsets writer failed: {e}"))),
-        };
+        let outcome = self.log.write_durably(batches).await;
         if let Err(e) = outcome {
             for (_, reply) in accepted {
                 let _ = reply.send(Err(e.clone()));
@@ -390,17 +385,7 @@ impl Writer {
     /// runs meanwhile (this task is the only writer).
     async fn compact(&mut self) {
         let batches = snapshot(&read(&self.state), self.log.max_batch_bytes());
-        let log = self.log.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let c = log.start_compaction(&batches)?;
-            log.finish_compaction(c)
-        })
-        .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "compacting the committed offsets log failed"),
-            Err(e) => warn!(error = %e, "compacting the committed offsets log failed"),
-        }
+        self.log.compact(batches).await;
     }
 }
 

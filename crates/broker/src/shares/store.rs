@@ -474,15 +474,10 @@ impl Store {
     async fn write(&self, jobs: Vec<Queued>) {
         let max = self.log.max_batch_bytes();
         let (values, replies): (Vec<Vec<u8>>, Vec<_>) = jobs.into_iter().unzip();
-        let batches = internal_log::batches(values, max);
-        let log = self.log.clone();
-        let outcome = match tokio::task::spawn_blocking(move || log.write(&batches)).await {
-            Ok(Ok(end)) => self.log.durable(end).await.map_err(|e| self.log.rpc(&e)),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(RpcError::internal(format!(
-                "share groups writer failed: {e}"
-            ))),
-        };
+        let outcome = self
+            .log
+            .write_durably(internal_log::batches(values, max))
+            .await;
         if let Err(e) = &outcome {
             warn!(error = %e.message, "writing share group state failed");
         }
@@ -493,17 +488,7 @@ impl Store {
 
     async fn compact(&self, values: Vec<Vec<u8>>) {
         let batches = internal_log::batches(values, self.log.max_batch_bytes());
-        let log = self.log.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let c = log.start_compaction(&batches)?;
-            log.finish_compaction(c)
-        })
-        .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e.message, "compacting the share groups log failed"),
-            Err(e) => warn!(error = %e, "compacting the share groups log failed"),
-        }
+        self.log.compact(batches).await;
     }
 
     /// Closes the log cleanly (blocking work on the blocking pool).

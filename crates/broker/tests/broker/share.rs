@@ -7,11 +7,8 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::{self, AckType, ErrorCode};
 
-use std::sync::{Arc, Mutex};
-
 use runnel_test_support::prelude::*;
-use runnel_test_support::share::{Ledger, chaotic_consumer, check, done_records, values_of};
-use runnel_test_support::{Connection, PATIENCE, within};
+use runnel_test_support::share::{Chaos, set_up_queue};
 
 const GROUP: &str = "workers";
 
@@ -111,6 +108,14 @@ async fn alter(b: &TestBroker, settings: pb::ShareGroupSettings) -> Result<(), t
         })
         .await
         .map(|_| ())
+}
+
+/// A share broker with the topic `jobs` (1 partition) and the group's `settings`.
+async fn jobs_broker(settings: pb::ShareGroupSettings) -> TestBroker {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    alter(&b, settings).await.unwrap();
+    b
 }
 
 async fn produce_values(b: &TestBroker, topic: &str, partition: u32, tag: &str, n: u64) {
@@ -250,17 +255,11 @@ async fn acknowledging_what_the_member_does_not_hold_is_refused_naming_the_recor
 
 #[tokio::test]
 async fn an_expired_lock_redelivers_and_the_late_acknowledgement_is_refused() {
-    let b = share_broker().await;
-    create_topic(&b, "jobs", 1).await;
-    alter(
-        &b,
-        pb::ShareGroupSettings {
-            lock_ms: Some(200),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = jobs_broker(pb::ShareGroupSettings {
+        lock_ms: Some(200),
+        ..Default::default()
+    })
+    .await;
     produce_values(&b, "jobs", 0, "a", 1).await;
     let got = acquire(&b, "slow", "jobs", 1, 0).await;
     assert_eq!(got[0].2, 1);
@@ -279,17 +278,11 @@ async fn an_expired_lock_redelivers_and_the_late_acknowledgement_is_refused() {
 
 #[tokio::test]
 async fn a_released_record_waits_for_the_backoff_without_holding_back_the_others() {
-    let b = share_broker().await;
-    create_topic(&b, "jobs", 1).await;
-    alter(
-        &b,
-        pb::ShareGroupSettings {
-            backoff_ms: vec![400, 60_000],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = jobs_broker(pb::ShareGroupSettings {
+        backoff_ms: vec![400, 60_000],
+        ..Default::default()
+    })
+    .await;
     produce_values(&b, "jobs", 0, "a", 1).await;
     let got = acquire(&b, "m", "jobs", 1, 0).await;
     assert_eq!(got.len(), 1);
@@ -311,17 +304,11 @@ async fn a_released_record_waits_for_the_backoff_without_holding_back_the_others
 
 #[tokio::test]
 async fn past_max_deliveries_a_record_is_archived_when_there_is_no_dead_letter_topic() {
-    let b = share_broker().await;
-    create_topic(&b, "jobs", 1).await;
-    alter(
-        &b,
-        pb::ShareGroupSettings {
-            max_deliveries: Some(2),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let b = jobs_broker(pb::ShareGroupSettings {
+        max_deliveries: Some(2),
+        ..Default::default()
+    })
+    .await;
     produce_values(&b, "jobs", 0, "a", 2).await;
     for delivery in 1..=2 {
         let got = acquire(&b, "m", "jobs", 1, 0).await;
@@ -645,62 +632,13 @@ async fn eight_chaotic_consumers_account_for_every_record_exactly_once() {
         c.shares.lock_ms = 500;
     })
     .await;
-    create_topic(&b, "q", 2).await;
-    create_topic(&b, "q.dlq", 1).await;
-    alter_chaos_group(&b).await;
-    let (_, broker) = tokio::sync::watch::channel(Connection::new(b.addr(), PATIENCE));
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let consumers: Vec<_> = (0..8)
-        .map(|i| {
-            let run = chaotic_consumer(
-                broker.clone(),
-                GROUP.into(),
-                "q".into(),
-                i,
-                stop.clone(),
-                ledger.clone(),
-            );
-            tokio::spawn(run)
-        })
-        .collect();
-    for chunk in 0..RECORDS / 1000 {
-        let partition = (chunk % 2) as u32;
-        let r = produce(&b, "q", partition, vec![batch_of("r", chunk * 1000, 1000)]).await;
-        assert!(r.error.is_none());
-    }
-    within(async {
-        while done_records(&b, GROUP).await != Some(RECORDS) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    stop_tx.send(true).unwrap();
-    for c in consumers {
-        c.await.unwrap();
-    }
-    let dead = values_of(&b, "q.dlq", 0).await;
-    let produced: BTreeSet<String> = (0..RECORDS).map(|i| format!("r-{i}")).collect();
-    let ledger = ledger.lock().unwrap();
-    check(&ledger, &dead, &produced);
+    set_up_queue(&b, GROUP, RECORDS).await;
+    let chaos = Chaos::start(&b, GROUP, 8);
+    chaos.wait_done(&b, RECORDS).await;
+    let (dead, ledger) = chaos.finish(&b, RECORDS).await;
     assert!(ledger.in_doubt.is_empty(), "the broker never died");
-    assert_eq!(ledger.accepted.len() + dead.len(), RECORDS as usize);
-    assert!(ledger.crashes > 0 && !dead.is_empty(), "the chaos happened");
-}
-
-/// The chaos tests' group: dead letters to `q.dlq`, three deliveries, a short backoff.
-async fn alter_chaos_group(b: &TestBroker) {
-    alter(
-        b,
-        pb::ShareGroupSettings {
-            dead_letter_topic: Some("q.dlq".into()),
-            max_deliveries: Some(3),
-            backoff_ms: vec![5, 20],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    assert_eq!(ledger.accepted.len() + dead, RECORDS as usize);
+    assert!(ledger.crashes > 0 && dead > 0, "the chaos happened");
 }
 
 #[tokio::test]

@@ -390,7 +390,14 @@ impl Broker {
             };
             for (from, to) in positions {
                 let mut at = from;
-                while at <= to && records_left > 0 && bytes_left > 0 {
+                // A read returns at least one whole batch: once something is taken, read on
+                // only while a largest batch still fits, so the answer stays within max_bytes.
+                let fits = |left: usize, taken: bool| !taken || left >= p.max_batch_bytes();
+                while at <= to
+                    && records_left > 0
+                    && bytes_left > 0
+                    && fits(bytes_left, records_left < want.records)
+                {
                     let reader = p.clone();
                     let room = bytes_left.min(READ_BYTES);
                     let read = blocking(move || {

@@ -153,6 +153,8 @@ from runnel.v1 import (  # noqa: E402
     groups_pb2_grpc,
     produce_pb2,
     produce_pb2_grpc,
+    share_pb2,
+    share_pb2_grpc,
 )
 
 __all__ = [
@@ -169,4 +171,6 @@ __all__ = [
     "produce_pb2_grpc",
     "record_json",
     "run",
+    "share_pb2",
+    "share_pb2_grpc",
 ]

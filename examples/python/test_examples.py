@@ -1,4 +1,4 @@
-"""Runs the four examples against a broker and checks what they did.
+"""Runs the five examples against a broker and checks what they did.
 
     RUNNEL_BROKER=127.0.0.1:7171 python test_examples.py
 
@@ -24,6 +24,8 @@ from runnel_api import (
     consume_pb2_grpc,
     groups_pb2,
     groups_pb2_grpc,
+    share_pb2,
+    share_pb2_grpc,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +35,7 @@ CHANNEL = channel()
 ADMIN = admin_pb2_grpc.AdminServiceStub(CHANNEL)
 CONSUME = consume_pb2_grpc.ConsumeServiceStub(CHANNEL)
 GROUPS = groups_pb2_grpc.GroupServiceStub(CHANNEL)
+SHARE = share_pb2_grpc.ShareServiceStub(CHANNEL)
 
 
 def example(name, *args):
@@ -168,6 +171,53 @@ def test_idempotent_retry_is_stored_once():
     assert log_ends(topic)[partition] == base + 2 * count
 
 
+def test_share_workers_split_the_records_and_dead_letter_the_rejected():
+    topic, group = unique("py-jobs"), unique("py-workers")
+    dead = f"{topic}.dlq"
+    ADMIN.CreateTopic(admin_pb2.CreateTopicRequest(topic=dead, partition_count=1), timeout=TIMEOUT_S)
+    produced = example("produce", topic, "--count", "30")
+    settings = share_pb2.ShareGroupSettings(
+        dead_letter_topic=dead, start=share_pb2.SHARE_START_EARLIEST
+    )
+    SHARE.AlterShareGroup(
+        share_pb2.AlterShareGroupRequest(group_id=group, settings=settings), timeout=TIMEOUT_S
+    )
+    # Two workers, one after the other: the second gets only what the first left.
+    poison = '"order": 1'
+    first = example("share_worker", topic, "--group", group, "--count", "10", "--reject", poison)
+    left = 30 - len(first)
+    rest = []
+    if left > 0:
+        rest = example("share_worker", topic, "--group", group, "--count", str(left), "--reject", poison)
+    everything = first + rest
+    assert by_position(everything) == {
+        k: {**v, "delivery_count": 1} for k, v in as_consumed(topic, produced).items()
+    }, everything
+    rejected = [r for r in everything if poison in r["value"]]
+    assert len(rejected) == 11, everything  # orders 1 and 10 to 19
+    # The rejected ones reach the dead-letter topic, each once, with where it came from.
+    request = consume_pb2.FetchRequest(
+        partitions=[consume_pb2.FetchPartition(topic=dead, partition=0, offset=0)],
+        format=consume_pb2.RECORD_FORMAT_RECORDS,
+        max_wait_ms=1000,
+        min_bytes=1,
+    )
+    letters = []
+    for _ in range(50):
+        letters = CONSUME.Fetch(request, timeout=TIMEOUT_S).results[0].records
+        if len(letters) >= len(rejected):
+            break
+    origins = sorted(
+        (int(h(r, "runnel.dlq.partition")), int(h(r, "runnel.dlq.offset"))) for r in letters
+    )
+    assert origins == sorted((r["partition"], r["offset"]) for r in rejected), (origins, rejected)
+
+
+def h(record, name):
+    """A record header's value as text."""
+    return next(x.value.decode() for x in record.headers if x.key == name)
+
+
 def main():
     try:
         grpc.channel_ready_future(CHANNEL).result(timeout=TIMEOUT_S)
@@ -177,6 +227,7 @@ def main():
         test_produce_then_consume,
         test_group_member_commits_and_resumes,
         test_idempotent_retry_is_stored_once,
+        test_share_workers_split_the_records_and_dead_letter_the_rejected,
     ]
     failed = 0
     for check in checks:

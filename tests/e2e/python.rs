@@ -1,6 +1,6 @@
 //! The Python examples (`examples/python`) against the real broker: their own driver,
-//! `test_examples.py`, runs the four programs (produce, consume, group member, idempotent
-//! retry) with stubs generated from `proto/`, and checks what they did, against a broker with
+//! `test_examples.py`, runs the five programs (produce, consume, group member, idempotent
+//! retry, share group worker) with stubs generated from `proto/`, and checks what they did, against a broker with
 //! authentication on (the programs send a user and password with every call).
 //!
 //! The interpreter is the `python3` on PATH (3.10 or later); the packages of
@@ -77,7 +77,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[tokio::test]
-async fn python_examples_produce_consume_join_a_group_and_retry_idempotently() {
+async fn python_examples_produce_consume_join_groups_and_retry_idempotently() {
     let root = workspace_root();
     let python = venv_python(&root);
     // With authentication on: the examples send RUNNEL_USER and RUNNEL_PASSWORD with every call.
@@ -107,5 +107,5 @@ async fn python_examples_produce_consume_join_a_group_and_retry_idempotently() {
         out.status,
         b.log_text()
     );
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
 }

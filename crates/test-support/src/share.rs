@@ -295,6 +295,14 @@ impl Chaos {
         let produced: BTreeSet<String> = (0..records).map(|i| format!("r-{i}")).collect();
         let ledger = std::mem::take(&mut *lock(&self.ledger));
         check(&ledger, &dead, &produced);
+        eprintln!(
+            "chaos of {records} records: {} accepted, {} dead-lettered, {} accepted in doubt, {} member crashes, {} failed fetches",
+            ledger.accepted.len(),
+            dead.len(),
+            ledger.in_doubt.len(),
+            ledger.crashes,
+            ledger.failed_fetches
+        );
         (dead.len(), ledger)
     }
 }

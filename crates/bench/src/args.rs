@@ -71,6 +71,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel-bench produce --rate 200000 --linger 1ms --duration 20s       # latency at a fixed rate
   runnel-bench consume --records 1000000                             # catch up on written data
   runnel-bench share --records 1000000 --consumers 4                 # share group, one accept per record
+  runnel-bench consume --group --records 1000000 --consumers 4       # the same in a consumer group
   runnel-bench e2e --rate 100000 --duration 20s --output json
   runnel-bench produce --stalled-consumers 4 --broker-pid $(pidof runneld) --duration 30s
   runnel-bench disk --dir /var/lib/runnel && runnel-bench net        # the machine's own limits
@@ -141,6 +142,10 @@ pub struct BenchArgs {
     /// (each gets one or more, or each partition several subscribers).
     #[arg(long, default_value_t = 0)]
     pub stalled_consumers: u32,
+    /// `consume` as members of a new consumer group (subscribed, from the earliest record,
+    /// committing offsets) rather than with partitions dealt out
+    #[arg(long)]
+    pub group: bool,
     /// The broker's process id, to sample its resident memory (VmRSS) once a second and to
     /// report its CPU per record.
     #[arg(long)]

@@ -241,6 +241,9 @@ async fn consume_only(
 ) -> anyhow::Result<Report> {
     let (description, wanted) =
         ensure_records(broker, args, shared, admin, description, phase).await?;
+    if args.group {
+        return group_only(broker, args, shared, wanted).await;
+    }
     // Each partition's share of `wanted`, from its start.
     let held: Vec<u64> = description
         .partitions
@@ -325,6 +328,64 @@ async fn share_only(
     r.bytes = bytes;
     r.seconds = seconds;
     Ok(r)
+}
+
+/// `consume --group`: `--consumers` members of a new consumer group read `wanted` records
+/// from the earliest, committing offsets (at the client's interval, and when they leave).
+async fn group_only(
+    broker: &str,
+    args: &BenchArgs,
+    shared: &Arc<Shared>,
+    wanted: u64,
+) -> anyhow::Result<Report> {
+    let group = format!("runnel-bench-{}", std::process::id());
+    let cpu = Cpu::now(args.broker_pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let client = Client::connect(broker.to_owned()).await?;
+        let mut consumer = client.consumer(ConsumerConfig::group(group.clone()))?;
+        consumer.subscribe(&[args.topic.as_str()])?;
+        tasks.push(tokio::spawn(group_member(consumer, shared.clone(), wanted)));
+    }
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await.context("a group member panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let records = shared.consumed.load(Ordering::Relaxed);
+    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, records);
+    let mut r = Report::new("consume");
+    r.cpu = Some(cpu);
+    r.records = records;
+    r.bytes = bytes;
+    r.seconds = seconds;
+    r.details.push(("group", json!(group)));
+    Ok(r)
+}
+
+/// One consumer group member: reads until the members together read `wanted`, then leaves
+/// (committing); returns the value bytes it read.
+async fn group_member(
+    mut consumer: runnel_client::Consumer,
+    shared: Arc<Shared>,
+    wanted: u64,
+) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    while shared.consumed.load(Ordering::Relaxed) < wanted {
+        let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
+        match next {
+            Ok(Some(record)) => {
+                bytes += record?.value.as_ref().map_or(0, |v| v.len() as u64);
+                shared.consumed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => break,
+            // Nothing for a while: look at the count again (the others may be done).
+            Err(_) => {}
+        }
+    }
+    consumer.close().await?;
+    Ok(bytes)
 }
 
 /// One share group member: accepts each record it gets, one acknowledgement per record,
@@ -885,6 +946,7 @@ fn config_of(args: &BenchArgs, partitions: u32) -> Vec<(&'static str, serde_json
         ("topic", json!(args.topic)),
         ("producers", json!(args.producers)),
         ("consumers", json!(args.consumers)),
+        ("group", json!(args.group)),
         ("partitions", json!(partitions)),
         ("records", json!(args.records)),
         ("duration_s", json!(args.duration.map(|d| d.as_secs_f64()))),

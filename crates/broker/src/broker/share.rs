@@ -78,6 +78,13 @@ impl Broker {
                 req.max_records, settings.max_fetch_records
             )));
         }
+        let limits = &self.config.limits;
+        if req.max_wait_ms > limits.fetch_max_wait_ms {
+            return Err(RpcError::invalid(format!(
+                "max_wait_ms {} exceeds fetch_max_wait_ms ({})",
+                req.max_wait_ms, limits.fetch_max_wait_ms
+            )));
+        }
         if req.max_records > 0 && req.topics.is_empty() {
             return Err(RpcError::invalid(
                 "topics: at least one topic is required to acquire records (max_records > 0)",
@@ -102,7 +109,7 @@ impl Broker {
             format,
             decode_limit: self.config.limits.fetch_max_bytes as usize,
         };
-        let max_wait = req.max_wait_ms.min(self.config.limits.fetch_max_wait_ms);
+        let max_wait = req.max_wait_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait.into());
         let mut watches: Vec<watch::Receiver<u64>> =
             partitions.iter().map(|p| p.watch_end()).collect();

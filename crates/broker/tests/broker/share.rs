@@ -767,3 +767,60 @@ async fn without_record_limit_whole_batches_are_acquired() {
         .collect();
     assert_eq!(acquired, vec![(10, 19)]);
 }
+
+#[tokio::test]
+async fn a_share_fetch_names_the_field_it_refuses() {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    let cases = [
+        (
+            pb::ShareFetchRequest {
+                max_wait_ms: 10_000_000,
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::InvalidRequest,
+            "max_wait_ms 10000000 exceeds fetch_max_wait_ms",
+        ),
+        (
+            pb::ShareFetchRequest {
+                max_records: 1 << 30,
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::LimitExceeded,
+            "shares.max_fetch_records",
+        ),
+        (
+            pb::ShareFetchRequest {
+                member_id: String::new(),
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::InvalidRequest,
+            "member_id must be 1 to 255 bytes",
+        ),
+        (
+            pb::ShareFetchRequest {
+                group_id: "a/b".into(),
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::InvalidGroupId,
+            "group_id \"a/b\"",
+        ),
+        (
+            fetch_req("m", "nowhere", 1, 0),
+            ErrorCode::UnknownTopic,
+            "nowhere",
+        ),
+        (
+            pb::ShareFetchRequest {
+                topics: vec![],
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::InvalidRequest,
+            "topics: at least one topic",
+        ),
+    ];
+    for (request, code, needle) in cases {
+        let err = b.share().share_fetch(request).await.unwrap_err();
+        assert_status(&err, code, needle);
+    }
+}

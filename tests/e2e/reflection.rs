@@ -57,7 +57,7 @@ async fn reflection_lists_and_describes_every_method() {
         got.contains(&"grpc.health.v1.Health/Check".to_owned()),
         "{got:?}"
     );
-    assert_eq!(expected.len(), 41, "{expected:?}");
+    assert_eq!(expected.len(), 42, "{expected:?}");
 
     // The comments travel too, so `grpcurl describe` documents the protocol.
     let produce = described

@@ -479,6 +479,37 @@ async fn cli_rejects_to_the_dead_letter_topic_lists_and_replays() {
     assert_eq!(p["next_offset"], 5, "{d}");
     assert_eq!(p["dead_lettering"], 0, "{d}");
 
+    // Back to the start: the plan first, then applied.
+    let plan = json(
+        &b,
+        &[
+            "share",
+            "reset-offsets",
+            "workers",
+            "--topic",
+            "jobs",
+            "--to-earliest",
+        ],
+    );
+    assert_eq!(plan["executed"], false, "{plan}");
+    assert_eq!(plan["offsets"][0]["previous_offset"], 5, "{plan}");
+    assert_eq!(plan["offsets"][0]["new_offset"], 0, "{plan}");
+    let applied = json(
+        &b,
+        &[
+            "share",
+            "reset-offsets",
+            "workers",
+            "--all-topics",
+            "--to-offset",
+            "5",
+            "--execute",
+        ],
+    );
+    assert_eq!(applied["executed"], true, "{applied}");
+    let d = json(&b, &["share", "describe", "workers"]);
+    assert_eq!(d["partitions"][0]["start_offset"], 5, "{d}");
+
     // Replay: the records are back on their topic, as they were, and delivered again.
     let replayed = json(&b, &["dlq", "replay", "jobs.dlq", "--count", "4"]);
     assert_eq!(replayed["replayed"], 4);

@@ -61,7 +61,8 @@ pub struct ResetArgs {
     #[arg(long, value_name = "TOPIC[:P,P]", value_parser = parse_topic_partitions,
           required_unless_present = "all_topics", conflicts_with = "all_topics")]
     topic: Vec<(String, Vec<u32>)>,
-    /// Every partition the group has a committed offset for
+    /// Every partition the group has a position in (a committed offset; for a share group, a
+    /// partition it has read)
     #[arg(long)]
     all_topics: bool,
     #[command(flatten)]
@@ -72,6 +73,30 @@ pub struct ResetArgs {
     /// Reset even while the group has members
     #[arg(long)]
     force: bool,
+}
+
+impl ResetArgs {
+    /// The group named.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Whether the plan is applied.
+    pub(crate) fn execute(&self) -> bool {
+        self.execute
+    }
+
+    /// The request these flags make.
+    pub(crate) fn request(&self) -> ResetOffsets {
+        ResetOffsets {
+            group: self.group.clone(),
+            topics: self.topic.clone(),
+            all_topics: self.all_topics,
+            to: self.target.to_reset(),
+            dry_run: !self.execute,
+            force: self.force,
+        }
+    }
 }
 
 /// Where `reset-offsets` moves the offsets: exactly one.
@@ -164,17 +189,16 @@ pub async fn run(ctx: &Ctx, command: GroupCommand) -> anyhow::Result<()> {
         }
         GroupCommand::ResetOffsets(a) => {
             let plan = admin
-                .reset_offsets(ResetOffsets {
-                    group: a.group.clone(),
-                    topics: a.topic.clone(),
-                    all_topics: a.all_topics,
-                    to: a.target.to_reset(),
-                    dry_run: !a.execute,
-                    force: a.force,
-                })
+                .reset_offsets(a.request())
                 .await
                 .with_context(|| format!("cannot reset the offsets of group {:?}", a.group))?;
-            print_plan(ctx.output, &a.group, &plan, a.execute)?;
+            let done = format!("offsets of group {:?} reset", a.group);
+            print_plan(
+                ctx.output,
+                &a.group,
+                &plan,
+                a.execute.then_some(done.as_str()),
+            )?;
         }
         GroupCommand::Delete { group } => {
             admin
@@ -290,16 +314,17 @@ fn print_description(d: &GroupDescription) -> std::io::Result<()> {
     out.flush()
 }
 
-fn print_plan(
+/// Prints a reset's plan; `executed` is the note to print when it was applied.
+pub(crate) fn print_plan(
     format: Output,
     group: &str,
     plan: &[OffsetResetPlan],
-    executed: bool,
+    executed: Option<&str>,
 ) -> std::io::Result<()> {
     match format {
         Output::Json => output::print_json(&ResetJson {
             group,
-            executed,
+            executed: executed.is_some(),
             offsets: plan
                 .iter()
                 .map(|p| ResetEntryJson {
@@ -337,11 +362,8 @@ fn print_plan(
             table.write(&mut out)?;
             out.flush()?;
             // The note goes to stderr so that stdout stays the plan alone.
-            let note = if executed {
-                format!("offsets of group {group:?} reset")
-            } else {
-                "dry run: nothing changed; add --execute to apply this plan".to_owned()
-            };
+            let note =
+                executed.unwrap_or("dry run: nothing changed; add --execute to apply this plan");
             writeln!(std::io::stderr(), "{note}")
         }
     }

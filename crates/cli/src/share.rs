@@ -55,6 +55,17 @@ after the backoff's first delay after its first delivery, the second after its s
 the last one after every later delivery. After --max-deliveries deliveries, or when
 rejected, it goes to the dead-letter topic (or is archived when there is none).")]
     Alter(AlterArgs),
+    /// Move a share group's start offsets (show the plan; apply it with --execute). What was
+    /// in flight in a moved partition is forgotten: its records from the new start on are
+    /// delivered as new
+    #[command(after_help = "Examples:
+  runnel share reset-offsets workers --topic jobs --to-earliest            # show the plan
+  runnel share reset-offsets workers --topic jobs --to-latest --execute    # skip the backlog
+  runnel share reset-offsets workers --topic jobs:0 --to-time now-1h --execute
+  runnel share reset-offsets workers --all-topics --shift-by -100 --execute
+
+Refused while members hold records, unless --force.")]
+    ResetOffsets(crate::group::ResetArgs),
     /// Delete a share group and its state (refused while members hold records, unless
     /// --force)
     #[command(after_help = "Examples:
@@ -223,8 +234,25 @@ pub async fn run(ctx: &Ctx, command: ShareCommand) -> anyhow::Result<()> {
         ShareCommand::Describe { group } => describe(ctx, &group).await,
         ShareCommand::Alter(a) => alter(ctx, &a).await,
         ShareCommand::Delete { group, force } => delete(ctx, &group, force).await,
+        ShareCommand::ResetOffsets(a) => reset_offsets(ctx, &a).await,
         ShareCommand::Consume(a) => consume(ctx, &a).await,
     }
+}
+
+async fn reset_offsets(ctx: &Ctx, a: &crate::group::ResetArgs) -> anyhow::Result<()> {
+    let admin = ctx.client().await?.admin();
+    let plan = admin
+        .reset_share_group_offsets(a.request())
+        .await
+        .with_context(|| format!("cannot reset the offsets of share group {:?}", a.group()))?;
+    let done = format!("start offsets of share group {:?} reset", a.group());
+    crate::group::print_plan(
+        ctx.output,
+        a.group(),
+        &plan,
+        a.execute().then_some(done.as_str()),
+    )?;
+    Ok(())
 }
 
 async fn list(ctx: &Ctx) -> anyhow::Result<()> {

@@ -789,7 +789,25 @@ impl Admin {
     /// `GROUP_NOT_EMPTY` while the group has members (unless forced), `UNKNOWN_TOPIC`,
     /// `INVALID_REQUEST`; transport errors.
     pub async fn reset_offsets(&self, reset: ResetOffsets) -> Result<Vec<OffsetResetPlan>> {
-        let target = match reset.to {
+        let r = self
+            .groups()
+            .reset_offsets(reset.into_pb())
+            .await
+            .map_err(|s| self.conn.error(s))?
+            .into_inner();
+        Ok(OffsetResetPlan::from_pb(r))
+    }
+
+    fn groups(&self) -> GroupServiceClient<Transport> {
+        GroupServiceClient::new(self.conn.channel.clone())
+            .max_decoding_message_size(self.conn.config.max_message_bytes)
+    }
+}
+
+impl ResetOffsets {
+    /// The request, for consumer groups and share groups alike.
+    pub(crate) fn into_pb(self) -> pb::ResetOffsetsRequest {
+        let target = match self.to {
             ResetTo::Earliest => {
                 pb::reset_offsets_request::Target::Boundary(pb::OffsetBoundary::Earliest as i32)
             }
@@ -800,24 +818,25 @@ impl Admin {
             ResetTo::Timestamp(t) => pb::reset_offsets_request::Target::TimestampMs(t),
             ResetTo::ShiftBy(n) => pb::reset_offsets_request::Target::ShiftBy(n),
         };
-        let r = self
-            .groups()
-            .reset_offsets(pb::ResetOffsetsRequest {
-                group: reset.group,
-                topics: reset
-                    .topics
-                    .into_iter()
-                    .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
-                    .collect(),
-                all_topics: reset.all_topics,
-                target: Some(target),
-                dry_run: reset.dry_run,
-                force: reset.force,
-            })
-            .await
-            .map_err(|s| self.conn.error(s))?
-            .into_inner();
-        Ok(r.resets
+        pb::ResetOffsetsRequest {
+            group: self.group,
+            topics: self
+                .topics
+                .into_iter()
+                .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
+                .collect(),
+            all_topics: self.all_topics,
+            target: Some(target),
+            dry_run: self.dry_run,
+            force: self.force,
+        }
+    }
+}
+
+impl OffsetResetPlan {
+    /// The plan of an answer.
+    pub(crate) fn from_pb(r: pb::ResetOffsetsResponse) -> Vec<Self> {
+        r.resets
             .into_iter()
             .map(|o| OffsetResetPlan {
                 topic: o.topic,
@@ -825,12 +844,7 @@ impl Admin {
                 previous_offset: o.previous_offset,
                 new_offset: o.new_offset,
             })
-            .collect())
-    }
-
-    fn groups(&self) -> GroupServiceClient<Transport> {
-        GroupServiceClient::new(self.conn.channel.clone())
-            .max_decoding_message_size(self.conn.config.max_message_bytes)
+            .collect()
     }
 }
 

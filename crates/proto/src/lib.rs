@@ -267,6 +267,7 @@ mod tests {
                 "DescribeShareGroup",
                 "ListShareGroups",
                 "DeleteShareGroup",
+                "ResetShareGroupOffsets",
             ]
         );
         assert_eq!(

@@ -21,7 +21,7 @@ use super::consume::{Format, any_changed, storage_error};
 use super::{Broker, capped};
 use crate::clock::now_ms;
 use crate::error::RpcError;
-use crate::groups::validate_group_id;
+use crate::groups::{reset, validate_group_id};
 use crate::partition::Partition;
 use crate::quotas::{Caller, Quota};
 use crate::shares::state::{Ack, Acquired};
@@ -301,6 +301,36 @@ impl Broker {
             .delete(&req.group_id, req.force, now_ms())
             .await?;
         Ok(pb::DeleteShareGroupResponse {})
+    }
+
+    /// `ResetShareGroupOffsets`: moves share-partition start offsets (creating the group).
+    ///
+    /// # Errors
+    /// As consumer groups' `ResetOffsets`: `INVALID_GROUP_ID`, `INVALID_REQUEST`,
+    /// `UNKNOWN_TOPIC`, `UNKNOWN_PARTITION`, `GROUP_NOT_EMPTY` (members hold records, without
+    /// `force`), a storage error reading a timestamp, the write's error.
+    pub(crate) async fn reset_share_group_offsets(
+        &self,
+        req: pb::ResetOffsetsRequest,
+    ) -> Result<pb::ResetOffsetsResponse, RpcError> {
+        self.check_running()?;
+        validate_group_id("group", &req.group)?;
+        let target = reset::target(req.target)?;
+        let group = self.shares.get_or_create(&req.group)?;
+        let starts = group.starts();
+        let selected = reset::partitions(&self.topics, &req.topics, req.all_topics, starts.keys())?;
+        let plan =
+            blocking(move || reset::plan(selected, target, |tp| starts.get(tp).copied())).await?;
+        if !req.dry_run && !plan.is_empty() {
+            let moves: Vec<(crate::groups::assignor::Tp, u64)> =
+                plan.iter().map(|m| (m.tp.clone(), m.new)).collect();
+            group.reset(&moves, req.force)?.wait().await?;
+            tracing::info!(group = %req.group, force = req.force, "reset share group offsets");
+        }
+        Ok(pb::ResetOffsetsResponse {
+            resets: reset::resets(&plan),
+            dry_run: req.dry_run,
+        })
     }
 
     /// Applies acknowledgements and waits until they are durable; counts them.

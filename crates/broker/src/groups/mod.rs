@@ -17,13 +17,14 @@ pub mod assignor;
 pub mod coordinator;
 pub mod lag;
 pub mod offsets;
+pub mod reset;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use runnel_proto::pb::{self, ErrorCode, OffsetBoundary, reset_offsets_request::Target};
+use runnel_proto::pb::{self, ErrorCode};
 use runnel_storage::LogEnv;
 use tokio::sync::watch;
 use tracing::info;
@@ -837,102 +838,15 @@ impl Groups {
         req: pb::ResetOffsetsRequest,
     ) -> Result<pb::ResetOffsetsResponse, RpcError> {
         validate_group_id("group", &req.group)?;
-        let Some(target) = req.target else {
-            return Err(RpcError::invalid(
-                "target: set one of boundary, offset, timestamp_ms, shift_by",
-            ));
-        };
-        if let Target::Boundary(b) = target
-            && !matches!(
-                OffsetBoundary::try_from(b),
-                Ok(OffsetBoundary::Earliest | OffsetBoundary::Latest)
-            )
-        {
-            return Err(RpcError::invalid(format!(
-                "boundary {b} is not a boundary; use OFFSET_BOUNDARY_EARLIEST (1) or OFFSET_BOUNDARY_LATEST (2)"
-            )));
-        }
-        let listed = !req.topics.is_empty();
-        if req.all_topics == listed {
-            return Err(RpcError::invalid(
-                "set either topics or all_topics (and not both)",
-            ));
-        }
+        let target = reset::target(req.target)?;
         let committed = self.offsets.group(&req.group);
-        let mut selected = BTreeMap::new();
-        if req.all_topics {
-            for tp in committed.keys() {
-                if let Ok(p) = self.topics.get(&tp.0).and_then(|t| t.partition(tp.1)) {
-                    selected.insert(tp.clone(), p);
-                }
-            }
-        } else {
-            for (i, t) in req.topics.iter().enumerate() {
-                let topic = self
-                    .topics
-                    .get(&t.topic)
-                    .map_err(|e| e.at(&format!("topics[{i}]")))?;
-                let partitions: Vec<u32> = if t.partitions.is_empty() {
-                    (0..topic.partition_count()).collect()
-                } else {
-                    t.partitions.clone()
-                };
-                for p in partitions {
-                    let part = topic
-                        .partition(p)
-                        .map_err(|e| e.at(&format!("topics[{i}]")))?;
-                    selected.insert((t.topic.clone(), p), part);
-                }
-            }
-        }
-        let plan_committed = committed.clone();
+        let selected =
+            reset::partitions(&self.topics, &req.topics, req.all_topics, committed.keys())?;
         let plan = crate::tasks::blocking(move || {
-            let mut plan = Vec::with_capacity(selected.len());
-            for (tp, p) in selected {
-                let (start, end) = (p.start_offset(), p.end_offset());
-                let previous = plan_committed.get(&tp).map(|c| c.offset);
-                let wanted = match target {
-                    Target::Boundary(b) if b == OffsetBoundary::Earliest as i32 => start,
-                    Target::Boundary(_) => end,
-                    Target::Offset(o) => o,
-                    Target::TimestampMs(ts) => p
-                        .offset_for_time(ts)
-                        .map_err(|e| {
-                            RpcError::storage(
-                                &e,
-                                crate::error::At {
-                                    topic: &tp.0,
-                                    partition: tp.1,
-                                    epoch: None,
-                                },
-                            )
-                        })?
-                        .map_or(end, |(o, _)| o),
-                    Target::ShiftBy(n) => {
-                        let Some(base) = previous else {
-                            return Err(RpcError::invalid(format!(
-                                "shift_by: {}/{} has no committed offset to shift",
-                                tp.0, tp.1
-                            )));
-                        };
-                        let shifted = i128::from(base) + i128::from(n);
-                        u64::try_from(shifted.max(0)).unwrap_or(u64::MAX)
-                    }
-                };
-                plan.push((tp, previous, wanted.clamp(start, end.max(start)), p));
-            }
-            Ok(plan)
+            reset::plan(selected, target, |tp| committed.get(tp).map(|c| c.offset))
         })
         .await?;
-        let resets = plan
-            .iter()
-            .map(|((topic, partition), previous, new, _)| pb::OffsetReset {
-                topic: topic.clone(),
-                partition: *partition,
-                previous_offset: *previous,
-                new_offset: *new,
-            })
-            .collect();
+        let resets = reset::resets(&plan);
         let slot = if req.dry_run || plan.is_empty() {
             None
         } else {
@@ -958,15 +872,15 @@ impl Groups {
                     let time_ms = now_ms();
                     let on_disk = plan
                         .iter()
-                        .map(|(_, _, offset, p)| on_disk_below(p, *offset))
+                        .map(|m| on_disk_below(&m.partition, m.new))
                         .collect::<Result<Vec<_>, _>>()?;
                     let entries = plan
                         .into_iter()
-                        .map(|(tp, _, offset, _)| {
+                        .map(|m| {
                             (
-                                tp,
+                                m.tp,
                                 Committed {
-                                    offset,
+                                    offset: m.new,
                                     metadata: String::new(),
                                     commit_time_ms: time_ms,
                                 },

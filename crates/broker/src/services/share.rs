@@ -6,7 +6,7 @@ use std::time::Instant;
 use runnel_proto::pb::{self, share_service_server::ShareService};
 use tonic::{Request, Response, Status};
 
-use super::access::authorized;
+use super::access::{authorized, read_topics};
 use super::caller::caller;
 use super::finish;
 use crate::auth::acl::{Operation, Resource};
@@ -103,6 +103,24 @@ impl ShareService for Share {
             listed
         });
         finish("ListShareGroups", started, result)
+    }
+
+    async fn reset_share_group_offsets(
+        &self,
+        request: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let (access, req) = authorized(request)?;
+            if req.all_topics {
+                let read = self.broker.shares.get(&req.group).map(|g| g.starts());
+                let topics = read.unwrap_or_default();
+                read_topics(&access, topics.keys().map(|(t, _)| t.as_str()))?;
+            }
+            self.broker.reset_share_group_offsets(req).await
+        }
+        .await;
+        finish("ResetShareGroupOffsets", started, result)
     }
 
     async fn delete_share_group(

@@ -810,6 +810,55 @@ impl ShareGroup {
         (count, written)
     }
 
+    /// The share-partition start offset of every partition the group has read.
+    pub fn starts(&self) -> BTreeMap<Tp, u64> {
+        self.lock()
+            .partitions
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.start()))
+            .collect()
+    }
+
+    /// Moves partitions to new start offsets, forgetting what was in flight there: the
+    /// records from the new start on are delivered as new. Returns the wait for the durable
+    /// write.
+    ///
+    /// # Errors
+    /// `UNKNOWN_GROUP` once deleted; `GROUP_NOT_EMPTY` while members hold records, unless
+    /// `force`.
+    pub fn reset(&self, moves: &[(Tp, u64)], force: bool) -> Result<Written, RpcError> {
+        let mut s = self.lock();
+        if s.deleted {
+            return Err(unknown(&self.id));
+        }
+        let held: u64 = s.partitions.values().map(|p| p.counts().acquired).sum();
+        if held > 0 && !force {
+            return Err(RpcError::new(
+                ErrorCode::GroupNotEmpty,
+                format!(
+                    "share group {:?} has members holding {held} records; stop them first, or set force",
+                    self.id
+                ),
+            ));
+        }
+        let mut written = Written::none();
+        for (tp, start) in moves {
+            let mut fresh = SharePartition::new(*start);
+            fresh.take_changes();
+            let entry = Entry::Partition {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                start: *start,
+                ranges: Vec::new(),
+            };
+            written = written.and(self.store.queue(&self.id, &entry));
+            s.partitions.insert(tp.clone(), fresh);
+        }
+        drop(s);
+        self.changed.notify_waiters();
+        Ok(written)
+    }
+
     /// The earliest time a lock expires or a delayed record becomes available, if any.
     pub fn next_deadline(&self) -> Option<i64> {
         let s = self.lock();

@@ -477,6 +477,20 @@ fn table() -> Vec<Row> {
             &[(Group("sgone"), Delete)],
         ),
         row(
+            "/runnel.v1.ShareService/ResetShareGroupOffsets",
+            Unary,
+            move || pb::ResetOffsetsRequest {
+                group: "sg".into(),
+                topics: vec![t("t")],
+                target: Some(pb::reset_offsets_request::Target::Boundary(
+                    pb::OffsetBoundary::Earliest as i32,
+                )),
+                dry_run: true,
+                ..Default::default()
+            },
+            &[(Group("sg"), Read), (Topic("t"), Read)],
+        ),
+        row(
             "/runnel.v1.SecurityService/CreateUser",
             Unary,
             || pb::CreateUserRequest {

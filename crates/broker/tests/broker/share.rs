@@ -824,3 +824,58 @@ async fn a_share_fetch_names_the_field_it_refuses() {
         assert_status(&err, code, needle);
     }
 }
+
+#[tokio::test]
+async fn a_reset_moves_the_start_and_what_was_in_flight_is_forgotten() {
+    let b = share_broker().await;
+    create_topic(&b, "jobs", 1).await;
+    produce_values(&b, "jobs", 0, "a", 10).await;
+    let got = acquire(&b, "m", "jobs", 4, 0).await;
+    assert_eq!(got.len(), 4);
+    let reset = |target, dry_run, force| pb::ResetOffsetsRequest {
+        group: GROUP.into(),
+        topics: vec![pb::TopicPartitions {
+            topic: "jobs".into(),
+            partitions: vec![],
+        }],
+        target: Some(target),
+        dry_run,
+        force,
+        ..Default::default()
+    };
+    use pb::reset_offsets_request::Target;
+    let err = b
+        .share()
+        .reset_share_group_offsets(reset(Target::Offset(6), false, false))
+        .await
+        .unwrap_err();
+    assert_status(&err, ErrorCode::GroupNotEmpty, "holding 4 records");
+    let plan = b
+        .share()
+        .reset_share_group_offsets(reset(Target::ShiftBy(6), true, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plan.resets[0].previous_offset, plan.resets[0].new_offset),
+        (Some(0), 6)
+    );
+    b.share()
+        .reset_share_group_offsets(reset(Target::Offset(6), false, true))
+        .await
+        .unwrap();
+    let results = acknowledge(&b, "m", vec![ack("jobs", 0, 1, AckType::Accept)]).await;
+    assert_inline(
+        results[0].as_ref(),
+        ErrorCode::InvalidRecordState,
+        "offset 1",
+    );
+    let b = b.restart().await;
+    let got = acquire(&b, "m2", "jobs", 100, 0).await;
+    let offsets: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert_eq!(
+        offsets,
+        vec![6, 7, 8, 9],
+        "from the new start, after a restart too"
+    );
+}

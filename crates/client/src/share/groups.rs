@@ -242,6 +242,27 @@ impl Admin {
         Ok(())
     }
 
+    /// Moves a share group's start offsets, as [`Admin::reset_offsets`] moves a consumer
+    /// group's committed offsets (`reset.group` is the share group; `all_topics` means every
+    /// partition it has read; `ShiftBy` is relative to the start offset). What was in flight
+    /// in a moved partition is forgotten. Returns the plan, applied unless a dry run.
+    ///
+    /// # Errors
+    /// `GROUP_NOT_EMPTY` while members hold records (unless forced), `UNKNOWN_TOPIC`,
+    /// `INVALID_REQUEST`; transport errors.
+    pub async fn reset_share_group_offsets(
+        &self,
+        reset: crate::ResetOffsets,
+    ) -> Result<Vec<crate::OffsetResetPlan>> {
+        let r = self
+            .shares()
+            .reset_share_group_offsets(reset.into_pb())
+            .await
+            .map_err(|s| self.conn().error(s))?
+            .into_inner();
+        Ok(crate::OffsetResetPlan::from_pb(r))
+    }
+
     fn shares(&self) -> ShareServiceClient<Transport> {
         ShareServiceClient::new(self.conn().channel.clone())
             .max_decoding_message_size(self.conn().config.max_message_bytes)

@@ -302,31 +302,17 @@ async fn share_only(
         )
         .await
         .context("creating the share group")?;
-    let cpu = Cpu::now(args.broker_pid)?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.consumers.max(1) {
-        let client = Client::connect(broker.to_owned()).await?;
+    let mut r = members(broker, args, shared, "share", |client| {
         let config = ShareConsumerConfig {
             ack_mode: AckMode::Manual,
             ..ShareConsumerConfig::new(group.clone(), [args.topic.clone()])
         };
         let consumer = client.share_consumer(config)?;
-        tasks.push(tokio::spawn(share_member(consumer, shared.clone(), wanted)));
-    }
-    let mut bytes = 0;
-    for t in tasks {
-        bytes += t.await.context("a share consumer panicked")??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let records = shared.consumed.load(Ordering::Relaxed);
-    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, records);
+        Ok(tokio::spawn(share_member(consumer, shared.clone(), wanted)))
+    })
+    .await?;
     admin.delete_share_group(&group, true).await?;
-    let mut r = Report::new("share");
-    r.cpu = Some(cpu);
-    r.records = records;
-    r.bytes = bytes;
-    r.seconds = seconds;
+    r.details.push(("group", json!(group)));
     Ok(r)
 }
 
@@ -339,28 +325,47 @@ async fn group_only(
     wanted: u64,
 ) -> anyhow::Result<Report> {
     let group = format!("runnel-bench-{}", std::process::id());
+    let mut r = members(broker, args, shared, "consume", |client| {
+        let mut consumer = client.consumer(ConsumerConfig::group(group.clone()))?;
+        consumer.subscribe(&[args.topic.as_str()])?;
+        Ok(tokio::spawn(group_member(consumer, shared.clone(), wanted)))
+    })
+    .await?;
+    r.details.push(("group", json!(group)));
+    Ok(r)
+}
+
+/// Runs `--consumers` members, each started by `start` on a connection of its own, until
+/// they all end; reports the records they counted in `shared.consumed` and the value bytes
+/// they return, with the CPU each record cost.
+async fn members(
+    broker: &str,
+    args: &BenchArgs,
+    shared: &Arc<Shared>,
+    mode: &'static str,
+    mut start: impl FnMut(Client) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+) -> anyhow::Result<Report> {
     let cpu = Cpu::now(args.broker_pid)?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.consumers.max(1) {
-        let client = Client::connect(broker.to_owned()).await?;
-        let mut consumer = client.consumer(ConsumerConfig::group(group.clone()))?;
-        consumer.subscribe(&[args.topic.as_str()])?;
-        tasks.push(tokio::spawn(group_member(consumer, shared.clone(), wanted)));
+        tasks.push(start(Client::connect(broker.to_owned()).await?)?);
     }
     let mut bytes = 0;
     for t in tasks {
-        bytes += t.await.context("a group member panicked")??;
+        bytes += t.await.context("a member panicked")??;
     }
     let seconds = started.elapsed().as_secs_f64();
     let records = shared.consumed.load(Ordering::Relaxed);
-    let cpu = CpuPerRecord::between(&cpu, &Cpu::now(args.broker_pid)?, records);
-    let mut r = Report::new("consume");
-    r.cpu = Some(cpu);
+    let mut r = Report::new(mode);
+    r.cpu = Some(CpuPerRecord::between(
+        &cpu,
+        &Cpu::now(args.broker_pid)?,
+        records,
+    ));
     r.records = records;
     r.bytes = bytes;
     r.seconds = seconds;
-    r.details.push(("group", json!(group)));
     Ok(r)
 }
 

@@ -737,35 +737,23 @@ async fn without_record_limit_whole_batches_are_acquired() {
         record_limit: false,
         ..fetch_req(member, "jobs", max_records, 0)
     };
-    let first = b
-        .share()
-        .share_fetch(fetch("m1", 3))
-        .await
-        .unwrap()
-        .into_inner();
-    let acquired: Vec<_> = first.partitions[0]
-        .acquired
-        .iter()
-        .map(|a| (a.first_offset, a.last_offset))
-        .collect();
+    let acquired = |resp: pb::ShareFetchResponse| -> Vec<(u64, u64)> {
+        resp.partitions[0]
+            .acquired
+            .iter()
+            .map(|a| (a.first_offset, a.last_offset))
+            .collect()
+    };
+    let first = b.share().share_fetch(fetch("m1", 3)).await.unwrap();
+    let first = first.into_inner();
+    assert_eq!(first.partitions[0].records.len(), 10);
     assert_eq!(
-        acquired,
+        acquired(first),
         vec![(0, 9)],
         "the batch holding the third record, whole"
     );
-    assert_eq!(first.partitions[0].records.len(), 10);
-    let second = b
-        .share()
-        .share_fetch(fetch("m2", 12))
-        .await
-        .unwrap()
-        .into_inner();
-    let acquired: Vec<_> = second.partitions[0]
-        .acquired
-        .iter()
-        .map(|a| (a.first_offset, a.last_offset))
-        .collect();
-    assert_eq!(acquired, vec![(10, 19)]);
+    let second = b.share().share_fetch(fetch("m2", 12)).await.unwrap();
+    assert_eq!(acquired(second.into_inner()), vec![(10, 19)]);
 }
 
 #[tokio::test]

@@ -267,6 +267,8 @@ pub struct ShareSettings {
     pub max_in_flight_records: u32,
     /// The most records one ShareFetch acquires.
     pub max_fetch_records: u32,
+    /// The most acknowledgements one ShareFetch or ShareAcknowledge carries.
+    pub max_acknowledgements: u32,
     /// Share groups.
     pub max_groups: u32,
     /// Size past which the share groups' internal log is compacted, bytes.
@@ -283,6 +285,7 @@ impl Default for ShareSettings {
             max_delay_ms: 86_400_000,
             max_in_flight_records: 2_000,
             max_fetch_records: 10_000,
+            max_acknowledgements: 10_000,
             max_groups: 10_000,
             compact_bytes: 64 << 20,
         }
@@ -1045,6 +1048,7 @@ impl ShareSettings {
             ("shares.max_deliveries", u64::from(s.max_deliveries), 1, 1000),
             ("shares.max_in_flight_records", u64::from(s.max_in_flight_records), 1, 1 << 20),
             ("shares.max_fetch_records", u64::from(s.max_fetch_records), 1, 1 << 20),
+            ("shares.max_acknowledgements", u64::from(s.max_acknowledgements), 1, 1 << 20),
             ("shares.max_groups", u64::from(s.max_groups), 1, 1 << 24),
             ("shares.compact_bytes", s.compact_bytes, 4096, 1 << 40),
         ];

@@ -90,7 +90,10 @@ impl Broker {
                 "topics: at least one topic is required to acquire records (max_records > 0)",
             ));
         }
-        let acks = acks(&req.acknowledgements)?;
+        let acks = acks(
+            &req.acknowledgements,
+            self.shares.settings().max_acknowledgements,
+        )?;
         let group = self.shares.get_or_create(&req.group_id)?;
         let member = group.touch(&req.member_id, now_ms(), self.shares.max_members())?;
         let acknowledgements = self.apply_acks(&group, &member, &acks).await?;
@@ -169,7 +172,10 @@ impl Broker {
                 "acknowledgements: at least one is required",
             ));
         }
-        let acks = acks(&req.acknowledgements)?;
+        let acks = acks(
+            &req.acknowledgements,
+            self.shares.settings().max_acknowledgements,
+        )?;
         let group = self.shares.get(&req.group_id)?;
         let member = group.touch(&req.member_id, now_ms(), self.shares.max_members())?;
         let results = self.apply_acks(&group, &member, &acks).await?;
@@ -549,8 +555,15 @@ fn check_member(id: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// The acknowledgements of a request, checked.
-fn acks(list: &[pb::Acknowledgement]) -> Result<Vec<AckEntry>, RpcError> {
+/// The acknowledgements of a request, checked: at most `max`.
+fn acks(list: &[pb::Acknowledgement], max: u32) -> Result<Vec<AckEntry>, RpcError> {
+    if list.len() > max as usize {
+        crate::metrics::limit_rejected("shares.max_acknowledgements");
+        return Err(RpcError::limit(format!(
+            "acknowledgements: {} entries exceed shares.max_acknowledgements ({max})",
+            list.len()
+        )));
+    }
     list.iter()
         .enumerate()
         .map(|(i, a)| {

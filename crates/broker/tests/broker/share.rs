@@ -794,6 +794,14 @@ async fn a_share_fetch_names_the_field_it_refuses() {
             "group_id \"a/b\"",
         ),
         (
+            pb::ShareFetchRequest {
+                acknowledgements: vec![ack("jobs", 0, 0, AckType::Accept); 10_001],
+                ..fetch_req("m", "jobs", 1, 0)
+            },
+            ErrorCode::LimitExceeded,
+            "10001 entries exceed shares.max_acknowledgements (10000)",
+        ),
+        (
             fetch_req("m", "nowhere", 1, 0),
             ErrorCode::UnknownTopic,
             "nowhere",

@@ -13,9 +13,9 @@
 //! partition from that offset on for copies of those records (by their headers) and marks the
 //! ones it finds done, so no record is copied twice and none is lost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_storage::batch::BatchBuilder;
@@ -50,10 +50,15 @@ pub const HEADERS: [&str; 7] = [
 const ROUND_RECORDS: u64 = 4096;
 /// How often the copier retries when nothing woke it (a failed copy, a missing topic).
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a lasting failure of one group is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Broker {
     /// Copies dead letters until shutdown: whenever a group has some, and every [`RETRY`].
     pub(crate) async fn dead_letter_loop(self: Arc<Self>) {
+        // When each group's failure was last logged: a failure that lasts (a dead-letter topic
+        // deleted) is logged once a minute, not at every retry.
+        let mut logged: HashMap<String, Instant> = HashMap::new();
         loop {
             tokio::select! {
                 biased;
@@ -62,8 +67,20 @@ impl Broker {
                 () = tokio::time::sleep(RETRY) => {}
             }
             for group in self.shares.all() {
-                if let Err(e) = self.copy_dead_letters(&group).await {
-                    warn!(group = %group.id, error = %e.message, "copying dead letters failed; retrying");
+                match self.copy_dead_letters(&group).await {
+                    Ok(()) => {
+                        logged.remove(&group.id);
+                    }
+                    Err(e) => {
+                        let due = logged
+                            .get(&group.id)
+                            .is_none_or(|at| at.elapsed() >= LOG_EVERY);
+                        if due {
+                            warn!(group = %group.id, error = %e.message,
+                                "copying dead letters failed; retrying every second");
+                            logged.insert(group.id.clone(), Instant::now());
+                        }
+                    }
                 }
             }
         }

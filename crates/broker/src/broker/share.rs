@@ -36,6 +36,9 @@ const MAX_MEMBER_ID_BYTES: usize = 255;
 /// once the records wanted are in it.
 const READ_BYTES: usize = 256 << 10;
 
+/// The shortest wait of a long poll for a lock or delay to run out, ms.
+const MIN_WAKE_MS: u64 = 5;
+
 /// Where partition visits start, advanced by every acquisition.
 static ROTATION: AtomicUsize = AtomicUsize::new(0);
 
@@ -90,10 +93,7 @@ impl Broker {
                 "topics: at least one topic is required to acquire records (max_records > 0)",
             ));
         }
-        let acks = acks(
-            &req.acknowledgements,
-            self.shares.settings().max_acknowledgements,
-        )?;
+        let acks = acks(&req.acknowledgements, settings.max_acknowledgements)?;
         let group = self.shares.get_or_create(&req.group_id)?;
         let member = group.touch(&req.member_id, now_ms(), self.shares.max_members())?;
         let acknowledgements = self.apply_acks(&group, &member, &acks).await?;
@@ -124,17 +124,13 @@ impl Broker {
             let changed = group.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (parts, lock_expires_ms) =
+            let (parts, lock_expires_ms, bytes) =
                 self.acquire(&group, &member, &partitions, &want).await?;
             let done = !parts.is_empty()
                 || max_wait == 0
                 || tokio::time::Instant::now() >= deadline
                 || self.shutdown.is_triggered();
             if done {
-                let bytes: usize = parts
-                    .iter()
-                    .map(|p| p.batches.iter().map(Bytes::len).sum::<usize>())
-                    .sum();
                 self.quotas
                     .pace(caller, Quota::FetchBytes, bytes as u64)
                     .await;
@@ -142,8 +138,10 @@ impl Broker {
                 response.lock_expires_ms = lock_expires_ms;
                 return Ok(response);
             }
+            // A deadline just past (a partition this member does not read, which the tick
+            // has yet to visit) waits a little rather than spinning.
             let wake = group.next_deadline().map_or(deadline, |at| {
-                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                let wait = u64::try_from(at - now_ms()).unwrap_or(0).max(MIN_WAKE_MS);
                 deadline.min(tokio::time::Instant::now() + Duration::from_millis(wait))
             });
             tokio::select! {
@@ -391,14 +389,15 @@ impl Broker {
         Ok(out)
     }
 
-    /// One pass over the partitions: acquires what is available now.
+    /// One pass over the partitions: acquires what is available now. Returns the records
+    /// per partition, when their locks expire, and the batch bytes taken.
     async fn acquire(
         &self,
         group: &Arc<ShareGroup>,
         member: &Arc<str>,
         partitions: &[Arc<Partition>],
         want: &Want,
-    ) -> Result<(Vec<pb::SharePartitionRecords>, i64), RpcError> {
+    ) -> Result<(Vec<pb::SharePartitionRecords>, i64, usize), RpcError> {
         let max_in_flight = u64::from(self.shares.settings().max_in_flight_records);
         let first = ROTATION.fetch_add(1, Ordering::Relaxed);
         let mut records_left = want.records;
@@ -480,7 +479,7 @@ impl Broker {
                 out.push(self.share_records(p, taken, want)?);
             }
         }
-        Ok((out, until))
+        Ok((out, until, want.bytes - bytes_left))
     }
 
     /// One partition's part of the answer, in the format asked for.

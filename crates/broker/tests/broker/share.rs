@@ -318,14 +318,7 @@ async fn past_max_deliveries_a_record_is_archived_when_there_is_no_dead_letter_t
     }
     let got = acquire(&b, "m", "jobs", 10, 0).await;
     assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), vec![1]);
-    let described = b
-        .share()
-        .describe_share_group(pb::DescribeShareGroupRequest {
-            group_id: GROUP.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe(&b).await;
     let p = &described.partitions[0];
     assert_eq!((p.start_offset, p.next_offset, p.acquired), (1, 2, 1));
     assert_eq!(described.members, vec!["m".to_owned()]);
@@ -506,18 +499,11 @@ async fn rejected_and_exhausted_records_are_copied_to_the_dead_letter_topic_with
     assert!(acquire(&b, "m", "jobs", 10, 0).await.is_empty());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(read_all(&b, "jobs.dlq").await.len(), 2);
-    let described = b
-        .share()
-        .describe_share_group(pb::DescribeShareGroupRequest {
-            group_id: GROUP.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe(&b).await;
     assert_eq!(described.partitions[0].start_offset, 3);
 }
 
-async fn start_offset(b: &TestBroker) -> u64 {
+async fn describe(b: &TestBroker) -> pb::DescribeShareGroupResponse {
     b.share()
         .describe_share_group(pb::DescribeShareGroupRequest {
             group_id: GROUP.into(),
@@ -525,8 +511,10 @@ async fn start_offset(b: &TestBroker) -> u64 {
         .await
         .unwrap()
         .into_inner()
-        .partitions[0]
-        .start_offset
+}
+
+async fn start_offset(b: &TestBroker) -> u64 {
+    describe(b).await.partitions[0].start_offset
 }
 
 /// Opens the stopped broker's share groups, makes record 0 of `jobs` a dead letter whose copy
@@ -711,14 +699,7 @@ async fn the_share_log_compacts_and_a_restart_finds_the_same_state() {
     };
     assert!(segments(&b) <= 3, "compacted: {} segments", segments(&b));
     let b = b.restart().await;
-    let d = b
-        .share()
-        .describe_share_group(pb::DescribeShareGroupRequest {
-            group_id: GROUP.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let d = describe(&b).await;
     let p = &d.partitions[0];
     assert_eq!((p.start_offset, p.next_offset, p.available), (0, 400, 40));
     assert!(

@@ -12,6 +12,8 @@
 //! - [`Flusher`]: the background fsync thread of the `interval` policy.
 //! - [`open_logs`] and [`close_logs`]: many logs at once, in parallel, with one filesystem
 //!   sync instead of one per log (`bulk.rs`).
+//! - [`SealedSegment`], [`seed_log`] and the lookups over copied bytes: what tiered storage
+//!   needs of a log (`tiering.rs`).
 //!
 //! ```
 //! use runnel_storage::{Log, LogConfig, batch::BatchBuilder};
@@ -41,6 +43,7 @@ mod segments;
 mod sync;
 #[cfg(test)]
 mod testing;
+mod tiering;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +63,9 @@ pub use recovery::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
 pub use retention::RetentionOutcome;
 pub use segments::ReadResult;
 pub use sync::Durable;
+pub use tiering::{
+    SealedSegment, SplitBatches, index_position, seed_log, split_batches, time_index_offset,
+};
 
 /// The directory of a partition's log: `<data_dir>/topics/<topic>/<partition>`.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {

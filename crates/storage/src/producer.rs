@@ -92,13 +92,30 @@ impl ProducerStates {
     /// Rebuilds the producer state: the newest valid snapshot at or below the log end, then the
     /// batch headers after it. Snapshots past the end (the tail was cut by recovery) are deleted.
     pub(crate) fn rebuild(dir: &Path, segments: &[Arc<Segment>], end: u64) -> Result<Self> {
+        Self::rebuild_from_files(dir, segments, end, true)
+    }
+
+    /// The producer state as of `end`, a segment boundary: as [`ProducerStates::rebuild`]
+    /// from `segments` (those below `end`), but leaving the snapshots past `end` alone.
+    pub(crate) fn rebuild_to(dir: &Path, segments: &[Arc<Segment>], end: u64) -> Result<Self> {
+        Self::rebuild_from_files(dir, segments, end, false)
+    }
+
+    fn rebuild_from_files(
+        dir: &Path,
+        segments: &[Arc<Segment>],
+        end: u64,
+        remove_later: bool,
+    ) -> Result<Self> {
         let mut offsets = list_snapshots(dir)?;
         offsets.sort_unstable();
         let mut state = None;
         for &offset in offsets.iter().rev() {
             let path = snapshot_path(dir, offset);
             if offset > end {
-                crate::recovery::remove_file(&path)?;
+                if remove_later {
+                    crate::recovery::remove_file(&path)?;
+                }
                 continue;
             }
             let bytes =

@@ -31,6 +31,12 @@ impl Log {
     /// [`Error::Io`] if a file cannot be deleted; the log start offset has already moved, and
     /// the next open deletes the leftovers.
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
+        self.enforce_retention_within(u64::MAX)
+    }
+
+    /// Retention as [`Log::enforce_retention`], deleting only segments whose records all lie
+    /// below `limit`.
+    pub(crate) fn enforce_retention_within(&self, limit: u64) -> Result<RetentionOutcome> {
         let config = self.config();
         let now = self.env.clock.now_ms();
         self.delete_oldest(|segments| {
@@ -44,7 +50,7 @@ impl Log {
                 let oversize = config
                     .retention_bytes
                     .is_some_and(|limit| remaining > limit);
-                if !(expired || oversize) {
+                if !(expired || oversize) || s.next_offset() > limit {
                     break;
                 }
                 remaining -= s.size();

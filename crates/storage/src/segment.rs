@@ -64,7 +64,7 @@ pub(crate) struct SegmentRead {
 impl SegmentRead {
     /// Splits `buf`, read from a batch boundary, into its whole batches; a partial batch at
     /// the end (the read stopped at `max_bytes`) is left out.
-    fn split(buf: Bytes, from: u64) -> Self {
+    pub(crate) fn split(buf: Bytes, from: u64) -> Self {
         let mut read = SegmentRead {
             batches: Vec::new(),
             records: 0,

@@ -463,8 +463,8 @@ async fn cli_topic_lifecycle_binary_values_and_profiles() {
     ];
     run_ok(&b, &args);
     let stdout = run_ok(&b, &["topic", "describe", "life"]);
-    assert!(stdout.contains("retention        7d"), "{stdout}");
-    assert!(stdout.contains("max-batch-bytes  2MiB"), "{stdout}");
+    assert!(stdout.contains("retention              7d"), "{stdout}");
+    assert!(stdout.contains("max-batch-bytes        2MiB"), "{stdout}");
     assert!(stdout.contains("always"), "{stdout}");
     run_ok(&b, &["topic", "alter", "life", "--retention", "1d"]);
     let v = json(&b, &["topic", "describe", "life"]);

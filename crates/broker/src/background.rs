@@ -1,5 +1,5 @@
-//! The broker's background loops: retention, group timeouts and group lag, each ending when
-//! the shutdown signal fires.
+//! The broker's background loops: retention, group timeouts and group lag, copies to the
+//! object store, each ending when the shutdown signal fires.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ pub(crate) struct Background {
     group_lag: JoinHandle<()>,
     share_ticks: JoinHandle<()>,
     dead_letters: JoinHandle<()>,
+    uploads: Option<JoinHandle<()>>,
 }
 
 impl Background {
@@ -34,6 +35,10 @@ impl Background {
             group_ticks: tokio::spawn(group_tick_loop(broker.groups.clone(), shutdown.clone())),
             share_ticks: tokio::spawn(share_tick_loop(broker.clone(), shutdown.clone())),
             dead_letters: tokio::spawn(broker.clone().dead_letter_loop()),
+            uploads: config
+                .remote_storage
+                .enabled()
+                .then(|| tokio::spawn(upload_loop(broker.clone(), shutdown.clone()))),
             group_lag: tokio::spawn(groups::lag::refresh_loop(
                 broker.groups.clone(),
                 Duration::from_millis(config.groups.lag_refresh_interval_ms),
@@ -49,6 +54,9 @@ impl Background {
         let _ = self.group_lag.await;
         let _ = self.share_ticks.await;
         let _ = self.dead_letters.await;
+        if let Some(uploads) = self.uploads {
+            let _ = uploads.await;
+        }
     }
 }
 
@@ -107,5 +115,35 @@ async fn retention_loop(topics: Arc<Topics>, interval: Duration, shutdown: Shutd
         }
         let t = topics.clone();
         let _ = tokio::task::spawn_blocking(move || t.enforce_retention()).await;
+    }
+}
+
+/// Copies sealed segments to the object store every `remote_storage.upload_interval_ms`,
+/// `upload_concurrency` partitions at a time, until shutdown (tiered storage).
+async fn upload_loop(broker: Arc<Broker>, shutdown: Shutdown) {
+    use futures_util::StreamExt;
+    let settings = &broker.config.remote_storage;
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.upload_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let concurrency = settings.upload_concurrency as usize;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let topics = broker.topics.clone();
+        let Ok(jobs) = tokio::task::spawn_blocking(move || topics.upload_jobs()).await else {
+            continue;
+        };
+        let passes = futures_util::stream::iter(jobs)
+            .filter_map(|(p, retention)| async move { p.upload(retention) })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {});
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            () = passes => {}
+        }
     }
 }

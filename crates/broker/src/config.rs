@@ -42,6 +42,8 @@ pub struct Config {
     pub topic_defaults: TopicDefaults,
     /// Storage engine settings that are not per topic.
     pub storage: StorageSettings,
+    /// Tiered storage: the object store that topics with `remote_storage` copy segments to.
+    pub remote_storage: RemoteStorageSettings,
     /// Limits on what clients may ask of the broker.
     pub limits: Limits,
     /// Consumer groups: membership timeouts, offsets, lag metrics.
@@ -71,6 +73,7 @@ impl Default for Config {
             console: ConsoleSettings::default(),
             topic_defaults: TopicDefaults::default(),
             storage: StorageSettings::default(),
+            remote_storage: RemoteStorageSettings::default(),
             limits: Limits::default(),
             groups: GroupSettings::default(),
             shares: ShareSettings::default(),
@@ -185,6 +188,14 @@ pub struct TopicDefaults {
     pub durability: DurabilitySetting,
     /// The flush interval of the `interval` policy, ms.
     pub flush_interval_ms: u64,
+    /// Copy sealed segments to `[remote_storage]` and serve older offsets from there.
+    pub remote_storage: bool,
+    /// With `remote_storage`: how long copied data stays on local disk, ms; 0 means as long
+    /// as `retention_ms`.
+    pub local_retention_ms: u64,
+    /// With `remote_storage`: most copied bytes kept on local disk per partition; 0 means as
+    /// many as `retention_bytes`.
+    pub local_retention_bytes: u64,
 }
 
 impl Default for TopicDefaults {
@@ -197,6 +208,9 @@ impl Default for TopicDefaults {
             max_batch_bytes: 1 << 20,
             durability: DurabilitySetting::Interval,
             flush_interval_ms: 100,
+            remote_storage: false,
+            local_retention_ms: 0,
+            local_retention_bytes: 0,
         }
     }
 }
@@ -238,6 +252,7 @@ impl TopicDefaults {
             ("retention_ms", c.retention_ms),
             ("segment_ms", c.segment_ms),
             ("flush_interval_ms", c.flush_interval_ms),
+            ("local_retention_ms", c.local_retention_ms),
         ] {
             if v > max_ms {
                 return Err((name, format!("{v} is outside [0, {max_ms}]")));
@@ -349,6 +364,180 @@ impl Default for StorageSettings {
             cache_window_bytes: 0,
             log_threads: 8,
         }
+    }
+}
+
+/// The `[remote_storage]` section: the S3-compatible object store of tiered storage
+/// (`docs/tiered-storage.md`). Off while `bucket` is empty; topics then cannot turn
+/// `remote_storage` on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteStorageSettings {
+    /// The bucket segments are copied to; empty turns tiered storage off.
+    pub bucket: String,
+    /// The store's URL, for example `http://127.0.0.1:8333`; empty for AWS S3 in `region`.
+    pub endpoint: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The access key id; empty takes `AWS_ACCESS_KEY_ID` from the environment.
+    pub access_key_id: String,
+    /// The secret access key, best given as `RUNNEL_REMOTE_STORAGE_SECRET_ACCESS_KEY`; empty
+    /// takes `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub secret_access_key: String,
+    /// A prefix for every key Runnel writes, so that brokers or clusters can share a bucket.
+    pub prefix: String,
+    /// Bytes of remote reads (segment chunks and indexes) kept in memory.
+    pub cache_bytes: u64,
+    /// Bytes fetched by one ranged read of a remote segment.
+    pub chunk_bytes: u64,
+    /// How often partitions are checked for sealed segments to copy, ms.
+    pub upload_interval_ms: u64,
+    /// Partitions copied at once.
+    pub upload_concurrency: u32,
+    /// The first wait before retrying a failed copy, doubled per failure, ms.
+    pub retry_min_ms: u64,
+    /// The longest wait between retries, ms.
+    pub retry_max_ms: u64,
+    /// How long one request to the store may take, ms.
+    pub request_timeout_ms: u64,
+    /// Restore topics from the bucket at start when the data directory has no topics.
+    pub restore: RestoreSetting,
+}
+
+impl Default for RemoteStorageSettings {
+    fn default() -> Self {
+        RemoteStorageSettings {
+            bucket: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            prefix: String::new(),
+            cache_bytes: 256 << 20,
+            chunk_bytes: 4 << 20,
+            upload_interval_ms: 1_000,
+            upload_concurrency: 4,
+            retry_min_ms: 500,
+            retry_max_ms: 30_000,
+            request_timeout_ms: 30_000,
+            restore: RestoreSetting::Auto,
+        }
+    }
+}
+
+/// The secret is never shown.
+impl std::fmt::Debug for RemoteStorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStorageSettings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &REDACTED)
+            .field("prefix", &self.prefix)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .field("upload_interval_ms", &self.upload_interval_ms)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .field("retry_min_ms", &self.retry_min_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("restore", &self.restore)
+            .finish()
+    }
+}
+
+/// When a broker rebuilds its topics from the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreSetting {
+    /// When the data directory holds no topic and the bucket holds some.
+    Auto,
+    /// Never: a broker with an empty data directory starts empty.
+    Off,
+}
+
+impl RemoteStorageSettings {
+    /// True when a bucket is configured.
+    pub fn enabled(&self) -> bool {
+        !self.bucket.is_empty()
+    }
+
+    /// `[remote_storage]`: an endpoint that is an http(s) URL, a prefix that makes keys, sizes
+    /// and delays in range.
+    fn check(&self) -> Result<(), Invalid> {
+        let is_url = ["http://", "https://"]
+            .iter()
+            .any(|scheme| self.endpoint.starts_with(scheme));
+        if !self.endpoint.is_empty() && !is_url {
+            return Err((
+                "remote_storage.endpoint".into(),
+                format!("{:?} must be an http:// or https:// URL", self.endpoint),
+            ));
+        }
+        if self.prefix.starts_with('/') || self.prefix.contains("//") {
+            return Err((
+                "remote_storage.prefix".into(),
+                format!(
+                    "{:?} must not start with '/' or hold an empty part",
+                    self.prefix
+                ),
+            ));
+        }
+        in_ranges(&[
+            (
+                "remote_storage.cache_bytes",
+                self.cache_bytes,
+                1 << 20,
+                1 << 40,
+            ),
+            (
+                "remote_storage.chunk_bytes",
+                self.chunk_bytes,
+                64 << 10,
+                64 << 20,
+            ),
+            (
+                "remote_storage.upload_interval_ms",
+                self.upload_interval_ms,
+                10,
+                3_600_000,
+            ),
+            (
+                "remote_storage.upload_concurrency",
+                u64::from(self.upload_concurrency),
+                1,
+                256,
+            ),
+            (
+                "remote_storage.retry_min_ms",
+                self.retry_min_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "remote_storage.retry_max_ms",
+                self.retry_max_ms,
+                self.retry_min_ms,
+                3_600_000,
+            ),
+            (
+                "remote_storage.request_timeout_ms",
+                self.request_timeout_ms,
+                100,
+                3_600_000,
+            ),
+        ])?;
+        if self.chunk_bytes > self.cache_bytes {
+            return Err((
+                "remote_storage.chunk_bytes".into(),
+                format!(
+                    "{} is larger than remote_storage.cache_bytes ({})",
+                    self.chunk_bytes, self.cache_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -800,6 +989,7 @@ impl Config {
             .validate()
             .map_err(|(k, r)| (format!("topic_defaults.{k}"), r))?;
         self.storage.check()?;
+        self.remote_storage.check()?;
         self.limits.check()?;
         self.groups.check()?;
         self.shares.check()?;
@@ -871,6 +1061,9 @@ impl Config {
         let mut shown = self.clone();
         if !shown.auth.bootstrap_password.is_empty() {
             REDACTED.clone_into(&mut shown.auth.bootstrap_password);
+        }
+        if !shown.remote_storage.secret_access_key.is_empty() {
+            REDACTED.clone_into(&mut shown.remote_storage.secret_access_key);
         }
         // Every field serializes (no maps with non-string keys, no NaN defaults).
         toml::to_string(&shown).unwrap_or_default()

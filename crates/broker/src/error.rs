@@ -294,6 +294,17 @@ impl RpcError {
         }
     }
 
+    /// `REMOTE_STORAGE_UNAVAILABLE`: offsets held only in the object store could not be read.
+    pub fn remote_unavailable(offset: u64, at: At<'_>, reason: &str) -> Self {
+        Self::new(
+            ErrorCode::RemoteStorageUnavailable,
+            format!(
+                "offset {offset} of {}/{} is held in the object store, which did not answer: {reason}",
+                at.topic, at.partition
+            ),
+        )
+    }
+
     /// `PRODUCER_FENCED`.
     pub fn fenced(producer_id: i64, epoch: i32, current: i32) -> Self {
         Self::new(

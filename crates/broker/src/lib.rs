@@ -49,6 +49,7 @@ mod services;
 pub mod shares;
 pub mod shutdown;
 mod tasks;
+pub mod tiered;
 mod tls;
 pub mod topics;
 

@@ -8,10 +8,14 @@
 //! Durable requests await the log's group commit ([`Log::durable`]): the storage engine runs
 //! the fsyncs on the broker's blocking pool and wakes each request once its writes are on
 //! disk, so no thread waits per request.
+//!
+//! With tiered storage the partition also holds its [`RemoteLog`]: reads and time lookups
+//! below the local log start go there, the log start is the copies' start, and local
+//! retention deletes only what was copied.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use runnel_storage::batch::BatchHeader;
@@ -20,7 +24,56 @@ use runnel_storage::{
 };
 use tokio::sync::watch;
 
+use crate::error::{At, RpcError};
 use crate::metrics::{PartitionMetrics, TopicMetrics};
+use crate::tiered::{RemoteError, RemoteLog, Retention, UploadOutcome};
+
+/// Why a read or a time lookup of a partition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The local log failed (including `OffsetOutOfRange`, with the partition's whole range).
+    #[error(transparent)]
+    Local(#[from] runnel_storage::Error),
+    /// The offsets are held in the object store, which failed.
+    #[error("offset {offset} in the object store: {source}")]
+    Remote {
+        /// The offset sought.
+        offset: u64,
+        /// The store's failure.
+        #[source]
+        source: RemoteError,
+    },
+}
+
+/// A failure of an operation on a partition, as the client hears it: the one mapping of
+/// partition errors to [`RpcError`].
+pub trait PartitionFailure {
+    /// The error for the client, naming the partition.
+    fn to_rpc(&self, p: &Partition) -> RpcError;
+}
+
+impl PartitionFailure for runnel_storage::Error {
+    fn to_rpc(&self, p: &Partition) -> RpcError {
+        RpcError::storage(self, p.at())
+    }
+}
+
+impl PartitionFailure for ReadError {
+    fn to_rpc(&self, p: &Partition) -> RpcError {
+        match self {
+            ReadError::Local(e) => e.to_rpc(p),
+            ReadError::Remote { offset, source } => match source {
+                RemoteError::Local(e) => e.to_rpc(p),
+                RemoteError::ShuttingDown => RpcError::shutting_down(),
+                RemoteError::Corrupt { .. } => RpcError::new(
+                    runnel_proto::pb::ErrorCode::CorruptLog,
+                    format!("offset {offset} of {}/{}: {source}", p.topic, p.index),
+                ),
+                other => RpcError::remote_unavailable(*offset, p.at(), &other.to_string()),
+            },
+        }
+    }
+}
 
 /// A partition of a topic.
 #[derive(Debug)]
@@ -37,6 +90,8 @@ pub struct Partition {
     end: watch::Sender<u64>,
     deleted: AtomicBool,
     metrics: PartitionMetrics,
+    /// The copy in the object store, with tiered storage on.
+    remote: RwLock<Option<Arc<RemoteLog>>>,
 }
 
 impl Partition {
@@ -70,6 +125,7 @@ impl Partition {
             topic_metrics,
             end,
             deleted: AtomicBool::new(false),
+            remote: RwLock::new(None),
         };
         partition.update_gauges();
         partition
@@ -101,22 +157,89 @@ impl Partition {
         attempt
     }
 
-    /// Reads whole batches from `offset`, at most `max_bytes` of them (at least one batch).
+    /// Reads whole batches from `offset`, at most `max_bytes` of them (at least one batch),
+    /// from the local log or, below its start, from the copies in the object store.
     /// Blocking.
     ///
     /// # Errors
-    /// `OffsetOutOfRange` and the storage errors of [`Log::read`].
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, runnel_storage::Error> {
+    /// `OffsetOutOfRange` (naming the partition's whole range) and the storage errors of
+    /// [`Log::read`]; [`ReadError::Remote`] if the object store fails.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        match self.log.read(offset, max_bytes) {
+            Err(runnel_storage::Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end,
+            }) if requested < log_start => {
+                if let Some(remote) = self.remote() {
+                    let tiered = remote.tiered().clone();
+                    let read = tiered
+                        .run(async move { remote.read(offset, max_bytes).await })
+                        .and_then(|r| r)
+                        .map_err(|source| ReadError::Remote { offset, source })?;
+                    if let Some(read) = read {
+                        return Ok(ReadResult {
+                            batches: read.batches,
+                            records: read.records,
+                            next_offset: read.next_offset,
+                            log_start_offset: self.start_offset(),
+                            log_end_offset: self.end_offset(),
+                        });
+                    }
+                }
+                Err(ReadError::Local(runnel_storage::Error::OffsetOutOfRange {
+                    requested,
+                    log_start: self.start_offset().min(log_start),
+                    log_end,
+                }))
+            }
+            other => other.map_err(ReadError::Local),
+        }
+    }
+
+    /// Reads whole batches from the local log only (never the object store). Blocking.
+    ///
+    /// # Errors
+    /// As [`Log::read`].
+    pub fn read_local(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, runnel_storage::Error> {
         self.log.read(offset, max_bytes)
     }
 
     /// The batch containing the first record at or after `timestamp`: its base offset (at
     /// least the log start) and its largest timestamp. `None` if every record is older.
-    /// Blocking.
+    /// The copies in the object store are asked first when they hold older offsets than the
+    /// local log. Blocking.
     ///
     /// # Errors
-    /// The storage errors of [`Log::offset_for_timestamp`] and [`Log::read`].
-    pub fn offset_for_time(
+    /// The storage errors of [`Log::offset_for_timestamp`] and [`Log::read`];
+    /// [`ReadError::Remote`] if the object store fails.
+    pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<(u64, i64)>, ReadError> {
+        let local_start = self.log.start_offset();
+        if let Some(remote) = self.remote()
+            && remote.manifest().start_offset() < local_start
+        {
+            let tiered = remote.tiered().clone();
+            let found = tiered
+                .run(async move { remote.offset_for_time(timestamp).await })
+                .and_then(|r| r)
+                .map_err(|source| ReadError::Remote {
+                    offset: local_start,
+                    source,
+                })?;
+            if let Some((offset, max_ts)) = found
+                && offset < local_start
+            {
+                return Ok(Some((offset, max_ts)));
+            }
+        }
+        Ok(self.local_offset_for_time(timestamp)?)
+    }
+
+    fn local_offset_for_time(
         &self,
         timestamp: i64,
     ) -> Result<Option<(u64, i64)>, runnel_storage::Error> {
@@ -134,9 +257,58 @@ impl Partition {
         }
     }
 
-    /// The first offset still stored.
+    /// The first offset still stored: in the object store with tiered storage, else on
+    /// local disk.
     pub fn start_offset(&self) -> u64 {
+        let local = self.log.start_offset();
+        match self.remote() {
+            Some(r) if r.is_loaded() && !r.manifest().is_empty() => {
+                r.manifest().start_offset().min(local)
+            }
+            _ => local,
+        }
+    }
+
+    /// The first offset on local disk.
+    pub fn local_start_offset(&self) -> u64 {
         self.log.start_offset()
+    }
+
+    /// The copy in the object store, if the topic has tiered storage.
+    pub fn remote(&self) -> Option<Arc<RemoteLog>> {
+        self.remote
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Attaches the partition's copy in the object store (tiered storage turned on).
+    pub fn set_remote(&self, remote: Arc<RemoteLog>) {
+        *self
+            .remote
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(remote);
+    }
+
+    /// Starts an upload pass of the sealed segments not yet copied, and total retention over
+    /// the copies, on the object store's runtime. `None` without tiered storage.
+    pub fn upload(
+        &self,
+        retention: Retention,
+    ) -> Option<tokio::task::JoinHandle<Result<UploadOutcome, RemoteError>>> {
+        let remote = self.remote()?;
+        let log = self.log.clone();
+        let tiered = remote.tiered().clone();
+        tiered.spawn(async move { remote.upload(log, retention).await })
+    }
+
+    /// Where errors name the partition.
+    fn at(&self) -> At<'_> {
+        At {
+            topic: &self.topic,
+            partition: self.index,
+            epoch: None,
+        }
     }
 
     /// The offset the next appended record gets.
@@ -182,7 +354,11 @@ impl Partition {
     /// # Errors
     /// The storage error of [`Log::enforce_retention`].
     pub fn enforce_retention(&self) -> Result<RetentionOutcome, runnel_storage::Error> {
-        let outcome = self.log.enforce_retention();
+        let outcome = match self.remote() {
+            // Only what is copied may go from the local disk.
+            Some(remote) => self.log.enforce_retention_below(remote.copied_end()),
+            None => self.log.enforce_retention(),
+        };
         self.update_gauges();
         outcome
     }
@@ -238,9 +414,7 @@ impl Partition {
     /// Refreshes the offset and size gauges.
     pub fn update_gauges(&self) {
         self.metrics.end_offset.set(self.log.end_offset() as f64);
-        self.metrics
-            .start_offset
-            .set(self.log.start_offset() as f64);
+        self.metrics.start_offset.set(self.start_offset() as f64);
         self.metrics.size.set(self.log.size_bytes() as f64);
     }
 

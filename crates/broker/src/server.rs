@@ -32,6 +32,7 @@ use crate::services::router;
 use crate::shares::ShareGroups;
 use crate::shutdown::{self, Shutdown};
 use crate::tasks::BlockingPool;
+use crate::tiered::Tiered;
 use crate::tls::Tls;
 use crate::topics::Topics;
 
@@ -235,8 +236,17 @@ async fn open_state(config: &Config, group_gauges: Arc<GroupGauges>) -> Result<S
     );
     let group_settings = config.groups.clone();
     let share_settings = config.shares.clone();
+    let remote = config.remote_storage.clone();
     let (topics, producers, groups, shares) = tokio::task::spawn_blocking(move || {
-        let topics = Arc::new(Topics::open(&dir, defaults, storage, limits, env.clone())?);
+        let tiered = Tiered::open(&remote, &dir)?;
+        let topics = Arc::new(Topics::open(
+            &dir,
+            defaults,
+            storage,
+            limits,
+            env.clone(),
+            tiered,
+        )?);
         let producers = Producers::open(&dir, &env)?;
         let max_members = group_settings.max_members_per_group;
         let groups = Groups::open(&dir, group_settings, topics.clone(), group_gauges, &env)?;

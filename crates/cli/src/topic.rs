@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use runnel_client::{Durability, ErrorCode, TopicConfig, TopicDescription};
+use runnel_client::{Durability, ErrorCode, PartitionInfo, TopicConfig, TopicDescription};
 use serde::Serialize;
 
 use crate::Ctx;
@@ -22,7 +22,8 @@ pub enum TopicCommand {
     #[command(after_help = "Examples:
   runnel topic create orders --partitions 3
   runnel topic create audit --partitions 6 --retention 30d --retention-bytes 10GiB --durability always
-  runnel topic create orders --partitions 3 --if-not-exists")]
+  runnel topic create orders --partitions 3 --if-not-exists
+  runnel topic create events --partitions 6 --retention 90d --remote-storage true --local-retention 1d")]
     Create(CreateArgs),
     /// List topics and their partition counts
     #[command(after_help = "Examples:
@@ -41,6 +42,7 @@ pub enum TopicCommand {
     #[command(after_help = "Examples:
   runnel topic alter orders --retention 3d
   runnel topic alter orders --durability interval --flush-interval 500ms
+  runnel topic alter orders --remote-storage true --local-retention 12h --local-retention-bytes 1GiB
   runnel topic alter orders --reset retention --reset retention-bytes")]
     Alter(AlterArgs),
     /// Delete a topic and its data
@@ -130,6 +132,18 @@ pub struct ConfigArgs {
     /// How often the interval durability policy fsyncs (1s)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     flush_interval: Option<Duration>,
+    /// Tiered storage: copy sealed segments to the broker's object store and keep only the
+    /// local retention on disk (needs a broker with remote storage)
+    #[arg(long, value_name = "BOOL", value_parser = clap::value_parser!(bool))]
+    remote_storage: Option<bool>,
+    /// With remote storage: how long copied records stay on local disk (1d; 0: as long as
+    /// --retention)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    local_retention: Option<Duration>,
+    /// With remote storage: the most copied data kept on local disk per partition (1GiB; 0: as
+    /// much as --retention-bytes)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    local_retention_bytes: Option<u64>,
 }
 
 /// `--durability`.
@@ -144,7 +158,7 @@ pub enum DurabilityArg {
 }
 
 /// The settings: flag name and protocol field name, in protocol order.
-const SETTINGS: [(&str, &str); 7] = [
+const SETTINGS: [(&str, &str); 10] = [
     ("retention", "retention_ms"),
     ("retention-bytes", "retention_bytes"),
     ("segment-bytes", "segment_bytes"),
@@ -152,7 +166,19 @@ const SETTINGS: [(&str, &str); 7] = [
     ("max-batch-bytes", "max_batch_bytes"),
     ("durability", "durability"),
     ("flush-interval", "flush_interval_ms"),
+    ("remote-storage", "remote_storage"),
+    ("local-retention", "local_retention_ms"),
+    ("local-retention-bytes", "local_retention_bytes"),
 ];
+
+/// The protocol field names of `--reset` flag names (clap has checked them against
+/// [`SETTINGS`]).
+fn reset_fields(flags: &[String]) -> Vec<&'static str> {
+    flags
+        .iter()
+        .filter_map(|r| SETTINGS.iter().find(|(flag, _)| flag == r).map(|(_, f)| *f))
+        .collect()
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -180,6 +206,9 @@ impl ConfigArgs {
                 DurabilityArg::Never => Durability::Never,
             }),
             flush_interval_ms: self.flush_interval.map(millis),
+            remote_storage: self.remote_storage,
+            local_retention_ms: self.local_retention.map(millis),
+            local_retention_bytes: self.local_retention_bytes,
         })
     }
 }
@@ -258,11 +287,7 @@ pub async fn run(ctx: &Ctx, command: TopicCommand) -> anyhow::Result<()> {
                     "nothing to change: give a setting (such as --retention 7d) or --reset SETTING",
                 ));
             }
-            let reset: Vec<&str> = a
-                .reset
-                .iter()
-                .filter_map(|r| SETTINGS.iter().find(|(flag, _)| flag == r).map(|(_, f)| *f))
-                .collect();
+            let reset = reset_fields(&a.reset);
             let altered = admin
                 .alter_topic_config(&a.topic, set, &reset)
                 .await
@@ -351,6 +376,9 @@ fn config_table(c: &TopicConfig, overrides: &[String]) -> Table {
         size(c.max_batch_bytes.map(u64::from)),
         durability_name(c.durability).to_owned(),
         duration(c.flush_interval_ms),
+        c.remote_storage.map(|b| b.to_string()).unwrap_or_default(),
+        duration(c.local_retention_ms),
+        size(c.local_retention_bytes),
     ];
     let mut table = Table::new(&["SETTING", "VALUE", "SOURCE"]);
     for ((flag, field), value) in SETTINGS.iter().zip(values) {
@@ -376,33 +404,89 @@ fn print_description(d: &TopicDescription) -> std::io::Result<()> {
     writeln!(out)?;
     config_table(&d.config, &d.overrides).write(&mut out)?;
     writeln!(out)?;
-    let mut table = Table::new(&[
-        "PARTITION",
-        "LOG START",
-        "LOG END",
-        "RECORDS",
-        "SIZE",
-        "SEGMENTS",
-        "ERROR",
-    ]);
+    partition_table(d).write(&mut out)?;
+    out.flush()
+}
+
+/// Whether a partition has anything in the object store.
+fn has_remote_data(p: &PartitionInfo) -> bool {
+    p.remote_segment_count > 0
+        || p.remote_size_bytes > 0
+        || p.remote_log_end_offset > p.remote_log_start_offset
+}
+
+/// The partitions as a table: offsets, records, size and segments, and, for a topic with
+/// tiered storage on or with remote data, the local and remote parts and the upload lag
+/// (left out otherwise, to keep the usual table narrow).
+fn partition_table(d: &TopicDescription) -> Table {
+    let tiered = d.config.remote_storage == Some(true) || d.partitions.iter().any(has_remote_data);
+    let mut table = if tiered {
+        Table::new(&[
+            "PARTITION",
+            "LOG START",
+            "LOG END",
+            "RECORDS",
+            "LOCAL START",
+            "LOCAL SIZE",
+            "LOCAL SEGMENTS",
+            "REMOTE",
+            "REMOTE SIZE",
+            "REMOTE SEGMENTS",
+            "UPLOAD LAG",
+            "ERROR",
+        ])
+    } else {
+        Table::new(&[
+            "PARTITION",
+            "LOG START",
+            "LOG END",
+            "RECORDS",
+            "SIZE",
+            "SEGMENTS",
+            "ERROR",
+        ])
+    };
     for p in &d.partitions {
-        table.row(vec![
+        let mut row = vec![
             p.partition.to_string(),
             p.log_start_offset.to_string(),
             p.log_end_offset.to_string(),
             p.log_end_offset
                 .saturating_sub(p.log_start_offset)
                 .to_string(),
-            format_size(p.size_bytes),
-            p.segment_count.to_string(),
+        ];
+        if tiered {
+            row.push(p.local_log_start_offset.to_string());
+        }
+        row.push(format_size(p.size_bytes));
+        row.push(p.segment_count.to_string());
+        if tiered {
+            row.push(if p.remote_log_end_offset > p.remote_log_start_offset {
+                format!("{}..{}", p.remote_log_start_offset, p.remote_log_end_offset)
+            } else {
+                "-".to_owned()
+            });
+            row.push(format_size(p.remote_size_bytes));
+            row.push(p.remote_segment_count.to_string());
+            row.push(if p.upload_lag_segments == 0 && p.upload_lag_bytes == 0 {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{} ({})",
+                    p.upload_lag_segments,
+                    format_size(p.upload_lag_bytes)
+                )
+            });
+        }
+        row.push(
             p.error
                 .as_ref()
                 .map(|e| crate::error::one_line(&anyhow::anyhow!(e.clone())))
                 .unwrap_or_default(),
-        ]);
+        );
+        table.row(row);
     }
-    table.write(&mut out)?;
-    out.flush()
+    table
 }
 
 #[derive(Serialize)]
@@ -420,6 +504,9 @@ struct ConfigJson {
     max_batch_bytes: Option<u32>,
     durability: Option<&'static str>,
     flush_interval_ms: Option<u64>,
+    remote_storage: Option<bool>,
+    local_retention_ms: Option<u64>,
+    local_retention_bytes: Option<u64>,
 }
 
 impl From<&TopicConfig> for ConfigJson {
@@ -432,6 +519,9 @@ impl From<&TopicConfig> for ConfigJson {
             max_batch_bytes: c.max_batch_bytes,
             durability: c.durability.map(|d| durability_name(Some(d))),
             flush_interval_ms: c.flush_interval_ms,
+            remote_storage: c.remote_storage,
+            local_retention_ms: c.local_retention_ms,
+            local_retention_bytes: c.local_retention_bytes,
         }
     }
 }
@@ -443,6 +533,13 @@ struct PartitionJson {
     log_end_offset: u64,
     size_bytes: u64,
     segment_count: u32,
+    local_log_start_offset: u64,
+    remote_log_start_offset: u64,
+    remote_log_end_offset: u64,
+    remote_size_bytes: u64,
+    remote_segment_count: u32,
+    upload_lag_segments: u32,
+    upload_lag_bytes: u64,
     error: Option<String>,
 }
 
@@ -471,6 +568,13 @@ impl<'a> From<&'a TopicDescription> for TopicJson<'a> {
                     log_end_offset: p.log_end_offset,
                     size_bytes: p.size_bytes,
                     segment_count: p.segment_count,
+                    local_log_start_offset: p.local_log_start_offset,
+                    remote_log_start_offset: p.remote_log_start_offset,
+                    remote_log_end_offset: p.remote_log_end_offset,
+                    remote_size_bytes: p.remote_size_bytes,
+                    remote_segment_count: p.remote_segment_count,
+                    upload_lag_segments: p.upload_lag_segments,
+                    upload_lag_bytes: p.upload_lag_bytes,
                     error: p.error.as_ref().map(ToString::to_string),
                 })
                 .collect(),
@@ -489,31 +593,224 @@ struct AlteredJson<'a> {
 mod tests {
     use super::*;
 
+    fn no_flags() -> ConfigArgs {
+        ConfigArgs {
+            retention: None,
+            retention_bytes: None,
+            segment_bytes: None,
+            segment_age: None,
+            max_batch_bytes: None,
+            durability: None,
+            flush_interval: None,
+            remote_storage: None,
+            local_retention: None,
+            local_retention_bytes: None,
+        }
+    }
+
+    fn table_text(table: &Table) -> String {
+        let mut out = Vec::new();
+        table.write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn config_flags_become_a_topic_config() {
         let args = ConfigArgs {
             retention: Some(Duration::from_secs(7 * 86_400)),
             retention_bytes: Some(10 << 30),
-            segment_bytes: None,
-            segment_age: None,
             max_batch_bytes: Some(1 << 20),
             durability: Some(DurabilityArg::Always),
-            flush_interval: None,
+            remote_storage: Some(true),
+            local_retention: Some(Duration::from_secs(12 * 3_600)),
+            local_retention_bytes: Some(1 << 30),
+            ..no_flags()
         };
         let c = args.to_config().unwrap();
         assert_eq!(c.retention_ms, Some(604_800_000));
         assert_eq!(c.retention_bytes, Some(10 << 30));
         assert_eq!(c.max_batch_bytes, Some(1 << 20));
         assert_eq!(c.durability, Some(Durability::Always));
-        let mut out = Vec::new();
-        config_table(&c, &["retention_ms".to_owned()])
-            .write(&mut out)
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("retention        7d      topic\n"), "{text}");
+        assert_eq!(c.remote_storage, Some(true));
+        assert_eq!(c.local_retention_ms, Some(43_200_000));
+        assert_eq!(c.local_retention_bytes, Some(1 << 30));
+        let text = table_text(&config_table(
+            &c,
+            &["retention_ms".to_owned(), "remote_storage".to_owned()],
+        ));
         assert!(
-            text.contains("retention-bytes  10GiB   broker default\n"),
+            text.contains("retention              7d      topic\n"),
             "{text}"
         );
+        assert!(
+            text.contains("retention-bytes        10GiB   broker default\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote-storage         true    topic\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("local-retention        12h     broker default\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("local-retention-bytes  1GiB    broker default\n"),
+            "{text}"
+        );
+        assert_eq!(no_flags().to_config().unwrap(), TopicConfig::default());
+    }
+
+    #[test]
+    fn every_setting_parses_as_a_flag_and_resets_by_its_name() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            topic: TopicCommand,
+        }
+        let cli = Cli::try_parse_from([
+            "topic",
+            "alter",
+            "t",
+            "--remote-storage",
+            "false",
+            "--local-retention",
+            "1d",
+            "--local-retention-bytes",
+            "512MiB",
+            "--reset",
+            "local-retention",
+            "--reset",
+            "remote-storage",
+            "--reset",
+            "local-retention-bytes",
+        ])
+        .unwrap();
+        let TopicCommand::Alter(a) = cli.topic else {
+            panic!("not alter: {cli:?}");
+        };
+        let c = a.config.to_config().unwrap();
+        assert_eq!(c.remote_storage, Some(false));
+        assert_eq!(c.local_retention_ms, Some(86_400_000));
+        assert_eq!(c.local_retention_bytes, Some(512 << 20));
+        assert_eq!(
+            reset_fields(&a.reset),
+            [
+                "local_retention_ms",
+                "remote_storage",
+                "local_retention_bytes"
+            ]
+        );
+        assert!(Cli::try_parse_from(["topic", "create", "t", "--remote-storage", "yes"]).is_err());
+    }
+
+    fn partition(n: u32, log_start: u64, log_end: u64) -> PartitionInfo {
+        PartitionInfo {
+            partition: n,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+            size_bytes: 210 << 10,
+            segment_count: 1,
+            local_log_start_offset: log_start,
+            remote_log_start_offset: 0,
+            remote_log_end_offset: 0,
+            remote_size_bytes: 0,
+            remote_segment_count: 0,
+            upload_lag_segments: 0,
+            upload_lag_bytes: 0,
+            error: None,
+        }
+    }
+
+    fn description(config: TopicConfig, partitions: Vec<PartitionInfo>) -> TopicDescription {
+        TopicDescription {
+            name: "orders".into(),
+            partition_count: u32::try_from(partitions.len()).unwrap(),
+            config,
+            overrides: Vec::new(),
+            partitions,
+        }
+    }
+
+    #[test]
+    fn the_partition_table_stays_narrow_without_remote_data() {
+        let d = description(
+            TopicConfig {
+                remote_storage: Some(false),
+                ..TopicConfig::default()
+            },
+            vec![partition(0, 0, 6667), partition(1, 100, 6600)],
+        );
+        assert_eq!(
+            table_text(&partition_table(&d)),
+            "PARTITION  LOG START  LOG END  RECORDS  SIZE     SEGMENTS  ERROR\n\
+             0          0          6667     6667     210 KiB  1\n\
+             1          100        6600     6500     210 KiB  1\n"
+        );
+    }
+
+    #[test]
+    fn the_partition_table_shows_local_and_remote_parts() {
+        let tiered = PartitionInfo {
+            size_bytes: 96 << 20,
+            segment_count: 3,
+            local_log_start_offset: 180_000,
+            remote_log_start_offset: 1_200,
+            remote_log_end_offset: 200_000,
+            remote_size_bytes: 1_288_490_189,
+            remote_segment_count: 19,
+            upload_lag_segments: 1,
+            upload_lag_bytes: 64 << 20,
+            ..partition(0, 1_200, 210_000)
+        };
+        // Remote data shows the columns even after remote storage was turned off.
+        let d = description(TopicConfig::default(), vec![tiered, partition(1, 0, 900)]);
+        assert_eq!(
+            table_text(&partition_table(&d)),
+            "PARTITION  LOG START  LOG END  RECORDS  LOCAL START  LOCAL SIZE  LOCAL SEGMENTS  \
+             REMOTE        REMOTE SIZE  REMOTE SEGMENTS  UPLOAD LAG  ERROR\n\
+             0          1200       210000   208800   180000       96 MiB      3               \
+             1200..200000  1.2 GiB      19               1 (64 MiB)\n\
+             1          0          900      900      0            210 KiB     1               \
+             -             0 B          0                0\n"
+        );
+        // Remote storage on: the columns show before anything is copied.
+        let d = description(
+            TopicConfig {
+                remote_storage: Some(true),
+                ..TopicConfig::default()
+            },
+            vec![partition(0, 0, 10)],
+        );
+        assert!(
+            table_text(&partition_table(&d))
+                .starts_with("PARTITION  LOG START  LOG END  RECORDS  LOCAL START")
+        );
+    }
+
+    #[test]
+    fn json_has_every_partition_field() {
+        let d = description(TopicConfig::default(), vec![partition(0, 5, 9)]);
+        let v = serde_json::to_value(TopicJson::from(&d)).unwrap();
+        let p = &v["partitions"][0];
+        for field in [
+            "local_log_start_offset",
+            "remote_log_start_offset",
+            "remote_log_end_offset",
+            "remote_size_bytes",
+            "remote_segment_count",
+            "upload_lag_segments",
+            "upload_lag_bytes",
+        ] {
+            assert!(p[field].is_u64(), "{field}: {p}");
+        }
+        for field in [
+            "remote_storage",
+            "local_retention_ms",
+            "local_retention_bytes",
+        ] {
+            assert!(v["config"].get(field).is_some(), "{field}: {v}");
+        }
     }
 }

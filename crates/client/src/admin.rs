@@ -68,6 +68,16 @@ pub struct TopicConfig {
     pub durability: Option<Durability>,
     /// The flush interval of [`Durability::Interval`], in ms.
     pub flush_interval_ms: Option<u64>,
+    /// Tiered storage: copy sealed segments to the broker's object store, serve offsets no
+    /// longer on local disk from there, and keep only the local retention on disk. A broker
+    /// without an object store refuses it (`INVALID_CONFIG`).
+    pub remote_storage: Option<bool>,
+    /// With `remote_storage`: how long copied data stays on local disk, in ms (0: as long as
+    /// `retention_ms`, which still bounds how long it is kept at all).
+    pub local_retention_ms: Option<u64>,
+    /// With `remote_storage`: the most copied data kept on local disk per partition, in bytes
+    /// (0: as much as `retention_bytes`, which still bounds the partition's total).
+    pub local_retention_bytes: Option<u64>,
 }
 
 impl TopicConfig {
@@ -80,6 +90,9 @@ impl TopicConfig {
             max_batch_bytes: self.max_batch_bytes,
             durability: self.durability.map(|d| d.to_pb() as i32),
             flush_interval_ms: self.flush_interval_ms,
+            remote_storage: self.remote_storage,
+            local_retention_ms: self.local_retention_ms,
+            local_retention_bytes: self.local_retention_bytes,
         }
     }
 
@@ -93,6 +106,9 @@ impl TopicConfig {
             max_batch_bytes: c.max_batch_bytes,
             durability: c.durability.and_then(Durability::from_pb),
             flush_interval_ms: c.flush_interval_ms,
+            remote_storage: c.remote_storage,
+            local_retention_ms: c.local_retention_ms,
+            local_retention_bytes: c.local_retention_bytes,
         }
     }
 }
@@ -121,19 +137,37 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionInfo>,
 }
 
-/// The state of one partition's log.
+/// The state of one partition's log: on local disk and, with tiered storage
+/// ([`TopicConfig::remote_storage`]), in the broker's object store.
 #[derive(Debug, Clone)]
 pub struct PartitionInfo {
     /// The partition number.
     pub partition: u32,
-    /// The first offset still stored.
+    /// The first offset still stored, locally or remotely.
     pub log_start_offset: u64,
     /// The offset the next record will get.
     pub log_end_offset: u64,
-    /// Bytes on disk (segments and indexes).
+    /// Bytes on local disk (segments and indexes).
     pub size_bytes: u64,
-    /// Number of segments.
+    /// Number of segments on local disk, the active one included.
     pub segment_count: u32,
+    /// The first offset on local disk: `log_start_offset` unless the object store holds
+    /// older offsets.
+    pub local_log_start_offset: u64,
+    /// The first offset in the object store; equal to `remote_log_end_offset` when it holds
+    /// none.
+    pub remote_log_start_offset: u64,
+    /// One past the last offset in the object store.
+    pub remote_log_end_offset: u64,
+    /// Bytes of the segments in the object store.
+    pub remote_size_bytes: u64,
+    /// Segments in the object store.
+    pub remote_segment_count: u32,
+    /// Sealed local segments not yet copied to the object store: what a lost disk would
+    /// lose.
+    pub upload_lag_segments: u32,
+    /// The bytes of those segments.
+    pub upload_lag_bytes: u64,
     /// Set when the log refuses writes (`LOG_FAILED`); the figures are the last known.
     pub error: Option<ClientError>,
 }
@@ -154,6 +188,15 @@ impl TopicDescription {
                     log_end_offset: p.log_end_offset,
                     size_bytes: p.size_bytes,
                     segment_count: p.segment_count,
+                    // A broker without tiered storage leaves the field at 0: everything it
+                    // stores is local, so the local start is the log start.
+                    local_log_start_offset: p.local_log_start_offset.max(p.log_start_offset),
+                    remote_log_start_offset: p.remote_log_start_offset,
+                    remote_log_end_offset: p.remote_log_end_offset,
+                    remote_size_bytes: p.remote_size_bytes,
+                    remote_segment_count: p.remote_segment_count,
+                    upload_lag_segments: p.upload_lag_segments,
+                    upload_lag_bytes: p.upload_lag_bytes,
                     error: p.error.as_ref().map(ClientError::from_inline),
                 })
                 .collect(),
@@ -991,4 +1034,80 @@ pub struct OffsetResetPlan {
     pub previous_offset: Option<u64>,
     /// The committed offset after.
     pub new_offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_config_round_trips_through_pb() {
+        let config = TopicConfig {
+            retention_ms: Some(30 * 86_400_000),
+            retention_bytes: Some(0),
+            segment_bytes: Some(1 << 30),
+            segment_ms: Some(0),
+            max_batch_bytes: Some(1 << 20),
+            durability: Some(Durability::Interval),
+            flush_interval_ms: Some(1_000),
+            remote_storage: Some(true),
+            local_retention_ms: Some(86_400_000),
+            local_retention_bytes: Some(0),
+        };
+        let pb = config.to_pb();
+        assert_eq!(pb.remote_storage, Some(true));
+        assert_eq!(pb.local_retention_ms, Some(86_400_000));
+        assert_eq!(pb.local_retention_bytes, Some(0));
+        assert_eq!(TopicConfig::from_pb(Some(pb)), config);
+        assert_eq!(TopicConfig::default().to_pb(), pb::TopicConfig::default());
+    }
+
+    #[test]
+    fn partition_descriptions_carry_local_and_remote_figures() {
+        let d = TopicDescription::from_pb(pb::TopicDescription {
+            topic: "t".into(),
+            partition_count: 2,
+            partitions: vec![
+                pb::PartitionDescription {
+                    partition: 0,
+                    log_start_offset: 100,
+                    log_end_offset: 900,
+                    size_bytes: 4096,
+                    segment_count: 2,
+                    local_log_start_offset: 600,
+                    remote_log_start_offset: 100,
+                    remote_log_end_offset: 700,
+                    remote_size_bytes: 8192,
+                    remote_segment_count: 3,
+                    upload_lag_segments: 1,
+                    upload_lag_bytes: 1024,
+                    ..Default::default()
+                },
+                // A broker without tiered storage sends no local start.
+                pb::PartitionDescription {
+                    partition: 1,
+                    log_start_offset: 50,
+                    log_end_offset: 80,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let p = &d.partitions[0];
+        assert_eq!(
+            (
+                p.log_start_offset,
+                p.local_log_start_offset,
+                p.log_end_offset
+            ),
+            (100, 600, 900)
+        );
+        assert_eq!(
+            (p.remote_log_start_offset, p.remote_log_end_offset),
+            (100, 700)
+        );
+        assert_eq!((p.remote_size_bytes, p.remote_segment_count), (8192, 3));
+        assert_eq!((p.upload_lag_segments, p.upload_lag_bytes), (1, 1024));
+        assert_eq!(d.partitions[1].local_log_start_offset, 50);
+    }
 }

@@ -71,6 +71,8 @@ pub enum ErrorCode {
     LogFailed,
     /// Data stored on the broker failed its check when read.
     CorruptLog,
+    /// Offsets held only in tiered storage could not be read from the object store.
+    RemoteStorageUnavailable,
     /// The consumer group has neither members nor committed offsets.
     UnknownGroup,
     /// The group id (or static instance id) breaks the naming rule.
@@ -130,6 +132,7 @@ impl ErrorCode {
             Ok(P::DiskFull) => Self::DiskFull,
             Ok(P::LogFailed) => Self::LogFailed,
             Ok(P::CorruptLog) => Self::CorruptLog,
+            Ok(P::RemoteStorageUnavailable) => Self::RemoteStorageUnavailable,
             Ok(P::UnknownGroup) => Self::UnknownGroup,
             Ok(P::InvalidGroupId) => Self::InvalidGroupId,
             Ok(P::UnknownMember) => Self::UnknownMember,
@@ -175,6 +178,7 @@ impl ErrorCode {
             Self::DiskFull => P::DiskFull,
             Self::LogFailed => P::LogFailed,
             Self::CorruptLog => P::CorruptLog,
+            Self::RemoteStorageUnavailable => P::RemoteStorageUnavailable,
             Self::UnknownGroup => P::UnknownGroup,
             Self::InvalidGroupId => P::InvalidGroupId,
             Self::UnknownMember => P::UnknownMember,
@@ -206,7 +210,10 @@ impl ErrorCode {
             | Self::CorruptBatch
             | Self::UnsupportedBatchVersion
             | Self::InvalidGroupId => C::InvalidArgument,
-            Self::BrokerShuttingDown | Self::BrokerStarting | Self::LogFailed => C::Unavailable,
+            Self::BrokerShuttingDown
+            | Self::BrokerStarting
+            | Self::LogFailed
+            | Self::RemoteStorageUnavailable => C::Unavailable,
             Self::LimitExceeded | Self::DiskFull => C::ResourceExhausted,
             Self::UnknownTopic
             | Self::UnknownPartition
@@ -246,6 +253,7 @@ impl ErrorCode {
                 | Self::CorruptBatch
                 | Self::DiskFull
                 | Self::LogFailed
+                | Self::RemoteStorageUnavailable
         )
     }
 }

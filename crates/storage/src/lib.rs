@@ -64,7 +64,8 @@ pub use retention::RetentionOutcome;
 pub use segments::ReadResult;
 pub use sync::Durable;
 pub use tiering::{
-    SealedSegment, SplitBatches, index_position, seed_log, split_batches, time_index_offset,
+    SealedSegment, SplitBatches, empty_producer_snapshot, index_position, seed_log, split_batches,
+    time_index_offset,
 };
 
 /// The directory of a partition's log: `<data_dir>/topics/<topic>/<partition>`.

@@ -156,6 +156,12 @@ pub fn seed_log(dir: &Path, base_offset: u64, producer_snapshot: &[u8]) -> Resul
     recovery::sync_dir(dir)
 }
 
+/// A producer snapshot at `offset` that knows no producer: for [`seed_log`] when the
+/// producer state of a copied log is lost (retention deleted every copy).
+pub fn empty_producer_snapshot(offset: u64) -> Vec<u8> {
+    ProducerStates::default().encode(offset)
+}
+
 /// The byte position, in a segment starting at `base_offset`, from which to scan for
 /// `offset`: that of the last entry of the offset index `index` (a sealed `.index` file's
 /// bytes) at or before it, or 0. Trailing bytes that are not a whole entry are ignored.

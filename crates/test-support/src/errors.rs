@@ -45,6 +45,7 @@ pub const EXPECTED_STATUSES: &[ExpectedStatus] = &[
     row(ErrorCode::DiskFull, Code::ResourceExhausted),
     row(ErrorCode::LogFailed, Code::Unavailable),
     row(ErrorCode::CorruptLog, Code::DataLoss),
+    row(ErrorCode::RemoteStorageUnavailable, Code::Unavailable),
     row(ErrorCode::UnknownGroup, Code::NotFound),
     row(ErrorCode::InvalidGroupId, Code::InvalidArgument),
     row(ErrorCode::UnknownMember, Code::FailedPrecondition),

@@ -18,21 +18,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::budget::Held;
 use super::{Broker, capped};
-use crate::error::{At, RpcError};
+use crate::error::RpcError;
 use crate::metrics;
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionFailure, ReadError};
 use crate::quotas::{Caller, Quota};
 use crate::tasks::blocking;
 
-pub(crate) fn storage_error(e: &runnel_storage::Error, p: &Partition) -> RpcError {
-    RpcError::storage(
-        e,
-        At {
-            topic: &p.topic,
-            partition: p.index,
-            epoch: None,
-        },
-    )
+pub(crate) fn storage_error(e: &impl PartitionFailure, p: &Partition) -> RpcError {
+    e.to_rpc(p)
 }
 
 /// Completes when any receiver sees a change.
@@ -202,9 +195,11 @@ fn read_all(
                 }
             }
             Err(e) => {
-                if let runnel_storage::Error::OffsetOutOfRange {
-                    log_start, log_end, ..
-                } = &e
+                if let ReadError::Local(runnel_storage::Error::OffsetOutOfRange {
+                    log_start,
+                    log_end,
+                    ..
+                }) = &e
                 {
                     result.log_start_offset = *log_start;
                     result.log_end_offset = *log_end;
@@ -638,7 +633,7 @@ impl Broker {
                 let batches = grant.track(std::mem::take(&mut read.batches));
                 drop(grant);
                 let data = formatted(batches, next, shape.format, decode_limit, &part);
-                Ok::<_, runnel_storage::Error>((read, bytes, data))
+                Ok::<_, ReadError>((read, bytes, data))
             })
             .await;
             let read = match read {
@@ -678,7 +673,7 @@ impl Broker {
                         },
                     }
                 }
-                Err(e @ runnel_storage::Error::OffsetOutOfRange { .. }) => {
+                Err(e @ ReadError::Local(runnel_storage::Error::OffsetOutOfRange { .. })) => {
                     let e = storage_error(&e, p);
                     break RpcError::new(
                         e.code,

@@ -77,7 +77,7 @@ pub fn compute(topics: &Topics, offsets: Vec<(String, Tp, u64)>, now_ms: i64) ->
 /// The timestamp of the record at `position`, or an earlier bound (see the module
 /// documentation). `None` if it cannot be read (retention or the end moved meanwhile).
 pub fn oldest_timestamp(p: &Partition, position: u64) -> Option<i64> {
-    let read = p.read(position, 1).ok()?;
+    let read = p.read_local(position, 1).ok()?;
     let first = read.batches.into_iter().next()?;
     let header = BatchHeader::decode(&first).ok()?;
     if header.timestamp_type() == TimestampType::LogAppendTime {

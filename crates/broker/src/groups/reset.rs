@@ -8,8 +8,8 @@ use std::sync::Arc;
 use runnel_proto::pb::{self, OffsetBoundary, reset_offsets_request::Target};
 
 use super::assignor::Tp;
-use crate::error::{At, RpcError};
-use crate::partition::Partition;
+use crate::error::RpcError;
+use crate::partition::{Partition, PartitionFailure};
 use crate::topics::Topics;
 
 /// One partition's move: from `previous` (if it had a position) to `new`, clamped to its log.
@@ -112,16 +112,7 @@ pub fn plan(
             Target::Offset(o) => o,
             Target::TimestampMs(ts) => p
                 .offset_for_time(ts)
-                .map_err(|e| {
-                    RpcError::storage(
-                        &e,
-                        At {
-                            topic: &tp.0,
-                            partition: tp.1,
-                            epoch: None,
-                        },
-                    )
-                })?
+                .map_err(|e| e.to_rpc(&p))?
                 .map_or(end, |(o, _)| o),
             Target::ShiftBy(n) => {
                 let Some(base) = previous else {

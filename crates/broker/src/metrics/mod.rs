@@ -114,6 +114,31 @@ pub const GROUP_MEMBERS: &str = "runnel_group_members";
 /// The committed offset of a group, per group, topic and partition.
 pub const GROUP_COMMITTED: &str = "runnel_group_committed_offset";
 
+/// Segment bytes copied to the object store, per topic.
+pub const REMOTE_UPLOADED_BYTES: &str = "runnel_remote_uploaded_bytes_total";
+/// Segments copied to the object store, per topic.
+pub const REMOTE_UPLOADED_SEGMENTS: &str = "runnel_remote_uploaded_segments_total";
+/// Failed copies (retried with backoff), per topic.
+pub const REMOTE_UPLOAD_ERRORS: &str = "runnel_remote_upload_errors_total";
+/// Sealed bytes on local disk not yet copied, per partition.
+pub const REMOTE_UPLOAD_LAG_BYTES: &str = "runnel_remote_upload_lag_bytes";
+/// Sealed segments on local disk not yet copied, per partition.
+pub const REMOTE_UPLOAD_LAG_SEGMENTS: &str = "runnel_remote_upload_lag_segments";
+/// Bytes of segments in the object store, per partition.
+pub const REMOTE_SIZE: &str = "runnel_remote_size_bytes";
+/// Segments deleted from the object store by total retention, per topic.
+pub const REMOTE_DELETED_SEGMENTS: &str = "runnel_remote_deleted_segments_total";
+/// Bytes fetched from the object store for reads, per topic.
+pub const REMOTE_FETCHED_BYTES: &str = "runnel_remote_fetched_bytes_total";
+/// Remote reads answered from the cache or the store (`source` label `cache` or `store`), per chunk.
+pub const REMOTE_CHUNK_READS: &str = "runnel_remote_chunk_reads_total";
+/// Remote reads that failed because the store could not be reached, per topic.
+pub const REMOTE_READ_ERRORS: &str = "runnel_remote_read_errors_total";
+/// Manifest writes refused because another broker wrote the manifest, per topic.
+pub const REMOTE_CONFLICTS: &str = "runnel_remote_manifest_conflicts_total";
+/// Bytes held by the remote read cache.
+pub const REMOTE_CACHE_SIZE: &str = "runnel_remote_cache_bytes";
+
 /// Starts the HTTP endpoint on `addr` and installs the recorder as the process's recorder,
 /// then describes every metric. Must run before topics are opened: handles registered before
 /// a recorder exists stay no-ops.
@@ -714,6 +739,66 @@ fn describe() {
         SHARE_DEAD_LETTERED,
         Unit::Count,
         "Records copied to a share group's dead-letter topic, per group and topic read."
+    );
+    describe_counter!(
+        REMOTE_UPLOADED_BYTES,
+        Unit::Bytes,
+        "Segment bytes copied to the object store, per topic."
+    );
+    describe_counter!(
+        REMOTE_UPLOADED_SEGMENTS,
+        Unit::Count,
+        "Segments copied to the object store, per topic."
+    );
+    describe_counter!(
+        REMOTE_UPLOAD_ERRORS,
+        Unit::Count,
+        "Failed segment copies (retried with backoff), per topic."
+    );
+    describe_gauge!(
+        REMOTE_UPLOAD_LAG_BYTES,
+        Unit::Bytes,
+        "Sealed bytes on local disk not yet copied to the object store, per partition."
+    );
+    describe_gauge!(
+        REMOTE_UPLOAD_LAG_SEGMENTS,
+        Unit::Count,
+        "Sealed segments on local disk not yet copied to the object store, per partition."
+    );
+    describe_gauge!(
+        REMOTE_SIZE,
+        Unit::Bytes,
+        "Bytes of segments in the object store, per partition."
+    );
+    describe_counter!(
+        REMOTE_DELETED_SEGMENTS,
+        Unit::Count,
+        "Segments deleted from the object store by retention, per topic."
+    );
+    describe_counter!(
+        REMOTE_FETCHED_BYTES,
+        Unit::Bytes,
+        "Bytes fetched from the object store to serve reads, per topic."
+    );
+    describe_counter!(
+        REMOTE_CHUNK_READS,
+        Unit::Count,
+        "Chunks of remote segments read, by source (cache or store)."
+    );
+    describe_counter!(
+        REMOTE_READ_ERRORS,
+        Unit::Count,
+        "Remote reads that failed because the object store could not be read, per topic."
+    );
+    describe_counter!(
+        REMOTE_CONFLICTS,
+        Unit::Count,
+        "Manifest writes refused because another broker changed the manifest, per topic."
+    );
+    describe_gauge!(
+        REMOTE_CACHE_SIZE,
+        Unit::Bytes,
+        "Bytes held by the cache of remote reads."
     );
     describe_gauge!(TOPICS, "Topics.");
     describe_gauge!(PARTITIONS, "Partitions of all topics.");

@@ -220,6 +220,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::GroupNotEmpty
         | ErrorCode::InvalidRecordState => Code::FailedPrecondition,
         ErrorCode::CorruptLog => Code::DataLoss,
+        ErrorCode::RemoteStorageUnavailable => Code::Unavailable,
     }
 }
 

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ use crate::error::{Error, RpcError};
 use crate::files;
 use crate::metrics::{self, TopicMetrics};
 use crate::partition::Partition;
+use crate::tiered::Tiered;
+
+mod remote;
 
 /// The metadata file of a topic, inside its directory.
 pub const TOPIC_FILE: &str = "topic.toml";
@@ -42,7 +45,7 @@ pub const DELETED_DIR: &str = "deleted";
 /// The longest topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// The `TopicConfig` field names, in protocol order.
-pub const CONFIG_FIELDS: [&str; 7] = [
+pub const CONFIG_FIELDS: [&str; 10] = [
     "retention_ms",
     "retention_bytes",
     "segment_bytes",
@@ -50,6 +53,9 @@ pub const CONFIG_FIELDS: [&str; 7] = [
     "max_batch_bytes",
     "durability",
     "flush_interval_ms",
+    "remote_storage",
+    "local_retention_ms",
+    "local_retention_bytes",
 ];
 
 const META_VERSION: u32 = 1;
@@ -114,6 +120,15 @@ pub struct Overrides {
     /// `flush_interval_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flush_interval_ms: Option<u64>,
+    /// `remote_storage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_storage: Option<bool>,
+    /// `local_retention_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_retention_ms: Option<u64>,
+    /// `local_retention_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_retention_bytes: Option<u64>,
 }
 
 /// The longest duration a topic config holds, ms; larger requested values are taken as it.
@@ -157,6 +172,9 @@ impl Overrides {
             max_batch_bytes: c.max_batch_bytes,
             durability,
             flush_interval_ms: ms(c.flush_interval_ms),
+            remote_storage: c.remote_storage,
+            local_retention_ms: ms(c.local_retention_ms),
+            local_retention_bytes: c.local_retention_bytes,
         })
     }
 
@@ -170,6 +188,9 @@ impl Overrides {
             self.max_batch_bytes.is_some(),
             self.durability.is_some(),
             self.flush_interval_ms.is_some(),
+            self.remote_storage.is_some(),
+            self.local_retention_ms.is_some(),
+            self.local_retention_bytes.is_some(),
         ];
         let mut names: Vec<String> = CONFIG_FIELDS
             .iter()
@@ -191,6 +212,9 @@ impl Overrides {
             max_batch_bytes: other.max_batch_bytes.or(self.max_batch_bytes),
             durability: other.durability.or(self.durability),
             flush_interval_ms: other.flush_interval_ms.or(self.flush_interval_ms),
+            remote_storage: other.remote_storage.or(self.remote_storage),
+            local_retention_ms: other.local_retention_ms.or(self.local_retention_ms),
+            local_retention_bytes: other.local_retention_bytes.or(self.local_retention_bytes),
         }
     }
 
@@ -204,6 +228,9 @@ impl Overrides {
             "max_batch_bytes" => self.max_batch_bytes = None,
             "durability" => self.durability = None,
             "flush_interval_ms" => self.flush_interval_ms = None,
+            "remote_storage" => self.remote_storage = None,
+            "local_retention_ms" => self.local_retention_ms = None,
+            "local_retention_bytes" => self.local_retention_bytes = None,
             _ => return false,
         }
         true
@@ -219,6 +246,11 @@ impl Overrides {
             max_batch_bytes: self.max_batch_bytes.unwrap_or(d.max_batch_bytes),
             durability: self.durability.unwrap_or(d.durability),
             flush_interval_ms: self.flush_interval_ms.unwrap_or(d.flush_interval_ms),
+            remote_storage: self.remote_storage.unwrap_or(d.remote_storage),
+            local_retention_ms: self.local_retention_ms.unwrap_or(d.local_retention_ms),
+            local_retention_bytes: self
+                .local_retention_bytes
+                .unwrap_or(d.local_retention_bytes),
         }
     }
 }
@@ -231,11 +263,21 @@ fn invalid_config(message: String) -> RpcError {
 pub fn log_config(c: &TopicDefaults, s: &StorageSettings) -> LogConfig {
     let ms = Duration::from_millis;
     let nonzero = |v: u64| (v > 0).then(|| ms(v));
+    // With tiered storage the log keeps the local limits (the tighter of local and total);
+    // total retention applies to the copies.
+    let (retention_ms, retention_bytes) = if c.remote_storage {
+        (
+            tighter(c.local_retention_ms, c.retention_ms),
+            tighter(c.local_retention_bytes, c.retention_bytes),
+        )
+    } else {
+        (c.retention_ms, c.retention_bytes)
+    };
     LogConfig {
         segment_bytes: c.segment_bytes,
         segment_age: nonzero(c.segment_ms),
-        retention_age: nonzero(c.retention_ms),
-        retention_bytes: (c.retention_bytes > 0).then_some(c.retention_bytes),
+        retention_age: nonzero(retention_ms),
+        retention_bytes: (retention_bytes > 0).then_some(retention_bytes),
         max_batch_bytes: c.max_batch_bytes,
         index_interval_bytes: s.index_interval_bytes,
         max_index_bytes: s.max_index_bytes,
@@ -246,6 +288,14 @@ pub fn log_config(c: &TopicDefaults, s: &StorageSettings) -> LogConfig {
         },
         producer_expiry: ms(s.producer_expiry_ms),
         cache_window: (s.cache_window_bytes > 0).then_some(s.cache_window_bytes),
+    }
+}
+
+/// The tighter of two limits where 0 means none.
+fn tighter(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
     }
 }
 
@@ -263,6 +313,9 @@ pub fn to_pb(c: &TopicDefaults) -> pb::TopicConfig {
             DurabilitySetting::Never => DurabilityPolicy::Never,
         } as i32),
         flush_interval_ms: Some(c.flush_interval_ms),
+        remote_storage: Some(c.remote_storage),
+        local_retention_ms: Some(c.local_retention_ms),
+        local_retention_bytes: Some(c.local_retention_bytes),
     }
 }
 
@@ -272,6 +325,12 @@ pub fn to_pb(c: &TopicDefaults) -> pb::TopicConfig {
 struct TopicMeta {
     version: u32,
     partition_count: u32,
+    /// The incarnation's id (random, made at create): names its copies in the object store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    id: String,
+    /// When the topic was created, ms since the epoch (0 for topics older than the field).
+    #[serde(default)]
+    created_ms: i64,
     #[serde(default)]
     config: Overrides,
 }
@@ -281,6 +340,12 @@ struct TopicMeta {
 pub struct Topic {
     /// The name.
     pub name: Arc<str>,
+    /// The incarnation's id: a topic deleted and created again gets a new one.
+    pub id: String,
+    /// When it was created, ms since the epoch.
+    pub created_ms: i64,
+    /// The topic's record in the object store is current (tiered storage).
+    record_current: AtomicBool,
     overrides: RwLock<Overrides>,
     partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
     round_robin: AtomicU32,
@@ -318,6 +383,17 @@ impl Topic {
         self.round_robin.fetch_add(1, Ordering::Relaxed) % count
     }
 
+    /// The topic's metadata with `partition_count` partitions.
+    fn meta(&self, partition_count: u32) -> TopicMeta {
+        TopicMeta {
+            version: META_VERSION,
+            partition_count,
+            id: self.id.clone(),
+            created_ms: self.created_ms,
+            config: self.overrides(),
+        }
+    }
+
     /// The fields set on the topic itself.
     pub fn overrides(&self) -> Overrides {
         read(&self.overrides).clone()
@@ -347,6 +423,8 @@ pub struct Topics {
     flusher: Mutex<Option<Flusher>>,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     admin: Mutex<()>,
+    /// The object store of tiered storage, if configured.
+    tiered: Option<Arc<Tiered>>,
 }
 
 /// A topic's metadata read at start, before its partitions are opened.
@@ -370,6 +448,7 @@ impl Topics {
         storage: StorageSettings,
         limits: Limits,
         env: LogEnv,
+        tiered: Option<Arc<Tiered>>,
     ) -> Result<Self, Error> {
         let topics_dir = data_dir.join(TOPICS_DIR);
         let deleted_dir = data_dir.join(DELETED_DIR);
@@ -390,7 +469,9 @@ impl Topics {
             flusher: Mutex::new(Some(flusher)),
             map: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
+            tiered,
         };
+        topics.restore_if_empty(&topics_dir)?;
         let entries =
             fs::read_dir(&topics_dir).map_err(|e| Error::io("list directory", &topics_dir, e))?;
         let mut names = Vec::new();
@@ -422,6 +503,7 @@ impl Topics {
             write(&topics.map).insert(topic.name.to_string(), topic);
         }
         topics.update_counts();
+        topics.load_manifests();
         Ok(topics)
     }
 
@@ -469,6 +551,13 @@ impl Topics {
                         .map_err(|e| Error::io("remove", entry.path(), e))?;
                 }
             }
+        }
+        let mut meta = meta;
+        if meta.id.is_empty() {
+            // A topic from before ids: it gets one now, kept from then on.
+            meta.id = crate::tiered::random_id();
+            self.write_meta(name, &meta)
+                .map_err(|e| Error::io("write", &path, std::io::Error::other(e.message)))?;
         }
         let config = log_config(&effective, &self.storage);
         Ok(LoadedTopic {
@@ -523,13 +612,18 @@ impl Topics {
                 }
                 partitions.push(Arc::new(p));
             }
-            topics.push(Arc::new(Topic {
+            let topic = Arc::new(Topic {
                 metrics,
                 name: t.name,
+                id: t.meta.id,
+                created_ms: t.meta.created_ms,
+                record_current: AtomicBool::new(false),
                 overrides: RwLock::new(t.meta.config),
                 partitions: RwLock::new(Arc::new(partitions)),
                 round_robin: AtomicU32::new(0),
-            }));
+            });
+            self.attach_remote(&topic);
+            topics.push(topic);
         }
         Ok(topics)
     }
@@ -623,7 +717,8 @@ impl Topics {
             config_overrides: overrides.names(),
             partitions: partitions
                 .iter()
-                .map(|p| pb::PartitionDescription {
+                .map(|p| {
+                    let mut d = pb::PartitionDescription {
                     partition: p.index,
                     log_start_offset: p.start_offset(),
                     log_end_offset: p.end_offset(),
@@ -639,6 +734,10 @@ impl Topics {
                         )
                         .to_pb()
                     }),
+                    ..Default::default()
+                    };
+                    Self::remote_figures(p, &mut d);
+                    d
                 })
                 .collect(),
         }
@@ -688,6 +787,7 @@ impl Topics {
         effective
             .validate()
             .map_err(|(field, reason)| invalid_config(format!("config.{field} {reason}")))?;
+        self.check_remote(&effective, false, "config")?;
 
         let _admin = lock(&self.admin);
         if read(&self.map).contains_key(name) {
@@ -722,16 +822,28 @@ impl Topics {
                     .map_err(|e| startup_to_rpc(&e))?;
                 partitions.push(Arc::new(p));
             }
-            self.write_meta(name, partition_count, &overrides)?;
+            let meta = TopicMeta {
+                version: META_VERSION,
+                partition_count,
+                id: crate::tiered::random_id(),
+                created_ms: crate::clock::now_ms(),
+                config: overrides.clone(),
+            };
+            self.write_meta(name, &meta)?;
             let topics_dir = self.data_dir.join(TOPICS_DIR);
             files::sync_dir(&topics_dir).map_err(|e| RpcError::io("fsync", &topics_dir, &e))?;
-            Ok(Arc::new(Topic {
+            let topic = Arc::new(Topic {
                 metrics,
                 name: name_arc,
+                id: meta.id,
+                created_ms: meta.created_ms,
+                record_current: AtomicBool::new(false),
                 overrides: RwLock::new(overrides.clone()),
                 partitions: RwLock::new(Arc::new(partitions)),
                 round_robin: AtomicU32::new(0),
-            }))
+            });
+            self.attach_remote(&topic);
+            Ok(topic)
         })();
         let topic = match result {
             Ok(t) => t,
@@ -748,18 +860,8 @@ impl Topics {
         Ok(topic)
     }
 
-    fn write_meta(
-        &self,
-        name: &str,
-        partition_count: u32,
-        overrides: &Overrides,
-    ) -> Result<(), RpcError> {
-        let meta = TopicMeta {
-            version: META_VERSION,
-            partition_count,
-            config: overrides.clone(),
-        };
-        let body = toml::to_string(&meta)
+    fn write_meta(&self, name: &str, meta: &TopicMeta) -> Result<(), RpcError> {
+        let body = toml::to_string(meta)
             .map_err(|e| RpcError::internal(format!("encoding topic metadata: {e}")))?;
         let text = format!(
             "# Topic metadata written by runneld; do not edit while the broker runs.\n{body}"
@@ -807,6 +909,11 @@ impl Topics {
         })?;
         write(&self.map).remove(name);
         self.update_counts();
+        if let Some(tiered) = &self.tiered
+            && self.effective(&topic).remote_storage
+        {
+            tiered.delete_topic(name, &topic.id);
+        }
         info!(topic = name, partitions = partitions.len(), "deleted topic");
         Ok(to)
     }
@@ -852,7 +959,7 @@ impl Topics {
                     .map_err(|e| startup_to_rpc(&e))?;
                 added.push(Arc::new(p));
             }
-            self.write_meta(name, count, &topic.overrides())
+            self.write_meta(name, &topic.meta(count))
         })();
         if let Err(e) = result {
             for index in current..count {
@@ -867,6 +974,7 @@ impl Topics {
             all.extend(added);
             *partitions = Arc::new(all);
         }
+        self.attach_remote(&topic);
         self.update_counts();
         info!(topic = name, from = current, to = count, "added partitions");
         Ok(count)
@@ -908,8 +1016,12 @@ impl Topics {
         effective
             .validate()
             .map_err(|(field, reason)| invalid_config(format!("{field} {reason}")))?;
-        self.write_meta(name, topic.partition_count(), &next)?;
+        self.check_remote(&effective, self.effective(&topic).remote_storage, "set")?;
+        let mut meta = topic.meta(topic.partition_count());
+        meta.config = next.clone();
+        self.write_meta(name, &meta)?;
         *write(&topic.overrides) = next.clone();
+        self.attach_remote(&topic);
         let config = log_config(&effective, &self.storage);
         for p in topic.partitions().iter() {
             if let Err(e) = p.set_config(config.clone()) {
@@ -1055,11 +1167,16 @@ mod tests {
         let meta = TopicMeta {
             version: 1,
             partition_count: 3,
+            id: "0a1b".into(),
+            created_ms: 17,
             config: o.clone(),
         };
         let text = toml::to_string(&meta).unwrap();
         let back: TopicMeta = toml::from_str(&text).unwrap();
         assert_eq!(back, meta);
         assert_eq!(o.names(), ["durability", "retention_ms"]);
+        // A topic.toml from before ids reads with none.
+        let old: TopicMeta = toml::from_str("version = 1\npartition_count = 2\n").unwrap();
+        assert_eq!((old.id.as_str(), old.created_ms), ("", 0));
     }
 }

@@ -29,6 +29,7 @@ pub mod process;
 pub mod random;
 pub mod reflection;
 pub mod rpc;
+pub mod s3;
 pub mod share;
 
 /// Bounds every wait in the tests so that a bug hangs nothing. Never an assertion on speed.

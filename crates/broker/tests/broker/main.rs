@@ -15,4 +15,5 @@ mod records;
 mod security;
 mod share;
 mod shutdown;
+mod tiered;
 mod upgrade;

@@ -51,21 +51,40 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     }
 
     // A broker that has done a bit of everything: durable appends, a throttled client, a
-    // refused topic, a consumer group with lag.
-    let b = Broker::start_with(&[
-        "--set",
-        "groups.lag_refresh_interval_ms=100",
-        "--set",
-        "quotas.produce_bytes_per_sec=1000",
-        "--set",
-        "quotas.burst_ms=1",
-        "--set",
-        "quotas.max_throttle_ms=20",
-        "--set",
-        "limits.max_topics=1",
-    ])
-    .await;
+    // refused topic, a consumer group with lag, a topic copied to an object store.
+    let bucket = tokio::task::spawn_blocking(runnel_test_support::s3::bucket)
+        .await
+        .expect("a bucket");
+    let remote = bucket.settings();
+    let flags = [
+        "groups.lag_refresh_interval_ms=100".to_owned(),
+        "quotas.produce_bytes_per_sec=1000".into(),
+        "quotas.burst_ms=1".into(),
+        "quotas.max_throttle_ms=20".into(),
+        "limits.max_topics=2".into(),
+        format!("remote_storage.bucket={}", remote.bucket),
+        format!("remote_storage.endpoint={}", remote.endpoint),
+        format!("remote_storage.access_key_id={}", remote.access_key_id),
+        format!(
+            "remote_storage.secret_access_key={}",
+            remote.secret_access_key
+        ),
+        "remote_storage.upload_interval_ms=50".into(),
+    ];
+    let args: Vec<&str> = flags.iter().flat_map(|kv| ["--set", kv.as_str()]).collect();
+    let b = Broker::start_with(&args).await;
     create_topic(&b, "t", 1).await;
+    b.admin()
+        .create_topic(pb::CreateTopicRequest {
+            topic: "copied".into(),
+            partition_count: 1,
+            config: Some(pb::TopicConfig {
+                remote_storage: Some(true),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("a topic with tiered storage");
     for _ in 0..3 {
         produce_acked(&b, "t", 0, pb::Acks::Durable, vec![batch_of("m", 0, 10)]).await;
     }
@@ -77,7 +96,7 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
             config: None,
         })
         .await;
-    assert!(refused.is_err(), "max_topics is 1");
+    assert!(refused.is_err(), "max_topics is 2");
     let out = runnel_command()
         .args([
             "--broker",
@@ -99,7 +118,9 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_exported() {
     let exported = within(async {
         loop {
             let text = b.scrape_metrics();
-            if text.contains("runnel_group_lag_records{") {
+            if text.contains("runnel_group_lag_records{")
+                && text.contains("runnel_remote_upload_lag_segments{")
+            {
                 break text;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,7 +1,7 @@
 //! Tiered storage with the real `runneld` and a real S3-compatible store (SeaweedFS,
 //! `runnel_test_support::s3`): the broker killed with `kill -9` again and again while it
 //! copies segments, and then every acknowledged record read back from the bucket and the
-//! local tail, each segment named once by the manifest; `runnel topic describe` showing the
+//! local tail, each segment named once by the manifest and nothing else left; `runnel topic describe` showing the
 //! local and remote offsets and sizes.
 
 use std::sync::Arc;
@@ -74,14 +74,7 @@ async fn copies_survive_kill_9_during_uploads_and_name_each_segment_once() {
         .create_topic(pb::CreateTopicRequest {
             topic: "logs".into(),
             partition_count: 1,
-            config: Some(pb::TopicConfig {
-                remote_storage: Some(true),
-                retention_ms: Some(0),
-                segment_bytes: Some(16 << 10),
-                max_batch_bytes: Some(8 << 10),
-                local_retention_bytes: Some(1),
-                ..Default::default()
-            }),
+            config: Some(s3::tiered_topic_config()),
         })
         .await
         .expect("create topic");
@@ -157,6 +150,21 @@ async fn copies_survive_kill_9_during_uploads_and_name_each_segment_once() {
         );
     }
     assert_eq!(expected_base, d.remote_log_end_offset);
+    // Objects of uploads a kill cut short are deleted at the next start: every segment
+    // object left is one the manifest names.
+    let named: Vec<&str> = segments
+        .iter()
+        .map(|s| s["upload_id"].as_str().expect("upload id"))
+        .collect();
+    for key in all_keys
+        .iter()
+        .filter(|k| k.contains("/0/") && !k.ends_with("manifest.json"))
+    {
+        assert!(
+            named.iter().any(|id| key.contains(&format!("-{id}."))),
+            "{key} is named by the manifest"
+        );
+    }
 
     // The CLI shows the copies next to the local log.
     let out = runnel_command()

@@ -69,6 +69,8 @@ struct Produced {
 struct Consumed {
     records: u64,
     bytes: u64,
+    /// When the first record arrived.
+    first: Option<Instant>,
     last: Option<Instant>,
     latency: Histogram<u64>,
 }
@@ -276,6 +278,13 @@ async fn consume_only(
     r.records = consumed.records;
     r.bytes = consumed.bytes;
     r.seconds = seconds;
+    // Time to the first record: for a topic whose start is in tiered storage, the first
+    // ranged reads of the object store.
+    if let Some(first) = consumed.first {
+        let ms = first.duration_since(started).as_secs_f64() * 1000.0;
+        r.details
+            .push(("first_record_ms", (((ms * 10.0).round()) / 10.0).into()));
+    }
     Ok(r)
 }
 
@@ -735,6 +744,7 @@ async fn consume_all(
     let mut total = Consumed {
         records: 0,
         bytes: 0,
+        first: None,
         last: None,
         latency: micros_histogram(),
     };
@@ -743,6 +753,10 @@ async fn consume_all(
         total.records += c.records;
         total.bytes += c.bytes;
         total.last = total.last.max(c.last);
+        total.first = match (total.first, c.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         total
             .latency
             .add(&c.latency)
@@ -786,6 +800,7 @@ impl ConsumerTask {
         let mut out = Consumed {
             records: 0,
             bytes: 0,
+            first: None,
             last: None,
             latency: micros_histogram(),
         };
@@ -842,6 +857,9 @@ impl ConsumerTask {
                 let sent = u64::from_le_bytes(ts);
                 let micros = self.shared.now_ns().saturating_sub(sent) / 1000;
                 out.latency.saturating_record(micros);
+            }
+            if out.records == 0 {
+                out.first = Some(Instant::now());
             }
             out.records += 1;
             out.bytes += value.len() as u64;

@@ -12,7 +12,7 @@
 //! | `errors` | records that failed |
 //! | `broker_rss_kib` | with `--broker-pid`: `{start, max, end, samples}` of the broker's VmRSS |
 //! | `cpu_us_per_record` | produce, consume, e2e: `{client, broker, other}`, the CPU microseconds per measured record of the bench's process, of the broker's (with `--broker-pid`, else `null`) and of the rest of the machine (with `--broker-pid`), each from its own `/proc` counters over the measured part; `null` for the other modes |
-//! | `details` | mode-specific figures (for example the disk write and fsync split; for sync `fsyncs`, `records_per_fsync`, `fsync_mean_us`; for paced `messages`, `answered`, `records_per_message`, `message_bytes`, `period_us`; for cpu `lost_percent`, `gaps`, `gaps_over_1ms`) |
+//! | `details` | mode-specific figures (for example the disk write and fsync split; for sync `fsyncs`, `records_per_fsync`, `fsync_mean_us`; for paced `messages`, `answered`, `records_per_message`, `message_bytes`, `period_us`; for cpu `lost_percent`, `gaps`, `gaps_over_1ms`; for consume `first_record_ms`, the time to the first record) |
 //! | `config` | the settings of the run |
 
 use std::fmt::Write as _;

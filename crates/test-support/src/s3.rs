@@ -58,6 +58,19 @@ impl Bucket {
     }
 }
 
+/// The config of the tests' tiered topics: tiered storage on, 16 KiB segments, local disk
+/// kept to the active segment, and no total retention (test records are stamped in 2023).
+pub fn tiered_topic_config() -> runnel_proto::pb::TopicConfig {
+    runnel_proto::pb::TopicConfig {
+        remote_storage: Some(true),
+        retention_ms: Some(0),
+        segment_bytes: Some(16 << 10),
+        max_batch_bytes: Some(8 << 10),
+        local_retention_bytes: Some(1),
+        ..Default::default()
+    }
+}
+
 /// A new, empty bucket on the shared server (started if needed). Blocking.
 ///
 /// # Panics
@@ -192,7 +205,7 @@ fn start(weed: &Path) {
     );
     std::fs::write(&config, identities).expect("write s3.json");
     let log = std::fs::File::create(dir.join("weed.log")).expect("create weed.log");
-    Command::new(weed)
+    let mut child = Command::new(weed)
         .arg("mini")
         .arg(format!("-dir={}", data.display()))
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
@@ -212,6 +225,8 @@ fn start(weed: &Path) {
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {} mini: {e}", weed.display()));
+    // The server outlives this process; while the process lives, reap it should it exit.
+    std::thread::spawn(move || child.wait());
     let deadline = Instant::now() + Duration::from_secs(60);
     while !healthy() {
         assert!(

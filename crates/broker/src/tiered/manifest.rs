@@ -199,10 +199,23 @@ impl Keys {
         Key::from(format!("{}/manifest.json", self.dir))
     }
 
+    /// The partition's directory, for listing its objects.
+    pub fn dir(&self) -> Key {
+        Key::from(self.dir.as_str())
+    }
+
     /// A segment's object with extension `ext` (`log`, `index`, `timeindex`, `snapshot`).
     pub fn segment(&self, base_offset: u64, upload_id: &str, ext: &str) -> Key {
         Key::from(format!("{}/{base_offset:020}-{upload_id}.{ext}", self.dir))
     }
+}
+
+/// The upload id in the name of a segment's object (`<base>-<upload id>.<ext>`), or `None` for
+/// another object (the manifest).
+pub fn upload_id_of(file_name: &str) -> Option<&str> {
+    let (stem, _ext) = file_name.rsplit_once('.')?;
+    let (base, id) = stem.split_once('-')?;
+    (base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit())).then_some(id)
 }
 
 /// The object extensions of a segment, in upload order (the log last among the data, the
@@ -268,6 +281,8 @@ mod tests {
             k.segment(42, "u1", "log").as_ref(),
             "runnel/prod/topics/orders/abc/7/00000000000000000042-u1.log"
         );
+        assert_eq!(upload_id_of("00000000000000000042-u1.log"), Some("u1"));
+        assert_eq!(upload_id_of("manifest.json"), None);
         assert_eq!(topics_dir("").as_ref(), "topics");
         assert_eq!(
             topic_record_key("", "orders", "abc").as_ref(),

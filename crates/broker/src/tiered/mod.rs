@@ -242,6 +242,7 @@ impl Tiered {
             version: std::sync::Mutex::new(None),
             fenced: AtomicBool::new(false),
             uploading: AtomicBool::new(false),
+            swept: AtomicBool::new(false),
             lag: std::sync::Mutex::new((0, 0)),
             retry: std::sync::Mutex::new(Backoff::default()),
         })
@@ -355,6 +356,8 @@ pub struct RemoteLog {
     fenced: AtomicBool,
     /// An upload pass is under way (one at a time).
     uploading: AtomicBool,
+    /// The objects no manifest names were deleted (once per start).
+    swept: AtomicBool,
     /// Sealed segments and bytes on local disk not yet copied, as of the last pass.
     lag: std::sync::Mutex<(u32, u64)>,
     /// After a failed pass: no new pass before `until`; the wait doubles per failure.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use metrics::{counter, gauge};
-use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use runnel_storage::batch::{BatchHeader, HEADER_LEN};
@@ -98,7 +98,13 @@ impl SegmentCache {
             let from = chunk * self.chunk_bytes;
             let to = (from + self.chunk_bytes).min(size);
             let got = self
-                .cached(log, (name.clone(), chunk), key, from..to)
+                .cached(
+                    &log.tiered.store,
+                    &log.topic,
+                    (name.clone(), chunk),
+                    key,
+                    from..to,
+                )
                 .await?;
             let lo = start.saturating_sub(from) as usize;
             let hi = (end.min(to) - from) as usize;
@@ -144,9 +150,12 @@ impl SegmentCache {
             .await
     }
 
+    /// A chunk through the cache: a reader that finds it being fetched (by another reader or
+    /// a read-ahead) waits for that fetch.
     async fn cached(
         &self,
-        log: &RemoteLog,
+        store: &Arc<dyn ObjectStore>,
+        topic: &str,
         id: ChunkKey,
         key: &Key,
         range: std::ops::Range<u64>,
@@ -155,8 +164,8 @@ impl SegmentCache {
             counter!(names::REMOTE_CHUNK_READS, "source" => "cache").increment(1);
             return Ok(hit);
         }
-        let store = log.tiered.store.clone();
-        let topic = log.topic.to_string();
+        let store = store.clone();
+        let topic = topic.to_owned();
         let got = self
             .chunks
             .get_or_insert_async(&id, async move {
@@ -210,6 +219,7 @@ impl RemoteLog {
         let (mut pos, header) = self.locate(s, from, &log_key).await?;
         let want = (max_bytes.max(header.total_len()) as u64).min(s.size - pos);
         let bytes = cache.range(self, &log_key, pos, pos + want, s.size).await?;
+        self.read_ahead(&log_key, (pos + want).div_ceil(cache.chunk_bytes), s.size);
         let split = runnel_storage::split_batches(bytes, from);
         if split.batches.is_empty() {
             pos += 0;
@@ -223,6 +233,28 @@ impl RemoteLog {
             records: split.records,
             next_offset: split.next_offset,
         })
+    }
+
+    /// Fetches chunk `chunk` of the segment `key` into the cache in the background, so that a
+    /// reader going on through the segment finds it there (or in flight) instead of waiting
+    /// for a whole request after each chunk.
+    fn read_ahead(&self, key: &Key, chunk: u64, size: u64) {
+        let tiered = self.tiered.clone();
+        let cache_chunk = tiered.cache.chunk_bytes;
+        let from = chunk * cache_chunk;
+        if from >= size {
+            return;
+        }
+        let (key, topic) = (key.clone(), self.topic.clone());
+        let id: ChunkKey = (Arc::from(key.as_ref()), chunk);
+        if tiered.cache.chunks.get(&id).is_some() {
+            return;
+        }
+        let t = tiered.clone();
+        tiered.spawn(async move {
+            let to = (from + cache_chunk).min(size);
+            let _ = t.cache.cached(&t.store, &topic, id, &key, from..to).await;
+        });
     }
 
     /// The position and header of the batch holding `offset` in segment `s`.

@@ -88,21 +88,9 @@ pub async fn restore_partition(
         partition,
     );
     let key = keys.manifest();
-    let manifest = match store.get(&key).await {
-        Ok(got) => {
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| RemoteError::store(&key, &e))?;
-            Manifest::decode(&bytes).map_err(|reason| RemoteError::Corrupt {
-                key: key.to_string(),
-                reason,
-            })?
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            Manifest::empty(&topic.topic, &topic.topic_id, partition, tiered.broker_id())
-        }
-        Err(e) => return Err(RemoteError::store(&key, &e)),
+    let manifest = match super::upload::read_manifest(store, &key).await? {
+        Some((manifest, _)) => manifest,
+        None => Manifest::empty(&topic.topic, &topic.topic_id, partition, tiered.broker_id()),
     };
     let end = manifest.end_offset();
     let snapshot = match manifest.segments.last() {

@@ -243,6 +243,93 @@ mod tests {
         );
     }
 
+    /// A store that takes every write as an overwrite, as some S3 servers do.
+    #[derive(Debug)]
+    struct IgnoresConditions(InMemory);
+
+    impl std::fmt::Display for IgnoresConditions {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresConditions")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresConditions {
+        async fn put_opts(
+            &self,
+            location: &Key,
+            payload: PutPayload,
+            _opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0
+                .put_opts(location, payload, PutOptions::default())
+                .await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Key,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Key,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<Key>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<Key>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Key>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Key>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Key,
+            to: &Key,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_conditional_writes_is_refused_naming_the_endpoint() {
+        let store = IgnoresConditions(InMemory::new());
+        let err = probe(&store, &settings(), "broker-a").await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("remote_storage.endpoint"), "{text}");
+        assert!(
+            text.contains("does not honour conditional writes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a create-only write over an existing object"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn build_refuses_nothing_it_can_check_only_by_asking() {
         let s = RemoteStorageSettings {

@@ -49,23 +49,9 @@ pub struct UploadOutcome {
 pub(super) async fn load(log: &RemoteLog) -> Result<(), RemoteError> {
     let store = log.tiered.store.as_ref();
     let key = log.keys.manifest();
-    let (mut manifest, version) = match store.get(&key).await {
-        Ok(got) => {
-            let version = UpdateVersion {
-                e_tag: got.meta.e_tag.clone(),
-                version: got.meta.version.clone(),
-            };
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| RemoteError::store(&key, &e))?;
-            let manifest = Manifest::decode(&bytes).map_err(|reason| RemoteError::Corrupt {
-                key: key.to_string(),
-                reason,
-            })?;
-            (manifest, Some(version))
-        }
-        Err(object_store::Error::NotFound { .. }) => {
+    let (mut manifest, version) = match read_manifest(store, &key).await? {
+        Some((manifest, version)) => (manifest, Some(version)),
+        None => {
             let m = Manifest::empty(
                 &log.topic,
                 &log.topic_id,
@@ -74,7 +60,6 @@ pub(super) async fn load(log: &RemoteLog) -> Result<(), RemoteError> {
             );
             (m, None)
         }
-        Err(e) => return Err(RemoteError::store(&key, &e)),
     };
     *lock(&log.version) = version;
     if manifest.writer != log.tiered.broker_id() && log.version_is_set() {
@@ -85,6 +70,28 @@ pub(super) async fn load(log: &RemoteLog) -> Result<(), RemoteError> {
     }
     log.publish_local(manifest);
     Ok(())
+}
+
+/// The manifest at `key` and its version, or `None` if there is none.
+pub(super) async fn read_manifest(
+    store: &dyn ObjectStore,
+    key: &Key,
+) -> Result<Option<(Manifest, UpdateVersion)>, RemoteError> {
+    let got = match store.get(key).await {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(RemoteError::store(key, &e)),
+    };
+    let version = UpdateVersion {
+        e_tag: got.meta.e_tag.clone(),
+        version: got.meta.version.clone(),
+    };
+    let bytes = got.bytes().await.map_err(|e| RemoteError::store(key, &e))?;
+    let manifest = Manifest::decode(&bytes).map_err(|reason| RemoteError::Corrupt {
+        key: key.to_string(),
+        reason,
+    })?;
+    Ok(Some((manifest, version)))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,6 +151,9 @@ impl RemoteLog {
         retention: Retention,
     ) -> Result<UploadOutcome, RemoteError> {
         self.load().await?;
+        if !self.swept.swap(true, Ordering::AcqRel) {
+            self.sweep().await;
+        }
         let mut outcome = UploadOutcome::default();
         let pending = self.pending(&log)?;
         self.set_lag(&pending);
@@ -166,6 +176,39 @@ impl RemoteLog {
         outcome.deleted = self.apply_retention(&log, retention).await?;
         self.update_gauges();
         Ok(outcome)
+    }
+
+    /// Deletes the partition's objects that its manifest does not name: left by uploads cut
+    /// short, of this broker before a crash or of one that lost the partition to it. Once,
+    /// after the manifest is loaded (before this broker uploads anything itself); a failure
+    /// leaves them for the next start.
+    async fn sweep(&self) {
+        let manifest = self.manifest();
+        let named: std::collections::HashSet<&str> = manifest
+            .segments
+            .iter()
+            .map(|s| s.upload_id.as_str())
+            .collect();
+        let store = self.tiered.store.as_ref();
+        let mut listed = store.list(Some(&self.keys.dir()));
+        let mut deleted = 0usize;
+        while let Some(meta) = listed.next().await {
+            let Ok(meta) = meta else {
+                return;
+            };
+            let orphan = meta
+                .location
+                .filename()
+                .and_then(manifest::upload_id_of)
+                .is_some_and(|id| !named.contains(id));
+            if orphan && store.delete(&meta.location).await.is_ok() {
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            info!(partition = %self.label(), objects = deleted,
+                "deleted objects of uploads cut short");
+        }
     }
 
     /// The sealed local segments after the end of the copies, which must start there.
@@ -334,22 +377,13 @@ async fn write_manifest(log: &RemoteLog, manifest: &Manifest) -> Result<(), Remo
         Err(
             object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
         ) => {
-            let got = store
-                .get(&key)
-                .await
-                .map_err(|e| RemoteError::store(&key, &e))?;
-            let version = UpdateVersion {
-                e_tag: got.meta.e_tag.clone(),
-                version: got.meta.version.clone(),
-            };
-            let bytes = got
-                .bytes()
-                .await
-                .map_err(|e| RemoteError::store(&key, &e))?;
-            let there = Manifest::decode(&bytes).map_err(|reason| RemoteError::Corrupt {
-                key: key.to_string(),
-                reason,
-            })?;
+            let (there, version) =
+                read_manifest(store, &key)
+                    .await?
+                    .ok_or_else(|| RemoteError::Corrupt {
+                        key: key.to_string(),
+                        reason: "refused as existing, then not found".into(),
+                    })?;
             if there.writer == log.tiered.broker_id() && there == *manifest {
                 *lock(&log.version) = Some(version);
                 return Ok(());

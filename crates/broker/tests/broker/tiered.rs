@@ -27,21 +27,13 @@ async fn broker(bucket: &Bucket) -> TestBroker {
     .await
 }
 
-/// A topic with tiered storage, 16 KiB segments, local disk kept to the active segment, and
-/// no total retention (the test records are stamped in 2023).
+/// A topic with [`s3::tiered_topic_config`].
 async fn create_tiered(b: &Connection, topic: &str, partitions: u32) {
     b.admin()
         .create_topic(pb::CreateTopicRequest {
             topic: topic.into(),
             partition_count: partitions,
-            config: Some(pb::TopicConfig {
-                remote_storage: Some(true),
-                retention_ms: Some(0),
-                segment_bytes: Some(16 << 10),
-                max_batch_bytes: Some(8 << 10),
-                local_retention_bytes: Some(1),
-                ..Default::default()
-            }),
+            config: Some(s3::tiered_topic_config()),
         })
         .await
         .expect("create a tiered topic");

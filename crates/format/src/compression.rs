@@ -10,6 +10,11 @@
 //!   reference library in ratio and speed, while `zstd` is the de facto standard binding,
 //!   maintained since 2016 and used by most of the Rust ecosystem; the data format is the
 //!   same either way.
+//! - **gzip** and **snappy**: what Kafka clients also write, stored as they send it (the Kafka
+//!   listener passes records sections through). gzip with `flate2` on its pure-Rust backend;
+//!   snappy with `snap`, in the framing of Kafka's Java client (`snappy-java`: the magic
+//!   `\x82SNAPPY\0`, two version words, then blocks each prefixed by its big-endian length),
+//!   and a bare snappy block when there is no such header (as some clients write).
 
 use std::io::{Read as _, Write as _};
 
@@ -50,7 +55,79 @@ pub fn compress(codec: Compression, data: &[u8], zstd_level: i32) -> Result<Vec<
                 .map_err(|e| CodecError::Failed(format!("{codec:?}: {e}")))
         }
         Compression::Zstd => zstd::bulk::compress(data, zstd_level).map_err(failed),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 2),
+                flate2::Compression::default(),
+            );
+            enc.write_all(data).map_err(failed)?;
+            enc.finish().map_err(failed)
+        }
+        Compression::Snappy => snappy_java_compress(data).map_err(failed),
     }
+}
+
+/// The header of `snappy-java`'s framing: magic, version 1, compatible version 1.
+const SNAPPY_JAVA_HEADER: [u8; 16] = [
+    0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1,
+];
+
+/// The most uncompressed bytes in one `snappy-java` block (its default block size).
+const SNAPPY_JAVA_BLOCK: usize = 32 << 10;
+
+fn snappy_java_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(SNAPPY_JAVA_HEADER.len() + data.len() / 2);
+    out.extend_from_slice(&SNAPPY_JAVA_HEADER);
+    let mut enc = snap::raw::Encoder::new();
+    for block in data.chunks(SNAPPY_JAVA_BLOCK) {
+        let packed = enc.compress_vec(block).map_err(std::io::Error::other)?;
+        let len = u32::try_from(packed.len()).map_err(std::io::Error::other)?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&packed);
+    }
+    Ok(out)
+}
+
+/// Decompresses `snappy-java` framing, or a bare snappy block, into `out`, at most `cap`
+/// bytes (past it, it stops: the caller reports the limit).
+fn snappy_decompress(data: &[u8], cap: u64, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut dec = snap::raw::Decoder::new();
+    let mut push = |block: &[u8], out: &mut Vec<u8>| -> std::io::Result<()> {
+        let len = snap::raw::decompress_len(block).map_err(std::io::Error::other)?;
+        if (out.len() + len) as u64 > cap {
+            // Report one byte past the limit, as the streaming codecs do.
+            out.resize(cap as usize, 0);
+            return Ok(());
+        }
+        let at = out.len();
+        out.resize(at + len, 0);
+        dec.decompress(block, &mut out[at..])
+            .map_err(std::io::Error::other)?;
+        Ok(())
+    };
+    if !data.starts_with(&SNAPPY_JAVA_HEADER[..8]) {
+        push(data, out)?;
+        return Ok(out.len());
+    }
+    let mut rest = data
+        .get(SNAPPY_JAVA_HEADER.len()..)
+        .ok_or_else(|| bad("snappy-java header cut short"))?;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("snappy-java block length cut short"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let block = tail
+            .get(..len)
+            .ok_or_else(|| bad("snappy-java block cut short"))?;
+        push(block, out)?;
+        if out.len() as u64 >= cap {
+            break;
+        }
+        rest = &tail[len..];
+    }
+    Ok(out.len())
 }
 
 /// Decompresses a records section, refusing to produce more than `limit` bytes (a corrupt
@@ -74,6 +151,11 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
             .take(cap)
             .read_to_end(&mut out)
             .map_err(failed),
+        Compression::Gzip => flate2::read::MultiGzDecoder::new(data)
+            .take(cap)
+            .read_to_end(&mut out)
+            .map_err(failed),
+        Compression::Snappy => snappy_decompress(data, cap, &mut out).map_err(failed),
     }?;
     if read > limit {
         return Err(CodecError::TooLarge { codec, limit });
@@ -101,21 +183,25 @@ pub fn records(batch: &RecordBatch, limit: usize) -> Result<Records, CodecError>
     Ok(Records::new(section, header))
 }
 
-/// The codec's name as users write it: `none`, `lz4`, `zstd`.
+/// The codec's name as users write it: `none`, `lz4`, `zstd`, `gzip`, `snappy`.
 pub fn name(codec: Compression) -> &'static str {
     match codec {
         Compression::None => "none",
         Compression::Lz4 => "lz4",
         Compression::Zstd => "zstd",
+        Compression::Gzip => "gzip",
+        Compression::Snappy => "snappy",
     }
 }
 
-/// The codec for a name (`none`, `lz4`, `zstd`, any case).
+/// The codec for a name (`none`, `lz4`, `zstd`, `gzip`, `snappy`, any case).
 pub fn parse(name: &str) -> Option<Compression> {
     match name.to_ascii_lowercase().as_str() {
         "none" => Some(Compression::None),
         "lz4" => Some(Compression::Lz4),
         "zstd" => Some(Compression::Zstd),
+        "gzip" => Some(Compression::Gzip),
+        "snappy" => Some(Compression::Snappy),
         _ => None,
     }
 }
@@ -125,7 +211,13 @@ mod tests {
     use super::*;
     use crate::BatchBuilder;
 
-    const ALL: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Snappy,
+    ];
 
     #[test]
     fn every_codec_round_trips() {
@@ -175,7 +267,12 @@ mod tests {
 
     #[test]
     fn garbage_and_bombs_are_refused() {
-        for codec in [Compression::Lz4, Compression::Zstd] {
+        for codec in [
+            Compression::Lz4,
+            Compression::Zstd,
+            Compression::Gzip,
+            Compression::Snappy,
+        ] {
             assert!(decompress(codec, b"definitely not compressed", 1 << 20).is_err());
             let big = vec![0u8; 1 << 20];
             let packed = compress(codec, &big, 3).unwrap();
@@ -194,6 +291,26 @@ mod tests {
             assert_eq!(parse(name(codec)), Some(codec));
         }
         assert_eq!(parse("ZSTD"), Some(Compression::Zstd));
-        assert_eq!(parse("gzip"), None);
+        assert_eq!(parse("brotli"), None);
+    }
+
+    #[test]
+    fn a_bare_snappy_block_decodes_as_some_clients_write_it() {
+        let data = b"the same words, the same words, the same words".repeat(100);
+        let bare = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+        assert_eq!(
+            decompress(Compression::Snappy, &bare, 1 << 20).unwrap(),
+            data
+        );
+        // Framed in several blocks, as snappy-java writes more than 32 KiB.
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 7).to_le_bytes())
+            .collect();
+        let framed = compress(Compression::Snappy, &big, 0).unwrap();
+        assert!(framed.starts_with(b"\x82SNAPPY\0"));
+        assert_eq!(
+            decompress(Compression::Snappy, &framed, 1 << 20).unwrap(),
+            big
+        );
     }
 }

@@ -36,6 +36,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 #[cfg(feature = "compression")]
 pub mod compression;
+pub mod kafka;
 
 /// What is wrong with a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +131,11 @@ pub enum Compression {
     Lz4,
     /// Zstandard frame.
     Zstd,
+    /// A gzip stream (RFC 1952), as Kafka clients write it.
+    Gzip,
+    /// Snappy in the framing of Kafka's Java client (xerial `snappy-java`: a magic header
+    /// then length-prefixed blocks); a bare snappy block is read too.
+    Snappy,
 }
 
 impl Compression {
@@ -139,6 +145,8 @@ impl Compression {
             Compression::None => 0,
             Compression::Lz4 => 1,
             Compression::Zstd => 2,
+            Compression::Gzip => 3,
+            Compression::Snappy => 4,
         }
     }
 
@@ -148,6 +156,8 @@ impl Compression {
             0 => Some(Compression::None),
             1 => Some(Compression::Lz4),
             2 => Some(Compression::Zstd),
+            3 => Some(Compression::Gzip),
+            4 => Some(Compression::Snappy),
             _ => None,
         }
     }

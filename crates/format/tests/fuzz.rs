@@ -43,7 +43,9 @@ fn codec() -> impl Strategy<Value = Compression> {
     prop_oneof![
         Just(Compression::None),
         Just(Compression::Lz4),
-        Just(Compression::Zstd)
+        Just(Compression::Zstd),
+        Just(Compression::Gzip),
+        Just(Compression::Snappy)
     ]
 }
 

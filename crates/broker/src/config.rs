@@ -56,6 +56,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// TLS on the gRPC listener.
     pub tls: TlsSettings,
+    /// The Kafka protocol listener.
+    pub kafka: KafkaSettings,
     /// Authentication and authorization.
     pub auth: AuthSettings,
     /// Shutdown behaviour.
@@ -80,6 +82,7 @@ impl Default for Config {
             quotas: QuotaSettings::default(),
             server: ServerSettings::default(),
             tls: TlsSettings::default(),
+            kafka: KafkaSettings::default(),
             auth: AuthSettings::default(),
             shutdown: ShutdownSettings::default(),
         }
@@ -757,6 +760,85 @@ impl TlsSettings {
     }
 }
 
+/// The `[kafka]` section: the Kafka protocol listener (`docs/kafka.md`), off while `listen`
+/// is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// The address Kafka clients connect to, for example `127.0.0.1:9192`; empty turns the
+    /// listener off.
+    pub listen: String,
+    /// The `host:port` the broker tells Kafka clients to connect to (Metadata); empty for
+    /// `listen` (which must then not be an unspecified address such as `0.0.0.0`).
+    pub advertised_address: String,
+}
+
+impl KafkaSettings {
+    /// The listener's address, `None` when off.
+    ///
+    /// # Errors
+    /// The reason `listen` is not an address.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{:?} is not an address (host:port): {e}", self.listen))
+    }
+
+    /// `[kafka]`: addresses that parse, one to advertise, and no exposure without
+    /// authentication (the Kafka listener has no SASL yet: it serves only while auth is off,
+    /// on loopback unless `auth.insecure`).
+    fn check(&self, config: &Config) -> Result<(), Invalid> {
+        let Some(addr) = self
+            .listen_addr()
+            .map_err(|r| ("kafka.listen".to_owned(), r))?
+        else {
+            return Ok(());
+        };
+        if !self.advertised_address.is_empty() {
+            let valid = self
+                .advertised_address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err((
+                    "kafka.advertised_address".into(),
+                    format!("{:?} is not host:port", self.advertised_address),
+                ));
+            }
+        } else if addr.ip().is_unspecified() {
+            return Err((
+                "kafka.advertised_address".into(),
+                format!(
+                    "must be set when kafka.listen is {addr}: Kafka clients connect to the address the broker advertises"
+                ),
+            ));
+        }
+        if config.auth.enabled {
+            return Err((
+                "kafka.listen".into(),
+                "the Kafka listener does not authenticate clients yet (no SASL): it cannot run \
+                 with auth.enabled"
+                    .into(),
+            ));
+        }
+        if !addr.ip().is_loopback() && !config.auth.insecure {
+            return Err((
+                "kafka.listen".into(),
+                format!(
+                    "{addr} is not a loopback address and the Kafka listener does not \
+                     authenticate clients: anyone who reaches it could read, write and delete \
+                     every topic; set auth.insecure to serve it anyway"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `[auth]` section: who may call the broker, and what each caller may do
 /// (`docs/security.md`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -996,6 +1078,7 @@ impl Config {
         self.quotas.check()?;
         self.server.check()?;
         self.tls.check()?;
+        self.kafka.check(self)?;
         self.auth.check()?;
         self.check_exposure()?;
         self.shutdown.check()

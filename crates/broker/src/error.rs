@@ -80,6 +80,15 @@ pub enum Error {
         /// The exporter's error.
         reason: String,
     },
+    /// The Kafka listener could not bind its address.
+    #[error("cannot listen for Kafka clients on {addr} (kafka.listen): {source}")]
+    KafkaListen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),

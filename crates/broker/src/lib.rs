@@ -40,6 +40,7 @@ pub mod error;
 mod files;
 pub mod groups;
 mod internal_log;
+mod kafka;
 pub mod metrics;
 pub mod partition;
 pub mod producers;

@@ -25,6 +25,7 @@ use crate::console::Console;
 use crate::data_dir;
 use crate::error::Error;
 use crate::groups::Groups;
+use crate::kafka;
 use crate::metrics::{self, GroupGauges};
 use crate::producers::Producers;
 use crate::quotas::Quotas;
@@ -62,6 +63,7 @@ pub async fn run(
     let console = (config.metrics.enabled && config.console.served_on(config.metrics_listen))
         .then(|| Console::new(config.console.allow_remote));
     let tls = Tls::load(&config.tls)?;
+    let kafka_listener = bind_kafka(&config).await?;
     let auth = Auth::open(&config.data_dir, &config.auth)?;
     let exporter = start_metrics(
         &config,
@@ -94,6 +96,7 @@ pub async fn run(
         console.open(&broker);
     }
     let background = Background::spawn(&broker, &signal);
+    let kafka = kafka_listener.map(|l| kafka::serve(l, broker.clone(), signal.clone()));
     health.serving().await;
     log_started(&broker, &serving);
     tell_systemd(&[sd_notify::NotifyState::Ready]);
@@ -114,6 +117,9 @@ pub async fn run(
     health.clear().await;
     let serve_error = serving.drain(server_ended, &broker.config).await;
     background.join().await;
+    if let Some(kafka) = kafka {
+        let _ = kafka.await;
+    }
     reloads.abort();
 
     // Close: commits answered before this point are durable, later ones were refused; then
@@ -126,6 +132,25 @@ pub async fn run(
     }
     drop(lock);
     stopped(shutdown_started, failed, serve_error)
+}
+
+/// Binds `kafka.listen`, if set, before anything is opened, so that a taken port fails the
+/// start at once.
+async fn bind_kafka(config: &Config) -> Result<Option<TcpListener>, Error> {
+    let addr = match config.kafka.listen_addr() {
+        Ok(Some(addr)) => addr,
+        Ok(None) => return Ok(None),
+        Err(reason) => {
+            return Err(Error::Config {
+                key: "kafka.listen".into(),
+                reason,
+            });
+        }
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| Error::KafkaListen { addr, source })
 }
 
 /// Reads the TLS certificate and key again at every SIGHUP, until shutdown; a failure keeps

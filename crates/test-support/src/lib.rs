@@ -25,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 pub mod batches;
 pub mod broker;
 pub mod errors;
+pub mod kafka;
 pub mod process;
 pub mod random;
 pub mod reflection;

@@ -5,16 +5,15 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use metrics::{counter, gauge};
+use bytes::Bytes;
+use metrics::counter;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt};
-use quick_cache::Weighter;
-use quick_cache::sync::Cache;
 use runnel_storage::batch::{BatchHeader, HEADER_LEN};
 
+use super::cache::ChunkKey;
+use super::error::RemoteError;
 use super::manifest::RemoteSegment;
-use super::{RemoteError, RemoteLog};
+use super::remote::RemoteLog;
 use crate::metrics as names;
 
 /// Whole batches read from a copy.
@@ -26,162 +25,6 @@ pub struct RemoteRead {
     pub records: u64,
     /// One past the last record in `batches`.
     pub next_offset: u64,
-}
-
-/// A cached piece of an object: a chunk of a segment (`chunk` its number) or a whole index
-/// (`chunk` is `u64::MAX`).
-type ChunkKey = (Arc<str>, u64);
-
-#[derive(Debug, Clone)]
-struct ByLength;
-
-impl Weighter<ChunkKey, Bytes> for ByLength {
-    fn weight(&self, key: &ChunkKey, val: &Bytes) -> u64 {
-        (key.0.len() + val.len()) as u64
-    }
-}
-
-/// The cache of remote reads: chunks of segments and whole indexes, at most `cache_bytes`.
-pub struct SegmentCache {
-    chunks: Cache<ChunkKey, Bytes, ByLength>,
-    chunk_bytes: u64,
-}
-
-impl std::fmt::Debug for SegmentCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentCache")
-            .field("bytes", &self.chunks.weight())
-            .field("chunk_bytes", &self.chunk_bytes)
-            .finish()
-    }
-}
-
-const WHOLE: u64 = u64::MAX;
-
-impl SegmentCache {
-    /// A cache of at most `cache_bytes` that fetches `chunk_bytes` at a time.
-    pub fn new(cache_bytes: u64, chunk_bytes: u64) -> Self {
-        let items = (cache_bytes / chunk_bytes.max(1)).clamp(16, 1 << 20) as usize;
-        SegmentCache {
-            chunks: Cache::with_weighter(items * 2, cache_bytes, ByLength),
-            chunk_bytes: chunk_bytes.max(1),
-        }
-    }
-
-    /// Bytes held.
-    pub fn size_bytes(&self) -> u64 {
-        self.chunks.weight()
-    }
-
-    /// Drops every piece of the object `key` (its segment was deleted).
-    pub fn forget(&self, key: &Key) {
-        let key = key.as_ref();
-        self.chunks.retain(|(k, _), _| k.as_ref() != key);
-    }
-
-    /// Bytes `start..end` of the object `key` of `size` bytes, through the cache.
-    async fn range(
-        &self,
-        log: &RemoteLog,
-        key: &Key,
-        start: u64,
-        end: u64,
-        size: u64,
-    ) -> Result<Bytes, RemoteError> {
-        let name: Arc<str> = Arc::from(key.as_ref());
-        let (first, last) = (
-            start / self.chunk_bytes,
-            (end.max(start + 1) - 1) / self.chunk_bytes,
-        );
-        let mut pieces = Vec::with_capacity((last - first + 1) as usize);
-        for chunk in first..=last {
-            let from = chunk * self.chunk_bytes;
-            let to = (from + self.chunk_bytes).min(size);
-            let got = self
-                .cached(
-                    &log.tiered.store,
-                    &log.topic,
-                    (name.clone(), chunk),
-                    key,
-                    from..to,
-                )
-                .await?;
-            let lo = start.saturating_sub(from) as usize;
-            let hi = (end.min(to) - from) as usize;
-            if lo > got.len() || hi > got.len() {
-                return Err(RemoteError::Corrupt {
-                    key: key.to_string(),
-                    reason: format!("shorter than the {size} bytes its manifest says"),
-                });
-            }
-            pieces.push(got.slice(lo..hi));
-        }
-        if pieces.len() == 1 {
-            return Ok(pieces.pop().unwrap_or_default());
-        }
-        let mut joined = BytesMut::with_capacity((end - start) as usize);
-        for p in pieces {
-            joined.extend_from_slice(&p);
-        }
-        Ok(joined.freeze())
-    }
-
-    /// A whole (small) object through the cache: an index.
-    async fn whole(&self, log: &RemoteLog, key: &Key) -> Result<Bytes, RemoteError> {
-        let name: Arc<str> = Arc::from(key.as_ref());
-        let store = log.tiered.store.clone();
-        let fetch_key = key.clone();
-        let topic = log.topic.to_string();
-        self.chunks
-            .get_or_insert_async(&(name, WHOLE), async move {
-                counter!(names::REMOTE_CHUNK_READS, "source" => "store").increment(1);
-                let got = store
-                    .get(&fetch_key)
-                    .await
-                    .map_err(|e| RemoteError::store(&fetch_key, &e))?;
-                let bytes = got
-                    .bytes()
-                    .await
-                    .map_err(|e| RemoteError::store(&fetch_key, &e))?;
-                counter!(names::REMOTE_FETCHED_BYTES, "topic" => topic)
-                    .increment(bytes.len() as u64);
-                Ok(bytes)
-            })
-            .await
-    }
-
-    /// A chunk through the cache: a reader that finds it being fetched (by another reader or
-    /// a read-ahead) waits for that fetch.
-    async fn cached(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        topic: &str,
-        id: ChunkKey,
-        key: &Key,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes, RemoteError> {
-        if let Some(hit) = self.chunks.get(&id) {
-            counter!(names::REMOTE_CHUNK_READS, "source" => "cache").increment(1);
-            return Ok(hit);
-        }
-        let store = store.clone();
-        let topic = topic.to_owned();
-        let got = self
-            .chunks
-            .get_or_insert_async(&id, async move {
-                counter!(names::REMOTE_CHUNK_READS, "source" => "store").increment(1);
-                let bytes = store
-                    .get_range(key, range)
-                    .await
-                    .map_err(|e| RemoteError::store(key, &e))?;
-                counter!(names::REMOTE_FETCHED_BYTES, "topic" => topic)
-                    .increment(bytes.len() as u64);
-                Ok::<_, RemoteError>(bytes)
-            })
-            .await;
-        gauge!(names::REMOTE_CACHE_SIZE).set(self.chunks.weight() as f64);
-        got
-    }
 }
 
 impl RemoteLog {
@@ -218,7 +61,16 @@ impl RemoteLog {
         let log_key = self.keys.segment(s.base_offset, &s.upload_id, "log");
         let (mut pos, header) = self.locate(s, from, &log_key).await?;
         let want = (max_bytes.max(header.total_len()) as u64).min(s.size - pos);
-        let bytes = cache.range(self, &log_key, pos, pos + want, s.size).await?;
+        let bytes = cache
+            .range(
+                &self.tiered.store,
+                &self.topic,
+                &log_key,
+                pos,
+                pos + want,
+                s.size,
+            )
+            .await?;
         self.read_ahead(&log_key, (pos + want).div_ceil(cache.chunk_bytes), s.size);
         let split = runnel_storage::split_batches(bytes, from);
         if split.batches.is_empty() {
@@ -247,7 +99,7 @@ impl RemoteLog {
         }
         let (key, topic) = (key.clone(), self.topic.clone());
         let id: ChunkKey = (Arc::from(key.as_ref()), chunk);
-        if tiered.cache.chunks.get(&id).is_some() {
+        if tiered.cache.contains(&id) {
             return;
         }
         let t = tiered.clone();
@@ -266,7 +118,9 @@ impl RemoteLog {
     ) -> Result<(u64, BatchHeader), RemoteError> {
         let cache = &self.tiered.cache;
         let index_key = self.keys.segment(s.base_offset, &s.upload_id, "index");
-        let index = cache.whole(self, &index_key).await?;
+        let index = cache
+            .whole(&self.tiered.store, &self.topic, &index_key)
+            .await?;
         let mut pos = runnel_storage::index_position(&index, s.base_offset, offset);
         self.walk(s, log_key, &mut pos, |h| h.next_offset() > offset)
             .await
@@ -287,7 +141,14 @@ impl RemoteLog {
         };
         while *pos + HEADER_LEN as u64 <= s.size {
             let bytes = cache
-                .range(self, log_key, *pos, *pos + HEADER_LEN as u64, s.size)
+                .range(
+                    &self.tiered.store,
+                    &self.topic,
+                    log_key,
+                    *pos,
+                    *pos + HEADER_LEN as u64,
+                    s.size,
+                )
                 .await?;
             let header = BatchHeader::decode(&bytes).map_err(|e| corrupt(*pos, e.to_string()))?;
             if header.total_len() < HEADER_LEN {
@@ -322,7 +183,11 @@ impl RemoteLog {
         };
         let log_key = self.keys.segment(s.base_offset, &s.upload_id, "log");
         let time_key = self.keys.segment(s.base_offset, &s.upload_id, "timeindex");
-        let time_index = self.tiered.cache.whole(self, &time_key).await?;
+        let time_index = self
+            .tiered
+            .cache
+            .whole(&self.tiered.store, &self.topic, &time_key)
+            .await?;
         let from =
             runnel_storage::time_index_offset(&time_index, s.base_offset, timestamp).max(start);
         let (mut pos, _) = self.locate(s, from, &log_key).await?;

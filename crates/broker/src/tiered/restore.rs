@@ -8,8 +8,9 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
 use tracing::info;
 
+use super::error::RemoteError;
 use super::manifest::{self, Keys, Manifest, TopicRecord};
-use super::{RemoteError, Tiered};
+use super::remote::{Tiered, read_manifest};
 
 /// A topic found in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +89,7 @@ pub async fn restore_partition(
         partition,
     );
     let key = keys.manifest();
-    let manifest = match super::upload::read_manifest(store, &key).await? {
+    let manifest = match read_manifest(store, &key).await? {
         Some((manifest, _)) => manifest,
         None => Manifest::empty(&topic.topic, &topic.topic_id, partition, tiered.broker_id()),
     };

@@ -12,6 +12,7 @@ use object_store::{
     UpdateVersion,
 };
 
+use super::error::one_line;
 use crate::config::RemoteStorageSettings;
 use crate::error::Error;
 
@@ -199,21 +200,6 @@ fn unreachable(s: &RemoteStorageSettings, e: &object_store::Error) -> Error {
             endpoint_name(s)
         ),
     }
-}
-
-/// An error and its sources on one line.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
 }
 
 #[cfg(test)]

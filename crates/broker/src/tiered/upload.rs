@@ -10,14 +10,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use metrics::{counter, gauge};
 use object_store::path::Path as Key;
-use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use runnel_storage::{Log, SealedSegment};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use super::error::{RemoteError, one_line};
 use super::manifest::{self, Manifest, RemoteSegment, SEGMENT_EXTENSIONS};
-use super::{RemoteError, RemoteLog, random_id};
+use super::remote::{Backoff, RemoteLog, lock, random_id, write_manifest};
 use crate::metrics as names;
 
 /// Objects larger than this are uploaded in parts of this size.
@@ -44,65 +43,7 @@ pub struct UploadOutcome {
     pub deleted: usize,
 }
 
-/// Reads the manifest (a missing one is a new, empty copy) and claims it if another broker
-/// wrote it last.
-pub(super) async fn load(log: &RemoteLog) -> Result<(), RemoteError> {
-    let store = log.tiered.store.as_ref();
-    let key = log.keys.manifest();
-    let (mut manifest, version) = match read_manifest(store, &key).await? {
-        Some((manifest, version)) => (manifest, Some(version)),
-        None => {
-            let m = Manifest::empty(
-                &log.topic,
-                &log.topic_id,
-                log.partition,
-                log.tiered.broker_id(),
-            );
-            (m, None)
-        }
-    };
-    *lock(&log.version) = version;
-    if manifest.writer != log.tiered.broker_id() && log.version_is_set() {
-        info!(partition = %log.label(), previous = %manifest.writer,
-            "claiming the partition's copy in the object store");
-        manifest.writer = log.tiered.broker_id().to_owned();
-        write_manifest(log, &manifest).await?;
-    }
-    log.publish_local(manifest);
-    Ok(())
-}
-
-/// The manifest at `key` and its version, or `None` if there is none.
-pub(super) async fn read_manifest(
-    store: &dyn ObjectStore,
-    key: &Key,
-) -> Result<Option<(Manifest, UpdateVersion)>, RemoteError> {
-    let got = match store.get(key).await {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(RemoteError::store(key, &e)),
-    };
-    let version = UpdateVersion {
-        e_tag: got.meta.e_tag.clone(),
-        version: got.meta.version.clone(),
-    };
-    let bytes = got.bytes().await.map_err(|e| RemoteError::store(key, &e))?;
-    let manifest = Manifest::decode(&bytes).map_err(|reason| RemoteError::Corrupt {
-        key: key.to_string(),
-        reason,
-    })?;
-    Ok(Some((manifest, version)))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl RemoteLog {
-    fn version_is_set(&self) -> bool {
-        lock(&self.version).is_some()
-    }
-
     /// Copies the sealed segments of `log` not yet copied, in order, then applies total
     /// `retention` to the copies. One pass at a time per partition (a second call while one
     /// runs does nothing). Never blocks appends: it reads sealed files only.
@@ -126,7 +67,7 @@ impl RemoteLog {
         let settings = self.tiered.settings();
         let mut retry = lock(&self.retry);
         match &result {
-            Ok(_) => *retry = super::Backoff::default(),
+            Ok(_) => *retry = Backoff::default(),
             Err(e) => {
                 counter!(names::REMOTE_UPLOAD_ERRORS, "topic" => self.topic.to_string())
                     .increment(1);
@@ -315,7 +256,7 @@ impl RemoteLog {
             for ext in SEGMENT_EXTENSIONS {
                 let key = self.keys.segment(s.base_offset, &s.upload_id, ext);
                 if let Err(e) = store.delete(&key).await {
-                    warn!(key = %key, error = %super::one_line(&e),
+                    warn!(key = %key, error = %one_line(&e),
                         "could not delete an object total retention dropped; nothing names it");
                 }
             }
@@ -349,55 +290,6 @@ fn expired(m: &Manifest, r: Retention, now_ms: i64, local_beyond: u64) -> usize 
         n += 1;
     }
     n
-}
-
-/// Writes the manifest: create-only the first time, then only over the version this broker
-/// last saw. A refusal means another broker wrote it, unless the manifest now there is this
-/// broker's own (an earlier write whose answer was lost): then its version is taken up.
-async fn write_manifest(log: &RemoteLog, manifest: &Manifest) -> Result<(), RemoteError> {
-    let store = log.tiered.store.as_ref();
-    let key = log.keys.manifest();
-    let mode = match lock(&log.version).clone() {
-        Some(v) => PutMode::Update(v),
-        None => PutMode::Create,
-    };
-    let opts = PutOptions {
-        mode,
-        ..PutOptions::default()
-    };
-    let payload = PutPayload::from(Bytes::from(manifest.encode()));
-    match store.put_opts(&key, payload, opts).await {
-        Ok(r) => {
-            *lock(&log.version) = Some(UpdateVersion {
-                e_tag: r.e_tag,
-                version: r.version,
-            });
-            Ok(())
-        }
-        Err(
-            object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
-        ) => {
-            let (there, version) =
-                read_manifest(store, &key)
-                    .await?
-                    .ok_or_else(|| RemoteError::Corrupt {
-                        key: key.to_string(),
-                        reason: "refused as existing, then not found".into(),
-                    })?;
-            if there.writer == log.tiered.broker_id() && there == *manifest {
-                *lock(&log.version) = Some(version);
-                return Ok(());
-            }
-            counter!(names::REMOTE_CONFLICTS, "topic" => log.topic.to_string()).increment(1);
-            error!(partition = %log.label(), manifest = %key, writer = %there.writer,
-                "another broker wrote this partition's manifest: this broker stops copying it");
-            Err(RemoteError::Fenced {
-                key: key.to_string(),
-                writer: there.writer,
-            })
-        }
-        Err(e) => Err(RemoteError::store(&key, &e)),
-    }
 }
 
 async fn read_file(path: &std::path::Path) -> Result<Bytes, RemoteError> {
@@ -462,43 +354,6 @@ async fn put_file(
         .await
         .map(|_| ())
         .map_err(|e| RemoteError::store(key, &e))
-}
-
-/// Deletes a topic incarnation: its record, then everything under its directory.
-pub(super) async fn delete_topic(
-    store: &dyn ObjectStore,
-    prefix: &str,
-    topic: &str,
-    topic_id: &str,
-) {
-    let record = manifest::topic_record_key(prefix, topic, topic_id);
-    if let Err(e) = store.delete(&record).await
-        && !matches!(e, object_store::Error::NotFound { .. })
-    {
-        warn!(topic, key = %record, error = %super::one_line(&e), "could not delete the topic's record in the object store");
-        return;
-    }
-    let dir = Key::from(manifest::topic_dir(prefix, topic, topic_id));
-    let mut listed = store.list(Some(&dir));
-    let mut deleted = 0u64;
-    while let Some(meta) = listed.next().await {
-        match meta {
-            Ok(meta) => {
-                if store.delete(&meta.location).await.is_ok() {
-                    deleted += 1;
-                }
-            }
-            Err(e) => {
-                warn!(topic, error = %super::one_line(&e), "could not list the topic's objects to delete them");
-                return;
-            }
-        }
-    }
-    info!(
-        topic,
-        objects = deleted,
-        "deleted the topic's copies from the object store"
-    );
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod group_consume;
 mod groups;
 mod health;
 mod idempotence;
+mod kafka;
 mod limits;
 mod malformed;
 mod produce;

@@ -1,0 +1,129 @@
+//! The APIs the listener serves, with the versions it serves of each (what ApiVersions
+//! advertises), and the decoding, dispatch and encoding of one request.
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::context::Context;
+
+/// Every API served, with the lowest and highest version served.
+pub(crate) const SERVED: [(ApiKey, i16, i16); 8] = [
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+fn served(key: ApiKey) -> Option<(i16, i16)> {
+    SERVED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Answers one request frame (header and body); `None` when it takes no answer (a produce
+/// with acks 0).
+///
+/// # Errors
+/// Why the connection must close: an unknown API key, a version not served (but for
+/// ApiVersions), a request that does not decode.
+pub(super) async fn handle(cx: &Context, mut frame: Bytes) -> Result<Option<Bytes>, String> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(key).map_err(|_| format!("unknown API key {key}"))?;
+    if served(api).is_none_or(|(min, max)| !(min..=max).contains(&version)) {
+        if api == ApiKey::ApiVersions {
+            // As Kafka: the versions served, at version 0, so that the client can retry.
+            let mut response = api_versions();
+            response.error_code = ResponseError::UnsupportedVersion.code();
+            return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response)).map(Some);
+        }
+        return Err(format!("{api:?} version {version} is not served"));
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| format!("{api:?} v{version}: header: {e}"))?;
+    let request = RequestKind::decode(api, &mut frame, version)
+        .map_err(|e| format!("{api:?} v{version}: {e}"))?;
+    if frame.has_remaining() {
+        return Err(format!(
+            "{api:?} v{version}: {} bytes after the request",
+            frame.remaining()
+        ));
+    }
+    let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+    let caller = cx.broker.quotas.caller(crate::auth::ANONYMOUS, client_id);
+    let response = match request {
+        RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions())),
+        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
+            super::metadata::metadata(cx, r, version).await,
+        )),
+        RequestKind::Produce(r) => super::produce::produce(cx, r, &caller)
+            .await
+            .map(ResponseKind::Produce),
+        RequestKind::Fetch(r) => Some(ResponseKind::Fetch(
+            super::fetch::fetch(cx, r, &caller).await,
+        )),
+        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
+            super::fetch::list_offsets(cx, r).await,
+        )),
+        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
+            super::produce::init_producer_id(cx, r).await,
+        )),
+        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
+            super::topics::create_topics(cx, r).await,
+        )),
+        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
+            super::topics::delete_topics(cx, r, version).await,
+        )),
+        _ => return Err(format!("{api:?} is not served")),
+    };
+    match response {
+        Some(r) => encode(api, version, header.correlation_id, &r).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The ApiVersions answer: the APIs served and their versions.
+fn api_versions() -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.api_keys = SERVED
+        .iter()
+        .map(|(k, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = *min;
+            v.max_version = *max;
+            v
+        })
+        .collect();
+    r
+}
+
+/// A response: its header (the request's correlation id) and body, at `version`.
+fn encode(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut out, api.response_header_version(version))
+        .map_err(|e| format!("{api:?} v{version}: response header: {e}"))?;
+    response
+        .encode(&mut out, version)
+        .map_err(|e| format!("{api:?} v{version}: response: {e}"))?;
+    Ok(out.freeze())
+}

@@ -1,0 +1,148 @@
+//! The listener: accepted connections, size-prefixed requests read and answered in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::apis;
+use super::context::Context;
+use crate::broker::Broker;
+use crate::shutdown::Shutdown;
+
+/// Serves the Kafka protocol on `listener` until the shutdown signal, at most
+/// `limits.max_connections` connections at once.
+pub(crate) fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: Shutdown,
+) -> JoinHandle<()> {
+    let local = listener.local_addr().ok();
+    let (host, port) = advertised(&broker, local);
+    info!(address = ?local, advertised = %format!("{host}:{port}"), "serving the Kafka protocol");
+    let context = Arc::new(Context { broker, host, port });
+    tokio::spawn(accept_loop(listener, context, shutdown))
+}
+
+/// The address clients are told to connect to: `kafka.advertised_address`, else the bound one.
+fn advertised(broker: &Broker, local: Option<SocketAddr>) -> (String, i32) {
+    let configured = &broker.config.kafka.advertised_address;
+    if let Some((host, port)) = configured.rsplit_once(':')
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return (host.to_owned(), i32::from(port));
+    }
+    let local = local.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9192)));
+    (local.ip().to_string(), i32::from(local.port()))
+}
+
+async fn accept_loop(listener: TcpListener, context: Arc<Context>, shutdown: Shutdown) {
+    let slots = Arc::new(Semaphore::new(
+        context.broker.config.limits.max_connections as usize,
+    ));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.wait() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let (context, shutdown) = (context.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(reason) = connection(socket, &context, &shutdown).await {
+                        debug!(%peer, reason, "Kafka connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a Kafka connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection: request after request, answered in order. Returns why it ended.
+async fn connection(
+    mut socket: TcpStream,
+    context: &Context,
+    shutdown: &Shutdown,
+) -> Result<(), String> {
+    let limit = context.broker.config.limits.max_request_bytes;
+    let mut out = BytesMut::new();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = shutdown.wait() => return Ok(()),
+            f = read_frame(&mut socket, limit) => f?,
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let Some(response) = apis::handle(context, frame).await? else {
+            // acks=0 produce: no response.
+            continue;
+        };
+        out.clear();
+        out.put_u32(response.len() as u32);
+        out.extend_from_slice(&response);
+        socket
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+}
+
+/// Reads one size-prefixed request; `None` at a clean end of the stream.
+async fn read_frame(socket: &mut TcpStream, limit: u64) -> Result<Option<Bytes>, String> {
+    let mut size = [0u8; 4];
+    match socket.read_exact(&mut size).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("read: {e}")),
+    }
+    let size = i32::from_be_bytes(size);
+    let len = u64::try_from(size).map_err(|_| format!("negative request size {size}"))?;
+    if len > limit {
+        crate::metrics::limit_rejected("max_request_bytes");
+        return Err(format!(
+            "request of {len} bytes exceeds limits.max_request_bytes ({limit})"
+        ));
+    }
+    // Read in pieces so that a size that lies allocates no more than what arrives.
+    let mut buf = BytesMut::with_capacity((len as usize).min(64 << 10));
+    while (buf.len() as u64) < len {
+        let want = ((len - buf.len() as u64) as usize).min(1 << 20);
+        let before = buf.len();
+        buf.reserve(want);
+        let n = (&mut *socket)
+            .take(want as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 || buf.len() == before {
+            return Err("the connection closed inside a request".into());
+        }
+    }
+    let mut frame = buf.freeze();
+    if frame.remaining() < 8 {
+        return Err(format!("a request of {} bytes has no header", frame.len()));
+    }
+    Ok(Some(frame.split_to(frame.len())))
+}

@@ -1,0 +1,88 @@
+//! Metadata: this broker as the only broker, the leader and only replica of every
+//! partition; the topics asked for (all of them for a null list), with their ids.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::context::Context;
+use crate::topics::Topic;
+
+/// This broker's node id: the only one.
+pub(super) const NODE_ID: i32 = 0;
+
+/// A topic's id as Kafka has it (the topic's own 128-bit id).
+pub(super) fn topic_id(topic: &Topic) -> uuid::Uuid {
+    uuid::Uuid::try_parse(&topic.id).unwrap_or_default()
+}
+
+/// The name for a Kafka topic name.
+pub(super) fn name(n: &TopicName) -> String {
+    n.0.to_string()
+}
+
+pub(super) async fn metadata(cx: &Context, r: MetadataRequest, _version: i16) -> MetadataResponse {
+    let topics = &cx.broker.topics;
+    let mut response = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(NODE_ID);
+    broker.host = StrBytes::from_string(cx.host.clone());
+    broker.port = cx.port;
+    response.brokers = vec![broker];
+    response.cluster_id = Some(StrBytes::from_static_str("runnel"));
+    response.controller_id = BrokerId(NODE_ID);
+    let wanted: Vec<Result<std::sync::Arc<Topic>, String>> = match r.topics {
+        None => topics.list().into_iter().map(Ok).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|t| {
+                let by_id = (!t.topic_id.is_nil())
+                    .then(|| {
+                        topics
+                            .list()
+                            .into_iter()
+                            .find(|x| topic_id(x) == t.topic_id)
+                    })
+                    .flatten();
+                let n = t.name.as_ref().map(name).unwrap_or_default();
+                by_id
+                    .map(Ok)
+                    .unwrap_or_else(|| topics.get(&n).map_err(|_| n))
+            })
+            .collect(),
+    };
+    response.topics = wanted
+        .into_iter()
+        .map(|t| match t {
+            Ok(t) => describe(&t),
+            Err(n) => {
+                let mut out = MetadataResponseTopic::default();
+                out.name = Some(TopicName(StrBytes::from_string(n)));
+                out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                out
+            }
+        })
+        .collect();
+    response
+}
+
+fn describe(t: &Topic) -> MetadataResponseTopic {
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(TopicName(StrBytes::from_string(t.name.to_string())));
+    out.topic_id = topic_id(t);
+    out.partitions = (0..t.partition_count())
+        .map(|p| {
+            let mut part = MetadataResponsePartition::default();
+            part.partition_index = p as i32;
+            part.leader_id = BrokerId(NODE_ID);
+            part.leader_epoch = 0;
+            part.replica_nodes = vec![BrokerId(NODE_ID)];
+            part.isr_nodes = vec![BrokerId(NODE_ID)];
+            part
+        })
+        .collect();
+    out
+}

@@ -1,0 +1,24 @@
+//! The Kafka protocol listener (`docs/kafka.md`): a front end beside gRPC, so that Kafka
+//! clients and tools work unchanged against the same topics.
+//!
+//! A connection reads size-prefixed requests (at most `limits.max_request_bytes`), decodes
+//! each with `kafka-protocol` (`apis.rs`), answers it through the same domain calls as the
+//! gRPC services, and writes the responses in request order. What Kafka closes the connection
+//! for, this listener closes it for: an API key it does not serve, a version it does not
+//! serve (but for ApiVersions, answered with `UNSUPPORTED_VERSION` and the versions it
+//! serves), a request that does not decode, or a size prefix over the limit. Batches cross
+//! between Kafka's format and Runnel's at this edge (`runnel_format::kafka`).
+//!
+//! The listener does not authenticate clients yet (no SASL): the config refuses it with
+//! `auth.enabled`, and on an address other than loopback without `auth.insecure`.
+
+mod apis;
+mod context;
+mod errors;
+mod fetch;
+mod listener;
+mod metadata;
+mod produce;
+mod topics;
+
+pub(crate) use listener::serve;

@@ -17,6 +17,7 @@
 //! `share` drives share groups through `runnel-client` and the CLI: records shared out
 //! exactly once, refused acknowledgements, and the dead-letter path (`runnel dlq`);
 //! `share_crash` runs chaotic share group members through a `kill -9` of the broker.
+//! `kafka` runs kcat (librdkafka) against the Kafka protocol listener.
 //! `tiered` copies segments to a real S3-compatible store through `kill -9`s and reads them back.
 
 mod harness;
@@ -30,6 +31,7 @@ mod errors;
 mod groups;
 mod grpcurl;
 mod idempotence;
+mod kafka;
 mod lifecycle;
 mod operations;
 mod protocol;

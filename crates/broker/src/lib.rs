@@ -28,6 +28,13 @@
 //!    and the HTTP endpoint), [`shutdown`] (the one cancellation signal), `files` (atomic file
 //!    replacement), `tasks` (blocking work off the runtime).
 
+pub mod alloc;
+
+/// The unit tests run with `runneld`'s allocator (the Kafka decoder's fuzz target needs it).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+
 pub mod auth;
 mod background;
 mod broker;

@@ -13,6 +13,10 @@ use clap::Parser;
 use runnel_broker::config::{Config, ConfigError, LogFormat, Override};
 use tracing_subscriber::EnvFilter;
 
+/// The system allocator, with huge allocations committed lazily (`runnel_broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: runnel_broker::alloc::Allocator = runnel_broker::alloc::Allocator;
+
 /// The Runnel event streaming broker.
 ///
 /// Configuration is layered: built-in defaults, then the TOML file given with --config, then

@@ -30,23 +30,44 @@ fn served(key: ApiKey) -> Option<(i16, i16)> {
         .map(|(_, min, max)| (*min, *max))
 }
 
-/// Answers one request frame (header and body); `None` when it takes no answer (a produce
-/// with acks 0).
+/// A request frame, decoded.
+pub(super) enum Decoded {
+    /// A request served.
+    Request {
+        /// Its API.
+        api: ApiKey,
+        /// Its version.
+        version: i16,
+        /// Its header.
+        header: RequestHeader,
+        /// Its body (boxed: some requests are large structs).
+        request: Box<RequestKind>,
+    },
+    /// ApiVersions at a version not served: answered at version 0 with `UNSUPPORTED_VERSION`
+    /// and the versions served, as Kafka does, so that the client can retry.
+    UnsupportedApiVersions {
+        /// The request's correlation id.
+        correlation_id: i32,
+    },
+}
+
+/// Decodes a request frame (header and body).
 ///
 /// # Errors
-/// Why the connection must close: an unknown API key, a version not served (but for
-/// ApiVersions), a request that does not decode.
-pub(super) async fn handle(cx: &Context, mut frame: Bytes) -> Result<Option<Bytes>, String> {
+/// Why the connection must close: a frame shorter than a header, an unknown API key, a
+/// version not served (but for ApiVersions), a header or body that does not decode, bytes
+/// after the body.
+pub(super) fn decode(mut frame: Bytes) -> Result<Decoded, String> {
+    if frame.len() < 8 {
+        return Err(format!("a request of {} bytes has no header", frame.len()));
+    }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let api = ApiKey::try_from(key).map_err(|_| format!("unknown API key {key}"))?;
     if served(api).is_none_or(|(min, max)| !(min..=max).contains(&version)) {
         if api == ApiKey::ApiVersions {
-            // As Kafka: the versions served, at version 0, so that the client can retry.
-            let mut response = api_versions();
-            response.error_code = ResponseError::UnsupportedVersion.code();
-            return encode(api, 0, correlation_id, &ResponseKind::ApiVersions(response)).map(Some);
+            return Ok(Decoded::UnsupportedApiVersions { correlation_id });
         }
         return Err(format!("{api:?} version {version} is not served"));
     }
@@ -60,6 +81,34 @@ pub(super) async fn handle(cx: &Context, mut frame: Bytes) -> Result<Option<Byte
             frame.remaining()
         ));
     }
+    Ok(Decoded::Request {
+        api,
+        version,
+        header,
+        request: Box::new(request),
+    })
+}
+
+/// Answers one request frame (header and body); `None` when it takes no answer (a produce
+/// with acks 0).
+///
+/// # Errors
+/// Why the connection must close: as [`decode`].
+pub(super) async fn handle(cx: &Context, frame: Bytes) -> Result<Option<Bytes>, String> {
+    let (api, version, header, request) = match decode(frame)? {
+        Decoded::Request {
+            api,
+            version,
+            header,
+            request,
+        } => (api, version, header, *request),
+        Decoded::UnsupportedApiVersions { correlation_id } => {
+            let mut response = api_versions();
+            response.error_code = ResponseError::UnsupportedVersion.code();
+            let response = ResponseKind::ApiVersions(response);
+            return encode(ApiKey::ApiVersions, 0, correlation_id, &response).map(Some);
+        }
+    };
     let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
     let caller = cx.broker.quotas.caller(crate::auth::ANONYMOUS, client_id);
     let response = match request {
@@ -126,4 +175,70 @@ fn encode(
         .encode(&mut out, version)
         .map_err(|e| format!("{api:?} v{version}: response: {e}"))?;
     Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A frame that starts with a served API key and version, then anything.
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        (0..SERVED.len(), any::<u8>(), vec(any::<u8>(), 0..600)).prop_map(|(i, pick, rest)| {
+            let (api, min, max) = SERVED[i];
+            let version = min + i16::from(pick) % (max - min + 1);
+            let mut f = Vec::with_capacity(rest.len() + 4);
+            f.extend_from_slice(&(api as i16).to_be_bytes());
+            f.extend_from_slice(&version.to_be_bytes());
+            f.extend_from_slice(&rest);
+            f
+        })
+    }
+
+    proptest! {
+        #![proptest_config(runnel_fuzz_support::config(
+            3_000,
+            "src/kafka/apis.proptest-regressions"
+        ))]
+
+        /// The request decoder's fuzz target: any bytes after a served API key and version
+        /// decode or are refused with a reason, never a panic.
+        #[test]
+        fn any_request_frame_decodes_or_is_refused(f in frame()) {
+            let _ = decode(Bytes::from(f));
+        }
+
+        /// The same after a well-formed header: the body decoders see the arbitrary bytes.
+        #[test]
+        fn any_body_after_a_well_formed_header_decodes_or_is_refused(
+            i in 0..SERVED.len(),
+            pick in any::<u8>(),
+            body in vec(any::<u8>(), 0..600),
+        ) {
+            let (api, min, max) = SERVED[i];
+            let version = min + i16::from(pick) % (max - min + 1);
+            let mut header = RequestHeader::default();
+            header.request_api_key = api as i16;
+            header.request_api_version = version;
+            let mut f = bytes::BytesMut::new();
+            header.encode(&mut f, api.request_header_version(version)).expect("a header");
+            f.extend_from_slice(&body);
+            let _ = decode(f.freeze());
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused(f in vec(any::<u8>(), 0..64)) {
+            let _ = decode(Bytes::from(f));
+        }
+    }
+
+    #[test]
+    fn what_is_served_is_what_the_codec_knows() {
+        for (api, min, max) in SERVED {
+            let known = api.valid_versions();
+            assert!(known.min <= min && max <= known.max, "{api:?} {min}-{max}");
+        }
+    }
 }

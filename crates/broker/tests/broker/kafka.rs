@@ -286,7 +286,16 @@ async fn what_kafka_closes_a_connection_for_closes_it_and_the_listener_serves_on
         "only what is served"
     );
 
-    let close_cases: [(&str, Vec<u8>); 5] = [
+    let close_cases: [(&str, Vec<u8>); 6] = [
+        // Metadata v1 claiming two billion topics in a few bytes: a decoder that sizes its
+        // vector from the count asks for ~150 GB (runnel_broker::alloc keeps that from
+        // aborting the process).
+        (
+            "an array count far past the bytes sent",
+            framed(&[
+                0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 0, 0,
+            ]),
+        ),
         (
             "an unknown API key",
             framed(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]),

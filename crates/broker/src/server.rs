@@ -96,7 +96,7 @@ pub async fn run(
         console.open(&broker);
     }
     let background = Background::spawn(&broker, &signal);
-    let kafka = kafka_listener.map(|l| kafka::serve(l, broker.clone(), signal.clone()));
+    let kafka = kafka_listener.map(|l| serving.start_kafka(l, &broker, &signal));
     health.serving().await;
     log_started(&broker, &serving);
     tell_systemd(&[sd_notify::NotifyState::Ready]);
@@ -302,6 +302,8 @@ struct Serving {
     accept: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     local_addr: Option<std::net::SocketAddr>,
+    /// The connection slots (`limits.max_connections`), shared with the Kafka listener.
+    slots: Arc<Semaphore>,
 }
 
 impl Serving {
@@ -317,7 +319,13 @@ impl Serving {
         let local_addr = listener.local_addr().ok();
         let slots = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(1);
-        let accept = tokio::spawn(accept_loop(listener, slots, tls, conn_tx, signal.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            slots.clone(),
+            tls,
+            conn_tx,
+            signal.clone(),
+        ));
         let stop_serving = signal.clone();
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
@@ -328,7 +336,27 @@ impl Serving {
             accept,
             server,
             local_addr,
+            slots,
         }
+    }
+
+    /// Accepts the Kafka listener's connections on the same slots as gRPC's, and serves them.
+    fn start_kafka(
+        &self,
+        listener: TcpListener,
+        broker: &Arc<Broker>,
+        signal: &Shutdown,
+    ) -> JoinHandle<()> {
+        let local = listener.local_addr().ok();
+        let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(1);
+        tokio::spawn(accept_loop(
+            listener,
+            self.slots.clone(),
+            None,
+            conn_tx,
+            signal.clone(),
+        ));
+        kafka::serve(conn_rx, local, broker.clone(), signal.clone())
     }
 
     /// After the shutdown signal: waits for the accept loop to end and for in-flight requests

@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -15,18 +14,43 @@ use super::context::Context;
 use crate::broker::Broker;
 use crate::shutdown::Shutdown;
 
-/// Serves the Kafka protocol on `listener` until the shutdown signal, at most
-/// `limits.max_connections` connections at once.
-pub(crate) fn serve(
-    listener: TcpListener,
+/// Serves the Kafka protocol on the connections `conns` brings (accepted by the same loop as
+/// gRPC's, on the same `limits.max_connections` slots) until the shutdown signal. `local` is
+/// the listener's address, advertised unless `kafka.advertised_address` says otherwise.
+pub(crate) fn serve<S>(
+    mut conns: mpsc::Receiver<std::io::Result<S>>,
+    local: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: Shutdown,
-) -> JoinHandle<()> {
-    let local = listener.local_addr().ok();
+) -> JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (host, port) = advertised(&broker, local);
     info!(address = ?local, advertised = %format!("{host}:{port}"), "serving the Kafka protocol");
     let context = Arc::new(Context { broker, host, port });
-    tokio::spawn(accept_loop(listener, context, shutdown))
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                biased;
+                () = shutdown.wait() => return,
+                c = conns.recv() => match c {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "accepting a Kafka connection failed");
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let (context, shutdown) = (context.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(reason) = connection(conn, &context, &shutdown).await {
+                    debug!(reason, "Kafka connection closed");
+                }
+            });
+        }
+    })
 }
 
 /// The address clients are told to connect to: `kafka.advertised_address`, else the bound one.
@@ -41,49 +65,11 @@ fn advertised(broker: &Broker, local: Option<SocketAddr>) -> (String, i32) {
     (local.ip().to_string(), i32::from(local.port()))
 }
 
-async fn accept_loop(listener: TcpListener, context: Arc<Context>, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(
-        context.broker.config.limits.max_connections as usize,
-    ));
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.wait() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.wait() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
-                let (context, shutdown) = (context.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(reason) = connection(socket, &context, &shutdown).await {
-                        debug!(%peer, reason, "Kafka connection closed");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "accepting a Kafka connection failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Serves one connection: request after request, answered in order. Returns why it ended.
-async fn connection(
-    mut socket: TcpStream,
-    context: &Context,
-    shutdown: &Shutdown,
-) -> Result<(), String> {
+async fn connection<S>(mut socket: S, context: &Context, shutdown: &Shutdown) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let limit = context.broker.config.limits.max_request_bytes;
     let mut out = BytesMut::new();
     loop {
@@ -110,7 +96,10 @@ async fn connection(
 }
 
 /// Reads one size-prefixed request; `None` at a clean end of the stream.
-async fn read_frame(socket: &mut TcpStream, limit: u64) -> Result<Option<Bytes>, String> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    socket: &mut S,
+    limit: u64,
+) -> Result<Option<Bytes>, String> {
     let mut size = [0u8; 4];
     match socket.read_exact(&mut size).await {
         Ok(_) => {}

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use super::context::Context;
 
 /// Every API served, with the lowest and highest version served.
-pub(crate) const SERVED: [(ApiKey, i16, i16); 8] = [
+pub(crate) const SERVED: [(ApiKey, i16, i16); 10] = [
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 8),
@@ -21,6 +21,8 @@ pub(crate) const SERVED: [(ApiKey, i16, i16); 8] = [
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
 ];
 
 fn served(key: ApiKey) -> Option<(i16, i16)> {
@@ -130,6 +132,12 @@ pub(super) async fn handle(cx: &Context, frame: Bytes) -> Result<Option<Bytes>, 
         )),
         RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
             super::topics::create_topics(cx, r).await,
+        )),
+        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
+            super::topics::create_partitions(cx, r).await,
+        )),
+        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(
+            super::topics::describe_configs(cx, r).await,
         )),
         RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
             super::topics::delete_topics(cx, r, version).await,

@@ -1,13 +1,19 @@
-//! CreateTopics and DeleteTopics, through the same calls as gRPC's CreateTopic and
-//! DeleteTopic. Kafka's topic configs map onto Runnel's `TopicConfig` (`docs/kafka.md`); one
+//! CreateTopics, DeleteTopics, CreatePartitions and DescribeConfigs (of topics), through the
+//! same calls as gRPC's CreateTopic, DeleteTopic, CreatePartitions and DescribeTopic. Kafka's topic configs map onto Runnel's `TopicConfig` (`docs/kafka.md`); one
 //! Runnel does not have is `INVALID_CONFIG` for that topic, naming it.
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use runnel_proto::pb;
@@ -169,4 +175,130 @@ pub(super) async fn delete_topics(
         response.responses.push(out);
     }
     response
+}
+
+pub(super) async fn create_partitions(
+    cx: &Context,
+    r: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut response = CreatePartitionsResponse::default();
+    for t in r.topics {
+        let mut out = CreatePartitionsTopicResult::default();
+        out.name = t.name.clone();
+        let refuse =
+            |out: &mut CreatePartitionsTopicResult, error: ResponseError, message: String| {
+                out.error_code = error.code();
+                out.error_message = Some(StrBytes::from_string(message));
+            };
+        if t.assignments.is_some() {
+            refuse(
+                &mut out,
+                ResponseError::InvalidReplicaAssignment,
+                "replica assignments are not supported: one broker holds every partition".into(),
+            );
+        } else if let Ok(count) = u32::try_from(t.count) {
+            if r.validate_only {
+                if let Err(e) = cx.broker.topics.get(&name(&t.name)) {
+                    out.error_code = kafka_code(e.code);
+                    out.error_message = Some(StrBytes::from_string(e.message));
+                }
+            } else if let Err(e) = cx.broker.create_partitions(name(&t.name), count).await {
+                out.error_code = kafka_code(e.code);
+                out.error_message = Some(StrBytes::from_string(e.message));
+            }
+        } else {
+            refuse(
+                &mut out,
+                ResponseError::InvalidPartitions,
+                format!("count {} is negative", t.count),
+            );
+        }
+        response.results.push(out);
+    }
+    response
+}
+
+/// Kafka's resource type of a topic in DescribeConfigs.
+const TOPIC_RESOURCE: i8 = 2;
+/// Kafka's config sources: set on the topic, and the broker's default.
+const TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+
+pub(super) async fn describe_configs(
+    cx: &Context,
+    r: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in r.resources {
+        let mut out = DescribeConfigsResult::default();
+        out.resource_type = resource.resource_type;
+        out.resource_name = resource.resource_name.clone();
+        if resource.resource_type == TOPIC_RESOURCE {
+            match cx.broker.topics.get(resource.resource_name.as_str()) {
+                Ok(topic) => {
+                    let effective = cx.broker.topics.effective(&topic);
+                    let set = topic.overrides().names();
+                    let wanted = resource.configuration_keys.as_ref();
+                    out.configs = kafka_configs(&effective)
+                        .into_iter()
+                        .filter(|(k, _, _)| {
+                            wanted.is_none_or(|w| w.iter().any(|x| x.as_str() == *k))
+                        })
+                        .map(|(k, value, field)| {
+                            let mut c = DescribeConfigsResourceResult::default();
+                            c.name = StrBytes::from_static_str(k);
+                            c.value = Some(StrBytes::from_string(value));
+                            c.config_source = if field.is_some_and(|f| set.iter().any(|s| s == f)) {
+                                TOPIC_CONFIG
+                            } else {
+                                DEFAULT_CONFIG
+                            };
+                            c
+                        })
+                        .collect();
+                }
+                Err(e) => {
+                    out.error_code = kafka_code(e.code);
+                    out.error_message = Some(StrBytes::from_string(e.message));
+                }
+            }
+        }
+        // Other resources (the broker) have no configs Kafka clients can read here.
+        response.results.push(out);
+    }
+    response
+}
+
+/// A topic's effective config by Kafka name: the value, and the Runnel field it comes from.
+fn kafka_configs(
+    c: &crate::config::TopicDefaults,
+) -> Vec<(&'static str, String, Option<&'static str>)> {
+    // Runnel's 0 means no limit where Kafka's -1 does.
+    let limit = |v: u64| {
+        if v == 0 {
+            "-1".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    vec![
+        ("cleanup.policy", "delete".to_owned(), None),
+        ("retention.ms", limit(c.retention_ms), Some("retention_ms")),
+        (
+            "retention.bytes",
+            limit(c.retention_bytes),
+            Some("retention_bytes"),
+        ),
+        (
+            "segment.bytes",
+            c.segment_bytes.to_string(),
+            Some("segment_bytes"),
+        ),
+        ("segment.ms", limit(c.segment_ms), Some("segment_ms")),
+        (
+            "max.message.bytes",
+            c.max_batch_bytes.to_string(),
+            Some("max_batch_bytes"),
+        ),
+    ]
 }

@@ -421,6 +421,78 @@ async fn topics_are_created_and_deleted_over_kafka_with_configs_mapped() {
     assert_eq!(d.partition_count, 3);
     assert_eq!(d.config.and_then(|c| c.retention_ms), Some(3_600_000));
 
+    // CreatePartitions: 3 to 5; fewer is refused.
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    let grow = |count: i32| {
+        let mut t = CreatePartitionsTopic::default();
+        t.name = topic_name("made");
+        t.count = count;
+        t.assignments = None;
+        t
+    };
+    let mut r = CreatePartitionsRequest::default();
+    r.topics = vec![grow(5)];
+    let ResponseKind::CreatePartitions(grown) = k
+        .call(
+            ApiKey::CreatePartitions,
+            3,
+            RequestKind::CreatePartitions(r),
+        )
+        .await
+    else {
+        panic!("create partitions");
+    };
+    assert_eq!(grown.results[0].error_code, 0);
+    assert_eq!(describe_topic(&b, "made").await.partition_count, 5);
+    let mut r = CreatePartitionsRequest::default();
+    r.topics = vec![grow(2)];
+    let ResponseKind::CreatePartitions(shrunk) = k
+        .call(
+            ApiKey::CreatePartitions,
+            3,
+            RequestKind::CreatePartitions(r),
+        )
+        .await
+    else {
+        panic!("create partitions");
+    };
+    assert_eq!(shrunk.results[0].error_code, E::InvalidPartitions.code());
+
+    // DescribeConfigs: the effective config by Kafka's names, and where each value comes from.
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    let mut resource = DescribeConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_static_str("made");
+    resource.configuration_keys = None;
+    let mut r = DescribeConfigsRequest::default();
+    r.resources = vec![resource];
+    let ResponseKind::DescribeConfigs(configs) = k
+        .call(ApiKey::DescribeConfigs, 4, RequestKind::DescribeConfigs(r))
+        .await
+    else {
+        panic!("describe configs");
+    };
+    let found: Vec<(String, String, i8)> = configs.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            (c.name.to_string(), value, c.config_source)
+        })
+        .collect();
+    assert!(
+        found.contains(&("retention.ms".into(), "3600000".into(), 1)),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("segment.bytes".into(), "1073741824".into(), 5)),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("cleanup.policy".into(), "delete".into(), 5)),
+        "{found:?}"
+    );
+
     let mut r = DeleteTopicsRequest::default();
     r.topic_names = vec![topic_name("made"), topic_name("never")];
     let ResponseKind::DeleteTopics(deleted) = k

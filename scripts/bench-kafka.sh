@@ -11,8 +11,9 @@
 #
 # kcat produces the records of a file, one per line, with librdkafka's batching
 # (batch.size 1 MiB, linger.ms 5, acks 1: Runnel's ACKS_WRITTEN, as runnel-bench's default)
-# and reads them back to /dev/null; runnel-bench produces in batches of 1,000 records and
-# reads with its consumer. Each time is the whole command's, process start included (kcat
+# and reads them back to /dev/null; `runnel-bench kafka-fetch`, a minimal Kafka client (one
+# 1 MiB fetch at a time), reads them too, the yardstick of the listener's reads;
+# runnel-bench produces in batches of 1,000 records and reads with its consumer. Each time is the whole command's, process start included (kcat
 # starts in milliseconds).
 
 set -euo pipefail
@@ -66,6 +67,8 @@ for round in $(seq 1 "$ROUNDS"); do
   printf '%-32s %14s\n' "gRPC produce, runnel-bench ($round)" "$(rate "$s")"
   s=$(seconds kcat -b "$KAFKA" -C -t "k$round" -p 0 -o beginning -e -q -f '%o\n')
   printf '%-32s %14s\n' "Kafka consume, kcat ($round)" "$(rate "$s")"
+  s=$(seconds "$RUNNEL_BENCH" kafka-fetch --kafka "$KAFKA" --topic "k$round" --records "$RECORDS")
+  printf '%-32s %14s\n' "Kafka consume, minimal ($round)" "$(rate "$s")"
   s=$(seconds "$RUNNEL_BENCH" consume --broker "$BROKER" --topic "g$round" --records "$RECORDS" \
     --record-size 1024)
   printf '%-32s %14s\n' "gRPC consume, runnel-bench ($round)" "$(rate "$s")"

@@ -268,3 +268,65 @@ fn the_peers_driver_runs_every_runnel_workload_and_prints_its_tables() {
     assert!(stdout.contains("| workload | runnel msg/s |"), "{stdout}");
     assert!(stdout.contains("| durable16 |"), "{stdout}");
 }
+
+#[tokio::test]
+async fn bench_kafka_fetch_reads_what_was_produced_over_the_kafka_listener() {
+    let kafka = harness::free_addr();
+    let listen = format!("kafka.listen={kafka}");
+    let b = Broker::start_with(&["--set", &listen]).await;
+    let produced = bench_json(
+        &b,
+        &[
+            "produce",
+            "--topic",
+            "kf",
+            "--records",
+            "3000",
+            "--record-size",
+            "100",
+        ],
+    );
+    assert_eq!(produced["records"], 3000, "{produced}");
+    let fetched = bench_json(
+        &b,
+        &[
+            "kafka-fetch",
+            "--kafka",
+            &kafka.to_string(),
+            "--topic",
+            "kf",
+            "--records",
+            "3000",
+            "--batch-size",
+            "64",
+        ],
+    );
+    assert_eq!(fetched["mode"], "kafka-fetch", "{fetched}");
+    assert_eq!(fetched["records"], 3000, "{fetched}");
+    assert!(
+        fetched["details"]["fetches"]
+            .as_u64()
+            .is_some_and(|n| n > 1),
+        "{fetched}"
+    );
+    // Past the end, it says so and fails.
+    let out = Command::new(harness::runnel_bench())
+        .env_remove("RUNNEL_BROKER")
+        .args([
+            "kafka-fetch",
+            "--kafka",
+            &kafka.to_string(),
+            "--topic",
+            "kf",
+            "--records",
+            "9999",
+        ])
+        .output()
+        .expect("run runnel-bench");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ends at offset 3000"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -32,6 +32,8 @@ pub enum Mode {
     Paced,
     /// How much time the machine keeps from busy threads, one per CPU (no broker).
     Cpu,
+    /// A minimal Kafka client's reads over the Kafka listener (`--kafka`).
+    KafkaFetch,
 }
 
 /// Which acknowledgement the producers ask for.
@@ -87,6 +89,9 @@ pub struct BenchArgs {
     /// What to measure: set from the subcommand.
     #[arg(skip = Mode::Produce)]
     pub mode: Mode,
+    /// The Kafka listener's address (`kafka-fetch`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9192")]
+    pub kafka: String,
     /// The topic to use; created with `--partitions` partitions if missing.
     #[arg(long, default_value = "runnel-bench")]
     pub topic: String,

@@ -27,6 +27,7 @@
 //! language does; it never links the broker or the storage engine.
 
 mod args;
+mod kafka;
 mod limits;
 mod load;
 mod memory;
@@ -102,6 +103,9 @@ pub(crate) enum Command {
     Disk(BenchArgs),
     /// The machine's loopback TCP speed (no broker)
     Net(BenchArgs),
+    /// A minimal Kafka client reading partition 0 of --topic over the Kafka listener (--kafka),
+    /// one fetch of --batch-size KiB at a time: the yardstick of Kafka clients' reads
+    KafkaFetch(BenchArgs),
     /// The group commit a minimal program reaches: durable requests over loopback TCP,
     /// appended and fdatasynced in groups (no broker)
     Sync(BenchArgs),
@@ -141,6 +145,7 @@ impl Command {
             Command::E2e(a) => (Mode::E2e, a),
             Command::Disk(a) => (Mode::Disk, a),
             Command::Net(a) => (Mode::Net, a),
+            Command::KafkaFetch(a) => (Mode::KafkaFetch, a),
             Command::Sync(a) => (Mode::Sync, a),
             Command::Paced(a) => (Mode::Paced, a),
             Command::Cpu(a) => (Mode::Cpu, a),
@@ -220,6 +225,7 @@ async fn measure(broker: String, args: BenchArgs) -> anyhow::Result<report::Repo
         Mode::Sync => Some((limits::sync, "group commit")),
         Mode::Paced => Some((limits::paced, "paced write")),
         Mode::Cpu => Some((limits::cpu, "CPU")),
+        Mode::KafkaFetch => Some((kafka::fetch, "Kafka fetch")),
         Mode::Produce | Mode::Consume | Mode::Share | Mode::E2e => None,
     };
     match probe {

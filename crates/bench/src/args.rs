@@ -80,6 +80,7 @@ pub const EXAMPLES: &str = "Examples:
   runnel-bench sync --producers 16 --duration 10s --dir /var/lib/runnel # the machine's group commit
   runnel-bench paced --rate 150000 --linger 1ms --duration 20s --dir /var/lib/runnel # the machine's latency at a rate
   runnel-bench cpu --duration 10s                                    # time the host keeps from busy CPUs
+  runnel-bench kafka-fetch --kafka 127.0.0.1:9192 --topic orders --records 500000 # a minimal Kafka client's reads
   runnel-bench wire --broker-pid $(pidof runneld)                    # record-level calls next to batches
   scripts/bench-broker.sh                                            # every target, 3 runs each";
 

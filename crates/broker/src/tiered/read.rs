@@ -59,7 +59,7 @@ impl RemoteLog {
     ) -> Result<RemoteRead, RemoteError> {
         let cache = &self.tiered.cache;
         let log_key = self.keys.segment(s.base_offset, &s.upload_id, "log");
-        let (mut pos, header) = self.locate(s, from, &log_key).await?;
+        let (pos, header) = self.locate(s, from, &log_key).await?;
         let want = (max_bytes.max(header.total_len()) as u64).min(s.size - pos);
         let bytes = cache
             .range(
@@ -74,7 +74,6 @@ impl RemoteLog {
         self.read_ahead(&log_key, (pos + want).div_ceil(cache.chunk_bytes), s.size);
         let split = runnel_storage::split_batches(bytes, from);
         if split.batches.is_empty() {
-            pos += 0;
             return Err(RemoteError::Corrupt {
                 key: log_key.to_string(),
                 reason: format!("no whole batch at byte {pos}"),

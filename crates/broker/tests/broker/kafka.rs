@@ -423,40 +423,29 @@ async fn topics_are_created_and_deleted_over_kafka_with_configs_mapped() {
 
     // CreatePartitions: 3 to 5; fewer is refused.
     use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-    let grow = |count: i32| {
+    async fn grow(k: &mut KafkaConn, count: i32) -> i16 {
         let mut t = CreatePartitionsTopic::default();
         t.name = topic_name("made");
         t.count = count;
         t.assignments = None;
-        t
-    };
-    let mut r = CreatePartitionsRequest::default();
-    r.topics = vec![grow(5)];
-    let ResponseKind::CreatePartitions(grown) = k
-        .call(
-            ApiKey::CreatePartitions,
-            3,
-            RequestKind::CreatePartitions(r),
-        )
-        .await
-    else {
-        panic!("create partitions");
-    };
-    assert_eq!(grown.results[0].error_code, 0);
+        let mut r = CreatePartitionsRequest::default();
+        r.topics = vec![t];
+        match k
+            .call(
+                ApiKey::CreatePartitions,
+                3,
+                RequestKind::CreatePartitions(r),
+            )
+            .await
+        {
+            ResponseKind::CreatePartitions(r) => r.results[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(grow(&mut k, 5).await, 0);
     assert_eq!(describe_topic(&b, "made").await.partition_count, 5);
-    let mut r = CreatePartitionsRequest::default();
-    r.topics = vec![grow(2)];
-    let ResponseKind::CreatePartitions(shrunk) = k
-        .call(
-            ApiKey::CreatePartitions,
-            3,
-            RequestKind::CreatePartitions(r),
-        )
-        .await
-    else {
-        panic!("create partitions");
-    };
-    assert_eq!(shrunk.results[0].error_code, E::InvalidPartitions.code());
+    let shrunk = grow(&mut k, 2).await;
+    assert_eq!(shrunk, E::InvalidPartitions.code());
 
     // DescribeConfigs: the effective config by Kafka's names, and where each value comes from.
     use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;

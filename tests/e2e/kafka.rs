@@ -1,13 +1,23 @@
-//! The Kafka protocol listener against a real Kafka client: kcat (librdkafka), Debian's
-//! package. Metadata, idempotent produce with every codec librdkafka writes, consume from the
-//! start and by time, and records crossing between the protocols byte for byte (keys, values,
-//! headers, timestamps).
+//! The Kafka protocol listener against real Kafka clients.
 //!
-//! It needs `kcat` on PATH (Debian: `apt-get install kcat`); without it the test says so and
+//! - kcat (librdkafka), Debian's package: metadata, idempotent produce with every codec
+//!   librdkafka writes, consume from the start and by time, and records crossing between the
+//!   protocols byte for byte (keys, values, headers, timestamps).
+//! - confluent-kafka (PyPI; it bundles librdkafka), driven by `kafka/clients.py`: idempotent
+//!   producers and a consumer group of three, under the classic protocol and under the
+//!   consumer protocol (KIP-848), that shares the partitions, rebalances when a member exits,
+//!   commits offsets that gRPC reads, and resumes from them.
+//!
+//! kcat must be on PATH (Debian: `apt-get install kcat`); without it its test says so and
 //! passes, unless `RUNNEL_KAFKA_CLIENT_TESTS=required` (set by `.ci/run`) makes it fail.
+//! confluent-kafka goes into the virtualenv `target/kafka-venv` on first use (PyPI).
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -200,4 +210,256 @@ async fn kcat_produces_and_consumes_and_records_cross_protocols_byte_for_byte() 
     );
     let d = describe_topic(&b, "events").await;
     assert_eq!(d.partitions[0].log_end_offset, 250);
+}
+
+/// A confluent-kafka consumer group member (`kafka/clients.py member`).
+struct Member {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Member {
+    /// Asks the member to close (it leaves the group).
+    fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the members printed, as it arrives.
+struct Group {
+    events: mpsc::Receiver<(usize, serde_json::Value)>,
+    sender: mpsc::Sender<(usize, serde_json::Value)>,
+    /// Each member's partitions now.
+    assigned: BTreeMap<usize, BTreeSet<u64>>,
+    /// Each key read, with the members that read it.
+    keys: BTreeMap<String, BTreeSet<usize>>,
+    closed: BTreeSet<usize>,
+    python: PathBuf,
+    script: PathBuf,
+    broker: String,
+}
+
+impl Group {
+    fn new(broker: &str) -> Self {
+        let root = workspace_root();
+        let python =
+            crate::python::venv_python(&root, "tests/e2e/kafka/requirements.txt", "kafka-venv");
+        let (sender, events) = mpsc::channel();
+        Group {
+            events,
+            sender,
+            assigned: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            python,
+            script: root.join("tests/e2e/kafka/clients.py"),
+            broker: broker.to_owned(),
+        }
+    }
+
+    /// Produces `count` records keyed `prefix-0` on, idempotently.
+    fn produce(&self, topic: &str, count: usize, prefix: &str) {
+        let out = Command::new(&self.python)
+            .arg(&self.script)
+            .args(["produce", &self.broker, topic, &count.to_string(), prefix])
+            .output()
+            .expect("run clients.py produce");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "clients.py produce: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(report["delivered"], count, "{report}");
+        assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    }
+
+    /// Starts member number `index` of `group` on `topic` under `protocol`.
+    fn member(&self, index: usize, group: &str, topic: &str, protocol: &str) -> Member {
+        let mut child = Command::new(&self.python)
+            .arg(&self.script)
+            .args(["member", &self.broker, group, topic, protocol])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run clients.py member");
+        let stdout = child.stdout.take().expect("stdout");
+        let sender = self.sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("member {index} printed {line:?}: {e}"));
+                if sender.send((index, event)).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Member { child, stdin }
+    }
+
+    /// Applies events until `done` holds; panics with what was seen if it does not within
+    /// two minutes (a hang, not a timing target).
+    fn until(&mut self, what: &str, done: impl Fn(&Group) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{what}: not reached; assigned {:?}, closed {:?}, {} keys read",
+                self.assigned,
+                self.closed,
+                self.keys.len()
+            );
+            let Ok((member, event)) = self.events.recv_timeout(left.min(Duration::from_secs(1)))
+            else {
+                continue;
+            };
+            match event["event"].as_str() {
+                Some("assigned") => {
+                    let partitions = event["partitions"]
+                        .as_array()
+                        .map(|ps| ps.iter().filter_map(serde_json::Value::as_u64).collect())
+                        .unwrap_or_default();
+                    self.assigned.insert(member, partitions);
+                }
+                Some("record") => {
+                    let key = event["key"].as_str().unwrap_or_default().to_owned();
+                    self.keys.entry(key).or_default().insert(member);
+                }
+                Some("closed") => {
+                    self.closed.insert(member);
+                    self.assigned.remove(&member);
+                }
+                _ => panic!("member {member}: {event}"),
+            }
+        }
+    }
+
+    /// True if the members in `members` own every one of `partitions` partitions, each once.
+    fn split_among(&self, members: &[usize], partitions: u64) -> bool {
+        let mut all = BTreeSet::new();
+        let mut count = 0;
+        for m in members {
+            let Some(owned) = self.assigned.get(m).filter(|o| !o.is_empty()) else {
+                return false;
+            };
+            count += owned.len();
+            all.extend(owned.iter().copied());
+        }
+        count == all.len() && all == (0..partitions).collect()
+    }
+
+    /// True if every key `prefix-0` .. `prefix-(count-1)` was read.
+    fn read_all(&self, prefix: &str, count: usize) -> bool {
+        (0..count).all(|i| self.keys.contains_key(&format!("{prefix}-{i}")))
+    }
+
+    /// The members that read a key starting with `prefix`.
+    fn readers(&self, prefix: &str) -> BTreeSet<usize> {
+        self.keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .flat_map(|(_, m)| m.iter().copied())
+            .collect()
+    }
+}
+
+async fn group_of_three(protocol: &str) {
+    let kafka = free_addr();
+    let b = Broker::start_with(&[
+        "--set",
+        &format!("kafka.listen={kafka}"),
+        "--set",
+        "groups.heartbeat_interval_ms=500",
+    ])
+    .await;
+    create_topic(&b, "orders", 6).await;
+    let mut g = Group::new(&kafka.to_string());
+    g.produce("orders", 600, "a");
+    // Ten records per partition produced over gRPC: read by the Kafka members too.
+    for p in 0..6 {
+        let mut builder = runnel_format::BatchBuilder::new();
+        for i in 0..10 {
+            let key = format!("g-{}", p * 10 + i);
+            builder.push(
+                Some(key.as_bytes()),
+                Some(b"over gRPC"),
+                &[],
+                1_700_000_000_000,
+            );
+        }
+        let r = produce(&b, "orders", p, vec![builder.build()]).await;
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| g.member(i, "billing", "orders", protocol))
+        .collect();
+    g.until(
+        "three members share six partitions and read everything",
+        |g| g.split_among(&[0, 1, 2], 6) && g.read_all("a", 600) && g.read_all("g", 60),
+    );
+
+    members[2].stop();
+    g.until("member 2 left and the other two took its partitions", |g| {
+        g.closed.contains(&2) && g.split_among(&[0, 1], 6)
+    });
+    g.produce("orders", 300, "b");
+    g.until("the two members read what came after", |g| {
+        g.read_all("b", 300)
+    });
+    assert!(!g.readers("b").contains(&2), "member 2 had left");
+
+    members[0].stop();
+    members[1].stop();
+    g.until("all left", |g| g.closed.len() == 3);
+    // What the Kafka members committed is the group's committed offset over gRPC: the log end
+    // of every partition, as they read everything.
+    let committed = committed_offsets(&b, "billing").await;
+    let d = describe_topic(&b, "orders").await;
+    for p in &d.partitions {
+        assert_eq!(
+            committed.get(&p.partition).map(|c| c.0),
+            Some(p.log_end_offset),
+            "partition {}: committed {committed:?}",
+            p.partition
+        );
+    }
+
+    // A new member resumes from the committed offsets: it reads only what came after.
+    g.produce("orders", 100, "c");
+    let mut last = g.member(3, "billing", "orders", protocol);
+    g.until("a new member reads what came after the commits", |g| {
+        g.read_all("c", 100)
+    });
+    for prefix in ["a", "b", "g"] {
+        assert!(
+            !g.readers(prefix).contains(&3),
+            "member 3 read {prefix} records again"
+        );
+    }
+    last.stop();
+    g.until("it left", |g| g.closed.contains(&3));
+}
+
+#[tokio::test]
+async fn confluent_kafka_classic_group_shares_rebalances_commits_and_resumes() {
+    group_of_three("classic").await;
+}
+
+#[tokio::test]
+async fn confluent_kafka_consumer_protocol_group_shares_rebalances_commits_and_resumes() {
+    group_of_three("consumer").await;
 }

@@ -13,15 +13,20 @@ use std::process::{Command, Output};
 
 use crate::harness::{Broker, clean_command, workspace_root};
 
-/// The virtualenv's interpreter, with the examples' requirements installed.
+/// The interpreter of the virtualenv `target/<venv>`, with the packages of `requirements`
+/// (a path under the workspace root) installed.
 ///
 /// # Panics
 ///
 /// With one message saying what is missing when `python3`, its `venv` module or pip fails.
-fn venv_python(root: &Path) -> PathBuf {
-    let venv = root.join("target").join("python-venv");
+pub(crate) fn venv_python(root: &Path, requirements: &str, venv: &str) -> PathBuf {
+    // Tests run in parallel threads: one makes the virtualenv while the others wait.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = root.join("target").join(venv);
     let python = venv.join("bin").join("python");
-    let requirements = root.join("examples/python/requirements.txt");
+    let named = requirements;
+    let requirements = root.join(requirements);
     let wanted = std::fs::read(&requirements)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
     let marker = venv.join("requirements.hash");
@@ -37,7 +42,7 @@ fn venv_python(root: &Path) -> PathBuf {
         create.args(["-m", "venv"]).arg(&venv);
         check(
             &mut create,
-            "`python3 -m venv` failed: the Python examples need Python 3.10 or later with its \
+            "`python3 -m venv` failed: the Python tests need Python 3.10 or later with its \
              venv module (Debian: apt-get install python3 python3-venv)",
         );
     }
@@ -47,8 +52,10 @@ fn venv_python(root: &Path) -> PathBuf {
         .arg(&requirements);
     check(
         &mut install,
-        "pip install -r examples/python/requirements.txt failed (it needs PyPI, and Python 3.10 \
-         or later for these versions)",
+        &format!(
+            "pip install -r {named} failed (it needs PyPI, and Python 3.10 or later for these \
+             versions)"
+        ),
     );
     std::fs::write(&marker, hash).expect("write the virtualenv's marker file");
     python
@@ -79,7 +86,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[tokio::test]
 async fn python_examples_produce_consume_join_groups_and_retry_idempotently() {
     let root = workspace_root();
-    let python = venv_python(&root);
+    let python = venv_python(&root, "examples/python/requirements.txt", "python-venv");
     // With authentication on: the examples send RUNNEL_USER and RUNNEL_PASSWORD with every call.
     let b = Broker::start_with(&[
         "--set",

@@ -128,6 +128,16 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The client's address.
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
+        match &self.stream {
+            Stream::Plain(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.peer_addr().ok(),
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);

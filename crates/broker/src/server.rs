@@ -356,7 +356,7 @@ impl Serving {
             conn_tx,
             signal.clone(),
         ));
-        kafka::serve(conn_rx, local, broker.clone(), signal.clone())
+        kafka::serve(conn_rx, local, broker.clone(), signal.clone(), Conn::peer)
     }
 
     /// After the shutdown signal: waits for the accept loop to end and for in-flight requests

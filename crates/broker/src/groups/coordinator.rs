@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use runnel_proto::pb;
 use tokio::sync::watch;
 
@@ -37,6 +38,19 @@ pub enum View {
     Assignment(pb::Assignment),
     /// The member is gone; the stream ends with this error.
     Removed(RpcError),
+}
+
+/// What the broker keeps of a member that joined by Kafka's classic group protocol.
+#[derive(Debug, Clone)]
+pub struct Classic {
+    /// The generation id the member last joined at.
+    pub generation: i32,
+    /// The protocol (assignor name) it was answered with.
+    pub protocol: String,
+    /// Its subscription, as sent: the group leader's assignor reads it.
+    pub metadata: Bytes,
+    /// The member epoch whose partitions its last SyncGroup handed out.
+    pub synced_epoch: Option<u32>,
 }
 
 /// A member of a group.
@@ -68,6 +82,8 @@ pub struct Member {
     pub revoke_deadline: Option<Instant>,
     /// Where the member's assignment is published.
     pub view: watch::Sender<View>,
+    /// The state of a member that joined by Kafka's classic group protocol.
+    pub classic: Option<Classic>,
 }
 
 impl Member {
@@ -97,6 +113,7 @@ impl Member {
             revoking: BTreeSet::new(),
             revoke_deadline: None,
             view,
+            classic: None,
         }
     }
 

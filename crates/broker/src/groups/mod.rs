@@ -5,6 +5,8 @@
 //! - [`coordinator`]: one group's membership state machine (cooperative, incremental moves).
 //! - [`offsets`]: committed offsets and their internal log.
 //! - [`lag`](mod@lag): the periodic computation of the lag gauges.
+//! - [`polled`]: members without a stream (Kafka clients), which learn their assignment from
+//!   the answers to their heartbeats.
 //!
 //! [`Groups`] ties them together. Its state is one `std::sync::Mutex`, held for short,
 //! in-memory steps only, never across an `.await` or I/O: a commit takes a slot in the offsets
@@ -17,6 +19,7 @@ pub mod assignor;
 pub mod coordinator;
 pub mod lag;
 pub mod offsets;
+pub mod polled;
 pub mod reset;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -187,6 +190,18 @@ impl Groups {
     /// timeout out of range, an unknown or conflicting assignor, a long client id),
     /// `LIMIT_EXCEEDED` (`max_groups`, `max_members_per_group`).
     pub fn join(&self, req: pb::JoinGroup, host: String) -> Result<Joined, RpcError> {
+        self.join_as(req, host, None)
+    }
+
+    /// [`Groups::join`] with the member id the client chose (Kafka's ConsumerGroupHeartbeat
+    /// v1), or one the broker makes for `None`. A member already in the group under that id is
+    /// replaced: the client lost its state and starts over.
+    fn join_as(
+        &self,
+        req: pb::JoinGroup,
+        host: String,
+        chosen: Option<String>,
+    ) -> Result<Joined, RpcError> {
         validate_group_id("join.group", &req.group)?;
         if let Some(id) = &req.instance_id {
             validate_group_id("join.instance_id", id)?;
@@ -234,15 +249,20 @@ impl Groups {
             return Err(self.group_limit_error(&req.group));
         }
         state.next_member += 1;
-        let member_id = format!(
-            "m-{:012x}-{:08}",
-            self.nonce & 0xffff_ffff_ffff,
-            state.next_member
-        );
+        let member_id = chosen.unwrap_or_else(|| {
+            format!(
+                "m-{:012x}-{:08}",
+                self.nonce & 0xffff_ffff_ffff,
+                state.next_member
+            )
+        });
         let group = state
             .groups
             .entry(req.group.clone())
             .or_insert_with(|| Group::new(req.group.clone(), assignor));
+        if let Some(old) = group.members.remove(&member_id) {
+            old.remove(RpcError::unknown_member(&req.group, &member_id));
+        }
         if group.members.is_empty() {
             group.assignor = assignor;
         } else if group.assignor != assignor && !req.assignor.is_empty() {

@@ -9,20 +9,30 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::context::Context;
+use super::context::{Context, Session};
 
 /// Every API served, with the lowest and highest version served.
-pub(crate) const SERVED: [(ApiKey, i16, i16); 10] = [
+pub(crate) const SERVED: [(ApiKey, i16, i16); 20] = [
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 1, 12),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
 fn served(key: ApiKey) -> Option<(i16, i16)> {
@@ -96,7 +106,11 @@ pub(super) fn decode(mut frame: Bytes) -> Result<Decoded, String> {
 ///
 /// # Errors
 /// Why the connection must close: as [`decode`].
-pub(super) async fn handle(cx: &Context, frame: Bytes) -> Result<Option<Bytes>, String> {
+pub(super) async fn handle(
+    cx: &Context,
+    session: &Session,
+    frame: Bytes,
+) -> Result<Option<Bytes>, String> {
     let (api, version, header, request) = match decode(frame)? {
         Decoded::Request {
             api,
@@ -141,6 +155,34 @@ pub(super) async fn handle(cx: &Context, frame: Bytes) -> Result<Option<Bytes>, 
         )),
         RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
             super::topics::delete_topics(cx, r, version).await,
+        )),
+        RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
+            super::groups::find_coordinator(cx, r, version),
+        )),
+        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(super::groups::join_group(
+            cx, session, client_id, r,
+        ))),
+        RequestKind::SyncGroup(r) => {
+            Some(ResponseKind::SyncGroup(super::groups::sync_group(cx, r)))
+        }
+        RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(super::groups::heartbeat(cx, r))),
+        RequestKind::LeaveGroup(r) => Some(ResponseKind::LeaveGroup(super::groups::leave_group(
+            cx, r, version,
+        ))),
+        RequestKind::ListGroups(r) => {
+            Some(ResponseKind::ListGroups(super::groups::list_groups(cx, r)))
+        }
+        RequestKind::DescribeGroups(r) => Some(ResponseKind::DescribeGroups(
+            super::groups::describe_groups(cx, r),
+        )),
+        RequestKind::ConsumerGroupHeartbeat(r) => Some(ResponseKind::ConsumerGroupHeartbeat(
+            super::consumer::heartbeat(cx, session, client_id, r),
+        )),
+        RequestKind::OffsetCommit(r) => Some(ResponseKind::OffsetCommit(
+            super::offsets::offset_commit(cx, r).await,
+        )),
+        RequestKind::OffsetFetch(r) => Some(ResponseKind::OffsetFetch(
+            super::offsets::offset_fetch(cx, r, version),
         )),
         _ => return Err(format!("{api:?} is not served")),
     };

@@ -14,3 +14,10 @@ pub(crate) struct Context {
     /// The port advertised to clients.
     pub(super) port: i32,
 }
+
+/// What one connection's handlers know of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    /// The client's address, as group listings show it.
+    pub(super) peer: String,
+}

@@ -10,18 +10,20 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::apis;
-use super::context::Context;
+use super::context::{Context, Session};
 use crate::broker::Broker;
 use crate::shutdown::Shutdown;
 
 /// Serves the Kafka protocol on the connections `conns` brings (accepted by the same loop as
 /// gRPC's, on the same `limits.max_connections` slots) until the shutdown signal. `local` is
-/// the listener's address, advertised unless `kafka.advertised_address` says otherwise.
+/// the listener's address, advertised unless `kafka.advertised_address` says otherwise;
+/// `peer` tells a connection's client address.
 pub(crate) fn serve<S>(
     mut conns: mpsc::Receiver<std::io::Result<S>>,
     local: Option<SocketAddr>,
     broker: Arc<Broker>,
     shutdown: Shutdown,
+    peer: fn(&S) -> Option<SocketAddr>,
 ) -> JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -44,8 +46,11 @@ where
                 },
             };
             let (context, shutdown) = (context.clone(), shutdown.clone());
+            let session = Session {
+                peer: peer(&conn).map(|a| a.to_string()).unwrap_or_default(),
+            };
             tokio::spawn(async move {
-                if let Err(reason) = connection(conn, &context, &shutdown).await {
+                if let Err(reason) = connection(conn, &context, &session, &shutdown).await {
                     debug!(reason, "Kafka connection closed");
                 }
             });
@@ -66,7 +71,12 @@ fn advertised(broker: &Broker, local: Option<SocketAddr>) -> (String, i32) {
 }
 
 /// Serves one connection: request after request, answered in order. Returns why it ended.
-async fn connection<S>(mut socket: S, context: &Context, shutdown: &Shutdown) -> Result<(), String>
+async fn connection<S>(
+    mut socket: S,
+    context: &Context,
+    session: &Session,
+    shutdown: &Shutdown,
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -81,7 +91,7 @@ where
         let Some(frame) = frame else {
             return Ok(());
         };
-        let Some(response) = apis::handle(context, frame).await? else {
+        let Some(response) = apis::handle(context, session, frame).await? else {
             // acks=0 produce: no response.
             continue;
         };

@@ -13,11 +13,14 @@
 //! `auth.enabled`, and on an address other than loopback without `auth.insecure`.
 
 mod apis;
+mod consumer;
 mod context;
 mod errors;
 mod fetch;
+mod groups;
 mod listener;
 mod metadata;
+mod offsets;
 mod produce;
 mod topics;
 

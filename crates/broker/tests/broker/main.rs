@@ -12,6 +12,7 @@ mod groups;
 mod health;
 mod idempotence;
 mod kafka;
+mod kafka_groups;
 mod limits;
 mod malformed;
 mod produce;

@@ -789,8 +789,8 @@ impl KafkaSettings {
     }
 
     /// `[kafka]`: addresses that parse, one to advertise, and no exposure without
-    /// authentication (the Kafka listener has no SASL yet: it serves only while auth is off,
-    /// on loopback unless `auth.insecure`).
+    /// authentication (with `auth.enabled` clients authenticate with SASL/PLAIN or a client
+    /// certificate; without it the listener serves loopback only, unless `auth.insecure`).
     fn check(&self, config: &Config) -> Result<(), Invalid> {
         let Some(addr) = self
             .listen_addr()
@@ -817,21 +817,14 @@ impl KafkaSettings {
                 ),
             ));
         }
-        if config.auth.enabled {
-            return Err((
-                "kafka.listen".into(),
-                "the Kafka listener does not authenticate clients yet (no SASL): it cannot run \
-                 with auth.enabled"
-                    .into(),
-            ));
-        }
-        if !addr.ip().is_loopback() && !config.auth.insecure {
+        if !config.auth.enabled && !addr.ip().is_loopback() && !config.auth.insecure {
             return Err((
                 "kafka.listen".into(),
                 format!(
-                    "{addr} is not a loopback address and the Kafka listener does not \
-                     authenticate clients: anyone who reaches it could read, write and delete \
-                     every topic; set auth.insecure to serve it anyway"
+                    "{addr} is not a loopback address and auth.enabled is off: anyone who \
+                     reaches it could read, write and delete every topic; turn on auth.enabled \
+                     (Kafka clients then authenticate with SASL/PLAIN), or set auth.insecure \
+                     to serve it anyway"
                 ),
             ));
         }
@@ -1846,6 +1839,22 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         c.auth.super_users = vec!["alice".into()];
         assert_eq!(c.validate().unwrap_err().0, "auth.super_users[0]");
+    }
+
+    #[test]
+    fn the_kafka_listener_serves_beyond_loopback_only_with_authentication() {
+        let mut c = Config::default();
+        c.kafka.listen = "10.1.2.3:9192".into();
+        let (key, why) = c.validate().unwrap_err();
+        assert_eq!(key, "kafka.listen");
+        assert!(why.contains("SASL/PLAIN"), "{why}");
+        c.auth.enabled = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.auth.enabled = false;
+        c.auth.insecure = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.kafka.listen = "0.0.0.0:9192".into();
+        assert_eq!(c.validate().unwrap_err().0, "kafka.advertised_address");
     }
 
     #[test]

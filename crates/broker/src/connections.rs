@@ -129,12 +129,13 @@ impl Conn {
 }
 
 impl Conn {
-    /// The client's address.
-    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
-        match &self.stream {
+    /// The client's address, and the name in its verified certificate (mutual TLS).
+    pub(crate) fn peer(&self) -> (Option<std::net::SocketAddr>, Option<Arc<str>>) {
+        let addr = match &self.stream {
             Stream::Plain(s) => s.peer_addr().ok(),
             Stream::Tls(s) => s.get_ref().0.peer_addr().ok(),
-        }
+        };
+        (addr, self.certificate.clone())
     }
 }
 

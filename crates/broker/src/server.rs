@@ -78,7 +78,7 @@ pub async fn run(
     let quotas = Arc::new(Quotas::open(&config.data_dir, config.quotas.clone())?);
     let (router, services) = router::router(&config, &health, quotas.clone(), &auth)?;
     let mut serving = Serving::start(router, listener, tls.clone(), &config, &signal);
-    let reloads = tokio::spawn(reload_on_sighup(tls, signal.clone()));
+    let reloads = tokio::spawn(reload_on_sighup(tls.clone(), signal.clone()));
     let state = open_state(&config, group_gauges).await?;
 
     // Serve: the broker over that state behind the services, the background loops, all
@@ -96,7 +96,7 @@ pub async fn run(
         console.open(&broker);
     }
     let background = Background::spawn(&broker, &signal);
-    let kafka = kafka_listener.map(|l| serving.start_kafka(l, &broker, &signal));
+    let kafka = kafka_listener.map(|l| serving.start_kafka(l, &broker, tls, &auth, &signal));
     health.serving().await;
     log_started(&broker, &serving);
     tell_systemd(&[sd_notify::NotifyState::Ready]);
@@ -340,11 +340,14 @@ impl Serving {
         }
     }
 
-    /// Accepts the Kafka listener's connections on the same slots as gRPC's, and serves them.
+    /// Accepts the Kafka listener's connections on the same slots as gRPC's, with the same
+    /// TLS, and serves them.
     fn start_kafka(
         &self,
         listener: TcpListener,
         broker: &Arc<Broker>,
+        tls: Option<Arc<Tls>>,
+        auth: &Arc<Auth>,
         signal: &Shutdown,
     ) -> JoinHandle<()> {
         let local = listener.local_addr().ok();
@@ -352,11 +355,16 @@ impl Serving {
         tokio::spawn(accept_loop(
             listener,
             self.slots.clone(),
-            None,
+            tls,
             conn_tx,
             signal.clone(),
         ));
-        kafka::serve(conn_rx, local, broker.clone(), signal.clone(), Conn::peer)
+        let front = kafka::Front {
+            broker: broker.clone(),
+            auth: auth.clone(),
+            local,
+        };
+        kafka::serve(conn_rx, front, signal.clone(), Conn::peer)
     }
 
     /// After the shutdown signal: waits for the accept loop to end and for in-flight requests

@@ -46,6 +46,56 @@ impl KafkaConn {
         decode_response(api, version, response)
     }
 
+    /// Sends `request` as `api` version `version`: the response, or `None` if the broker
+    /// closed the connection instead.
+    ///
+    /// # Panics
+    ///
+    /// If the response does not decode.
+    pub async fn try_call(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> Option<ResponseKind> {
+        let frame = self.frame(api, version, &request);
+        let response = self.raw(&frame).await?;
+        Some(decode_response(api, version, response))
+    }
+
+    /// Authenticates with SASL/PLAIN (SaslHandshake v1, SaslAuthenticate v2): the
+    /// authentication's error code, or `None` if the broker closed the connection.
+    pub async fn sasl_plain(&mut self, user: &str, password: &str) -> Option<i16> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str("PLAIN");
+        match self
+            .try_call(
+                ApiKey::SaslHandshake,
+                1,
+                RequestKind::SaslHandshake(handshake),
+            )
+            .await?
+        {
+            ResponseKind::SaslHandshake(r) if r.error_code != 0 => return Some(r.error_code),
+            ResponseKind::SaslHandshake(_) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut auth = SaslAuthenticateRequest::default();
+        auth.auth_bytes = Bytes::from(format!("\0{user}\0{password}"));
+        match self
+            .try_call(
+                ApiKey::SaslAuthenticate,
+                2,
+                RequestKind::SaslAuthenticate(auth),
+            )
+            .await?
+        {
+            ResponseKind::SaslAuthenticate(r) => Some(r.error_code),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Sends `request` and expects no response (a produce with acks 0): a later call is
     /// answered first.
     pub async fn send_only(&mut self, api: ApiKey, version: i16, request: RequestKind) {

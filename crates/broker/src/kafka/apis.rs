@@ -10,9 +10,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::context::{Context, Session};
+use crate::auth::Access;
 
 /// Every API served, with the lowest and highest version served.
-pub(crate) const SERVED: [(ApiKey, i16, i16); 20] = [
+pub(crate) const SERVED: [(ApiKey, i16, i16); 22] = [
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 8),
@@ -32,6 +33,8 @@ pub(crate) const SERVED: [(ApiKey, i16, i16); 20] = [
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
@@ -108,7 +111,7 @@ pub(super) fn decode(mut frame: Bytes) -> Result<Decoded, String> {
 /// Why the connection must close: as [`decode`].
 pub(super) async fn handle(
     cx: &Context,
-    session: &Session,
+    session: &mut Session,
     frame: Bytes,
 ) -> Result<Option<Bytes>, String> {
     let (api, version, header, request) = match decode(frame)? {
@@ -125,71 +128,109 @@ pub(super) async fn handle(
             return encode(ApiKey::ApiVersions, 0, correlation_id, &response).map(Some);
         }
     };
-    let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
-    let caller = cx.broker.quotas.caller(crate::auth::ANONYMOUS, client_id);
-    let response = match request {
-        RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions())),
-        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
-            super::metadata::metadata(cx, r, version).await,
+    let access = super::sasl::gate(session, api)?;
+    let response = match (request, access) {
+        (RequestKind::ApiVersions(_), _) => Some(ResponseKind::ApiVersions(api_versions())),
+        (RequestKind::SaslHandshake(r), _) => Some(ResponseKind::SaslHandshake(
+            super::sasl::handshake(cx, session, r),
         )),
-        RequestKind::Produce(r) => super::produce::produce(cx, r, &caller)
-            .await
-            .map(ResponseKind::Produce),
-        RequestKind::Fetch(r) => Some(ResponseKind::Fetch(
-            super::fetch::fetch(cx, r, &caller).await,
-        )),
-        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
-            super::fetch::list_offsets(cx, r).await,
-        )),
-        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
-            super::produce::init_producer_id(cx, r).await,
-        )),
-        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
-            super::topics::create_topics(cx, r).await,
-        )),
-        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
-            super::topics::create_partitions(cx, r).await,
-        )),
-        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(
-            super::topics::describe_configs(cx, r).await,
-        )),
-        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
-            super::topics::delete_topics(cx, r, version).await,
-        )),
-        RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
-            super::groups::find_coordinator(cx, r, version),
-        )),
-        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(super::groups::join_group(
-            cx, session, client_id, r,
-        ))),
-        RequestKind::SyncGroup(r) => {
-            Some(ResponseKind::SyncGroup(super::groups::sync_group(cx, r)))
+        (RequestKind::SaslAuthenticate(r), _) => {
+            let answer = match super::sasl::authenticate(cx, session, r).await {
+                Ok(answer) => answer,
+                Err(refusal) => {
+                    session.closing = Some("SASL authentication failed".into());
+                    refusal
+                }
+            };
+            Some(ResponseKind::SaslAuthenticate(answer))
         }
-        RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(super::groups::heartbeat(cx, r))),
-        RequestKind::LeaveGroup(r) => Some(ResponseKind::LeaveGroup(super::groups::leave_group(
-            cx, r, version,
-        ))),
-        RequestKind::ListGroups(r) => {
-            Some(ResponseKind::ListGroups(super::groups::list_groups(cx, r)))
+        (request, Some(access)) => {
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            call(cx, session, &access, client_id, request, version).await?
         }
-        RequestKind::DescribeGroups(r) => Some(ResponseKind::DescribeGroups(
-            super::groups::describe_groups(cx, r),
-        )),
-        RequestKind::ConsumerGroupHeartbeat(r) => Some(ResponseKind::ConsumerGroupHeartbeat(
-            super::consumer::heartbeat(cx, session, client_id, r),
-        )),
-        RequestKind::OffsetCommit(r) => Some(ResponseKind::OffsetCommit(
-            super::offsets::offset_commit(cx, r).await,
-        )),
-        RequestKind::OffsetFetch(r) => Some(ResponseKind::OffsetFetch(
-            super::offsets::offset_fetch(cx, r, version),
-        )),
-        _ => return Err(format!("{api:?} is not served")),
+        (_, None) => return Err(format!("{api:?} without a caller")),
     };
     match response {
         Some(r) => encode(api, version, header.correlation_id, &r).map(Some),
         None => Ok(None),
     }
+}
+
+/// Answers a request of an authenticated caller.
+async fn call(
+    cx: &Context,
+    session: &Session,
+    access: &Access,
+    client_id: &str,
+    request: RequestKind,
+    version: i16,
+) -> Result<Option<ResponseKind>, String> {
+    use super::{consumer, fetch, groups, metadata, offsets, produce, topics};
+    let caller = cx
+        .broker
+        .quotas
+        .caller(access.principal().as_str(), client_id);
+    let peer = session.peer();
+    Ok(match request {
+        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
+            metadata::metadata(cx, access, r).await,
+        )),
+        RequestKind::Produce(r) => produce::produce(cx, access, r, &caller)
+            .await
+            .map(ResponseKind::Produce),
+        RequestKind::Fetch(r) => Some(ResponseKind::Fetch(
+            fetch::fetch(cx, access, r, &caller).await,
+        )),
+        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
+            fetch::list_offsets(cx, access, r).await,
+        )),
+        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
+            produce::init_producer_id(cx, access, r).await,
+        )),
+        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
+            topics::create_topics(cx, access, r).await,
+        )),
+        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
+            topics::create_partitions(cx, access, r).await,
+        )),
+        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(
+            topics::describe_configs(cx, access, r).await,
+        )),
+        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
+            topics::delete_topics(cx, access, r, version).await,
+        )),
+        RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
+            groups::find_coordinator(cx, access, r, version),
+        )),
+        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(groups::join_group(
+            cx, access, &peer, client_id, r,
+        ))),
+        RequestKind::SyncGroup(r) => {
+            Some(ResponseKind::SyncGroup(groups::sync_group(cx, access, r)))
+        }
+        RequestKind::Heartbeat(r) => {
+            Some(ResponseKind::Heartbeat(groups::heartbeat(cx, access, r)))
+        }
+        RequestKind::LeaveGroup(r) => Some(ResponseKind::LeaveGroup(groups::leave_group(
+            cx, access, r, version,
+        ))),
+        RequestKind::ListGroups(r) => {
+            Some(ResponseKind::ListGroups(groups::list_groups(cx, access, r)))
+        }
+        RequestKind::DescribeGroups(r) => Some(ResponseKind::DescribeGroups(
+            groups::describe_groups(cx, access, r),
+        )),
+        RequestKind::ConsumerGroupHeartbeat(r) => Some(ResponseKind::ConsumerGroupHeartbeat(
+            consumer::heartbeat(cx, access, &peer, client_id, r),
+        )),
+        RequestKind::OffsetCommit(r) => Some(ResponseKind::OffsetCommit(
+            offsets::offset_commit(cx, access, r).await,
+        )),
+        RequestKind::OffsetFetch(r) => Some(ResponseKind::OffsetFetch(offsets::offset_fetch(
+            cx, access, r, version,
+        ))),
+        other => return Err(format!("{:?} is not served", other)),
+    })
 }
 
 /// The ApiVersions answer: the APIs served and their versions.

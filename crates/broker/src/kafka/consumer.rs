@@ -14,9 +14,11 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_proto::pb::ErrorCode;
 use uuid::Uuid;
 
-use super::context::{Context, Session};
-use super::errors::kafka_code;
+use super::context::Context;
+use super::errors::{group_denied, kafka_code, topic_denied};
 use super::metadata::topic_id;
+use crate::auth::Access;
+use crate::auth::acl::Operation;
 use crate::error::RpcError;
 use crate::groups::assignor::Tp;
 use crate::groups::polled::{Polled, PolledJoin, Release};
@@ -26,14 +28,24 @@ type Refusal = (i16, String);
 
 pub(super) fn heartbeat(
     cx: &Context,
-    session: &Session,
+    access: &Access,
+    peer: &str,
     client_id: &str,
     r: ConsumerGroupHeartbeatRequest,
 ) -> ConsumerGroupHeartbeatResponse {
     let mut response = ConsumerGroupHeartbeatResponse::default();
     response.member_id = Some(r.member_id.clone());
     response.member_epoch = r.member_epoch;
-    match answer(cx, session, client_id, &r) {
+    let topics = r.subscribed_topic_names.iter().flatten();
+    if let Some(code) = group_denied(access, &r.group_id, Operation::Read).or_else(|| {
+        topics
+            .clone()
+            .find_map(|t| topic_denied(access, t, Operation::Describe))
+    }) {
+        response.error_code = code;
+        return response;
+    }
+    match answer(cx, peer, client_id, &r) {
         Ok(Some(polled)) => {
             if u32::try_from(r.member_epoch) != Ok(polled.epoch) {
                 response.assignment = Some(assignment(cx, &polled.assigned));
@@ -55,7 +67,7 @@ pub(super) fn heartbeat(
 /// The member's state after the heartbeat; `None` once it left.
 fn answer(
     cx: &Context,
-    session: &Session,
+    peer: &str,
     client_id: &str,
     r: &ConsumerGroupHeartbeatRequest,
 ) -> Result<Option<Polled>, Refusal> {
@@ -99,7 +111,7 @@ fn answer(
                 member_id: (!r.member_id.is_empty()).then(|| r.member_id.to_string()),
                 instance_id: r.instance_id.as_ref().map(|i| i.to_string()),
                 client_id: client_id.to_owned(),
-                host: session.peer.clone(),
+                host: peer.to_owned(),
                 topics,
                 session_timeout_ms: 0,
                 assignor: assignor.to_owned(),

@@ -3,6 +3,9 @@
 use kafka_protocol::ResponseError as K;
 use runnel_proto::pb::{self, ErrorCode as R};
 
+use crate::auth::Access;
+use crate::auth::acl::{Operation, Resource};
+
 /// Kafka's error code for a Runnel error code.
 pub(super) fn kafka_code(code: R) -> i16 {
     let k = match code {
@@ -46,4 +49,21 @@ pub(super) fn inline_code(error: Option<&pb::Error>) -> i16 {
     error.map_or(0, |e| {
         kafka_code(R::try_from(e.code).unwrap_or(R::Internal))
     })
+}
+
+/// `TOPIC_AUTHORIZATION_FAILED` if the caller may not do `op` on `topic` (checked, and a
+/// refusal audited, by the one authorization point).
+pub(super) fn topic_denied(access: &Access, topic: &str, op: Operation) -> Option<i16> {
+    access
+        .check(Resource::Topic(topic), op)
+        .err()
+        .map(|_| K::TopicAuthorizationFailed.code())
+}
+
+/// `GROUP_AUTHORIZATION_FAILED` if the caller may not do `op` on `group`.
+pub(super) fn group_denied(access: &Access, group: &str, op: Operation) -> Option<i16> {
+    access
+        .check(Resource::Group(group), op)
+        .err()
+        .map(|_| K::GroupAuthorizationFailed.code())
 }

@@ -15,14 +15,21 @@ use kafka_protocol::messages::{
 use runnel_proto::pb;
 
 use super::context::Context;
-use super::errors::{inline_code, kafka_code};
+use super::errors::{inline_code, kafka_code, topic_denied};
 use super::metadata::name;
+use crate::auth::Access;
+use crate::auth::acl::Operation;
 use crate::quotas::Caller;
 
 /// Kafka's timestamp that asks for the log start in ListOffsets (-1 asks for the end).
 const EARLIEST: i64 = -2;
 
-pub(super) async fn fetch(cx: &Context, r: FetchRequest, caller: &Caller) -> FetchResponse {
+pub(super) async fn fetch(
+    cx: &Context,
+    access: &Access,
+    r: FetchRequest,
+    caller: &Caller,
+) -> FetchResponse {
     let mut response = FetchResponse::default();
     let mut request = pb::FetchRequest {
         max_wait_ms: u32::try_from(r.max_wait_ms).unwrap_or(0),
@@ -33,7 +40,12 @@ pub(super) async fn fetch(cx: &Context, r: FetchRequest, caller: &Caller) -> Fet
     // Partitions that cannot be asked (a negative number or offset) are answered here.
     let mut early: Vec<(String, i32, i16)> = Vec::new();
     for topic in &r.topics {
+        let denied = topic_denied(access, &name(&topic.topic), Operation::Read);
         for p in &topic.partitions {
+            if let Some(code) = denied {
+                early.push((name(&topic.topic), p.partition, code));
+                continue;
+            }
             match (u32::try_from(p.partition), u64::try_from(p.fetch_offset)) {
                 (Ok(partition), Ok(offset)) => request.partitions.push(pb::FetchPartition {
                     topic: name(&topic.topic),
@@ -121,11 +133,20 @@ fn push(response: &mut FetchResponse, topic: &str, data: PartitionData) {
     }
 }
 
-pub(super) async fn list_offsets(cx: &Context, r: ListOffsetsRequest) -> ListOffsetsResponse {
+pub(super) async fn list_offsets(
+    cx: &Context,
+    access: &Access,
+    r: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     use pb::offset_query::Query;
     let mut response = ListOffsetsResponse::default();
     let mut queries = Vec::new();
-    for topic in &r.topics {
+    let denied: Vec<Option<i16>> = r
+        .topics
+        .iter()
+        .map(|t| topic_denied(access, &name(&t.name), Operation::Describe))
+        .collect();
+    for (topic, _) in r.topics.iter().zip(&denied).filter(|(_, d)| d.is_none()) {
         for p in &topic.partitions {
             let query = match p.timestamp {
                 EARLIEST => Query::Boundary(pb::OffsetBoundary::Earliest as i32),
@@ -167,7 +188,7 @@ pub(super) async fn list_offsets(cx: &Context, r: ListOffsetsRequest) -> ListOff
             return response;
         }
     };
-    for topic in r.topics {
+    for (topic, denied) in r.topics.into_iter().zip(denied) {
         let mut t = ListOffsetsTopicResponse::default();
         t.name = topic.name;
         for p in topic.partitions {
@@ -175,7 +196,9 @@ pub(super) async fn list_offsets(cx: &Context, r: ListOffsetsRequest) -> ListOff
             out.partition_index = p.partition_index;
             out.timestamp = -1;
             out.offset = -1;
-            if let Some(found) = results.next() {
+            if let Some(code) = denied {
+                out.error_code = code;
+            } else if let Some(found) = results.next() {
                 out.error_code = inline_code(found.error.as_ref());
                 if found.error.is_none() {
                     out.offset = found.offset as i64;

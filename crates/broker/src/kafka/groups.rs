@@ -28,9 +28,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 use runnel_proto::pb::{self, ErrorCode};
 
-use super::context::{Context, Session};
-use super::errors::kafka_code;
+use super::context::Context;
+use super::errors::{group_denied, kafka_code, topic_denied};
 use super::metadata::NODE_ID;
+use crate::auth::Access;
+use crate::auth::acl::{Operation, Resource};
 use crate::error::RpcError;
 use crate::groups::assignor::Tp;
 use crate::groups::polled::{ClassicJoin, PolledJoin, Release};
@@ -57,13 +59,18 @@ fn s(v: impl Into<String>) -> StrBytes {
 
 pub(super) fn find_coordinator(
     cx: &Context,
+    access: &Access,
     r: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
         let mut c = Coordinator::default();
+        let denied = group_denied(access, &key, Operation::Describe);
         c.key = key;
-        if r.key_type == 0 {
+        if let Some(code) = denied.filter(|_| r.key_type == 0) {
+            c.node_id = BrokerId(-1);
+            c.error_code = code;
+        } else if r.key_type == 0 {
             c.node_id = BrokerId(NODE_ID);
             c.host = s(cx.host.clone());
             c.port = cx.port;
@@ -141,7 +148,8 @@ fn versioned(version: i16, m: &impl Encodable) -> Bytes {
 
 pub(super) fn join_group(
     cx: &Context,
-    session: &Session,
+    access: &Access,
+    peer: &str,
     client_id: &str,
     r: JoinGroupRequest,
 ) -> JoinGroupResponse {
@@ -162,6 +170,11 @@ pub(super) fn join_group(
     let Ok(subscription) = decode_subscription(protocol.metadata.clone()) else {
         return fail(response, K::InconsistentGroupProtocol.code());
     };
+    if let Some(code) = group_denied(access, &r.group_id, Operation::Read).or_else(|| {
+        (subscription.topics.iter()).find_map(|t| topic_denied(access, t, Operation::Describe))
+    }) {
+        return fail(response, code);
+    }
     let session_ms = u64::try_from(r.session_timeout_ms).unwrap_or(0);
     if !cx.broker.groups.session_range().contains(&session_ms) {
         return fail(response, K::InvalidSessionTimeout.code());
@@ -186,7 +199,7 @@ pub(super) fn join_group(
             member_id: (!r.member_id.is_empty()).then(|| r.member_id.to_string()),
             instance_id: r.group_instance_id.as_ref().map(|i| i.to_string()),
             client_id: client_id.to_owned(),
-            host: session.peer.clone(),
+            host: peer.to_owned(),
             topics: subscription.topics.iter().map(|t| t.to_string()).collect(),
             session_timeout_ms: session_ms,
             assignor: String::new(),
@@ -218,9 +231,13 @@ pub(super) fn join_group(
     }
 }
 
-pub(super) fn sync_group(cx: &Context, r: SyncGroupRequest) -> SyncGroupResponse {
+pub(super) fn sync_group(cx: &Context, access: &Access, r: SyncGroupRequest) -> SyncGroupResponse {
     let mut response = SyncGroupResponse::default();
     response.protocol_type = Some(StrBytes::from_static_str(CONSUMER));
+    if let Some(code) = group_denied(access, &r.group_id, Operation::Read) {
+        response.error_code = code;
+        return response;
+    }
     if r.protocol_type
         .as_ref()
         .is_some_and(|t| t.as_str() != CONSUMER)
@@ -242,8 +259,12 @@ pub(super) fn sync_group(cx: &Context, r: SyncGroupRequest) -> SyncGroupResponse
     response
 }
 
-pub(super) fn heartbeat(cx: &Context, r: HeartbeatRequest) -> HeartbeatResponse {
+pub(super) fn heartbeat(cx: &Context, access: &Access, r: HeartbeatRequest) -> HeartbeatResponse {
     let mut response = HeartbeatResponse::default();
+    if let Some(code) = group_denied(access, &r.group_id, Operation::Read) {
+        response.error_code = code;
+        return response;
+    }
     response.error_code =
         match cx
             .broker
@@ -257,9 +278,18 @@ pub(super) fn heartbeat(cx: &Context, r: HeartbeatRequest) -> HeartbeatResponse 
     response
 }
 
-pub(super) fn leave_group(cx: &Context, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub(super) fn leave_group(
+    cx: &Context,
+    access: &Access,
+    r: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
     let group = r.group_id.0.to_string();
     let mut response = LeaveGroupResponse::default();
+    if let Some(code) = group_denied(access, &group, Operation::Read) {
+        response.error_code = code;
+        return response;
+    }
     if version < 3 {
         cx.broker.groups.leave(&group, &r.member_id);
         return response;
@@ -294,7 +324,12 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-pub(super) fn list_groups(cx: &Context, r: ListGroupsRequest) -> ListGroupsResponse {
+/// ListGroups: the groups the caller may describe.
+pub(super) fn list_groups(
+    cx: &Context,
+    access: &Access,
+    r: ListGroupsRequest,
+) -> ListGroupsResponse {
     let wanted = |filter: &[StrBytes], value: &str| {
         filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(value))
     };
@@ -305,6 +340,7 @@ pub(super) fn list_groups(cx: &Context, r: ListGroupsRequest) -> ListGroupsRespo
         .list()
         .groups
         .into_iter()
+        .filter(|g| access.may(Resource::Group(&g.group), Operation::Describe))
         .filter(|g| wanted(&r.states_filter, state_name(g.state)))
         .filter(|_| wanted(&r.types_filter, CONSUMER))
         .map(|g| {
@@ -319,7 +355,11 @@ pub(super) fn list_groups(cx: &Context, r: ListGroupsRequest) -> ListGroupsRespo
     response
 }
 
-pub(super) fn describe_groups(cx: &Context, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub(super) fn describe_groups(
+    cx: &Context,
+    access: &Access,
+    r: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let mut response = DescribeGroupsResponse::default();
     response.groups = r
         .groups
@@ -329,6 +369,10 @@ pub(super) fn describe_groups(cx: &Context, r: DescribeGroupsRequest) -> Describ
             out.group_id = id.clone();
             out.protocol_type = StrBytes::from_static_str(CONSUMER);
             out.authorized_operations = i32::MIN;
+            if let Some(code) = group_denied(access, &id, Operation::Describe) {
+                out.error_code = code;
+                return out;
+            }
             match cx.broker.groups.describe(&id.0) {
                 Ok(d) => {
                     out.group_state = StrBytes::from_static_str(state_name(d.state));

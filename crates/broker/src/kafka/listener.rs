@@ -10,27 +10,31 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::apis;
-use super::context::{Context, Session};
+use super::context::{Context, Front, Session};
 use crate::broker::Broker;
 use crate::shutdown::Shutdown;
 
 /// Serves the Kafka protocol on the connections `conns` brings (accepted by the same loop as
-/// gRPC's, on the same `limits.max_connections` slots) until the shutdown signal. `local` is
-/// the listener's address, advertised unless `kafka.advertised_address` says otherwise;
-/// `peer` tells a connection's client address.
+/// gRPC's, on the same `limits.max_connections` slots and with the same TLS) until the
+/// shutdown signal. `peer` tells a connection's client address and verified certificate name.
 pub(crate) fn serve<S>(
     mut conns: mpsc::Receiver<std::io::Result<S>>,
-    local: Option<SocketAddr>,
-    broker: Arc<Broker>,
+    front: Front,
     shutdown: Shutdown,
-    peer: fn(&S) -> Option<SocketAddr>,
+    peer: fn(&S) -> (Option<SocketAddr>, Option<Arc<str>>),
 ) -> JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (host, port) = advertised(&broker, local);
-    info!(address = ?local, advertised = %format!("{host}:{port}"), "serving the Kafka protocol");
-    let context = Arc::new(Context { broker, host, port });
+    let (host, port) = advertised(&front.broker, front.local);
+    info!(address = ?front.local, advertised = %format!("{host}:{port}"),
+        sasl = front.auth.enabled(), "serving the Kafka protocol");
+    let context = Arc::new(Context {
+        broker: front.broker,
+        auth: front.auth,
+        host,
+        port,
+    });
     tokio::spawn(async move {
         loop {
             let conn = tokio::select! {
@@ -46,11 +50,10 @@ where
                 },
             };
             let (context, shutdown) = (context.clone(), shutdown.clone());
-            let session = Session {
-                peer: peer(&conn).map(|a| a.to_string()).unwrap_or_default(),
-            };
+            let (addr, certificate) = peer(&conn);
             tokio::spawn(async move {
-                if let Err(reason) = connection(conn, &context, &session, &shutdown).await {
+                let mut session = super::sasl::open(&context, addr, certificate).await;
+                if let Err(reason) = connection(conn, &context, &mut session, &shutdown).await {
                     debug!(reason, "Kafka connection closed");
                 }
             });
@@ -74,7 +77,7 @@ fn advertised(broker: &Broker, local: Option<SocketAddr>) -> (String, i32) {
 async fn connection<S>(
     mut socket: S,
     context: &Context,
-    session: &Session,
+    session: &mut Session,
     shutdown: &Shutdown,
 ) -> Result<(), String>
 where
@@ -102,6 +105,9 @@ where
             .write_all(&out)
             .await
             .map_err(|e| format!("write: {e}"))?;
+        if let Some(reason) = session.closing.take() {
+            return Err(reason);
+        }
     }
 }
 

@@ -9,6 +9,9 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::protocol::StrBytes;
 
 use super::context::Context;
+use super::errors::topic_denied;
+use crate::auth::Access;
+use crate::auth::acl::{Operation, Resource};
 use crate::topics::Topic;
 
 /// This broker's node id: the only one.
@@ -24,7 +27,12 @@ pub(super) fn name(n: &TopicName) -> String {
     n.0.to_string()
 }
 
-pub(super) async fn metadata(cx: &Context, r: MetadataRequest, _version: i16) -> MetadataResponse {
+/// Metadata: the topics asked for, or every topic the caller may describe.
+pub(super) async fn metadata(
+    cx: &Context,
+    access: &Access,
+    r: MetadataRequest,
+) -> MetadataResponse {
     let topics = &cx.broker.topics;
     let mut response = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
@@ -35,7 +43,12 @@ pub(super) async fn metadata(cx: &Context, r: MetadataRequest, _version: i16) ->
     response.cluster_id = Some(StrBytes::from_static_str("runnel"));
     response.controller_id = BrokerId(NODE_ID);
     let wanted: Vec<Result<std::sync::Arc<Topic>, String>> = match r.topics {
-        None => topics.list().into_iter().map(Ok).collect(),
+        None => topics
+            .list()
+            .into_iter()
+            .filter(|t| access.may(Resource::Topic(&t.name), Operation::Describe))
+            .map(Ok)
+            .collect(),
         Some(list) => list
             .into_iter()
             .map(|t| {
@@ -57,11 +70,21 @@ pub(super) async fn metadata(cx: &Context, r: MetadataRequest, _version: i16) ->
     response.topics = wanted
         .into_iter()
         .map(|t| match t {
-            Ok(t) => describe(&t),
+            Ok(t) => match topic_denied(access, &t.name, Operation::Describe) {
+                None => describe(&t),
+                Some(code) => {
+                    let mut out = MetadataResponseTopic::default();
+                    out.name = Some(TopicName(StrBytes::from_string(t.name.to_string())));
+                    out.error_code = code;
+                    out
+                }
+            },
             Err(n) => {
                 let mut out = MetadataResponseTopic::default();
+                // A caller that may not describe the name learns nothing of it.
+                out.error_code = topic_denied(access, &n, Operation::Describe)
+                    .unwrap_or(ResponseError::UnknownTopicOrPartition.code());
                 out.name = Some(TopicName(StrBytes::from_string(n)));
-                out.error_code = ResponseError::UnknownTopicOrPartition.code();
                 out
             }
         })

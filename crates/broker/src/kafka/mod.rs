@@ -22,6 +22,8 @@ mod listener;
 mod metadata;
 mod offsets;
 mod produce;
+mod sasl;
 mod topics;
 
+pub(crate) use context::Front;
 pub(crate) use listener::serve;

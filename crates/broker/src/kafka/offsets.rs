@@ -21,16 +21,25 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_proto::pb::{self, ErrorCode};
 
 use super::context::Context;
-use super::errors::{inline_code, kafka_code};
+use super::errors::{group_denied, inline_code, kafka_code, topic_denied};
 use super::groups::classic_code;
+use crate::auth::Access;
+use crate::auth::acl::{Operation, Resource};
 
-pub(super) async fn offset_commit(cx: &Context, r: OffsetCommitRequest) -> OffsetCommitResponse {
+pub(super) async fn offset_commit(
+    cx: &Context,
+    access: &Access,
+    r: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let group = r.group_id.0.to_string();
     let member = r.member_id.to_string();
     let groups = &cx.broker.groups;
     let classic = groups.is_classic(&group, &member);
     // A refusal of the whole request: its code for every partition.
-    let epoch: Result<u32, i16> = if member.is_empty() {
+    let epoch: Result<u32, i16> = if let Some(code) = group_denied(access, &group, Operation::Read)
+    {
+        Err(code)
+    } else if member.is_empty() {
         Ok(0)
     } else if classic {
         groups
@@ -46,7 +55,12 @@ pub(super) async fn offset_commit(cx: &Context, r: OffsetCommitRequest) -> Offse
         .collect();
     let mut offsets = Vec::new();
     for (t, topic) in r.topics.iter().enumerate() {
+        let denied = topic_denied(access, &topic.name, Operation::Read);
         for (p, part) in topic.partitions.iter().enumerate() {
+            if let Some(code) = denied {
+                codes[t][p] = code;
+                continue;
+            }
             match (
                 u32::try_from(part.partition_index),
                 u64::try_from(part.committed_offset),
@@ -145,12 +159,17 @@ fn commit_code(e: &crate::error::RpcError, classic: bool) -> i16 {
     }
 }
 
-/// One group's committed offsets for the requested topics (`None`: every committed offset).
+/// One group's committed offsets for the requested topics (`None`: every committed offset),
+/// of the topics the caller may describe.
 fn fetch_group(
     cx: &Context,
+    access: &Access,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, Vec<pb::CommittedOffset>)>, i16> {
+    if let Some(code) = group_denied(access, group, Operation::Describe) {
+        return Err(code);
+    }
     let partitions = topics
         .unwrap_or_default()
         .into_iter()
@@ -173,7 +192,8 @@ fn fetch_group(
         .fetch_offsets(&req)
         .map_err(|e| kafka_code(e.code))?;
     let mut by_topic: Vec<(String, Vec<pb::CommittedOffset>)> = Vec::new();
-    for o in answer.offsets {
+    let described = |topic: &str| access.may(Resource::Topic(topic), Operation::Describe);
+    for o in answer.offsets.into_iter().filter(|o| described(&o.topic)) {
         match by_topic.last_mut() {
             Some((t, list)) if *t == o.topic => list.push(o),
             _ => by_topic.push((o.topic.clone(), vec![o])),
@@ -191,6 +211,7 @@ fn committed(o: &pb::CommittedOffset) -> (i64, Option<StrBytes>) {
 
 pub(super) fn offset_fetch(
     cx: &Context,
+    access: &Access,
     r: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -201,7 +222,7 @@ pub(super) fn offset_fetch(
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
-        match fetch_group(cx, &r.group_id.0, topics) {
+        match fetch_group(cx, access, &r.group_id.0, topics) {
             Ok(found) => {
                 response.topics = found
                     .into_iter()
@@ -236,7 +257,7 @@ pub(super) fn offset_fetch(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
                     .collect()
             });
-            match fetch_group(cx, &g.group_id.0, topics) {
+            match fetch_group(cx, access, &g.group_id.0, topics) {
                 Ok(found) => {
                     out.topics = found
                         .into_iter()

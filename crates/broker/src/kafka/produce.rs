@@ -13,13 +13,16 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_proto::pb;
 
 use super::context::Context;
-use super::errors::{inline_code, kafka_code};
+use super::errors::{inline_code, kafka_code, topic_denied};
 use super::metadata::name;
+use crate::auth::Access;
+use crate::auth::acl::{Operation, ResourceType};
 use crate::quotas::{Caller, Quota};
 
 /// Answers a produce; `None` for acks 0, which takes no answer.
 pub(super) async fn produce(
     cx: &Context,
+    access: &Access,
     r: ProduceRequest,
     caller: &Caller,
 ) -> Option<ProduceResponse> {
@@ -43,8 +46,17 @@ pub(super) async fn produce(
         };
         let mut entries = Vec::new();
         let mut slots = Vec::new();
+        let denied = topic_denied(access, &name(&topic.name), Operation::Write).is_some();
         for data in topic.partition_data {
             let index = data.index;
+            if denied {
+                out.partition_responses.push(failed(
+                    index,
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("not authorized to write to topic {:?}", name(&topic.name)),
+                ));
+                continue;
+            }
             if r.transactional_id.is_some() {
                 out.partition_responses.push(failed(
                     index,
@@ -172,11 +184,20 @@ fn translate(records: Bytes) -> Result<Vec<Bytes>, String> {
 /// the same registry as gRPC's InitProducer. Transactional ids are refused.
 pub(super) async fn init_producer_id(
     cx: &Context,
+    access: &Access,
     r: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
+    // Of use only to a caller that may write somewhere (Kafka's rule since KIP-679).
+    if access
+        .check_some(ResourceType::Topic, Operation::Write)
+        .is_err()
+    {
+        response.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        return response;
+    }
     if r.transactional_id.is_some() {
         response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return response;

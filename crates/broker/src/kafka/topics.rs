@@ -19,8 +19,10 @@ use kafka_protocol::protocol::StrBytes;
 use runnel_proto::pb;
 
 use super::context::Context;
-use super::errors::kafka_code;
+use super::errors::{kafka_code, topic_denied};
 use super::metadata::name;
+use crate::auth::Access;
+use crate::auth::acl::Operation;
 
 /// Kafka's topic configs that have a Runnel counterpart.
 pub(super) const CONFIGS: [&str; 6] = [
@@ -72,7 +74,11 @@ fn topic_config(t: &CreatableTopic) -> Result<pb::TopicConfig, String> {
     Ok(c)
 }
 
-pub(super) async fn create_topics(cx: &Context, r: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(super) async fn create_topics(
+    cx: &Context,
+    access: &Access,
+    r: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for t in r.topics {
         let mut out = CreatableTopicResult::default();
@@ -83,7 +89,9 @@ pub(super) async fn create_topics(cx: &Context, r: CreateTopicsRequest) -> Creat
             out.error_code = error.code();
             out.error_message = Some(StrBytes::from_string(message));
         };
-        if t.replication_factor > 1 {
+        if let Some(code) = topic_denied(access, &name(&t.name), Operation::Create) {
+            out.error_code = code;
+        } else if t.replication_factor > 1 {
             failed(
                 &mut out,
                 ResponseError::InvalidReplicationFactor,
@@ -135,6 +143,7 @@ pub(super) async fn create_topics(cx: &Context, r: CreateTopicsRequest) -> Creat
 
 pub(super) async fn delete_topics(
     cx: &Context,
+    access: &Access,
     r: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -166,7 +175,9 @@ pub(super) async fn delete_topics(
             None => out.error_code = ResponseError::UnknownTopicId.code(),
             Some(n) => {
                 out.name = Some(TopicName(StrBytes::from_string(n.clone())));
-                if let Err(e) = cx.broker.delete_topic(n).await {
+                if let Some(code) = topic_denied(access, &n, Operation::Delete) {
+                    out.error_code = code;
+                } else if let Err(e) = cx.broker.delete_topic(n).await {
                     out.error_code = kafka_code(e.code);
                     out.error_message = Some(StrBytes::from_string(e.message));
                 }
@@ -179,6 +190,7 @@ pub(super) async fn delete_topics(
 
 pub(super) async fn create_partitions(
     cx: &Context,
+    access: &Access,
     r: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut response = CreatePartitionsResponse::default();
@@ -190,7 +202,9 @@ pub(super) async fn create_partitions(
                 out.error_code = error.code();
                 out.error_message = Some(StrBytes::from_string(message));
             };
-        if t.assignments.is_some() {
+        if let Some(code) = topic_denied(access, &name(&t.name), Operation::Alter) {
+            out.error_code = code;
+        } else if t.assignments.is_some() {
             refuse(
                 &mut out,
                 ResponseError::InvalidReplicaAssignment,
@@ -226,6 +240,7 @@ const DEFAULT_CONFIG: i8 = 5;
 
 pub(super) async fn describe_configs(
     cx: &Context,
+    access: &Access,
     r: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     let mut response = DescribeConfigsResponse::default();
@@ -233,7 +248,12 @@ pub(super) async fn describe_configs(
         let mut out = DescribeConfigsResult::default();
         out.resource_type = resource.resource_type;
         out.resource_name = resource.resource_name.clone();
-        if resource.resource_type == TOPIC_RESOURCE {
+        let denied = (resource.resource_type == TOPIC_RESOURCE)
+            .then(|| topic_denied(access, resource.resource_name.as_str(), Operation::Describe))
+            .flatten();
+        if let Some(code) = denied {
+            out.error_code = code;
+        } else if resource.resource_type == TOPIC_RESOURCE {
             match cx.broker.topics.get(resource.resource_name.as_str()) {
                 Ok(topic) => {
                     let effective = cx.broker.topics.effective(&topic);

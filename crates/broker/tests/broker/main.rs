@@ -13,6 +13,7 @@ mod health;
 mod idempotence;
 mod kafka;
 mod kafka_groups;
+mod kafka_security;
 mod limits;
 mod malformed;
 mod produce;

@@ -15,7 +15,7 @@ use tonic::Code;
 use runnel_test_support::errors::trailer_code;
 use runnel_test_support::prelude::*;
 
-const ADMIN_PASSWORD: &str = "admin-password";
+pub(crate) const ADMIN_PASSWORD: &str = "admin-password";
 
 async fn secured() -> TestBroker {
     TestBroker::start_with(|c| {
@@ -49,7 +49,7 @@ async fn call(
 }
 
 /// Calls as the bootstrap administrator, which must succeed.
-async fn as_admin(
+pub(crate) async fn as_admin(
     b: &TestBroker,
     path: &'static str,
     kind: CallKind,
@@ -68,7 +68,7 @@ async fn as_admin(
 }
 
 /// Creates user `name` as the administrator.
-async fn add_user(b: &TestBroker, name: &str, password: &str) {
+pub(crate) async fn add_user(b: &TestBroker, name: &str, password: &str) {
     let create = pb::CreateUserRequest {
         name: name.into(),
         password: password.into(),
@@ -83,7 +83,7 @@ async fn add_user(b: &TestBroker, name: &str, password: &str) {
 }
 
 /// Creates `acls` as the administrator.
-async fn allow(b: &TestBroker, acls: Vec<pb::Acl>) {
+pub(crate) async fn allow(b: &TestBroker, acls: Vec<pb::Acl>) {
     let create = pb::CreateAclsRequest { acls };
     as_admin(
         b,
@@ -94,7 +94,7 @@ async fn allow(b: &TestBroker, acls: Vec<pb::Acl>) {
     .await;
 }
 
-fn acl(principal: &str, t: pb::ResourceType, name: &str, op: pb::Operation) -> pb::Acl {
+pub(crate) fn acl(principal: &str, t: pb::ResourceType, name: &str, op: pb::Operation) -> pb::Acl {
     pb::Acl {
         principal: principal.into(),
         resource_type: t as i32,

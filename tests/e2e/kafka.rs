@@ -246,6 +246,8 @@ struct Group {
     python: PathBuf,
     script: PathBuf,
     broker: String,
+    /// Client settings for every command (`KAFKA_CLIENT_CONFIG`).
+    config: serde_json::Value,
 }
 
 impl Group {
@@ -263,31 +265,41 @@ impl Group {
             python,
             script: root.join("tests/e2e/kafka/clients.py"),
             broker: broker.to_owned(),
+            config: serde_json::json!({}),
         }
+    }
+
+    /// `clients.py` with `args`, the client settings in its environment.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(&self.script)
+            .args(args)
+            .env("KAFKA_CLIENT_CONFIG", self.config.to_string());
+        cmd
+    }
+
+    /// Runs a one-shot command and returns what it printed.
+    fn run(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.command(args).output().expect("run clients.py");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "clients.py {args:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// Produces `count` records keyed `prefix-0` on, idempotently.
     fn produce(&self, topic: &str, count: usize, prefix: &str) {
-        let out = Command::new(&self.python)
-            .arg(&self.script)
-            .args(["produce", &self.broker, topic, &count.to_string(), prefix])
-            .output()
-            .expect("run clients.py produce");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "clients.py produce: {e}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let report = self.run(&["produce", &self.broker, topic, &count.to_string(), prefix]);
         assert_eq!(report["delivered"], count, "{report}");
         assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     }
 
     /// Starts member number `index` of `group` on `topic` under `protocol`.
     fn member(&self, index: usize, group: &str, topic: &str, protocol: &str) -> Member {
-        let mut child = Command::new(&self.python)
-            .arg(&self.script)
-            .args(["member", &self.broker, group, topic, protocol])
+        let mut child = self
+            .command(&["member", &self.broker, group, topic, protocol])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -462,4 +474,62 @@ async fn confluent_kafka_classic_group_shares_rebalances_commits_and_resumes() {
 #[tokio::test]
 async fn confluent_kafka_consumer_protocol_group_shares_rebalances_commits_and_resumes() {
     group_of_three("consumer").await;
+}
+
+#[tokio::test]
+async fn confluent_kafka_authenticates_with_sasl_plain_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = crate::tls::Ca::new("server CA");
+    let trust = ca.write(&dir.path().join("ca.pem"));
+    let (cert, key) = ca.issue(&["localhost"]);
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    let kafka = free_addr();
+    let address = format!("localhost:{}", kafka.port());
+    let _b = crate::tls::TlsBroker::start_with(
+        dir,
+        &[("cert_file", &cert_file), ("key_file", &key_file)],
+        &[
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            "auth.bootstrap_password=admin-password",
+            "--set",
+            &format!("kafka.listen={kafka}"),
+            "--set",
+            &format!("kafka.advertised_address={address}"),
+        ],
+    );
+    let secured = |password: &str| {
+        serde_json::json!({
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": "PLAIN",
+            "sasl.username": "admin",
+            "sasl.password": password,
+            "ssl.ca.location": trust.display().to_string(),
+        })
+    };
+    let mut g = Group::new(&address);
+    g.config = secured("admin-password");
+    let made = g.run(&["create-topic", &address, "secured", "2"]);
+    assert_eq!(made["error"], serde_json::Value::Null, "{made}");
+    g.produce("secured", 50, "s");
+    let mut m = g.member(0, "secured-readers", "secured", "classic");
+    g.until("the member reads over SASL_SSL", |g| g.read_all("s", 50));
+    m.stop();
+    g.until("it left", |g| g.closed.contains(&0));
+
+    // A wrong password, and no TLS, are refused.
+    g.config = secured("wrong-password");
+    let refused = g.run(&["list-topics", &address]);
+    assert!(
+        refused["errors"]
+            .to_string()
+            .contains("SASL authentication error"),
+        "{refused}"
+    );
+    g.config = serde_json::json!({});
+    let refused = g.run(&["list-topics", &address]);
+    assert!(refused["error"].is_string(), "{refused}");
 }

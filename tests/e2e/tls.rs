@@ -13,10 +13,10 @@ use runnel_client::{Client, ClientConfig, ClientTls};
 use crate::harness::*;
 
 /// A certificate authority for the tests.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
+pub(crate) struct Ca(CertifiedIssuer<'static, KeyPair>);
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -25,7 +25,7 @@ impl Ca {
     }
 
     /// A certificate for `names` (DNS names or IP addresses) and its key, both PEM.
-    fn issue(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, names: &[&str]) -> (String, String) {
         self.issue_to(None, names)
     }
 
@@ -44,14 +44,14 @@ impl Ca {
     }
 
     /// Writes the CA's certificate to `path`.
-    fn write(&self, path: &Path) -> PathBuf {
+    pub(crate) fn write(&self, path: &Path) -> PathBuf {
         std::fs::write(path, self.0.pem()).expect("write CA");
         path.to_path_buf()
     }
 }
 
 /// `runneld` with TLS on, spawned directly: the harness's readiness check speaks plaintext.
-struct TlsBroker {
+pub(crate) struct TlsBroker {
     child: Child,
     dir: tempfile::TempDir,
     grpc: std::net::SocketAddr,
@@ -63,7 +63,11 @@ impl TlsBroker {
         Self::start_with(dir, settings, &[])
     }
 
-    fn start_with(dir: tempfile::TempDir, settings: &[(&str, &Path)], args: &[&str]) -> Self {
+    pub(crate) fn start_with(
+        dir: tempfile::TempDir,
+        settings: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Self {
         let (grpc, metrics) = free_addr_pair();
         let mut cmd = runneld_command();
         cmd.arg("--data-dir")

@@ -5,19 +5,38 @@ confluent-kafka (librdkafka). Each command prints JSON lines on stdout.
       Idempotent producer (acks=all): COUNT records with keys PREFIX-0 .. PREFIX-(COUNT-1).
       Prints {"delivered": n, "errors": [...]}.
 
+  clients.py create-topic BROKER TOPIC PARTITIONS
+      Creates a topic with the admin client. Prints {"error": null} or the error.
+
+  clients.py list-topics BROKER
+      Lists topics with the admin client. Prints {"topics": [...]}, or {"error": "..."} with
+      the client's error reports ("errors": [...]).
+
   clients.py member BROKER GROUP TOPIC PROTOCOL
       A consumer group member (PROTOCOL: classic or consumer) that commits what it read after
       every poll. Prints {"event": "assigned", "partitions": [...]} whenever its partitions
       change and {"event": "record", "partition": p, "offset": o, "key": k} for each record.
       A line "stop" on stdin (or its end) closes it, leaving the group; it then prints
       {"event": "closed"}.
+
+The environment variable KAFKA_CLIENT_CONFIG (a JSON object) adds client settings to every
+command: security.protocol, sasl.* and ssl.* for an authenticated listener.
 """
 
 import json
+import os
 import sys
 import threading
 
 from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+EXTRA = json.loads(os.environ.get("KAFKA_CLIENT_CONFIG", "{}"))
+
+
+def configured(config):
+    config.update(EXTRA)
+    return config
 
 
 def emit(**fields):
@@ -26,12 +45,14 @@ def emit(**fields):
 
 def produce(broker, topic, count, prefix):
     producer = Producer(
-        {
-            "bootstrap.servers": broker,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
+        configured(
+            {
+                "bootstrap.servers": broker,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+            }
+        )
     )
     errors = []
     delivered = 0
@@ -63,7 +84,7 @@ def member(broker, group, topic, protocol):
     }
     if protocol == "classic":
         config.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
-    consumer = Consumer(config)
+    consumer = Consumer(configured(config))
     owned = set()
 
     def changed():
@@ -112,6 +133,35 @@ def member(broker, group, topic, protocol):
     emit(event="closed")
 
 
+def create_topic(broker, topic, partitions):
+    admin = AdminClient(configured({"bootstrap.servers": broker}))
+    done = admin.create_topics([NewTopic(topic, int(partitions))], request_timeout=30)
+    try:
+        done[topic].result(timeout=60)
+        emit(error=None)
+    except Exception as e:  # noqa: BLE001 (the error is the output)
+        emit(error=str(e))
+
+
+def list_topics(broker):
+    errors = []
+    admin = AdminClient(
+        configured({"bootstrap.servers": broker, "error_cb": lambda e: errors.append(str(e))})
+    )
+    try:
+        metadata = admin.list_topics(timeout=15)
+        emit(topics=sorted(metadata.topics))
+    except KafkaException as e:
+        admin.poll(1)  # serves error_cb with what the client saw
+        emit(error=str(e), errors=errors)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"produce": produce, "member": member}[command](*args)
+    commands = {
+        "produce": produce,
+        "member": member,
+        "create-topic": create_topic,
+        "list-topics": list_topics,
+    }
+    commands[command](*args)

@@ -9,8 +9,10 @@
 //! serves), a request that does not decode, or a size prefix over the limit. Batches cross
 //! between Kafka's format and Runnel's at this edge (`runnel_format::kafka`).
 //!
-//! The listener does not authenticate clients yet (no SASL): the config refuses it with
-//! `auth.enabled`, and on an address other than loopback without `auth.insecure`.
+//! Consumer groups are Runnel's groups (`groups.rs` for the classic protocol, `consumer.rs`
+//! for KIP-848's, `offsets.rs` for committed offsets). With authentication on, a connection
+//! authenticates first (`sasl.rs`), and every handler authorizes what it touches through the
+//! one authorization point (`Access::check`), with the ACLs of the matching gRPC call.
 
 mod apis;
 mod consumer;

@@ -762,7 +762,7 @@ impl TlsSettings {
 
 /// The `[kafka]` section: the Kafka protocol listener (`docs/kafka.md`), off while `listen`
 /// is empty.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     /// The address Kafka clients connect to, for example `127.0.0.1:9192`; empty turns the
@@ -771,6 +771,23 @@ pub struct KafkaSettings {
     /// The `host:port` the broker tells Kafka clients to connect to (Metadata); empty for
     /// `listen` (which must then not be an unspecified address such as `0.0.0.0`).
     pub advertised_address: String,
+    /// Create a topic a Kafka client asks Metadata about (with auto-creation allowed) when it
+    /// does not exist, as Kafka's `auto.create.topics.enable`; off by default, as a misspelt
+    /// topic name then becomes a topic.
+    pub auto_create_topics: bool,
+    /// The partition count of an automatically created topic.
+    pub auto_create_partitions: u32,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            listen: String::new(),
+            advertised_address: String::new(),
+            auto_create_topics: false,
+            auto_create_partitions: 1,
+        }
+    }
 }
 
 impl KafkaSettings {
@@ -798,6 +815,16 @@ impl KafkaSettings {
         else {
             return Ok(());
         };
+        let max = config.limits.max_partitions_per_topic;
+        if self.auto_create_partitions == 0 || self.auto_create_partitions > max {
+            return Err((
+                "kafka.auto_create_partitions".into(),
+                format!(
+                    "{} is outside 1..={max} (limits.max_partitions_per_topic)",
+                    self.auto_create_partitions
+                ),
+            ));
+        }
         if !self.advertised_address.is_empty() {
             let valid = self
                 .advertised_address

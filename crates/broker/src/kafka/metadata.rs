@@ -1,12 +1,15 @@
 //! Metadata: this broker as the only broker, the leader and only replica of every
 //! partition; the topics asked for (all of them for a null list), with their ids.
 
+use std::sync::Arc;
+
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use tracing::{debug, info};
 
 use super::context::Context;
 use super::errors::topic_denied;
@@ -42,7 +45,7 @@ pub(super) async fn metadata(
     response.brokers = vec![broker];
     response.cluster_id = Some(StrBytes::from_static_str("runnel"));
     response.controller_id = BrokerId(NODE_ID);
-    let wanted: Vec<Result<std::sync::Arc<Topic>, String>> = match r.topics {
+    let wanted: Vec<Result<Arc<Topic>, String>> = match r.topics {
         None => topics
             .list()
             .into_iter()
@@ -67,7 +70,14 @@ pub(super) async fn metadata(
             })
             .collect(),
     };
-    response.topics = wanted
+    let mut found = Vec::with_capacity(wanted.len());
+    for t in wanted {
+        found.push(match t {
+            Err(n) if r.allow_auto_topic_creation => auto_create(cx, access, n).await,
+            t => t,
+        });
+    }
+    response.topics = found
         .into_iter()
         .map(|t| match t {
             Ok(t) => match topic_denied(access, &t.name, Operation::Describe) {
@@ -90,6 +100,26 @@ pub(super) async fn metadata(
         })
         .collect();
     response
+}
+
+/// Creates topic `n` if `kafka.auto_create_topics` is on and the caller may create it; the
+/// topic, or the name back.
+async fn auto_create(cx: &Context, access: &Access, n: String) -> Result<Arc<Topic>, String> {
+    let settings = &cx.broker.config.kafka;
+    if !settings.auto_create_topics || !access.may(Resource::Topic(&n), Operation::Create) {
+        return Err(n);
+    }
+    match cx
+        .broker
+        .create_topic(n.clone(), settings.auto_create_partitions, None)
+        .await
+    {
+        Ok(_) => info!(topic = %n, partitions = settings.auto_create_partitions,
+            "created a topic a Kafka client asked for (kafka.auto_create_topics)"),
+        // Another client created it first, or the name is invalid (answered as unknown).
+        Err(e) => debug!(topic = %n, error = %e.message, "no automatic creation"),
+    }
+    cx.broker.topics.get(&n).map_err(|_| n)
 }
 
 fn describe(t: &Topic) -> MetadataResponseTopic {

@@ -494,3 +494,48 @@ async fn topics_are_created_and_deleted_over_kafka_with_configs_mapped() {
     assert_eq!(codes, [0, E::UnknownTopicOrPartition.code()]);
     b.stop().await;
 }
+
+async fn metadata_of(k: &mut KafkaConn, topic: &str, auto_create: bool) -> (i16, usize) {
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(topic_name(topic));
+    let mut r = MetadataRequest::default();
+    r.topics = Some(vec![t]);
+    r.allow_auto_topic_creation = auto_create;
+    match k.call(ApiKey::Metadata, 12, RequestKind::Metadata(r)).await {
+        ResponseKind::Metadata(r) => (r.topics[0].error_code, r.topics[0].partitions.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn topics_are_created_on_metadata_only_when_auto_creation_is_on_and_allowed() {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    let (_b, addr) = broker().await;
+    let mut k = KafkaConn::connect(addr).await;
+    assert_eq!(
+        metadata_of(&mut k, "asked-for", true).await,
+        (UNKNOWN_TOPIC_OR_PARTITION, 0),
+        "off by default"
+    );
+
+    let addr = free_addr();
+    let b = TestBroker::start_with(|c| {
+        c.kafka.listen = addr.to_string();
+        c.kafka.auto_create_topics = true;
+        c.kafka.auto_create_partitions = 3;
+    })
+    .await;
+    let mut k = KafkaConn::connect(addr).await;
+    assert_eq!(
+        metadata_of(&mut k, "not-asked", false).await,
+        (UNKNOWN_TOPIC_OR_PARTITION, 0),
+        "the request did not allow it"
+    );
+    assert_eq!(metadata_of(&mut k, "asked-for", true).await, (0, 3));
+    assert_eq!(describe_topic(&b, "asked-for").await.partitions.len(), 3);
+    assert_eq!(
+        metadata_of(&mut k, "not a name", true).await,
+        (UNKNOWN_TOPIC_OR_PARTITION, 0),
+        "an invalid name is not created"
+    );
+}

@@ -40,6 +40,32 @@ pub enum View {
     Removed(RpcError),
 }
 
+/// What a polled member gives up.
+#[derive(Debug, Clone)]
+pub enum Release {
+    /// Nothing.
+    Nothing,
+    /// Every partition being revoked from it.
+    AllRevoking,
+    /// Every partition being revoked from it but these, which it still owns.
+    Except(Vec<Tp>),
+}
+
+impl Release {
+    /// The partitions of `revoking` given up.
+    pub fn released(&self, revoking: &BTreeSet<Tp>) -> Vec<Tp> {
+        match self {
+            Release::Nothing => Vec::new(),
+            Release::AllRevoking => revoking.iter().cloned().collect(),
+            Release::Except(kept) => revoking
+                .iter()
+                .filter(|tp| !kept.contains(tp))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// What the broker keeps of a member that joined by Kafka's classic group protocol.
 #[derive(Debug, Clone)]
 pub struct Classic {
@@ -51,6 +77,10 @@ pub struct Classic {
     pub metadata: Bytes,
     /// The member epoch whose partitions its last SyncGroup handed out.
     pub synced_epoch: Option<u32>,
+    /// What the client holds between its join and its sync, which a partition revoked in
+    /// between is released against at the sync: nothing for an eager client (it gave up
+    /// everything to rejoin), what it listed as owned for a cooperative one.
+    pub held: Release,
 }
 
 /// A member of a group.

@@ -19,6 +19,7 @@ use runnel_proto::pb::{self, ErrorCode};
 use tracing::info;
 
 use super::assignor::Tp;
+pub use super::coordinator::Release;
 use super::coordinator::{Classic, Group, Member};
 use super::{Groups, State};
 use crate::error::RpcError;
@@ -44,17 +45,6 @@ pub struct PolledJoin {
     /// The assignor: `""` for the group's (sticky for a new group), else as
     /// [`pb::JoinGroup::assignor`].
     pub assignor: String,
-}
-
-/// What a polled member gives up.
-#[derive(Debug, Clone)]
-pub enum Release {
-    /// Nothing.
-    Nothing,
-    /// Every partition being revoked from it.
-    AllRevoking,
-    /// Every partition being revoked from it but these, which it still owns.
-    Except(Vec<Tp>),
 }
 
 /// A polled member's state after a join or heartbeat.
@@ -138,16 +128,7 @@ impl Groups {
             .ok_or_else(|| RpcError::unknown_member(group, member))?;
         m.last_seen = now;
         let resubscribed = topics.filter(|t| *t != m.topics).map(|t| m.topics = t);
-        let released: Vec<Tp> = match release {
-            Release::Nothing => Vec::new(),
-            Release::AllRevoking => m.revoking.iter().cloned().collect(),
-            Release::Except(kept) => m
-                .revoking
-                .iter()
-                .filter(|tp| !kept.contains(tp))
-                .cloned()
-                .collect(),
-        };
+        let released = release.released(&m.revoking);
         if resubscribed.is_some() {
             info!(group, member, "member changed its subscription");
             g.release(member, &released);
@@ -184,7 +165,7 @@ impl Groups {
     pub fn classic_join(&self, join: ClassicJoin) -> Result<ClassicJoined, RpcError> {
         let group = join.join.group.clone();
         let polled = match join.join.member_id.clone() {
-            Some(id) => self.poll(&group, &id, Some(join.join.topics), join.release)?,
+            Some(id) => self.poll(&group, &id, Some(join.join.topics), join.release.clone())?,
             None => self.join_polled(join.join)?,
         };
         let member = polled.member_id;
@@ -200,6 +181,7 @@ impl Groups {
             protocol: join.protocol,
             metadata: join.metadata,
             synced_epoch: None,
+            held: join.release,
         });
         let classic: Vec<&Member> = g.members.values().filter(|m| m.classic.is_some()).collect();
         let leader = classic.first().map_or(member.clone(), |m| m.id.clone());
@@ -232,13 +214,26 @@ impl Groups {
         member: &str,
         generation: i32,
     ) -> Result<(Vec<Tp>, String), RpcError> {
-        self.with_classic(group, member, generation, |m| {
-            let protocol = m.classic.as_ref().map(|c| c.protocol.clone());
-            if let Some(c) = m.classic.as_mut() {
-                c.synced_epoch = Some(m.epoch);
+        let now = Instant::now();
+        let timeout = self.rebalance_timeout();
+        self.with_classic(group, member, generation, |g| {
+            // A partition revoked between the join and this sync is one the client does not
+            // hold (but for a cooperative client's owned ones): released now.
+            let held = g.members.get(member).and_then(|m| {
+                let c = m.classic.as_ref()?;
+                Some(c.held.released(&m.revoking))
+            });
+            if g.release(member, &held.unwrap_or_default()) {
+                g.reconcile(now, timeout);
             }
-            (m.assigned(), protocol.unwrap_or_default())
-        })
+            let m = g.members.get_mut(member)?;
+            let epoch = m.epoch;
+            let c = m.classic.as_mut()?;
+            c.synced_epoch = Some(epoch);
+            let protocol = c.protocol.clone();
+            Some((m.assigned(), protocol))
+        })?
+        .ok_or_else(|| RpcError::internal("member vanished under the lock"))
     }
 
     /// Kafka's Heartbeat: true if the member must rejoin to learn new partitions.
@@ -251,8 +246,10 @@ impl Groups {
         member: &str,
         generation: i32,
     ) -> Result<bool, RpcError> {
-        self.with_classic(group, member, generation, |m| {
-            m.classic.as_ref().and_then(|c| c.synced_epoch) != Some(m.epoch)
+        self.with_classic(group, member, generation, |g| {
+            g.members
+                .get(member)
+                .is_none_or(|m| m.classic.as_ref().and_then(|c| c.synced_epoch) != Some(m.epoch))
         })
     }
 
@@ -266,7 +263,9 @@ impl Groups {
         member: &str,
         generation: i32,
     ) -> Result<u32, RpcError> {
-        self.with_classic(group, member, generation, |m| m.epoch)
+        self.with_classic(group, member, generation, |g| {
+            g.members.get(member).map_or(0, |m| m.epoch)
+        })
     }
 
     /// The session timeouts a member may ask for: `groups.min_session_timeout_ms` and
@@ -285,16 +284,18 @@ impl Groups {
             .is_some_and(|m| m.classic.is_some())
     }
 
-    /// Runs `f` on a classic member after checking its generation; counts as a heartbeat.
+    /// Runs `f` on a classic member's group after checking the member's generation; counts
+    /// as a heartbeat.
     fn with_classic<T>(
         &self,
         group: &str,
         member: &str,
         generation: i32,
-        f: impl FnOnce(&mut Member) -> T,
+        f: impl FnOnce(&mut Group) -> T,
     ) -> Result<T, RpcError> {
         let mut state = self.lock();
-        let m = member_group(&mut state, group, member)?
+        let g = member_group(&mut state, group, member)?;
+        let m = g
             .members
             .get_mut(member)
             .ok_or_else(|| RpcError::unknown_member(group, member))?;
@@ -315,7 +316,7 @@ impl Groups {
             ));
         }
         m.last_seen = Instant::now();
-        Ok(f(m))
+        Ok(f(g))
     }
 }
 

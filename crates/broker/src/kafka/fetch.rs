@@ -200,7 +200,10 @@ pub(super) async fn list_offsets(
                 out.error_code = code;
             } else if let Some(found) = results.next() {
                 out.error_code = inline_code(found.error.as_ref());
-                if found.error.is_none() {
+                // A time with no record at or after it is offset -1, as Kafka answers it
+                // (Runnel's own answer is the log end).
+                let by_time = p.timestamp >= 0;
+                if found.error.is_none() && !(by_time && found.timestamp_ms.is_none()) {
                     out.offset = found.offset as i64;
                     out.timestamp = found.timestamp_ms.unwrap_or(-1);
                 }

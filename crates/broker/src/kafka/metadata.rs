@@ -91,9 +91,15 @@ pub(super) async fn metadata(
             },
             Err(n) => {
                 let mut out = MetadataResponseTopic::default();
-                // A caller that may not describe the name learns nothing of it.
-                out.error_code = topic_denied(access, &n, Operation::Describe)
-                    .unwrap_or(ResponseError::UnknownTopicOrPartition.code());
+                // A caller that may not describe the name learns nothing of it; a name no
+                // topic can have is refused for good (clients retry an unknown topic).
+                let unknown = if crate::topics::validate_name(&n).is_err() {
+                    ResponseError::InvalidTopicException
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                };
+                out.error_code =
+                    topic_denied(access, &n, Operation::Describe).unwrap_or(unknown.code());
                 out.name = Some(TopicName(StrBytes::from_string(n)));
                 out
             }

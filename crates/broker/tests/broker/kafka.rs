@@ -199,7 +199,7 @@ async fn kafka_and_grpc_clients_share_topics_and_records_byte_for_byte() {
     // ListOffsets: the start, the end, a time.
     let mut lo = ListOffsetsTopic::default();
     lo.name = topic_name("orders");
-    lo.partitions = [-2, -1, 1_700_000_000_000 + 7]
+    lo.partitions = [-2, -1, 1_700_000_000_000 + 7, 4_000_000_000_000]
         .into_iter()
         .map(|ts| {
             let mut p = ListOffsetsPartition::default();
@@ -219,8 +219,8 @@ async fn kafka_and_grpc_clients_share_topics_and_records_byte_for_byte() {
     let offsets: Vec<i64> = lo.topics[0].partitions.iter().map(|p| p.offset).collect();
     assert_eq!(
         offsets,
-        [0, 20, 0],
-        "the time is inside the first batch, at offset 0"
+        [0, 20, 0, -1],
+        "the time is inside the first batch, at offset 0; none is at or after the last"
     );
 
     // An out-of-range fetch says so, as Kafka does.
@@ -533,9 +533,10 @@ async fn topics_are_created_on_metadata_only_when_auto_creation_is_on_and_allowe
     );
     assert_eq!(metadata_of(&mut k, "asked-for", true).await, (0, 3));
     assert_eq!(describe_topic(&b, "asked-for").await.partitions.len(), 3);
+    const INVALID_TOPIC_EXCEPTION: i16 = 17;
     assert_eq!(
         metadata_of(&mut k, "not a name", true).await,
-        (UNKNOWN_TOPIC_OR_PARTITION, 0),
-        "an invalid name is not created"
+        (INVALID_TOPIC_EXCEPTION, 0),
+        "an invalid name is not created, and refused for good"
     );
 }

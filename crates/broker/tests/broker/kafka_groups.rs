@@ -365,6 +365,36 @@ async fn classic_members_share_partitions_rejoin_when_told_and_commit_what_they_
 }
 
 #[tokio::test]
+async fn a_partition_revoked_between_a_join_and_its_sync_is_released_at_the_sync() {
+    let (b, addr) = broker().await;
+    fill(&b, "orders", 2).await;
+    // Both join before either syncs: the first owns both partitions at its join, one is
+    // revoked for the second; the first, which holds nothing yet, gives it up by syncing.
+    for protocol in ["range", "cooperative-sticky"] {
+        let group = format!("between-{protocol}");
+        let mut a = Classic::new(addr, &group, protocol).await;
+        let mut c = Classic::new(addr, &group, protocol).await;
+        let sub = subscription(&["orders"], &[]);
+        let joined = a.join_with("consumer", 10_000, sub.clone()).await;
+        (a.member, a.generation) = (joined.member_id.to_string(), joined.generation_id);
+        let joined = c.join_with("consumer", 10_000, sub).await;
+        (c.member, c.generation) = (joined.member_id.to_string(), joined.generation_id);
+        let (code, mine) = a.sync(a.generation).await;
+        assert_eq!(code, 0);
+        assert_eq!(assigned(mine).len(), 1, "{protocol}");
+        let (code, theirs) = c.sync(c.generation).await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            assigned(theirs).len(),
+            1,
+            "{protocol}: released at the first's sync"
+        );
+        assert_eq!(a.heartbeat(&a.member.clone(), a.generation).await, 0);
+        assert_eq!(c.heartbeat(&c.member.clone(), c.generation).await, 0);
+    }
+}
+
+#[tokio::test]
 async fn a_cooperative_classic_member_keeps_what_it_lists_as_owned() {
     let (b, addr) = broker().await;
     fill(&b, "orders", 2).await;

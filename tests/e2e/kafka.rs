@@ -533,3 +533,87 @@ async fn confluent_kafka_authenticates_with_sasl_plain_over_tls() {
     let refused = g.run(&["list-topics", &address]);
     assert!(refused["error"].is_string(), "{refused}");
 }
+
+/// The tests of librdkafka's test suite listed in `kafka/librdkafka-tests.txt`, as a string
+/// the test runner's `TESTS` takes (comma-separated numbers).
+fn librdkafka_tests() -> String {
+    let list =
+        std::fs::read_to_string(workspace_root().join("tests/e2e/kafka/librdkafka-tests.txt"))
+            .expect("read tests/e2e/kafka/librdkafka-tests.txt");
+    list.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test]
+async fn librdkafka_test_suite_passes_its_tests_of_the_apis_served() {
+    let Some(dir) = std::env::var_os("RUNNEL_LIBRDKAFKA_TESTS").map(PathBuf::from) else {
+        let required = std::env::var("RUNNEL_KAFKA_CLIENT_TESTS").is_ok_and(|v| v == "required");
+        let why = "librdkafka's test suite runs where RUNNEL_LIBRDKAFKA_TESTS names its built \
+                   tests directory (.ci/run builds it)";
+        assert!(!required, "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    };
+    let kafka = free_addr();
+    let _b = Broker::start_with(&[
+        "--set",
+        &format!("kafka.listen={kafka}"),
+        // The suite's default scenario: topics created on first use, with 4 partitions.
+        "--set",
+        "kafka.auto_create_topics=true",
+        "--set",
+        "kafka.auto_create_partitions=4",
+    ])
+    .await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let conf = work.path().join("test.conf");
+    std::fs::write(
+        &conf,
+        format!("bootstrap.servers={kafka}\ntest.topic.random=true\n"),
+    )
+    .expect("test.conf");
+    let libs = format!(
+        "{}:{}",
+        dir.join("../src").display(),
+        dir.join("../src-cpp").display()
+    );
+    // One at a time, quick mode, no socket-mangling or known-issue tests, no local-only
+    // tests, a broker of Kafka 3.5's feature level.
+    let log = work.path().join("test-runner.log");
+    let mut runner = Command::new(dir.join("test-runner"))
+        .args(["-p1", "-Q", "-E", "-K", "-L", "-V", "3.5.0.0"])
+        .env("TESTS", librdkafka_tests())
+        .env("RDKAFKA_TEST_CONF", &conf)
+        .env("LD_LIBRARY_PATH", libs)
+        .current_dir(work.path())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run librdkafka's test-runner");
+    // A bound against a hang, not a timing target: the list runs in about two minutes.
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    let status = loop {
+        if let Some(status) = runner.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = runner.kill();
+            let _ = runner.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let summary: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("FAILED") || l.contains("failed at"))
+        .collect();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "librdkafka's test-runner ended with {status:?}:\n{}",
+        summary.join("\n")
+    );
+}

@@ -12,7 +12,7 @@
 //! a join and sync round.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_proto::pb::{self, ErrorCode};
@@ -202,6 +202,36 @@ impl Groups {
             leader,
             members,
         })
+    }
+
+    /// Waits, after a classic join, until the member owns every partition the target gives
+    /// it (other members released them), it left, or `wait` passed: Kafka's JoinGroup answers
+    /// once the group's members have rejoined, so a joining member does not sync an
+    /// assignment that is about to change.
+    pub async fn classic_settle(&self, group: &str, member: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait.min(self.rebalance_timeout());
+        loop {
+            let mut view = {
+                let state = self.lock();
+                let Some(g) = state.groups.get(group) else {
+                    return;
+                };
+                let Some(m) = g.members.get(member) else {
+                    return;
+                };
+                if g.pending(m).is_empty() {
+                    return;
+                }
+                m.view.subscribe()
+            };
+            view.mark_unchanged();
+            if tokio::time::timeout_at(deadline, view.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// Kafka's SyncGroup: the member's partitions now, which it consumes until told to rejoin.

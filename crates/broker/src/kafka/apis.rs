@@ -202,9 +202,9 @@ async fn call(
         RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
             groups::find_coordinator(cx, access, r, version),
         )),
-        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(groups::join_group(
-            cx, access, &peer, client_id, r,
-        ))),
+        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(
+            groups::join_group(cx, access, &peer, client_id, r).await,
+        )),
         RequestKind::SyncGroup(r) => {
             Some(ResponseKind::SyncGroup(groups::sync_group(cx, access, r)))
         }

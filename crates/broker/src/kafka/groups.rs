@@ -9,6 +9,7 @@
 //! as owned in its subscription.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::ResponseError as K;
@@ -146,7 +147,7 @@ fn versioned(version: i16, m: &impl Encodable) -> Bytes {
     out.freeze()
 }
 
-pub(super) fn join_group(
+pub(super) async fn join_group(
     cx: &Context,
     access: &Access,
     peer: &str,
@@ -210,6 +211,17 @@ pub(super) fn join_group(
     };
     match cx.broker.groups.classic_join(join) {
         Ok(joined) => {
+            // Version 0 has no rebalance timeout: Kafka uses the session timeout.
+            let rebalance_ms = if r.rebalance_timeout_ms > 0 {
+                r.rebalance_timeout_ms
+            } else {
+                r.session_timeout_ms
+            };
+            let wait = Duration::from_millis(u64::try_from(rebalance_ms).unwrap_or(0));
+            let groups = &cx.broker.groups;
+            groups
+                .classic_settle(&r.group_id, &joined.member_id, wait)
+                .await;
             response.generation_id = joined.generation;
             response.protocol_name = Some(protocol.name.clone());
             response.leader = s(joined.leader);

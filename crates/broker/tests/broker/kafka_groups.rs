@@ -220,6 +220,18 @@ async fn commit(
     }
 }
 
+/// How many members DescribeGroups shows in `group`.
+async fn members(k: &mut KafkaConn, group: &str) -> usize {
+    let r = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]);
+    match k
+        .call(ApiKey::DescribeGroups, 5, RequestKind::DescribeGroups(r))
+        .await
+    {
+        ResponseKind::DescribeGroups(r) => r.groups[0].members.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The committed offsets of `group` over Kafka (OffsetFetch v8, every partition).
 async fn offset_fetch(k: &mut KafkaConn, group: &str) -> Vec<(i32, i64)> {
     let mut g = OffsetFetchRequestGroup::default();
@@ -267,29 +279,25 @@ async fn classic_members_share_partitions_rejoin_when_told_and_commit_what_they_
     );
     assert_eq!(a.heartbeat(&a.member.clone(), a.generation).await, 0);
 
-    // A second member gets nothing until the first gives up a partition; the first is told
+    // A second member's join waits until the first gives up a partition: the first is told
     // to rejoin, and an eager client gives up what is revoked by rejoining.
     let mut c = Classic::new(addr, "billing", "range").await;
-    assert_eq!(c.join_and_sync(&[]).await, BTreeSet::new());
     let (member, generation) = (a.member.clone(), a.generation);
-    assert_eq!(
-        a.heartbeat(&member, generation).await,
-        REBALANCE_IN_PROGRESS
-    );
-    assert_eq!(
-        a.heartbeat(&member, generation + 7).await,
-        ILLEGAL_GENERATION
-    );
-    assert_eq!(a.heartbeat("nobody", generation).await, UNKNOWN_MEMBER_ID);
-    let mine = a.join_and_sync(&[]).await;
+    let (theirs, mine) = tokio::join!(c.join_and_sync(&[]), async {
+        while a.heartbeat(&member, generation).await != REBALANCE_IN_PROGRESS {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            a.heartbeat(&member, generation + 7).await,
+            ILLEGAL_GENERATION
+        );
+        assert_eq!(a.heartbeat("nobody", generation).await, UNKNOWN_MEMBER_ID);
+        a.join_and_sync(&[]).await
+    });
     assert_eq!(mine.len(), 1, "{mine:?}");
-    assert_eq!(
-        c.heartbeat(&c.member.clone(), c.generation).await,
-        REBALANCE_IN_PROGRESS
-    );
-    let theirs = c.join_and_sync(&[]).await;
     assert_eq!(theirs.len(), 1);
     assert!(mine.is_disjoint(&theirs));
+    assert_eq!(c.heartbeat(&c.member.clone(), c.generation).await, 0);
     assert_eq!(a.heartbeat(&a.member.clone(), a.generation).await, 0);
 
     // Commits: of an owned partition at the member's generation; not of another's, nor at
@@ -377,9 +385,16 @@ async fn a_partition_revoked_between_a_join_and_its_sync_is_released_at_the_sync
         let sub = subscription(&["orders"], &[]);
         let joined = a.join_with("consumer", 10_000, sub.clone()).await;
         (a.member, a.generation) = (joined.member_id.to_string(), joined.generation_id);
-        let joined = c.join_with("consumer", 10_000, sub).await;
+        // The second join waits for the release, which the first member's sync makes.
+        let mut watcher = KafkaConn::connect(addr).await;
+        let (joined, (code, mine)) = tokio::join!(c.join_with("consumer", 10_000, sub), async {
+            // Once the second member is in the group, the first syncs.
+            while members(&mut watcher, &group).await < 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            a.sync(a.generation).await
+        });
         (c.member, c.generation) = (joined.member_id.to_string(), joined.generation_id);
-        let (code, mine) = a.sync(a.generation).await;
         assert_eq!(code, 0);
         assert_eq!(assigned(mine).len(), 1, "{protocol}");
         let (code, theirs) = c.sync(c.generation).await;
@@ -401,17 +416,25 @@ async fn a_cooperative_classic_member_keeps_what_it_lists_as_owned() {
     let mut a = Classic::new(addr, "coop", "cooperative-sticky").await;
     assert_eq!(a.join_and_sync(&[]).await.len(), 2);
     let mut c = Classic::new(addr, "coop", "cooperative-sticky").await;
-    assert!(c.join_and_sync(&[]).await.is_empty());
-    // Told to rejoin, it rejoins still owning both: nothing moves yet, and its new
-    // assignment leaves out the one revoked.
-    let kept = a.join_and_sync(&[("orders", 0), ("orders", 1)]).await;
-    assert_eq!(kept.len(), 1);
-    assert!(c.join_and_sync(&[]).await.is_empty(), "not released yet");
-    // It rejoins again without the revoked one: now it moves.
-    let p: i32 = kept.first().unwrap()[7..].parse().unwrap();
-    assert_eq!(a.join_and_sync(&[("orders", p)]).await, kept);
-    let theirs = c.join_and_sync(&[]).await;
-    assert_eq!(theirs.len(), 1);
+    let (theirs, kept) = tokio::join!(c.join_and_sync(&[]), async {
+        let (member, generation) = (a.member.clone(), a.generation);
+        while a.heartbeat(&member, generation).await != REBALANCE_IN_PROGRESS {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Told to rejoin, it rejoins still owning both: nothing moves yet, and its new
+        // assignment leaves out the one revoked.
+        let kept = a.join_and_sync(&[("orders", 0), ("orders", 1)]).await;
+        assert_eq!(kept.len(), 1);
+        // It rejoins again without the revoked one: now it moves.
+        let p: i32 = kept.first().unwrap()[7..].parse().unwrap();
+        assert_eq!(a.join_and_sync(&[("orders", p)]).await, kept);
+        kept
+    });
+    assert_eq!(
+        theirs.len(),
+        1,
+        "the second member's join waited for the release"
+    );
     assert!(kept.is_disjoint(&theirs));
 }
 

@@ -122,10 +122,7 @@ impl Groups {
         let now = Instant::now();
         let mut state = self.lock();
         let g = member_group(&mut state, group, member)?;
-        let m = g
-            .members
-            .get_mut(member)
-            .ok_or_else(|| RpcError::unknown_member(group, member))?;
+        let m = member_of(g, group, member)?;
         m.last_seen = now;
         let resubscribed = topics.filter(|t| *t != m.topics).map(|t| m.topics = t);
         let released = release.released(&m.revoking);
@@ -172,10 +169,7 @@ impl Groups {
         let mut state = self.lock();
         let g = member_group(&mut state, &group, &member)?;
         let generation = i32::try_from(g.generation).unwrap_or(i32::MAX);
-        let m = g
-            .members
-            .get_mut(&member)
-            .ok_or_else(|| RpcError::unknown_member(&group, &member))?;
+        let m = member_of(g, &group, &member)?;
         m.classic = Some(Classic {
             generation,
             protocol: join.protocol,
@@ -325,10 +319,7 @@ impl Groups {
     ) -> Result<T, RpcError> {
         let mut state = self.lock();
         let g = member_group(&mut state, group, member)?;
-        let m = g
-            .members
-            .get_mut(member)
-            .ok_or_else(|| RpcError::unknown_member(group, member))?;
+        let m = member_of(g, group, member)?;
         let Some(joined_at) = m.classic.as_ref().map(|c| c.generation) else {
             return Err(RpcError::new(
                 ErrorCode::FencedMember,
@@ -360,6 +351,13 @@ fn member_group<'a>(
         .groups
         .get_mut(group)
         .filter(|g| g.members.contains_key(member))
+        .ok_or_else(|| RpcError::unknown_member(group, member))
+}
+
+/// Member `member` of `g`.
+fn member_of<'a>(g: &'a mut Group, group: &str, member: &str) -> Result<&'a mut Member, RpcError> {
+    g.members
+        .get_mut(member)
         .ok_or_else(|| RpcError::unknown_member(group, member))
 }
 

@@ -178,12 +178,8 @@ fn owned_partitions(
 
 /// A member's partitions, by topic id.
 fn assignment(cx: &Context, assigned: &[Tp]) -> Assignment {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (topic, p) in assigned {
-        by_topic.entry(topic).or_default().push(*p as i32);
-    }
     let mut out = Assignment::default();
-    out.topic_partitions = by_topic
+    out.topic_partitions = super::groups::by_topic(assigned)
         .into_iter()
         .filter_map(|(topic, partitions)| {
             let t = cx.broker.topics.get(topic).ok()?;

@@ -120,14 +120,19 @@ fn encode_subscription(topics: &[String]) -> Bytes {
     versioned(0, &sub)
 }
 
+/// Partitions grouped by topic, as Kafka's messages list them.
+pub(super) fn by_topic(tps: &[Tp]) -> BTreeMap<&str, Vec<i32>> {
+    let mut out: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, p) in tps {
+        out.entry(topic).or_default().push(*p as i32);
+    }
+    out
+}
+
 /// An assignment's bytes (version 0): the partitions, grouped by topic.
 pub(super) fn encode_assignment(tps: &[Tp]) -> Bytes {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (topic, p) in tps {
-        by_topic.entry(topic).or_default().push(*p as i32);
-    }
     let mut a = ConsumerProtocolAssignment::default();
-    a.assigned_partitions = by_topic
+    a.assigned_partitions = by_topic(tps)
         .into_iter()
         .map(|(topic, partitions)| {
             let mut tp = AssignedTp::default();

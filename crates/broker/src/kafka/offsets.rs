@@ -209,39 +209,58 @@ fn committed(o: &pb::CommittedOffset) -> (i64, Option<StrBytes>) {
     )
 }
 
+/// The answer's topics for `found`, in the message types of the request's version (v1-7
+/// and v8+ have types of their own with the same fields).
+macro_rules! fetched_topics {
+    ($found:expr, $topic:ty, $partition:ty) => {
+        $found
+            .into_iter()
+            .map(|(topic, list)| {
+                let mut t = <$topic>::default();
+                t.name = TopicName(StrBytes::from_string(topic));
+                t.partitions = list
+                    .iter()
+                    .map(|o| {
+                        let mut p = <$partition>::default();
+                        p.partition_index = o.partition as i32;
+                        (p.committed_offset, p.metadata) = committed(o);
+                        p.committed_leader_epoch = -1;
+                        p
+                    })
+                    .collect();
+                t
+            })
+            .collect()
+    };
+}
+
 pub(super) fn offset_fetch(
     cx: &Context,
     access: &Access,
     r: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
+    let requested = |ts: Option<Vec<(TopicName, Vec<i32>)>>| {
+        ts.map(|ts| {
+            ts.into_iter()
+                .map(|(name, partitions)| (name.0.to_string(), partitions))
+                .collect()
+        })
+    };
     let mut response = OffsetFetchResponse::default();
     if version < 8 {
         let topics = r.topics.map(|ts| {
             ts.into_iter()
-                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .map(|t| (t.name, t.partition_indexes))
                 .collect()
         });
-        match fetch_group(cx, access, &r.group_id.0, topics) {
+        match fetch_group(cx, access, &r.group_id.0, requested(topics)) {
             Ok(found) => {
-                response.topics = found
-                    .into_iter()
-                    .map(|(topic, list)| {
-                        let mut out = OffsetFetchResponseTopic::default();
-                        out.name = TopicName(StrBytes::from_string(topic));
-                        out.partitions = list
-                            .iter()
-                            .map(|o| {
-                                let mut p = OffsetFetchResponsePartition::default();
-                                p.partition_index = o.partition as i32;
-                                (p.committed_offset, p.metadata) = committed(o);
-                                p.committed_leader_epoch = -1;
-                                p
-                            })
-                            .collect();
-                        out
-                    })
-                    .collect();
+                response.topics = fetched_topics!(
+                    found,
+                    OffsetFetchResponseTopic,
+                    OffsetFetchResponsePartition
+                )
             }
             Err(code) => response.error_code = code,
         }
@@ -254,29 +273,16 @@ pub(super) fn offset_fetch(
             let mut out = OffsetFetchResponseGroup::default();
             let topics = g.topics.map(|ts| {
                 ts.into_iter()
-                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .map(|t| (t.name, t.partition_indexes))
                     .collect()
             });
-            match fetch_group(cx, access, &g.group_id.0, topics) {
+            match fetch_group(cx, access, &g.group_id.0, requested(topics)) {
                 Ok(found) => {
-                    out.topics = found
-                        .into_iter()
-                        .map(|(topic, list)| {
-                            let mut t = OffsetFetchResponseTopics::default();
-                            t.name = TopicName(StrBytes::from_string(topic));
-                            t.partitions = list
-                                .iter()
-                                .map(|o| {
-                                    let mut p = OffsetFetchResponsePartitions::default();
-                                    p.partition_index = o.partition as i32;
-                                    (p.committed_offset, p.metadata) = committed(o);
-                                    p.committed_leader_epoch = -1;
-                                    p
-                                })
-                                .collect();
-                            t
-                        })
-                        .collect();
+                    out.topics = fetched_topics!(
+                        found,
+                        OffsetFetchResponseTopics,
+                        OffsetFetchResponsePartitions
+                    )
                 }
                 Err(code) => out.error_code = code,
             }

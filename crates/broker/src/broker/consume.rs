@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::budget::Held;
+use super::records::each_record;
 use super::{Broker, capped};
 use crate::error::RpcError;
 use crate::metrics;
@@ -703,7 +704,20 @@ impl Broker {
         &self,
         req: pb::ListOffsetsRequest,
     ) -> Result<pb::ListOffsetsResponse, RpcError> {
+        self.list_offsets_to(req, TimeLookup::Batch).await
+    }
+
+    /// [`Broker::list_offsets`], a time query answered to `granularity`.
+    ///
+    /// # Errors
+    /// As [`Broker::list_offsets`].
+    pub(crate) async fn list_offsets_to(
+        &self,
+        req: pb::ListOffsetsRequest,
+        granularity: TimeLookup,
+    ) -> Result<pb::ListOffsetsResponse, RpcError> {
         let limits = &self.config.limits;
+        let decompress_limit = limits.max_request_bytes as usize;
         if req.queries.is_empty() {
             return Err(RpcError::invalid("queries: at least one query is required"));
         }
@@ -765,6 +779,12 @@ impl Broker {
                             Ok(Some((offset, max_ts))) => {
                                 r.offset = offset;
                                 r.timestamp_ms = Some(max_ts);
+                                if granularity == TimeLookup::Record
+                                    && let Some((o, t)) =
+                                        first_record_at(&p, offset, ts, decompress_limit)
+                                {
+                                    (r.offset, r.timestamp_ms) = (o, Some(t));
+                                }
                             }
                             Ok(None) => r.offset = p.end_offset(),
                             Err(e) => r.error = Some(storage_error(&e, &p).to_pb()),
@@ -777,6 +797,30 @@ impl Broker {
         .await?;
         Ok(pb::ListOffsetsResponse { results })
     }
+}
+
+/// What a time query of ListOffsets answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeLookup {
+    /// The first batch holding a record at or after the time (gRPC's answer: readers get
+    /// whole batches).
+    Batch,
+    /// The first record at or after the time (Kafka's answer).
+    Record,
+}
+
+/// The first record at or after `timestamp` in the batch at `offset` of `p`: its offset and
+/// timestamp. `None` if the batch cannot be read now (the batch's answer stands). Blocking.
+fn first_record_at(p: &Partition, offset: u64, timestamp: i64, limit: usize) -> Option<(u64, i64)> {
+    let read = p.read(offset, 1).ok()?;
+    let mut found = None;
+    let each = |r: runnel_storage::batch::Record| {
+        if found.is_none() && r.timestamp >= timestamp {
+            found = Some((r.offset, r.timestamp));
+        }
+    };
+    each_record(&read.batches, offset, limit, (&p.topic, p.index), each).ok()?;
+    found
 }
 
 enum ResolvedStart {

@@ -19,6 +19,7 @@ use super::errors::{inline_code, kafka_code, topic_denied};
 use super::metadata::name;
 use crate::auth::Access;
 use crate::auth::acl::Operation;
+use crate::broker::consume::TimeLookup;
 use crate::quotas::Caller;
 
 /// Kafka's timestamp that asks for the log start in ListOffsets (-1 asks for the end).
@@ -165,7 +166,7 @@ pub(super) async fn list_offsets(
         Ok(pb::ListOffsetsResponse::default())
     } else {
         cx.broker
-            .list_offsets(pb::ListOffsetsRequest { queries })
+            .list_offsets_to(pb::ListOffsetsRequest { queries }, TimeLookup::Record)
             .await
     };
     let mut results = match answered {

@@ -219,8 +219,9 @@ async fn kafka_and_grpc_clients_share_topics_and_records_byte_for_byte() {
     let offsets: Vec<i64> = lo.topics[0].partitions.iter().map(|p| p.offset).collect();
     assert_eq!(
         offsets,
-        [0, 20, 0, -1],
-        "the time is inside the first batch, at offset 0; none is at or after the last"
+        [0, 20, 7, -1],
+        "the record at the time is inside the first batch, at offset 7 (Kafka answers the \
+         record, not its batch); none is at or after the last"
     );
 
     // An out-of-range fetch says so, as Kafka does.

@@ -547,7 +547,10 @@ fn librdkafka_tests() -> String {
         .join(",")
 }
 
+/// Ignored by default: it keeps both cores busy for minutes, which would starve the other
+/// tests' liveness bounds; `.ci/run` runs it on its own after the suite (`-- --ignored`).
 #[tokio::test]
+#[ignore = "runs alone: cargo test -p runnel-e2e --test e2e librdkafka -- --ignored"]
 async fn librdkafka_test_suite_passes_its_tests_of_the_apis_served() {
     let Some(dir) = std::env::var_os("RUNNEL_LIBRDKAFKA_TESTS").map(PathBuf::from) else {
         let required = std::env::var("RUNNEL_KAFKA_CLIENT_TESTS").is_ok_and(|v| v == "required");

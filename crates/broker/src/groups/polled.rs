@@ -9,7 +9,9 @@
 //! at all ([`Release::AllRevoking`]): an eager client gives up every partition before it
 //! rejoins. A classic member is told to rejoin (Heartbeat answers `REBALANCE_IN_PROGRESS`)
 //! whenever its partitions changed since its last SyncGroup: its assignment only reaches it in
-//! a join and sync round.
+//! a join and sync round. Its join is answered once the partitions it is to get are free (or
+//! after its rebalance timeout), and a partition revoked between its join and its sync is one
+//! it never held: the sync releases it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -202,29 +204,30 @@ impl Groups {
     /// it (other members released them), it left, or `wait` passed: Kafka's JoinGroup answers
     /// once the group's members have rejoined, so a joining member does not sync an
     /// assignment that is about to change.
+    /// A member waiting here is alive: its session does not expire meanwhile.
     pub async fn classic_settle(&self, group: &str, member: &str, wait: Duration) {
+        // How often a waiting member counts as heard from.
+        const ALIVE: Duration = Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait.min(self.rebalance_timeout());
-        loop {
+        while tokio::time::Instant::now() < deadline {
             let mut view = {
-                let state = self.lock();
-                let Some(g) = state.groups.get(group) else {
+                let mut state = self.lock();
+                let Some(g) = state.groups.get_mut(group) else {
                     return;
                 };
-                let Some(m) = g.members.get(member) else {
+                let pending = match g.members.get(member) {
+                    Some(m) => !g.pending(m).is_empty(),
+                    None => return,
+                };
+                let Some(m) = g.members.get_mut(member).filter(|_| pending) else {
                     return;
                 };
-                if g.pending(m).is_empty() {
-                    return;
-                }
+                m.last_seen = Instant::now();
                 m.view.subscribe()
             };
             view.mark_unchanged();
-            if tokio::time::timeout_at(deadline, view.changed())
-                .await
-                .is_err()
-            {
-                return;
-            }
+            let wake = deadline.min(tokio::time::Instant::now() + ALIVE);
+            let _ = tokio::time::timeout_at(wake, view.changed()).await;
         }
     }
 

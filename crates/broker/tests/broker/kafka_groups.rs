@@ -410,6 +410,40 @@ async fn a_partition_revoked_between_a_join_and_its_sync_is_released_at_the_sync
 }
 
 #[tokio::test]
+async fn a_member_waiting_in_its_join_is_not_expired() {
+    let addr = free_addr();
+    let b = TestBroker::start_with(|c| {
+        c.kafka.listen = addr.to_string();
+        c.groups.min_session_timeout_ms = 1_000;
+    })
+    .await;
+    fill(&b, "orders", 2).await;
+    let mut a = Classic::new(addr, "patient", "range").await;
+    assert_eq!(a.join_and_sync(&[]).await.len(), 2);
+    // The second member's session (1.5 s) is shorter than its wait for the first member,
+    // which gives up a partition only 3 s later: waiting in its join keeps it alive.
+    let mut c = Classic::new(addr, "patient", "range").await;
+    let sub = subscription(&["orders"], &[]);
+    let (joined, ()) = tokio::join!(c.join_with("consumer", 1_500, sub), async {
+        let (member, generation) = (a.member.clone(), a.generation);
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            a.heartbeat(&member, generation).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        a.join_and_sync(&[]).await;
+    });
+    assert_eq!(joined.error_code, 0);
+    (c.member, c.generation) = (joined.member_id.to_string(), joined.generation_id);
+    let (code, theirs) = c.sync(c.generation).await;
+    assert_eq!(
+        code, 0,
+        "still a member after waiting longer than its session"
+    );
+    assert_eq!(assigned(theirs).len(), 1);
+}
+
+#[tokio::test]
 async fn a_cooperative_classic_member_keeps_what_it_lists_as_owned() {
     let (b, addr) = broker().await;
     fill(&b, "orders", 2).await;

@@ -66,9 +66,11 @@ pub(super) fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let answer = |key: StrBytes| {
         let mut c = Coordinator::default();
-        let denied = group_denied(access, &key, Operation::Describe);
+        let denied = (r.key_type == 0)
+            .then(|| group_denied(access, &key, Operation::Describe))
+            .flatten();
         c.key = key;
-        if let Some(code) = denied.filter(|_| r.key_type == 0) {
+        if let Some(code) = denied {
             c.node_id = BrokerId(-1);
             c.error_code = code;
         } else if r.key_type == 0 {

@@ -659,9 +659,14 @@ fn run_librdkafka_tests(
         .iter()
         .filter(|l| l.contains("FAILED") || l.contains("failed at"))
         .collect();
+    // "### Test \"0059_bsearch\" failed at ..." or, in the summary, "| 0059_bsearch | FAILED |".
     let mut failed: Vec<String> = failures
         .iter()
-        .filter_map(|l| l.split("### Test \"").nth(1))
+        .filter_map(|l| {
+            l.split("### Test \"")
+                .nth(1)
+                .or_else(|| l.strip_prefix("| "))
+        })
         .filter_map(|rest| rest.get(..4))
         .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
         .map(str::to_owned)

@@ -195,6 +195,9 @@ fn start(weed: &Path) {
     use std::os::unix::process::CommandExt;
     let dir = tools_dir();
     let data = dir.join("data");
+    // Buckets are made per test, so nothing a previous server stored is of use; starting
+    // empty keeps the volume count from growing run after run.
+    let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).expect("create the SeaweedFS data directory");
     let config = dir.join("s3.json");
     let identities = format!(
@@ -210,6 +213,11 @@ fn start(weed: &Path) {
         .arg(format!("-s3.port={PORT}"))
         .args([
             "-s3.autoCreateBucket=false",
+            // Every bucket written to takes a volume of its own. Left to itself, `weed mini`
+            // allows free disk / 1 GiB volumes, which a machine with little free disk runs
+            // out of within one test run (PUTs then answer 500): small volumes, many of them.
+            "-master.volumeSizeLimitMB=32",
+            "-volume.max=400",
             "-master.telemetry=false",
             "-webdav=false",
             "-admin.ui=false",

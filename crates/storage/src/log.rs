@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::batch::{self, BatchHeader, REWRITTEN_LEN, TimestampType};
 use crate::config::{Durability, LogConfig};
@@ -332,12 +332,23 @@ impl Log {
     /// roll, seals the old segment and makes the new segment's directory entry durable.
     /// Blocking (fsyncs).
     ///
+    /// A snapshot that cannot be written (a write error, a full disk) is logged and left out:
+    /// it only spares recovery a replay, and without it the producer state is rebuilt from
+    /// the snapshot before and the batches after it, so the log goes on taking appends.
+    ///
     /// # Errors
-    /// The I/O error; the log then refuses appends until reopened ([`Error::LogFailed`]).
+    /// The I/O error of the seal; the log then refuses appends until reopened
+    /// ([`Error::LogFailed`]).
     pub fn finish_roll(&self, roll: PendingRoll) -> Result<()> {
         let rolled = roll.0;
-        let result = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot, true)
-            .and_then(|()| rolled.old.seal())
+        if let Err(e) = producer::write_snapshot(&self.dir, rolled.new_base, &rolled.snapshot, true)
+        {
+            warn!(path = %self.dir.display(), offset = rolled.new_base, error = %e,
+                "producer snapshot not written; recovery replays from the one before");
+        }
+        let result = rolled
+            .old
+            .seal()
             .and_then(|()| recovery::sync_dir(&self.dir));
         if let Err(e) = &result {
             self.fail();
@@ -1130,5 +1141,57 @@ mod tests {
             !snapshots.is_empty() && snapshots.len() <= 2,
             "{snapshots:?}"
         );
+    }
+
+    #[test]
+    fn a_roll_whose_producer_snapshot_cannot_be_written_takes_appends_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        // A directory where a roll at `end` would write its snapshot makes that write fail.
+        let blocker =
+            |end: u64| producer::snapshot_path(dir.path(), end).with_extension("snapshot.tmp");
+        let mut seq = 0;
+        let mut blocked = Vec::new();
+        let mut last = (0, 0);
+        while blocked.len() < 2 {
+            assert!(seq < 400, "no roll within 200 appends");
+            let end = log.end_offset();
+            std::fs::create_dir(blocker(end)).unwrap();
+            let segments = log.segment_count();
+            let a = log.append(idem(9, 0, seq, 2)).unwrap();
+            last = (seq, a.base_offsets[0]);
+            seq += 2;
+            if log.segment_count() > segments {
+                blocked.push(end);
+            }
+            std::fs::remove_dir(blocker(end)).unwrap();
+        }
+        assert!(
+            !log.has_failed(),
+            "a missing snapshot does not fail the log"
+        );
+        let snapshots = producer::list_snapshots(dir.path()).unwrap();
+        assert!(
+            blocked.iter().all(|b| !snapshots.contains(b)),
+            "{snapshots:?} {blocked:?}"
+        );
+        let segments = log.segments.snapshot();
+        assert!(
+            segments[..segments.len() - 1].iter().all(|s| s.is_sealed()),
+            "the rolled segments are sealed"
+        );
+
+        // After a crash the producer state is rebuilt from what snapshots there are.
+        let end = log.end_offset();
+        drop(log);
+        let log = Log::open(dir.path(), small()).unwrap();
+        assert_eq!(log.end_offset(), end);
+        let a = log.append(idem(9, 0, last.0, 2)).unwrap();
+        assert_eq!((a.base_offsets, a.duplicates), (vec![last.1], vec![true]));
+        assert!(matches!(
+            log.append(idem(9, 0, seq + 1, 1)),
+            Err(Error::OutOfOrderSequence { expected, .. }) if expected == seq
+        ));
+        log.append(idem(9, 0, seq, 1)).unwrap();
     }
 }

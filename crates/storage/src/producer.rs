@@ -417,7 +417,11 @@ pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8], fsync: bool)
         }
         fs::rename(&tmp, &path)
     })()
-    .map_err(|e| Error::io("write producer snapshot", &path, e))?;
+    .map_err(|e| {
+        // Nothing names a half-written file: it goes, or is ignored by recovery.
+        let _ = fs::remove_file(&tmp);
+        Error::io("write producer snapshot", &path, e)
+    })?;
     // What is left: the older snapshots but the recycled one, and the new one.
     offsets.retain(|o| Some(*o) != redundant && *o != offset);
     offsets.push(offset);

@@ -159,6 +159,82 @@ async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_readi
     drop(stalled);
 }
 
+/// A batch of about 300 KB: 3 records of 100,000 bytes, each value starting `<i>-<j>-`.
+fn batch_300k(i: u64) -> Bytes {
+    let mut b = runnel_format::BatchBuilder::new();
+    for j in 0..3 {
+        let mut value = format!("{i}-{j}-").into_bytes();
+        value.resize(100_000, b'v');
+        b.push(None, Some(&value), &[], 1_700_000_000_000);
+    }
+    b.build()
+}
+
+#[tokio::test]
+async fn stalled_subscribers_hold_a_piece_of_a_batch_larger_than_their_share() {
+    const PARTITIONS: u32 = 8;
+    const BATCHES: u64 = 16;
+    // 1 MiB over 8 streams: 128 KiB each, less than one batch.
+    let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;
+    create_topic(&b, "t", PARTITIONS).await;
+    for p in 0..PARTITIONS {
+        for i in 0..BATCHES {
+            let r = produce(&b, "t", p, vec![batch_300k(i)]).await;
+            assert!(r.error.is_none(), "{r:?}");
+        }
+    }
+    let subscribe = |p: u32| pb::SubscribeRequest {
+        topic: "t".into(),
+        partition: p,
+        start: Some(pb::StartPosition {
+            position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
+        }),
+        ..Default::default()
+    };
+    // Stalled subscribers, each on a connection of its own: 8 x 4.8 MB of backlog, past
+    // their 2 MiB windows.
+    let mut stalled = Vec::new();
+    for p in 0..PARTITIONS {
+        let mut s = ConsumeServiceClient::new(b.new_channel())
+            .subscribe(subscribe(p))
+            .await
+            .unwrap()
+            .into_inner();
+        within(s.next()).await.unwrap().unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The budget, and a piece of 16 KiB at most over it per stream: not a 300 KB batch each.
+    let bound = f64::from(1 << 20) + f64::from(PARTITIONS) * f64::from(16 << 10);
+    let held = read_ahead(&b);
+    assert!(held > 0.0, "the stalled subscribers hold nothing?");
+    assert!(held <= bound, "read-ahead {held} bytes, over {bound}");
+
+    // Every batch arrives whole (its CRC checks) and in order, to a new subscriber and to a
+    // stalled one that reads again.
+    for s in [
+        ConsumeServiceClient::new(b.new_channel())
+            .subscribe(subscribe(0))
+            .await
+            .unwrap()
+            .into_inner(),
+        stalled.pop().unwrap(),
+    ] {
+        let mut s = s;
+        let mut read = Vec::new();
+        while read.len() < 3 * BATCHES as usize {
+            let r = within(s.next()).await.unwrap().unwrap();
+            read.extend(values(&r.batches, 0));
+        }
+        for (n, v) in read.iter().enumerate() {
+            let prefix = format!("{}-{}-", n / 3, n % 3);
+            assert!(v.starts_with(&prefix) && v.len() == 100_000, "record {n}");
+        }
+    }
+    assert!(read_ahead(&b) <= bound);
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn a_stalled_subscriber_does_not_grow_broker_memory() {
     let b = Broker::start().await;

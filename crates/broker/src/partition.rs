@@ -20,7 +20,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use runnel_storage::batch::BatchHeader;
 use runnel_storage::{
-    Appended, ClosedLogs, Durable, Flusher, Log, LogConfig, LogEnv, ReadResult, RetentionOutcome,
+    Appended, BoundedRead, ClosedLogs, Durable, Flusher, Log, LogConfig, LogEnv, ReadResult,
+    RetentionOutcome,
 };
 use tokio::sync::watch;
 
@@ -193,6 +194,24 @@ impl Partition {
                     log_end,
                 }))
             }
+            other => other.map_err(ReadError::Local),
+        }
+    }
+
+    /// [`Partition::read`] for a reader that bounds what it holds: a first batch of the local
+    /// log larger than `max_bytes` is handed back to read in pieces
+    /// ([`Log::read_bounded`]); below the local log, the object store's copies are read
+    /// whole. Blocking.
+    ///
+    /// # Errors
+    /// As [`Partition::read`].
+    pub fn read_bounded(&self, offset: u64, max_bytes: usize) -> Result<BoundedRead, ReadError> {
+        match self.log.read_bounded(offset, max_bytes) {
+            Err(runnel_storage::Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                ..
+            }) if requested < log_start => self.read(offset, max_bytes).map(BoundedRead::Batches),
             other => other.map_err(ReadError::Local),
         }
     }

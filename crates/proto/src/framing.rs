@@ -77,6 +77,13 @@ impl Framer {
         }
     }
 
+    /// The key and length of a `bytes` field of `len` bytes whose value the caller sends
+    /// itself, after these chunks and before the [`fields`] of the rest of the message.
+    pub fn bytes_header(&mut self, field: u32, len: usize) {
+        encode_key(field, WireType::LengthDelimited, &mut self.head);
+        encode_varint(len as u64, &mut self.head);
+    }
+
     /// The chunks of the message, in order.
     pub fn finish(mut self) -> Framed {
         if !self.head.is_empty() {
@@ -88,6 +95,14 @@ impl Framer {
 
 /// The chunks of one framed message.
 pub type Framed = VecDeque<Bytes>;
+
+/// The fields of `m` as prost encodes them, without a message prefix: the rest of a message
+/// begun with [`Framer::bytes_header`] and that field's value.
+pub fn fields(m: &impl Message) -> Bytes {
+    let mut buf = BytesMut::with_capacity(m.encoded_len());
+    m.encode_raw(&mut buf);
+    buf.freeze()
+}
 
 /// `m`, which holds no large `bytes` values, framed as one message.
 pub fn framed(m: &impl Message) -> Framed {
@@ -383,8 +398,9 @@ impl Buf for Received {
     }
 }
 
-/// The encoded length of a nested message field of `len` bytes, key and length included.
-pub fn nested_len(field: u32, len: usize) -> usize {
+/// The encoded length of a length-delimited field (a nested message, `bytes`) of `len`
+/// bytes, key and length included.
+pub fn field_len(field: u32, len: usize) -> usize {
     key_len(field) + encoded_len_varint(len as u64) + len
 }
 
@@ -583,7 +599,7 @@ mod tests {
             partitions: vec![inner.clone()],
             ..Default::default()
         };
-        assert_eq!(nested_len(4, inner.encoded_len()), m.encoded_len() - 2);
+        assert_eq!(field_len(4, inner.encoded_len()), m.encoded_len() - 2);
         let mut f = Framer::new(m.encoded_len());
         f.message(&pb::ProduceRequest {
             request_id: 7,

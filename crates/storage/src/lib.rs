@@ -61,7 +61,7 @@ pub use log::{Appended, Log, PendingRoll};
 pub use producer::REMEMBERED_BATCHES;
 pub use recovery::{CLEAN_SHUTDOWN_MARKER, RUNNING_MARKER};
 pub use retention::RetentionOutcome;
-pub use segments::ReadResult;
+pub use segments::{BoundedRead, LargeBatch, ReadResult};
 pub use sync::Durable;
 pub use tiering::{
     SealedSegment, SplitBatches, empty_producer_snapshot, index_position, seed_log, split_batches,

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::producer::{self, ProducerStates, Undo, Verdict};
 use crate::recovery::{self, DirSync};
 use crate::segment::Segment;
-use crate::segments::{ReadResult, SegmentSet};
+use crate::segments::{BoundedRead, ReadResult, SegmentSet};
 use crate::sync::SyncState;
 
 /// The result of an append.
@@ -698,6 +698,16 @@ impl Log {
         self.segments.read(from, max_bytes, self.end_offset())
     }
 
+    /// [`Log::read`] for a reader that bounds what it holds: a first batch larger than
+    /// `max_bytes` is not read but handed back as a [`LargeBatch`], which reads it in pieces.
+    ///
+    /// # Errors
+    /// As [`Log::read`].
+    pub fn read_bounded(&self, from: u64, max_bytes: usize) -> Result<BoundedRead> {
+        self.segments
+            .read_bounded(from, max_bytes, self.end_offset())
+    }
+
     /// The first offset whose record timestamp is at or after `timestamp` (ms), or `None` if
     /// every record is older. Under log-append time, batches are found by their append time.
     ///
@@ -816,6 +826,50 @@ mod tests {
     }
 
     /// Appends 200-byte batches of 2 records until one rolls; returns its unfinished roll.
+    #[test]
+    fn a_bounded_read_hands_a_large_batch_over_to_read_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small()).unwrap();
+        log.append(batch(2, 1, 100)).unwrap();
+        log.append(batch(3, 2, 1000)).unwrap();
+        for i in 0..20 {
+            log.append(batch(2, i, 200)).unwrap();
+        }
+        let small_len = batch(2, 1, 100).len();
+
+        // Batches within the bound are read as by read().
+        let BoundedRead::Batches(read) = log.read_bounded(0, small_len).unwrap() else {
+            panic!("the first batch fits");
+        };
+        assert_eq!(read, log.read(0, small_len).unwrap());
+        // A first batch over the bound is located, not read.
+        let whole = log.read(2, 1).unwrap();
+        assert_eq!(whole.batches.len(), 1);
+        let BoundedRead::Large(large) = log.read_bounded(2, 1000).unwrap() else {
+            panic!("the second batch is larger than 1000 bytes");
+        };
+        assert_eq!(large.len(), whole.batches[0].len());
+        assert_eq!(
+            (large.records, large.next_offset, large.log_end_offset),
+            (3, 5, log.end_offset())
+        );
+
+        // Its pieces are the batch; reads past its end are empty; and it reads whole after
+        // retention removed its segment.
+        log.delete_before(log.end_offset() - 1).unwrap();
+        assert!(log.start_offset() > 5, "retention removed the segment");
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < large.len() + 10 {
+            let piece = large.read(at, 300).unwrap();
+            assert!(piece.len() <= 300);
+            pieces.extend_from_slice(&piece);
+            at += 300;
+        }
+        assert_eq!(pieces, whole.batches[0]);
+        assert!(large.read(large.len(), 10).unwrap().is_empty());
+    }
+
     fn append_until_a_deferred_roll(log: &Log) -> PendingRoll {
         for i in 0..100 {
             let (_, roll) = log

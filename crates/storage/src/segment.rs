@@ -61,6 +61,19 @@ pub(crate) struct SegmentRead {
     pub next_offset: u64,
 }
 
+/// What [`Segment::read_bounded`] found.
+pub(crate) enum Bounded {
+    /// Whole batches within the bound.
+    Read(SegmentRead),
+    /// The first batch, larger than the bound, at `position`.
+    Large {
+        /// Its byte position in the segment.
+        position: u64,
+        /// Its header.
+        header: BatchHeader,
+    },
+}
+
 impl SegmentRead {
     /// Splits `buf`, read from a batch boundary, into its whole batches; a partial batch at
     /// the end (the read stopped at `max_bytes`) is left out.
@@ -548,13 +561,32 @@ impl Segment {
     /// of them; the first batch is returned whole even if it is larger. `None` if the segment
     /// has nothing at or after `offset`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<SegmentRead>> {
+        Ok(match self.read_bounded(offset, max_bytes)? {
+            None => None,
+            Some(Bounded::Read(read)) => Some(read),
+            Some(Bounded::Large { position, header }) => Some(SegmentRead::split(
+                self.read_at(position, header.total_len())?,
+                offset,
+            )),
+        })
+    }
+
+    /// [`Segment::read`], except that a first batch larger than `max_bytes` is not read but
+    /// located.
+    pub fn read_bounded(&self, offset: u64, max_bytes: usize) -> Result<Option<Bounded>> {
         let size = self.size();
-        let Some((pos, first)) = self.locate(offset, size)? else {
+        let Some((position, header)) = self.locate(offset, size)? else {
             return Ok(None);
         };
-        let available = (size - pos) as usize;
-        let want = max_bytes.min(available).max(first.total_len());
-        Ok(Some(SegmentRead::split(self.read_at(pos, want)?, offset)))
+        if header.total_len() > max_bytes {
+            return Ok(Some(Bounded::Large { position, header }));
+        }
+        let available = (size - position) as usize;
+        let want = max_bytes.min(available);
+        Ok(Some(Bounded::Read(SegmentRead::split(
+            self.read_at(position, want)?,
+            offset,
+        ))))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::segment::Segment;
+use crate::segment::{Bounded, Segment};
 
 /// The result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,68 @@ pub struct ReadResult {
     pub log_start_offset: u64,
     /// Log end offset at the time of the read.
     pub log_end_offset: u64,
+}
+
+/// What [`Log::read_bounded`](crate::Log::read_bounded) found.
+#[derive(Debug)]
+pub enum BoundedRead {
+    /// Whole batches, as [`Log::read`](crate::Log::read) returns them.
+    Batches(ReadResult),
+    /// The batch at the offset asked for, larger than the bound: to be read in pieces.
+    Large(LargeBatch),
+}
+
+/// One stored batch, to be read in pieces rather than at once. It keeps its segment's file
+/// open, so a segment that retention deletes meanwhile still reads whole.
+#[derive(Clone)]
+pub struct LargeBatch {
+    segment: Arc<Segment>,
+    position: u64,
+    len: usize,
+    /// Records in the batch.
+    pub records: u64,
+    /// The offset after the batch.
+    pub next_offset: u64,
+    /// First offset in the log at the time of the read.
+    pub log_start_offset: u64,
+    /// Log end offset at the time of the read.
+    pub log_end_offset: u64,
+}
+
+impl std::fmt::Debug for LargeBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LargeBatch")
+            .field("segment", &self.segment.log_path)
+            .field("position", &self.position)
+            .field("len", &self.len)
+            .field("next_offset", &self.next_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LargeBatch {
+    /// The batch's size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a stored batch has at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes `at..at + len` of the batch (fewer at its end; none from past it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] from the segment file.
+    pub fn read(&self, at: usize, len: usize) -> Result<Bytes> {
+        let at = at.min(self.len);
+        let len = len.min(self.len - at);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        self.segment.read_at(self.position + at as u64, len)
+    }
 }
 
 impl ReadResult {
@@ -86,6 +148,28 @@ impl SegmentSet {
     /// Reads whole batches starting with the one that contains `from`, up to about
     /// `max_bytes` (the first batch whole even if larger), given the log end `end`.
     pub fn read(&self, from: u64, max_bytes: usize, end: u64) -> Result<ReadResult> {
+        let read = self.read_with(from, end, |s| {
+            Ok(s.read(from, max_bytes)?.map(Bounded::Read))
+        })?;
+        match read {
+            BoundedRead::Batches(read) => Ok(read),
+            BoundedRead::Large(_) => unreachable!("Segment::read reads the first batch whole"),
+        }
+    }
+
+    /// [`SegmentSet::read`], except that a first batch larger than `max_bytes` is not read but
+    /// handed back as a [`LargeBatch`], to be read in pieces.
+    pub fn read_bounded(&self, from: u64, max_bytes: usize, end: u64) -> Result<BoundedRead> {
+        self.read_with(from, end, |s| s.read_bounded(from, max_bytes))
+    }
+
+    /// Reads from the segment holding `from` (or the next that holds anything) with `read`.
+    fn read_with(
+        &self,
+        from: u64,
+        end: u64,
+        read: impl Fn(&Segment) -> Result<Option<Bounded>>,
+    ) -> Result<BoundedRead> {
         let start = self.start_offset();
         let segments = self.snapshot();
         let out_of_range = || Error::OffsetOutOfRange {
@@ -104,7 +188,7 @@ impl SegmentSet {
             log_end_offset: end,
         };
         if from == end {
-            return Ok(result);
+            return Ok(BoundedRead::Batches(result));
         }
         let first = segments.partition_point(|s| s.base_offset <= from);
         let Some(first) = first.checked_sub(1) else {
@@ -112,14 +196,28 @@ impl SegmentSet {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            if let Some(read) = segment.read(from, max_bytes)? {
-                result.batches = read.batches;
-                result.records = read.records;
-                result.next_offset = read.next_offset;
-                break;
+            match read(segment)? {
+                None => continue,
+                Some(Bounded::Read(read)) => {
+                    result.batches = read.batches;
+                    result.records = read.records;
+                    result.next_offset = read.next_offset;
+                    break;
+                }
+                Some(Bounded::Large { position, header }) => {
+                    return Ok(BoundedRead::Large(LargeBatch {
+                        segment: segment.clone(),
+                        position,
+                        len: header.total_len(),
+                        records: u64::from(header.record_count),
+                        next_offset: header.next_offset(),
+                        log_start_offset: start,
+                        log_end_offset: end,
+                    }));
+                }
             }
         }
-        Ok(result)
+        Ok(BoundedRead::Batches(result))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp` (ms), or `None` if

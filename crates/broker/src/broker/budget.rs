@@ -77,7 +77,8 @@ impl ProduceBudget {
     }
 }
 
-/// The smallest share of the read buffer a stream gets, however many are open.
+/// The smallest share of the read buffer a stream gets, however many are open, and the
+/// smallest piece of a large batch it reads.
 pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 
 /// The read buffer (`limits.read_buffer_bytes`): what all open subscription streams and
@@ -89,7 +90,9 @@ pub(crate) const MIN_SHARE_BYTES: u64 = 16 << 10;
 /// never less than [`MIN_SHARE_BYTES`]) and the budget has room, at most the smaller rest.
 /// A stream that holds nothing may always read one batch, so that every reader makes
 /// progress however much stalled streams hold. All streams together hold at most the
-/// budget plus one batch each.
+/// budget plus one batch each; `Subscribe` streams, which read a batch larger than their
+/// read allows in pieces of at least [`MIN_SHARE_BYTES`] as HTTP/2 takes them
+/// (`Delivery::Pieces`), the budget plus one such piece each.
 #[derive(Debug)]
 pub(crate) struct ReadAhead {
     limit: u64,
@@ -223,7 +226,7 @@ impl ReadAhead {
     }
 
     /// What a stream holding `held` may read now, reserved at once, or `None`.
-    fn try_grant(&self, held: &Arc<Held>, wanted: usize) -> Option<Grant> {
+    pub(crate) fn try_grant(&self, held: &Arc<Held>, wanted: usize) -> Option<Grant> {
         let mut granted = 0u64;
         held.bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mine| {

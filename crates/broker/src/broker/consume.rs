@@ -13,10 +13,11 @@ use bytes::Bytes;
 use runnel_proto::pb::{
     self, ErrorCode, OffsetBoundary, offset_query::Query, start_position::Position,
 };
+use runnel_storage::{BoundedRead, LargeBatch, ReadResult};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::budget::Held;
+use super::budget::{Grant, Held, MIN_SHARE_BYTES};
 use super::records::each_record;
 use super::{Broker, capped};
 use crate::error::RpcError;
@@ -101,6 +102,50 @@ fn formatted(
             batches: Vec::new(),
         },
     })
+}
+
+impl LargeResponse {
+    /// The batch's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.batch.len()
+    }
+}
+
+impl Broker {
+    /// Reads the next piece of `large`'s batch, from byte `at`: as much as the stream may
+    /// read now ([`ReadAhead`](super::budget::ReadAhead)), but at least [`MIN_SHARE_BYTES`]
+    /// and without waiting (what the stream holds may be queued behind this very batch),
+    /// counted as held until dropped.
+    pub(crate) fn read_piece(
+        self: &Arc<Self>,
+        large: &LargeResponse,
+        at: usize,
+    ) -> impl Future<Output = Result<Bytes, RpcError>> + Send + 'static {
+        let (batch, held) = (large.batch.clone(), large.held.clone());
+        let rest = batch.len().saturating_sub(at);
+        let grant = self.read_ahead.try_grant(&held, rest);
+        let len = grant
+            .as_ref()
+            .map_or(0, Grant::bytes)
+            .max(MIN_SHARE_BYTES as usize)
+            .min(rest);
+        blocking(move || {
+            let piece = batch
+                .read(at, len)
+                .map_err(|e| RpcError::internal(format!("reading a batch: {e}")))?;
+            let piece = held.track(vec![piece]).pop().unwrap_or_default();
+            drop(grant);
+            Ok(piece)
+        })
+    }
+}
+
+/// What a subscription read.
+enum Read {
+    /// Whole batches (none at the log end), their bytes, and the response's data.
+    Whole(ReadResult, u64, Result<Formatted, RpcError>),
+    /// One batch larger than the stream may hold, to be read in pieces.
+    Large(LargeBatch),
 }
 
 /// Checks a request's list of partitions: at most `max` entries (`fetch_max_partitions`), and
@@ -259,18 +304,66 @@ pub(crate) struct Subscribed {
     pub(crate) start: u64,
 }
 
-/// How a subscription reads: the format and the most batch bytes per response.
+/// How a subscription reads: the format, the most batch bytes per response, and how a batch
+/// larger than the stream's share of the read buffer travels.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReadShape {
     /// Batches or records.
     pub(crate) format: Format,
     /// The most batch bytes in one response.
     pub(crate) max_bytes: usize,
+    /// Whole, or (batches only) in pieces.
+    pub(crate) delivery: Delivery,
+}
+
+/// How a subscription sends a batch larger than its stream may read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Read whole, in a [`Pushed::Response`]: the front end encodes whole messages.
+    Whole,
+    /// As a [`Pushed::Large`], read in pieces as the client takes them: the front end writes
+    /// a message's bytes as they come (`services/consume_http.rs`), so that a stalled
+    /// stream holds a piece of such a batch, not all of it.
+    Pieces,
 }
 
 /// What a subscription's queue yields: responses (each naming its partition), then at most
 /// one error that ends it.
-pub type SubscribeItem = Result<pb::SubscribeResponse, RpcError>;
+pub type SubscribeItem = Result<Pushed, RpcError>;
+
+/// One response of a subscription.
+#[derive(Debug)]
+pub enum Pushed {
+    /// A response with everything in it.
+    Response(pb::SubscribeResponse),
+    /// A response of one batch that is read in pieces (only with [`Delivery::Pieces`]).
+    Large(LargeResponse),
+}
+
+impl Pushed {
+    /// The whole response, for a stream opened with [`Delivery::Whole`], which is never
+    /// sent a [`Pushed::Large`].
+    pub(crate) fn whole(self) -> Result<pb::SubscribeResponse, RpcError> {
+        match self {
+            Pushed::Response(r) => Ok(r),
+            Pushed::Large(_) => Err(RpcError::internal(
+                "a batch to be read in pieces on a stream that sends whole responses",
+            )),
+        }
+    }
+}
+
+/// A response whose one batch is read in pieces, each counted in the stream's share of the
+/// read buffer until HTTP/2 has written it.
+#[derive(Debug)]
+pub struct LargeResponse {
+    /// Everything but the batch.
+    pub(crate) response: pb::SubscribeResponse,
+    /// The batch.
+    pub(crate) batch: LargeBatch,
+    /// What the stream's responses hold of the read buffer.
+    pub(crate) held: Arc<Held>,
+}
 
 /// How a subscription ended, for the front end's accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,13 +566,19 @@ impl Broker {
         self: &Arc<Self>,
         req: pb::SubscribeRequest,
         caller: Caller,
+        delivery: Delivery,
         on_end: impl FnOnce(SubscriptionEnd) + Send + 'static,
     ) -> Result<ReceiverStream<SubscribeItem>, RpcError> {
         self.check_running()?;
         let limits = &self.config.limits;
+        let format = Format::from_pb(req.format, "format")?;
         let shape = ReadShape {
-            format: Format::from_pb(req.format, "format")?,
+            format,
             max_bytes: capped(req.max_bytes, limits.subscribe_max_bytes),
+            delivery: match format {
+                Format::Batches => delivery,
+                Format::Records => Delivery::Whole,
+            },
         };
         let listed = !req.partitions.is_empty();
         let targets = Self::subscribe_targets(req, limits.fetch_max_partitions)?;
@@ -601,7 +700,7 @@ impl Broker {
             records: Vec::new(),
         };
         let first = response(start, p.start_offset(), p.end_offset(), empty());
-        if tx.send(Ok(first)).await.is_err() {
+        if tx.send(Ok(Pushed::Response(first))).await.is_err() {
             return SubscriptionEnd::ClientLeft;
         }
         let mut end = p.watch_end();
@@ -629,50 +728,57 @@ impl Broker {
             };
             let part = p.clone();
             let read = tokio::task::spawn_blocking(move || {
-                let mut read = part.read(next, grant.bytes())?;
+                let mut read = match shape.delivery {
+                    Delivery::Whole => part.read(next, grant.bytes())?,
+                    // A batch up to a piece's size is never worth sending in pieces.
+                    Delivery::Pieces => match part
+                        .read_bounded(next, grant.bytes().max(MIN_SHARE_BYTES as usize))?
+                    {
+                        BoundedRead::Batches(read) => read,
+                        BoundedRead::Large(large) => return Ok(Read::Large(large)),
+                    },
+                };
                 let bytes = read.len_bytes() as u64;
                 let batches = grant.track(std::mem::take(&mut read.batches));
                 drop(grant);
                 let data = formatted(batches, next, shape.format, decode_limit, &part);
-                Ok::<_, ReadError>((read, bytes, data))
+                Ok::<_, ReadError>(Read::Whole(read, bytes, data))
             })
             .await;
             let read = match read {
                 Ok(r) => r,
                 Err(e) => break RpcError::internal(format!("read task failed: {e}")),
             };
-            match read {
-                Ok((_, _, Err(e))) => break e,
-                Ok((read, bytes, Ok(data))) if bytes > 0 => {
-                    p.topic_metrics.records_out.increment(read.records);
-                    p.topic_metrics.bytes_out.increment(bytes);
+            let sent = match read {
+                Ok(Read::Whole(_, _, Err(e))) => break e,
+                Ok(Read::Whole(read, bytes, Ok(data))) if bytes > 0 => {
                     next = read.next_offset;
-                    slot.send(Ok(response(
+                    slot.send(Ok(Pushed::Response(response(
                         next,
                         read.log_start_offset,
                         read.log_end_offset,
                         data,
-                    )));
-                    let delay = self.quotas.charge(&out.caller, Quota::FetchBytes, bytes);
-                    if !delay.is_zero() {
-                        tokio::select! {
-                            biased;
-                            () = shutdown.wait() => break RpcError::shutting_down(),
-                            () = tx.closed() => return SubscriptionEnd::ClientLeft,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                    }
+                    ))));
+                    Some((read.records, bytes))
                 }
-                Ok(_) => {
+                Ok(Read::Large(batch)) => {
+                    next = batch.next_offset;
+                    let sent = (batch.records, batch.len() as u64);
+                    slot.send(Ok(Pushed::Large(LargeResponse {
+                        response: response(
+                            next,
+                            batch.log_start_offset,
+                            batch.log_end_offset,
+                            empty(),
+                        ),
+                        batch,
+                        held: held.clone(),
+                    })));
+                    Some(sent)
+                }
+                Ok(Read::Whole(..)) => {
                     drop(slot);
-                    tokio::select! {
-                        biased;
-                        () = shutdown.wait() => break RpcError::shutting_down(),
-                        () = tx.closed() => return SubscriptionEnd::ClientLeft,
-                        changed = end.changed() => if changed.is_err() {
-                            break RpcError::unknown_topic(&p.topic);
-                        },
-                    }
+                    None
                 }
                 Err(e @ ReadError::Local(runnel_storage::Error::OffsetOutOfRange { .. })) => {
                     let e = storage_error(&e, p);
@@ -685,6 +791,31 @@ impl Broker {
                     );
                 }
                 Err(e) => break storage_error(&e, p),
+            };
+            match sent {
+                Some((records, bytes)) => {
+                    p.topic_metrics.records_out.increment(records);
+                    p.topic_metrics.bytes_out.increment(bytes);
+                    let delay = self.quotas.charge(&out.caller, Quota::FetchBytes, bytes);
+                    if !delay.is_zero() {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.wait() => break RpcError::shutting_down(),
+                            () = tx.closed() => return SubscriptionEnd::ClientLeft,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.wait() => break RpcError::shutting_down(),
+                        () = tx.closed() => return SubscriptionEnd::ClientLeft,
+                        changed = end.changed() => if changed.is_err() {
+                            break RpcError::unknown_topic(&p.topic);
+                        },
+                    }
+                }
             }
         };
         let end = SubscriptionEnd::Failed(status.code);

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt as _};
 
 use super::Broker;
-use super::consume::{Format, Outbound, ReadShape, SubscribeItem, SubscriptionEnd};
+use super::consume::{Delivery, Format, Outbound, ReadShape, SubscribeItem, SubscriptionEnd};
 use super::groups::View;
 use crate::error::RpcError;
 use crate::groups::Joined;
@@ -177,6 +177,7 @@ fn read_settings(
     let shape = ReadShape {
         format: Format::from_pb(start.format, "start.format")?,
         max_bytes: super::capped(start.max_bytes, b.config.limits.subscribe_max_bytes),
+        delivery: Delivery::Whole,
     };
     let reset = match OffsetBoundary::try_from(start.reset) {
         Ok(OffsetBoundary::Unspecified | OffsetBoundary::Earliest) => OffsetBoundary::Earliest,

@@ -19,7 +19,7 @@ use super::caller::caller;
 use super::status::grpc_code;
 use super::{finish, rpc_done};
 use crate::broker::Broker;
-use crate::broker::consume::{SubscribeItem, SubscriptionEnd};
+use crate::broker::consume::{Delivery, Pushed, SubscribeItem, SubscriptionEnd};
 
 /// The consume service.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl Consume {
 
 /// A subscription's queue item as a gRPC stream item.
 fn subscribe_item(item: SubscribeItem) -> Result<pb::SubscribeResponse, Status> {
-    item.map_err(|e| e.status())
+    item.and_then(Pushed::whole).map_err(|e| e.status())
 }
 
 /// Counts a `Subscribe` call once its stream ends.
@@ -90,7 +90,7 @@ impl ConsumeService for Consume {
         let recheck = Recheck::new(access, req.clone(), seen);
         let opened = self
             .broker
-            .subscribe(req, caller, subscribe_done(started))
+            .subscribe(req, caller, Delivery::Whole, subscribe_done(started))
             .await;
         match opened {
             Ok(stream) => Ok(Response::new(Rechecked::new(stream, recheck).map(

@@ -14,16 +14,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use prost::Message;
-use runnel_proto::framing::{Framed, FramedBody, Framer, PREFIX_LEN};
+use runnel_proto::framing::{Framed, FramedBody, Framer, PREFIX_LEN, field_len, fields};
 use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceServer};
-use tokio_stream::StreamExt as _;
-use tokio_stream::adapters::Map;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
@@ -36,7 +35,7 @@ use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
 use super::{finish, rpc_done};
 use crate::broker::Broker;
-use crate::broker::consume::SubscribeItem;
+use crate::broker::consume::{Delivery, LargeResponse, Pushed, SubscribeItem};
 use crate::error::RpcError;
 
 /// The HTTP/2 path of `runnel.v1.ConsumeService/Subscribe`.
@@ -103,15 +102,16 @@ async fn subscribe(
         };
     let checked = request.clone();
     match broker
-        .subscribe(request, caller, subscribe_done(started))
+        .subscribe(request, caller, Delivery::Pieces, subscribe_done(started))
         .await
     {
         Ok(stream) => grpc_response(ResponseBody::response(
             Framed::new(),
-            Some(
-                Rechecked::new(stream, Recheck::new(access, checked, seen))
-                    .map(frame_subscribe_item as fn(_) -> _),
-            ),
+            Some(SubscribeMessages {
+                broker,
+                items: Rechecked::new(stream, Recheck::new(access, checked, seen)),
+                large: None,
+            }),
         )),
         Err(e) => {
             rpc_done("Subscribe", e.grpc_code(), started);
@@ -220,15 +220,85 @@ async fn read_request<M: Message + Default>(mut body: Body, max: usize) -> Resul
 /// A response body: the framed messages, then the gRPC status as trailers.
 type ResponseBody = FramedBody<SubscribeMessages>;
 
-/// A `Subscribe` stream's items as framed messages (or the error that ends the call).
-type SubscribeMessages = Map<
-    Rechecked<ReceiverStream<SubscribeItem>, pb::SubscribeRequest>,
-    fn(SubscribeItem) -> Result<Framed, Status>,
->;
+/// A `Subscribe` stream's items as framed messages (or the error that ends the call). A
+/// [`Pushed::Large`] goes out as its framing, then the pieces of its batch, each read only
+/// when HTTP/2 asks for more (hyper polls a body only when the stream's window has room), and
+/// then the rest of its fields: a stream its client stopped reading holds a piece of such a
+/// batch, not the batch.
+struct SubscribeMessages {
+    broker: Arc<Broker>,
+    items: Rechecked<ReceiverStream<SubscribeItem>, pb::SubscribeRequest>,
+    large: Option<LargeInFlight>,
+}
 
-/// Frames one item of a `Subscribe` stream.
-fn frame_subscribe_item(item: SubscribeItem) -> Result<Framed, Status> {
-    item.map(frame_subscribe_response).map_err(|e| e.status())
+/// A response of a large batch being sent.
+struct LargeInFlight {
+    response: LargeResponse,
+    /// Bytes of the batch sent so far.
+    sent: usize,
+    /// The read of the next piece.
+    reading: Option<Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>>,
+    /// The fields after the batch.
+    tail: Bytes,
+}
+
+impl Stream for SubscribeMessages {
+    type Item = Result<Framed, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(large) = &mut this.large {
+            let reading = large.reading.get_or_insert_with(|| {
+                Box::pin(this.broker.read_piece(&large.response, large.sent))
+            });
+            let piece = ready!(reading.as_mut().poll(cx));
+            large.reading = None;
+            let piece = match piece {
+                Ok(piece) if !piece.is_empty() => Ok(piece),
+                Ok(_) => Err(RpcError::internal("a stored batch ended before its length")),
+                Err(e) => Err(e),
+            };
+            let piece = match piece {
+                Ok(piece) => piece,
+                Err(e) => {
+                    // The message is cut short: the call ends with the error.
+                    this.large = None;
+                    return Poll::Ready(Some(Err(e.status())));
+                }
+            };
+            large.sent += piece.len();
+            let mut chunks = Framed::from([piece]);
+            if large.sent >= large.response.len() {
+                chunks.push_back(std::mem::take(&mut large.tail));
+                this.large = None;
+            }
+            return Poll::Ready(Some(Ok(chunks)));
+        }
+        Poll::Ready(match ready!(Pin::new(&mut this.items).poll_next(cx)) {
+            None => None,
+            Some(Err(e)) => Some(Err(e.status())),
+            Some(Ok(Pushed::Response(r))) => Some(Ok(frame_subscribe_response(r))),
+            Some(Ok(Pushed::Large(response))) => {
+                let (head, tail) = frame_large_response(&response.response, response.len());
+                this.large = Some(LargeInFlight {
+                    response,
+                    sent: 0,
+                    reading: None,
+                    tail,
+                });
+                Some(Ok(head))
+            }
+        })
+    }
+}
+
+/// Frames a `SubscribeResponse` of `response`'s fields and one batch of `len` bytes: the
+/// message prefix and the batch's key and length (the chunks to send first), and fields 2-7
+/// (to send after the batch).
+fn frame_large_response(response: &pb::SubscribeResponse, len: usize) -> (Framed, Bytes) {
+    let mut framer = Framer::new(response.encoded_len() + field_len(1, len));
+    framer.bytes_header(1, len);
+    (framer.finish(), fields(response))
 }
 
 /// Frames a `SubscribeResponse`: its batches (field 1), then fields 2-7, in the order prost
@@ -341,6 +411,18 @@ mod tests {
                 tonic_wire(response),
                 "{response:?}"
             );
+        }
+        // A response of one batch sent in pieces: the framing, the batch, the other fields.
+        for response in &cases[..2] {
+            let batch = Bytes::from(vec![5u8; 300_000]);
+            let (head, tail) = frame_large_response(response, batch.len());
+            let mut pieces = head;
+            pieces.extend([batch.slice(..100_000), batch.slice(100_000..), tail]);
+            let whole = pb::SubscribeResponse {
+                batches: vec![batch],
+                ..response.clone()
+            };
+            assert_eq!(wire(&pieces), tonic_wire(&whole), "{response:?}");
         }
         let out = chunks(&cases[2]);
         let shared: Vec<_> = out

@@ -252,7 +252,7 @@ impl Stream for ConsumeResponses {
             Poll::Ready(Some(item)) => Poll::Ready(Some(
                 match item.and_then(|r| {
                     this.recheck.check()?;
-                    Ok(r)
+                    r.whole()
                 }) {
                     Ok(records) => response(ConsumeTell::Records(records)),
                     Err(e) => {

@@ -103,33 +103,38 @@ fn read_ahead(b: &Broker) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_reading() {
-    const PARTITIONS: u32 = 8;
-    const BATCHES: u64 = 64;
-    let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;
-    create_topic(&b, "t", PARTITIONS).await;
-    for p in 0..PARTITIONS {
-        for i in 0..BATCHES {
-            let r = produce(&b, "t", p, vec![batch_64k(i)]).await;
-            assert!(r.error.is_none(), "{r:?}");
-        }
-    }
-    let subscribe = |p: u32| pb::SubscribeRequest {
+/// A `Subscribe` of partition `p` of topic "t" from its earliest record.
+fn from_earliest(p: u32) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
         topic: "t".into(),
         partition: p,
         start: Some(pb::StartPosition {
             position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
         }),
-        max_bytes: 0,
         ..Default::default()
-    };
-    // One stalled subscriber per partition, each on a connection of its own, reading only
-    // the response that confirms its start: 8 x 4 MB of backlog, past their 2 MiB windows.
+    }
+}
+
+/// A broker with a 1 MiB read buffer whose topic "t" holds `batches` batches `batch(i)` in
+/// each of its `partitions` partitions, and a subscriber from the start of each partition, on
+/// a connection of its own, that read only the response confirming its start and stopped.
+async fn stalled_subscribers(
+    partitions: u32,
+    batches: u64,
+    batch: fn(u64) -> Bytes,
+) -> (Broker, Vec<tonic::Streaming<pb::SubscribeResponse>>) {
+    let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;
+    create_topic(&b, "t", partitions).await;
+    for p in 0..partitions {
+        for i in 0..batches {
+            let r = produce(&b, "t", p, vec![batch(i)]).await;
+            assert!(r.error.is_none(), "{r:?}");
+        }
+    }
     let mut stalled = Vec::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         let mut s = ConsumeServiceClient::new(b.new_channel())
-            .subscribe(subscribe(p))
+            .subscribe(from_earliest(p))
             .await
             .unwrap()
             .into_inner();
@@ -137,6 +142,15 @@ async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_readi
         stalled.push(s);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (b, stalled)
+}
+
+#[tokio::test]
+async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_reading() {
+    const PARTITIONS: u32 = 8;
+    const BATCHES: u64 = 64;
+    // 8 x 4 MB of backlog, past the stalled subscribers' 2 MiB windows.
+    let (b, stalled) = stalled_subscribers(PARTITIONS, BATCHES, batch_64k).await;
     // 1 MiB in all, and one whole batch over it at most per stream.
     let bound = f64::from(1 << 20) + f64::from(PARTITIONS) * 66_000.0;
     let held = read_ahead(&b);
@@ -146,7 +160,7 @@ async fn stalled_subscribers_hold_at_most_the_read_buffer_and_readers_keep_readi
     // Another subscriber on a stalled partition reads the whole backlog, one batch at a
     // time if the stalled streams hold the whole budget.
     let mut reader = ConsumeServiceClient::new(b.new_channel())
-        .subscribe(subscribe(0))
+        .subscribe(from_earliest(0))
         .await
         .unwrap()
         .into_inner();
@@ -174,36 +188,8 @@ fn batch_300k(i: u64) -> Bytes {
 async fn stalled_subscribers_hold_a_piece_of_a_batch_larger_than_their_share() {
     const PARTITIONS: u32 = 8;
     const BATCHES: u64 = 16;
-    // 1 MiB over 8 streams: 128 KiB each, less than one batch.
-    let b = Broker::start_with(&["--set", "limits.read_buffer_bytes=1048576"]).await;
-    create_topic(&b, "t", PARTITIONS).await;
-    for p in 0..PARTITIONS {
-        for i in 0..BATCHES {
-            let r = produce(&b, "t", p, vec![batch_300k(i)]).await;
-            assert!(r.error.is_none(), "{r:?}");
-        }
-    }
-    let subscribe = |p: u32| pb::SubscribeRequest {
-        topic: "t".into(),
-        partition: p,
-        start: Some(pb::StartPosition {
-            position: Some(Position::Boundary(OffsetBoundary::Earliest as i32)),
-        }),
-        ..Default::default()
-    };
-    // Stalled subscribers, each on a connection of its own: 8 x 4.8 MB of backlog, past
-    // their 2 MiB windows.
-    let mut stalled = Vec::new();
-    for p in 0..PARTITIONS {
-        let mut s = ConsumeServiceClient::new(b.new_channel())
-            .subscribe(subscribe(p))
-            .await
-            .unwrap()
-            .into_inner();
-        within(s.next()).await.unwrap().unwrap();
-        stalled.push(s);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1 MiB over 8 streams: 128 KiB each, less than one batch; 8 x 4.8 MB of backlog.
+    let (b, mut stalled) = stalled_subscribers(PARTITIONS, BATCHES, batch_300k).await;
     // The budget, and a piece of 16 KiB at most over it per stream: not a 300 KB batch each.
     let bound = f64::from(1 << 20) + f64::from(PARTITIONS) * f64::from(16 << 10);
     let held = read_ahead(&b);
@@ -212,15 +198,14 @@ async fn stalled_subscribers_hold_a_piece_of_a_batch_larger_than_their_share() {
 
     // Every batch arrives whole (its CRC checks) and in order, to a new subscriber and to a
     // stalled one that reads again.
-    for s in [
+    for mut s in [
         ConsumeServiceClient::new(b.new_channel())
-            .subscribe(subscribe(0))
+            .subscribe(from_earliest(0))
             .await
             .unwrap()
             .into_inner(),
         stalled.pop().unwrap(),
     ] {
-        let mut s = s;
         let mut read = Vec::new();
         while read.len() < 3 * BATCHES as usize {
             let r = within(s.next()).await.unwrap().unwrap();

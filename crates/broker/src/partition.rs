@@ -199,14 +199,19 @@ impl Partition {
     }
 
     /// [`Partition::read`] for a reader that bounds what it holds: a first batch of the local
-    /// log larger than `max_bytes` is handed back to read in pieces
+    /// log larger than `first_max` is handed back to read in pieces
     /// ([`Log::read_bounded`]); below the local log, the object store's copies are read
     /// whole. Blocking.
     ///
     /// # Errors
     /// As [`Partition::read`].
-    pub fn read_bounded(&self, offset: u64, max_bytes: usize) -> Result<BoundedRead, ReadError> {
-        match self.log.read_bounded(offset, max_bytes) {
+    pub fn read_bounded(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first_max: usize,
+    ) -> Result<BoundedRead, ReadError> {
+        match self.log.read_bounded(offset, max_bytes, first_max) {
             Err(runnel_storage::Error::OffsetOutOfRange {
                 requested,
                 log_start,

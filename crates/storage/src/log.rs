@@ -699,13 +699,18 @@ impl Log {
     }
 
     /// [`Log::read`] for a reader that bounds what it holds: a first batch larger than
-    /// `max_bytes` is not read but handed back as a [`LargeBatch`], which reads it in pieces.
+    /// `first_max` is not read but handed back as a [`LargeBatch`], which reads it in pieces.
     ///
     /// # Errors
     /// As [`Log::read`].
-    pub fn read_bounded(&self, from: u64, max_bytes: usize) -> Result<BoundedRead> {
+    pub fn read_bounded(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        first_max: usize,
+    ) -> Result<BoundedRead> {
         self.segments
-            .read_bounded(from, max_bytes, self.end_offset())
+            .read_bounded(from, max_bytes, first_max, self.end_offset())
     }
 
     /// The first offset whose record timestamp is at or after `timestamp` (ms), or `None` if
@@ -838,14 +843,18 @@ mod tests {
         let small_len = batch(2, 1, 100).len();
 
         // Batches within the bound are read as by read().
-        let BoundedRead::Batches(read) = log.read_bounded(0, small_len).unwrap() else {
+        let BoundedRead::Batches(read) = log.read_bounded(0, small_len, small_len).unwrap() else {
             panic!("the first batch fits");
         };
         assert_eq!(read, log.read(0, small_len).unwrap());
         // A first batch over the bound is located, not read.
         let whole = log.read(2, 1).unwrap();
         assert_eq!(whole.batches.len(), 1);
-        let BoundedRead::Large(large) = log.read_bounded(2, 1000).unwrap() else {
+        let BoundedRead::Batches(read) = log.read_bounded(2, 1, usize::MAX).unwrap() else {
+            panic!("the second batch is within the bound");
+        };
+        assert_eq!(read, whole, "a first batch over max_bytes is read whole");
+        let BoundedRead::Large(large) = log.read_bounded(2, 1, 1000).unwrap() else {
             panic!("the second batch is larger than 1000 bytes");
         };
         assert_eq!(large.len(), whole.batches[0].len());

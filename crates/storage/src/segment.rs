@@ -561,28 +561,30 @@ impl Segment {
     /// of them; the first batch is returned whole even if it is larger. `None` if the segment
     /// has nothing at or after `offset`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<SegmentRead>> {
-        Ok(match self.read_bounded(offset, max_bytes)? {
+        Ok(match self.read_bounded(offset, max_bytes, usize::MAX)? {
             None => None,
             Some(Bounded::Read(read)) => Some(read),
-            Some(Bounded::Large { position, header }) => Some(SegmentRead::split(
-                self.read_at(position, header.total_len())?,
-                offset,
-            )),
+            Some(Bounded::Large { .. }) => unreachable!("no batch is larger than usize::MAX"),
         })
     }
 
-    /// [`Segment::read`], except that a first batch larger than `max_bytes` is not read but
+    /// [`Segment::read`], except that a first batch larger than `first_max` is not read but
     /// located.
-    pub fn read_bounded(&self, offset: u64, max_bytes: usize) -> Result<Option<Bounded>> {
+    pub fn read_bounded(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first_max: usize,
+    ) -> Result<Option<Bounded>> {
         let size = self.size();
         let Some((position, header)) = self.locate(offset, size)? else {
             return Ok(None);
         };
-        if header.total_len() > max_bytes {
+        if header.total_len() > first_max {
             return Ok(Some(Bounded::Large { position, header }));
         }
         let available = (size - position) as usize;
-        let want = max_bytes.min(available);
+        let want = max_bytes.min(available).max(header.total_len());
         Ok(Some(Bounded::Read(SegmentRead::split(
             self.read_at(position, want)?,
             offset,

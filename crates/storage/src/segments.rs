@@ -157,10 +157,16 @@ impl SegmentSet {
         }
     }
 
-    /// [`SegmentSet::read`], except that a first batch larger than `max_bytes` is not read but
-    /// handed back as a [`LargeBatch`], to be read in pieces.
-    pub fn read_bounded(&self, from: u64, max_bytes: usize, end: u64) -> Result<BoundedRead> {
-        self.read_with(from, end, |s| s.read_bounded(from, max_bytes))
+    /// [`SegmentSet::read`], except that a first batch larger than `first_max` is not read
+    /// but handed back as a [`LargeBatch`], to be read in pieces.
+    pub fn read_bounded(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        first_max: usize,
+        end: u64,
+    ) -> Result<BoundedRead> {
+        self.read_with(from, end, |s| s.read_bounded(from, max_bytes, first_max))
     }
 
     /// Reads from the segment holding `from` (or the next that holds anything) with `read`.

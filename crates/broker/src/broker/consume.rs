@@ -316,6 +316,18 @@ pub(crate) struct ReadShape {
     pub(crate) delivery: Delivery,
 }
 
+impl ReadShape {
+    /// The most a read asks of the read buffer: a response's worth, or with
+    /// [`Delivery::Pieces`] all the stream's room, which decides whether the first batch
+    /// goes in pieces (the response's size still caps what is read whole).
+    fn wanted(&self) -> usize {
+        match self.delivery {
+            Delivery::Whole => self.max_bytes,
+            Delivery::Pieces => usize::MAX,
+        }
+    }
+}
+
 /// How a subscription sends a batch larger than its stream may read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -724,16 +736,20 @@ impl Broker {
                 biased;
                 () = shutdown.wait() => break RpcError::shutting_down(),
                 () = tx.closed() => return SubscriptionEnd::ClientLeft,
-                g = self.read_ahead.wait_room(held, shape.max_bytes) => g,
+                g = self.read_ahead.wait_room(held, shape.wanted()) => g,
             };
             let part = p.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let mut read = match shape.delivery {
                     Delivery::Whole => part.read(next, grant.bytes())?,
-                    // A batch up to a piece's size is never worth sending in pieces.
-                    Delivery::Pieces => match part
-                        .read_bounded(next, grant.bytes().max(MIN_SHARE_BYTES as usize))?
-                    {
+                    // A batch goes in pieces when it is larger than the stream's room (its
+                    // grant, not capped by the response size), and never when it is no
+                    // larger than a piece.
+                    Delivery::Pieces => match part.read_bounded(
+                        next,
+                        grant.bytes().min(shape.max_bytes),
+                        grant.bytes().max(MIN_SHARE_BYTES as usize),
+                    )? {
                         BoundedRead::Batches(read) => read,
                         BoundedRead::Large(large) => return Ok(Read::Large(large)),
                     },

@@ -15,7 +15,8 @@
 # produce1-100 produce4-100 durable1 durable16), MESSAGES (2000000 per workload), BATCH (1000
 # messages per batch), DURABLE_MESSAGES (2000 per producer, one per request), BENCH_DIR
 # (target/bench-peers: data directories, on the disk you care about), RUNNEL_PORT (37271),
-# IGGY_PORT (37281, and the next one), NATS_PORT (37291), SETTLE_LOST (5) and
+# IGGY_PORT (37281, and the next one), NATS_PORT (37291), RUNNEL_DURABILITY (never: the
+# topics' fsync policy, "interval" for Runnel's default), SETTLE_LOST (5) and
 # SETTLE_MAX (30: before each run, wait up to this many seconds until two spinning threads
 # lose less than SETTLE_LOST percent of their time), SKIP_BUILD=1.
 #

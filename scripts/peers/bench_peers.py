@@ -52,6 +52,7 @@ IGGY_CONFIG = os.environ.get("IGGY_CONFIG")
 NATS_SERVER = os.environ.get("NATS_SERVER") or None
 JETSTREAM_BENCH = str(Path(os.environ["JETSTREAM_BENCH"]).resolve()) if os.environ.get("JETSTREAM_BENCH") else None
 RUNNEL_PORT = int(os.environ.get("RUNNEL_PORT", "37271"))
+RUNNEL_DURABILITY = os.environ.get("RUNNEL_DURABILITY", "never")
 IGGY_PORT = int(os.environ.get("IGGY_PORT", "37281"))  # and the next one: its HTTP API
 NATS_PORT = int(os.environ.get("NATS_PORT", "37291"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -148,9 +149,13 @@ class Runnel:
 
     def __init__(self):
         self.bench = str(RUNNEL_BIN / "runnel-bench")
+        # Topics' durability policy: by default "never", the setting that, like the peers'
+        # defaults, leaves writeback to the kernel; the durable workloads fsync anyway
+        # (ACKS_DURABLE).
         self.server = Server("runnel", [str(RUNNEL_BIN / "runneld"), "--data-dir", "{dir}/data",
                                         "--listen", f"127.0.0.1:{RUNNEL_PORT}",
-                                        "--set", "metrics.enabled=false"],
+                                        "--set", "metrics.enabled=false",
+                                        "--set", f"topic_defaults.durability={RUNNEL_DURABILITY}"],
                              RUNNEL_PORT)
         # The port answers while partitions open; the broker serves once it logs this.
         self.server.wait_log("runneld started")

@@ -830,7 +830,6 @@ mod tests {
         assert!(std::fs::metadata(sealed).unwrap().len() < 1024);
     }
 
-    /// Appends 200-byte batches of 2 records until one rolls; returns its unfinished roll.
     #[test]
     fn a_bounded_read_hands_a_large_batch_over_to_read_in_pieces() {
         let dir = tempfile::tempdir().unwrap();
@@ -847,7 +846,8 @@ mod tests {
             panic!("the first batch fits");
         };
         assert_eq!(read, log.read(0, small_len).unwrap());
-        // A first batch over the bound is located, not read.
+        // A first batch over max_bytes is read whole, as by read(); over first_max, it is
+        // located, not read.
         let whole = log.read(2, 1).unwrap();
         assert_eq!(whole.batches.len(), 1);
         let BoundedRead::Batches(read) = log.read_bounded(2, 1, usize::MAX).unwrap() else {
@@ -879,6 +879,7 @@ mod tests {
         assert!(large.read(large.len(), 10).unwrap().is_empty());
     }
 
+    /// Appends 200-byte batches of 2 records until one rolls; returns its unfinished roll.
     fn append_until_a_deferred_roll(log: &Log) -> PendingRoll {
         for i in 0..100 {
             let (_, roll) = log

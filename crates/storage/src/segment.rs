@@ -558,18 +558,9 @@ impl Segment {
     }
 
     /// Reads whole batches starting with the one that contains `offset`, about `max_bytes`
-    /// of them; the first batch is returned whole even if it is larger. `None` if the segment
-    /// has nothing at or after `offset`.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<SegmentRead>> {
-        Ok(match self.read_bounded(offset, max_bytes, usize::MAX)? {
-            None => None,
-            Some(Bounded::Read(read)) => Some(read),
-            Some(Bounded::Large { .. }) => unreachable!("no batch is larger than usize::MAX"),
-        })
-    }
-
-    /// [`Segment::read`], except that a first batch larger than `first_max` is not read but
-    /// located.
+    /// of them, the first batch whole even if it is larger, unless it is larger than
+    /// `first_max`: then it is located, not read. `None` if the segment has nothing at or
+    /// after `offset`.
     pub fn read_bounded(
         &self,
         offset: u64,

@@ -148,12 +148,9 @@ impl SegmentSet {
     /// Reads whole batches starting with the one that contains `from`, up to about
     /// `max_bytes` (the first batch whole even if larger), given the log end `end`.
     pub fn read(&self, from: u64, max_bytes: usize, end: u64) -> Result<ReadResult> {
-        let read = self.read_with(from, end, |s| {
-            Ok(s.read(from, max_bytes)?.map(Bounded::Read))
-        })?;
-        match read {
+        match self.read_bounded(from, max_bytes, usize::MAX, end)? {
             BoundedRead::Batches(read) => Ok(read),
-            BoundedRead::Large(_) => unreachable!("Segment::read reads the first batch whole"),
+            BoundedRead::Large(_) => unreachable!("no batch is larger than usize::MAX"),
         }
     }
 
@@ -165,16 +162,6 @@ impl SegmentSet {
         max_bytes: usize,
         first_max: usize,
         end: u64,
-    ) -> Result<BoundedRead> {
-        self.read_with(from, end, |s| s.read_bounded(from, max_bytes, first_max))
-    }
-
-    /// Reads from the segment holding `from` (or the next that holds anything) with `read`.
-    fn read_with(
-        &self,
-        from: u64,
-        end: u64,
-        read: impl Fn(&Segment) -> Result<Option<Bounded>>,
     ) -> Result<BoundedRead> {
         let start = self.start_offset();
         let segments = self.snapshot();
@@ -202,7 +189,7 @@ impl SegmentSet {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            match read(segment)? {
+            match segment.read_bounded(from, max_bytes, first_max)? {
                 None => continue,
                 Some(Bounded::Read(read)) => {
                     result.batches = read.batches;

@@ -253,12 +253,13 @@ impl Stream for SubscribeMessages {
             });
             let piece = ready!(reading.as_mut().poll(cx));
             large.reading = None;
-            let piece = match piece {
-                Ok(piece) if !piece.is_empty() => Ok(piece),
-                Ok(_) => Err(RpcError::internal("a stored batch ended before its length")),
-                Err(e) => Err(e),
-            };
-            let piece = match piece {
+            let piece = match piece.and_then(|p| {
+                if p.is_empty() {
+                    Err(RpcError::internal("a stored batch ended before its length"))
+                } else {
+                    Ok(p)
+                }
+            }) {
                 Ok(piece) => piece,
                 Err(e) => {
                     // The message is cut short: the call ends with the error.

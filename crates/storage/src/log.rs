@@ -55,6 +55,7 @@ pub(crate) struct Writer {
 /// A roll done under the writer lock, to be finished outside it.
 struct Rolled {
     old: Arc<Segment>,
+    new: Arc<Segment>,
     new_base: u64,
     snapshot: Vec<u8>,
 }
@@ -347,8 +348,9 @@ impl Log {
                 "producer snapshot not written; recovery replays from the one before");
         }
         let result = rolled
-            .old
-            .seal()
+            .new
+            .sync_index_files()
+            .and_then(|()| rolled.old.seal())
             .and_then(|()| recovery::sync_dir(&self.dir));
         if let Err(e) = &result {
             self.fail();
@@ -576,6 +578,9 @@ impl Log {
 
     fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<Rolled> {
         let new_base = w.next_offset;
+        // Before the old segment can have a successor on disk (normally done already by the
+        // finish of the roll that created it).
+        w.active.sync_index_files()?;
         let new = Arc::new(Segment::create(
             &self.dir,
             new_base,
@@ -585,12 +590,13 @@ impl Log {
         w.unsynced.push(old.clone());
         w.dir_dirty = true;
         let mut segments = (*self.segments.snapshot()).clone();
-        segments.push(new);
+        segments.push(new.clone());
         self.segments.publish(segments);
         let snapshot = self.producer_snapshot(w, config);
         info!(path = %self.dir.display(), base_offset = new_base, "rolled to a new segment");
         Ok(Rolled {
             old,
+            new,
             new_base,
             snapshot,
         })

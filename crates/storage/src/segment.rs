@@ -194,6 +194,8 @@ pub(crate) struct Segment {
     preallocated: AtomicU64,
     /// Pages below this position were dropped from the page cache (`drop_behind`).
     dropped: AtomicU64,
+    /// The index files' preallocated size is known to be on disk ([`Segment::sync_index_files`]).
+    index_files_synced: AtomicBool,
 }
 
 /// What a scan of a segment's batches found.
@@ -244,15 +246,17 @@ impl Segment {
     /// Creates a new, empty active segment (any leftover files with its name are emptied).
     pub fn create(dir: &Path, base_offset: u64, max_index_bytes: u32) -> Result<Self> {
         let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
-        let file = Self::open_log_file(&log_path, true)?;
-        file.set_len(0)
-            .map_err(|e| Error::io("truncate segment", &log_path, e))?;
+        // The indexes first: a directory that kept the segment's entry kept theirs (whose
+        // preallocated size is made durable by `sync_index_files`).
         let indexes = SegmentIndexes {
             offset: Index::create(&index_path, max_index_bytes)?,
             time: Index::create(&time_index_path, max_index_bytes)?,
             bytes_since_entry: 0,
             max_timestamp: i64::MIN,
         };
+        let file = Self::open_log_file(&log_path, true)?;
+        file.set_len(0)
+            .map_err(|e| Error::io("truncate segment", &log_path, e))?;
         Ok(Segment {
             base_offset,
             log_path,
@@ -268,6 +272,7 @@ impl Segment {
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            index_files_synced: AtomicBool::new(false),
         })
     }
 
@@ -296,6 +301,7 @@ impl Segment {
             indexes: Mutex::new(indexes),
             preallocated: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            index_files_synced: AtomicBool::new(sealed),
         })
     }
 
@@ -427,6 +433,27 @@ impl Segment {
             tracing::debug!(path = %self.log_path.display(), error = %e,
                 "could not drop pages behind the cache window");
         }
+    }
+
+    /// Makes the index files' preallocated size durable, once. After a power cut, the index
+    /// files of a segment that has a successor are then either trimmed by its seal or still
+    /// preallocated, never missing or short: how recovery tells a seal the cut interrupted
+    /// (the data may be torn) from damage (the data was complete). [`Log::finish_roll`] does
+    /// it for the segment a roll created; the roll that gives the segment a successor does it
+    /// first if that has not happened yet.
+    ///
+    /// [`Log::finish_roll`]: crate::Log::finish_roll
+    pub fn sync_index_files(&self) -> Result<()> {
+        if self.index_files_synced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for path in [&self.index_path, &self.time_index_path] {
+            File::open(path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| Error::io("fsync index", path, e))?;
+        }
+        self.index_files_synced.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// fdatasync of the active indexes (before a clean close).

@@ -43,9 +43,7 @@ async fn produce_jobs(c: &Client, topic: &str) {
         })
         .collect();
     let deliveries = producer.send_all(&records).await.expect("queued");
-    for d in deliveries {
-        d.await.expect("delivered");
-    }
+    deliveries.await.check().expect("delivered");
     producer.close().await.expect("close");
 }
 

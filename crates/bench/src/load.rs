@@ -16,9 +16,9 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use runnel_client::{
-    AckMode, Acks, AlterShareGroup, Client, ClientConfig, Compression, ConsumerConfig,
-    DeliveryFuture, ProducerConfig, ProducerRecord, ShareConsumerConfig, ShareStart, StartAt,
-    TopicConfig, TopicPartition,
+    AckMode, Acks, AlterShareGroup, Client, ClientConfig, Compression, ConsumerConfig, Delivered,
+    Deliveries, DeliveryFuture, ProducerConfig, ProducerRecord, ShareConsumerConfig, ShareStart,
+    StartAt, TopicConfig, TopicPartition,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -577,10 +577,21 @@ fn settle(
     }
 }
 
+/// Counts a `send_all`'s records: returns how many were stored, adds the others to the
+/// failures.
+fn settle_all(delivered: &Delivered, out: &mut Produced) -> u64 {
+    let stored = delivered.stored();
+    if let Some(e) = delivered.first_error() {
+        out.failed += (delivered.len() - stored) as u64;
+        out.first_error.get_or_insert_with(|| e.to_string());
+    }
+    stored as u64
+}
+
 /// What a producer task hands its acknowledger: one record's delivery, or a `send_all`'s.
 enum Sent {
     One(DeliveryFuture),
-    All(Vec<DeliveryFuture>),
+    All(Deliveries),
 }
 
 impl ProducerTask {
@@ -613,11 +624,7 @@ impl ProducerTask {
                 let mut acked = 0;
                 match deliveries {
                     Sent::One(d) => acked += settle(d.await, &mut out),
-                    Sent::All(list) => {
-                        for d in list {
-                            acked += settle(d.await, &mut out);
-                        }
-                    }
+                    Sent::All(deliveries) => acked += settle_all(&deliveries.await, &mut out),
                 }
                 unpublished += acked + out.failed - failed_before;
                 // One latency per call, counted for each record it carried.

@@ -3,7 +3,8 @@
 //! (`proto/runnel/v1`).
 //!
 //! - **Producer**: [`Producer::send`] returns a [`DeliveryFuture`] of the record's partition
-//!   and offset. Records are batched per partition by size and linger time, compressed
+//!   and offset; [`Producer::send_all`] queues many records at once and returns their
+//!   [`Deliveries`], one future for all of them. Records are batched per partition by size and linger time, compressed
 //!   (lz4, zstd) if asked, and pipelined over one stream with several batches in flight per
 //!   partition. Memory is bounded: `send` waits while the buffer is full. Idempotence is on
 //!   by default, so retries after errors or broken connections never write a record twice
@@ -95,7 +96,7 @@ pub use consumer::{
 };
 pub use error::{ClientError, ErrorCode, Result, SharedSource};
 pub use partitioner::{PartitionFn, Partitioner};
-pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig};
+pub use producer::{Acks, Delivered, Deliveries, DeliveryFuture, Producer, ProducerConfig};
 pub use record::{
     ConsumerRecord, Header, InvalidTraceParent, ProducerRecord, RecordMetadata, TRACEPARENT_HEADER,
     TraceParent,

@@ -403,13 +403,16 @@ async fn send_all_queues_many_records_as_sends_in_turn_would_and_checks_them_all
             ProducerRecord::new("many", format!("{key}-{i:05}")).key(key)
         })
         .collect();
-    // The same records twice: borrowed, so they can be sent again.
+    // The same records twice: borrowed, so they can be sent again. One wait for all.
     let mut deliveries = producer.send_all(&records).await.expect("queued");
     deliveries.extend(producer.send_all(&records).await.expect("queued again"));
     assert_eq!(deliveries.len(), 4_000);
+    let delivered = within(deliveries).await;
+    delivered.check().expect("every record stored");
+    assert_eq!((delivered.len(), delivered.stored()), (4_000, 4_000));
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        let m = within(d).await.expect("delivered");
+    for (i, m) in delivered.iter().enumerate() {
+        let m = m.expect("delivered");
         let key = keys[i % 2_000 % keys.len()];
         let expected = runnel_proto::partition_for_key(
             key.as_bytes(),
@@ -432,6 +435,30 @@ async fn send_all_queues_many_records_as_sends_in_turn_would_and_checks_them_all
     };
     assert_eq!(stored, 4_000);
 
+    // Or a future per record, each saying where its record went.
+    let futures = producer
+        .send_all(&records[..100])
+        .await
+        .expect("queued")
+        .into_futures();
+    assert_eq!(futures.len(), 100);
+    for (i, d) in futures.into_iter().enumerate() {
+        let m = within(d).await.expect("delivered");
+        let expected = runnel_proto::partition_for_key(
+            keys[i % keys.len()].as_bytes(),
+            std::num::NonZeroU32::new(3).expect("3"),
+        );
+        assert_eq!(m.partition, expected, "record {i}");
+        let prev = last
+            .insert(m.partition, m.offset)
+            .expect("partition written before");
+        assert_eq!(
+            m.offset,
+            prev + 1,
+            "record {i}: the next offset of its partition"
+        );
+    }
+
     // One record too large or a partition that does not exist: nothing of the call is queued.
     let mut bad = records[..10].to_vec();
     bad[5] = ProducerRecord::new("many", "x").partition(7);
@@ -446,5 +473,5 @@ async fn send_all_queues_many_records_as_sends_in_turn_would_and_checks_them_all
     for p in 0..3 {
         after += stored_values(&b, "many", p).await.len();
     }
-    assert_eq!(after, 4_000, "the refused calls queued nothing");
+    assert_eq!(after, 4_100, "the refused calls queued nothing");
 }

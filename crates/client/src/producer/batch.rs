@@ -115,14 +115,174 @@ impl Future for DeliveryFuture {
         this.outcome
             .poll_outcome(cx, &mut this.slot)
             .map(|(_, r)| match r {
-                Ok(s) => Ok(RecordMetadata {
-                    topic: s.topic.clone(),
-                    partition: s.partition,
-                    offset: s.base_offset + u64::from(index),
-                    append_time_ms: s.append_time_ms,
-                }),
+                Ok(s) => Ok(RecordMetadata::of(s, index)),
                 Err(e) => Err(e.clone()),
             })
+    }
+}
+
+impl RecordMetadata {
+    /// Where record `index` of a batch stored as `stored` is.
+    fn of(stored: &Stored, index: u32) -> Self {
+        RecordMetadata {
+            topic: stored.topic.clone(),
+            partition: stored.partition,
+            offset: stored.base_offset + u64::from(index),
+            append_time_ms: stored.append_time_ms,
+        }
+    }
+}
+
+/// Records of one [`Deliveries`] that went into the same batch, one after the other.
+#[derive(Debug)]
+struct Run {
+    outcome: Arc<BatchOutcome>,
+    /// The first one's index in the batch.
+    first: u32,
+    count: u32,
+    /// The waker slot this run's wait registered in its outcome.
+    slot: Option<usize>,
+}
+
+/// The deliveries of the records of one [`Producer::send_all`](crate::Producer::send_all),
+/// in the order they were given.
+///
+/// Awaited, it resolves once every one of them is stored or has failed, to a [`Delivered`]
+/// that says where each went: one wait for the whole call, which costs the same for a
+/// thousand records as for one. [`Deliveries::into_futures`] gives a [`DeliveryFuture`] per
+/// record instead. Dropping it does not cancel the records: they are delivered all the same.
+#[derive(Debug, Default)]
+#[must_use = "the records are sent either way; await this to learn their offsets or errors"]
+pub struct Deliveries {
+    runs: Vec<Run>,
+    /// Runs before this one are known to be done.
+    done: usize,
+    records: usize,
+}
+
+impl Deliveries {
+    /// Adds the next record, `index` in the batch of `outcome`.
+    pub(crate) fn push(&mut self, outcome: &Arc<BatchOutcome>, index: u32) {
+        self.records += 1;
+        if let Some(last) = self.runs.last_mut()
+            && Arc::ptr_eq(&last.outcome, outcome)
+            && last.first + last.count == index
+        {
+            last.count += 1;
+            return;
+        }
+        self.runs.push(Run {
+            outcome: outcome.clone(),
+            first: index,
+            count: 1,
+            slot: None,
+        });
+    }
+
+    /// Appends the records of `other` after these.
+    pub fn extend(&mut self, other: Deliveries) {
+        self.records += other.records;
+        self.runs.extend(other.runs);
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// True if there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// A future per record, in order, as [`Producer::send`](crate::Producer::send) returns.
+    pub fn into_futures(self) -> Vec<DeliveryFuture> {
+        let mut out = Vec::with_capacity(self.records);
+        for run in self.runs {
+            out.extend((run.first..run.first + run.count).map(|i| DeliveryFuture {
+                outcome: run.outcome.clone(),
+                index: i,
+                slot: None,
+            }));
+        }
+        out
+    }
+}
+
+impl Future for Deliveries {
+    type Output = Delivered;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivered> {
+        let this = self.get_mut();
+        while let Some(run) = this.runs.get_mut(this.done) {
+            if run.outcome.poll_outcome(cx, &mut run.slot).is_pending() {
+                return Poll::Pending;
+            }
+            this.done += 1;
+        }
+        Poll::Ready(Delivered {
+            runs: std::mem::take(&mut this.runs),
+            records: this.records,
+        })
+    }
+}
+
+/// Where the records of one [`Producer::send_all`](crate::Producer::send_all) went, in the
+/// order they were given: what awaiting its [`Deliveries`] gives.
+#[derive(Debug)]
+pub struct Delivered {
+    runs: Vec<Run>,
+    records: usize,
+}
+
+impl Delivered {
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// True if there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Each record's outcome in order: where it was stored, or why it was not.
+    pub fn iter(&self) -> impl Iterator<Item = Result<RecordMetadata, ClientError>> + '_ {
+        self.outcomes().flat_map(|(result, first, count)| {
+            (first..first + count).map(move |i| match result {
+                Ok(stored) => Ok(RecordMetadata::of(stored, i)),
+                Err(e) => Err(e.clone()),
+            })
+        })
+    }
+
+    /// How many records were stored.
+    pub fn stored(&self) -> usize {
+        self.outcomes()
+            .filter(|(r, _, _)| r.is_ok())
+            .map(|(_, _, count)| count as usize)
+            .sum()
+    }
+
+    /// The first error, if any record failed.
+    pub fn first_error(&self) -> Option<&ClientError> {
+        self.outcomes().find_map(|(r, _, _)| r.as_ref().err())
+    }
+
+    /// Ok if every record was stored, else the first error.
+    ///
+    /// # Errors
+    /// The first failed record's error.
+    pub fn check(&self) -> Result<(), ClientError> {
+        self.first_error().map_or(Ok(()), |e| Err(e.clone()))
+    }
+
+    /// Each run of records: its batch's result, its first index in the batch, its count.
+    fn outcomes(&self) -> impl Iterator<Item = (&Result<Stored, ClientError>, u32, u32)> + '_ {
+        self.runs.iter().filter_map(|run| {
+            let (_, result) = run.outcome.result.get()?;
+            Some((result, run.first, run.count))
+        })
     }
 }
 
@@ -491,5 +651,45 @@ mod tests {
         outcome.complete(3, Err(ClientError::Closed("producer")));
         let late = DeliveryFuture::new(outcome, 1).await.unwrap();
         assert_eq!((late.partition, late.offset), (2, 41));
+    }
+
+    #[test]
+    fn deliveries_wait_for_every_batch_and_say_where_each_record_went() {
+        let (a, b) = (
+            Arc::new(BatchOutcome::default()),
+            Arc::new(BatchOutcome::default()),
+        );
+        let mut deliveries = Deliveries::default();
+        for (outcome, index) in [(&a, 0), (&a, 1), (&b, 0), (&a, 5)] {
+            deliveries.push(outcome, index);
+        }
+        assert_eq!(
+            (deliveries.len(), deliveries.runs.len()),
+            (4, 3),
+            "a run per batch stretch"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut deliveries = std::pin::pin!(deliveries);
+        assert!(deliveries.as_mut().poll(&mut cx).is_pending());
+        let stored = Stored {
+            topic: "t".into(),
+            partition: 1,
+            base_offset: 100,
+            append_time_ms: 7,
+        };
+        a.complete(6, Ok(stored));
+        assert!(
+            deliveries.as_mut().poll(&mut cx).is_pending(),
+            "b is not done"
+        );
+        b.complete(1, Err(ClientError::Closed("producer")));
+        let Poll::Ready(delivered) = deliveries.as_mut().poll(&mut cx) else {
+            panic!("every batch is done");
+        };
+        let offsets: Vec<Option<u64>> =
+            delivered.iter().map(|r| r.ok().map(|m| m.offset)).collect();
+        assert_eq!(offsets, [Some(100), Some(101), None, Some(105)]);
+        assert_eq!((delivered.len(), delivered.stored()), (4, 3));
+        assert!(matches!(delivered.check(), Err(ClientError::Closed(_))));
     }
 }

@@ -34,7 +34,7 @@ use runnel_format::HEADER_LEN;
 use runnel_proto::pb;
 use tokio::sync::{Notify, Semaphore};
 
-pub use batch::DeliveryFuture;
+pub use batch::{Delivered, Deliveries, DeliveryFuture};
 
 use crate::compression::Compression;
 use crate::connection::Connection;
@@ -188,7 +188,51 @@ struct TopicState {
     name: Arc<str>,
     meta: TopicMeta,
     partitioner: PartitionerState,
-    open: HashMap<u32, OpenBatch>,
+    open: OpenBatches,
+}
+
+/// A topic's open batches, by partition (a vector: partitions are numbered from 0, and a
+/// lookup per record should not hash).
+#[derive(Debug, Default)]
+struct OpenBatches(Vec<Option<OpenBatch>>);
+
+impl OpenBatches {
+    fn get(&self, partition: u32) -> Option<&OpenBatch> {
+        self.0.get(partition as usize)?.as_ref()
+    }
+
+    fn remove(&mut self, partition: u32) -> Option<OpenBatch> {
+        self.0.get_mut(partition as usize)?.take()
+    }
+
+    /// The open batch of `partition`, opened with `open` if there is none.
+    fn get_or_open(&mut self, partition: u32, open: impl FnOnce() -> OpenBatch) -> &mut OpenBatch {
+        let i = partition as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].get_or_insert_with(open)
+    }
+
+    /// Each open batch with its partition.
+    fn iter(&self) -> impl Iterator<Item = (u32, &OpenBatch)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(p, o)| Some((p as u32, o.as_ref()?)))
+    }
+
+    /// Takes every open batch, with its partition.
+    fn drain(&mut self) -> impl Iterator<Item = (u32, OpenBatch)> + '_ {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(p, o)| Some((p as u32, o.take()?)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
 }
 
 /// What `send`, `flush` and the sender share, under one mutex (never held across an await).
@@ -333,23 +377,27 @@ impl Producer {
             .reserve(cost_of(size, inner.config.buffer_bytes))
             .await?;
         let mut future = None;
-        inner.append(&[record], &[size], budget, |f| future = Some(f))?;
-        future.ok_or_else(|| ClientError::Protocol("a sent record got no delivery future".into()))
+        inner.append(&[record], &[size], budget, |outcome, i| {
+            future = Some(DeliveryFuture::new(outcome.clone(), i));
+        })?;
+        delivery(future)
     }
 
     /// Queues many records at once, as calling [`Producer::send`] for each in turn would,
-    /// and returns their delivery futures in the same order; for a caller that already holds
-    /// many records, at a fraction of the cost per record: the records are checked first,
-    /// the buffer is reserved and the producer's state locked once per chunk of them (a
-    /// quarter of `buffer_bytes`) rather than once per record, and they are borrowed, so the
-    /// same records can be sent again without a copy.
+    /// and returns their [`Deliveries`]: one future for all of them (or a future per record,
+    /// [`Deliveries::into_futures`]). For a caller that already holds many records, at a
+    /// fraction of the cost per record: the records are checked first, the buffer is
+    /// reserved and the producer's state locked once per chunk of them (a quarter of
+    /// `buffer_bytes`) rather than once per record, their topic is looked up once per run of
+    /// records of the same topic, their deliveries are tracked per batch rather than per
+    /// record, and they are borrowed, so the same records can be sent again without a copy.
     ///
     /// # Errors
     /// As [`Producer::send`]. Every record is checked before any is queued, so a record too
     /// large or a partition that does not exist queues nothing; a producer that closes or
     /// stops for good meanwhile fails the call after queuing the chunks before it (their
     /// records are delivered; [`Producer::flush`] reports them).
-    pub async fn send_all(&self, records: &[ProducerRecord]) -> Result<Vec<DeliveryFuture>> {
+    pub async fn send_all(&self, records: &[ProducerRecord]) -> Result<Deliveries> {
         let inner = self.inner();
         inner.check_open()?;
         let mut sizes = Vec::with_capacity(records.len());
@@ -366,7 +414,7 @@ impl Producer {
             sizes.push(inner.checked_size(record, Some(meta)).await?);
         }
         let chunk_limit = (inner.config.buffer_bytes / 4).max(1);
-        let mut futures = Vec::with_capacity(records.len());
+        let mut deliveries = Deliveries::default();
         let mut start = 0;
         while start < records.len() {
             let mut end = start;
@@ -384,10 +432,12 @@ impl Producer {
                 .reserve(u32::try_from(cost).unwrap_or(u32::MAX))
                 .await?;
             let (records, sizes) = (&records[start..end], &sizes[start..end]);
-            inner.append(records, sizes, budget, |f| futures.push(f))?;
+            inner.append(records, sizes, budget, |outcome, i| {
+                deliveries.push(outcome, i)
+            })?;
             start = end;
         }
-        Ok(futures)
+        Ok(deliveries)
     }
 
     /// Sends a record and waits for its delivery: `send(record).await?.await`.
@@ -551,7 +601,7 @@ impl Inner {
                 name: topic.into(),
                 meta,
                 partitioner: PartitionerState::default(),
-                open: HashMap::new(),
+                open: OpenBatches::default(),
             });
         entry.meta = meta;
         Ok(meta)
@@ -590,13 +640,21 @@ impl Inner {
         self.budget.try_acquire_many(cost).ok()?.forget();
         let mut budget = Budget::empty(self.budget.clone());
         budget.add(cost);
-        let mut wake = false;
-        let sent = self.append_one(state, record, size, (&mut budget, cost), &mut wake);
+        let mut future = None;
+        let sent = self.append_locked(
+            state,
+            std::slice::from_ref(record),
+            &[size],
+            budget,
+            |outcome, i| future = Some(DeliveryFuture::new(outcome.clone(), i)),
+        );
         drop(guard);
-        if wake {
-            self.wake.notify_one();
-        }
-        Some(sent)
+        Some(sent.and_then(|wake| {
+            if wake {
+                self.wake.notify_one();
+            }
+            delivery(future)
+        }))
     }
 
     /// Checks a record before it is queued: its size against the buffer and the topic's
@@ -659,61 +717,86 @@ impl Inner {
     }
 
     /// Appends records (of the encoded `sizes`) to their partitions' open batches under one
-    /// hold of the state lock, each batch taking its records' share of `budget`; hands their
-    /// delivery futures to `deliver`, in order.
+    /// hold of the state lock, each batch taking its records' share of `budget`; hands each
+    /// record's batch outcome and index in the batch to `deliver`, in order.
     fn append(
         &self,
         records: &[ProducerRecord],
         sizes: &[usize],
-        mut budget: Budget,
-        mut deliver: impl FnMut(DeliveryFuture),
+        budget: Budget,
+        deliver: impl FnMut(&Arc<BatchOutcome>, u32),
     ) -> Result<()> {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
+        let wake = self.append_locked(&mut lock(&self.state), records, sizes, budget, deliver)?;
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// [`Inner::append`] with the state locked; returns whether to wake the sender.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        records: &[ProducerRecord],
+        sizes: &[usize],
+        mut budget: Budget,
+        mut deliver: impl FnMut(&Arc<BatchOutcome>, u32),
+    ) -> Result<bool> {
         if let Some(e) = &state.fatal {
             return Err(e.clone());
         }
         if state.closing {
             return Err(ClientError::Closed("producer"));
         }
-        let mut wake = false;
+        let mut appends = Appends {
+            ready: &mut state.ready,
+            unfinished: &mut state.unfinished,
+            wake: false,
+        };
         let mut result = Ok(());
+        // Consecutive records of one topic look it up once.
+        let mut current: Option<&mut TopicState> = None;
         for (record, &size) in records.iter().zip(sizes) {
+            let topic = match current.take() {
+                Some(t) if *t.name == *record.topic => t,
+                _ => match state.topics.get_mut(record.topic.as_str()) {
+                    Some(t) => t,
+                    None => {
+                        result = Err(vanished(&record.topic));
+                        break;
+                    }
+                },
+            };
             let cost = cost_of(size, self.config.buffer_bytes);
-            match self.append_one(state, record, size, (&mut budget, cost), &mut wake) {
-                Ok(future) => deliver(future),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
+            self.append_one(
+                topic,
+                &mut appends,
+                record,
+                size,
+                (&mut budget, cost),
+                &mut deliver,
+            );
+            current = Some(topic);
         }
-        drop(guard);
-        if wake {
+        if result.is_err() && appends.wake {
+            // The records before the one that failed are queued: tell the sender now.
             self.wake.notify_one();
         }
-        result
+        result.map(|()| appends.wake)
     }
 
     /// Appends one record to its partition's open batch, moving `cost` permits of `budget`
-    /// to that batch's; sets `wake` when the sender has something new to do (a batch closed,
-    /// a new linger deadline).
+    /// to that batch's, and hands the batch's outcome and the record's index to `deliver`.
     fn append_one(
         &self,
-        state: &mut State,
+        topic: &mut TopicState,
+        appends: &mut Appends<'_>,
         record: &ProducerRecord,
         size: usize,
         (budget, cost): (&mut Budget, u32),
-        wake: &mut bool,
-    ) -> Result<DeliveryFuture> {
+        deliver: &mut impl FnMut(&Arc<BatchOutcome>, u32),
+    ) {
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let Some(topic) = state.topics.get_mut(record.topic.as_str()) else {
-            // topic_meta inserted it and topics are never removed.
-            return Err(ClientError::Protocol(format!(
-                "topic {:?} vanished from the producer's metadata",
-                record.topic
-            )));
-        };
         let limit = self.config.batch_bytes.min(topic.meta.max_batch_bytes);
         let hard_limit = topic.meta.max_batch_bytes;
         let fits = |open: &OpenBatch, target: usize| {
@@ -730,14 +813,14 @@ impl Inner {
                 // The sticky partition's batch is full: close it and let the partitioner
                 // move on before this record is placed (Kafka's sticky partitioner).
                 if record.key.is_none()
-                    && let Some(open) = topic.open.get(&p)
+                    && let Some(open) = topic.open.get(p)
                     && !fits(open, limit)
                 {
-                    if let Some(open) = topic.open.remove(&p)
+                    if let Some(open) = topic.open.remove(p)
                         && let Some(b) = Batch::close(topic.name.clone(), p, open)
                     {
-                        state.ready.push(b);
-                        *wake = true;
+                        appends.ready.push(b);
+                        appends.wake = true;
                     }
                     topic.partitioner.batch_closed(p);
                     self.config.partitioner.choose(
@@ -752,42 +835,56 @@ impl Inner {
         };
         partition = partition.min(topic.meta.partitions.get() - 1);
         // Close the open batch if this record would overflow it.
-        if let Some(open) = topic.open.get(&partition)
+        if let Some(open) = topic.open.get(partition)
             && !fits(open, limit)
             && !open.builder.is_empty()
-            && let Some(open) = topic.open.remove(&partition)
+            && let Some(open) = topic.open.remove(partition)
             && let Some(b) = Batch::close(topic.name.clone(), partition, open)
         {
-            state.ready.push(b);
+            appends.ready.push(b);
             topic.partitioner.batch_closed(partition);
-            *wake = true;
+            appends.wake = true;
         }
-        let open = match topic.open.entry(partition) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                *wake = true; // a new linger deadline
-                let open = e.insert(OpenBatch::new(
-                    self.buffers.take(),
-                    Budget::empty(self.budget.clone()),
-                ));
-                state.unfinished.track(&open.outcome);
-                open
-            }
-        };
+        let open = topic.open.get_or_open(partition, || {
+            appends.wake = true; // a new linger deadline
+            let open = OpenBatch::new(self.buffers.take(), Budget::empty(self.budget.clone()));
+            appends.unfinished.track(&open.outcome);
+            open
+        });
         let index = open.push(record, timestamp);
         budget.give(&mut open.budget, cost);
-        let future = DeliveryFuture::new(open.outcome.clone(), index);
+        deliver(&open.outcome, index);
         // Full (or a large record alone): close at once.
         if open.builder.encoded_len() + POSITION_SLACK >= limit.min(hard_limit)
-            && let Some(open) = topic.open.remove(&partition)
+            && let Some(open) = topic.open.remove(partition)
             && let Some(b) = Batch::close(topic.name.clone(), partition, open)
         {
-            state.ready.push(b);
+            appends.ready.push(b);
             topic.partitioner.batch_closed(partition);
-            *wake = true;
+            appends.wake = true;
         }
-        Ok(future)
     }
+}
+
+/// What appending records changes beside their topics' open batches.
+struct Appends<'a> {
+    ready: &'a mut Vec<Batch>,
+    unfinished: &'a mut Unfinished,
+    /// The sender has something new to do: a batch closed, or a new linger deadline.
+    wake: bool,
+}
+
+/// The error for a topic missing from the producer's metadata: `topic_meta` inserted it and
+/// topics are never removed, so this is a bug.
+fn vanished(topic: &str) -> ClientError {
+    ClientError::Protocol(format!(
+        "topic {topic:?} vanished from the producer's metadata"
+    ))
+}
+
+/// The delivery future of the record `send` just queued.
+fn delivery(future: Option<DeliveryFuture>) -> Result<DeliveryFuture> {
+    future.ok_or_else(|| ClientError::Protocol("a sent record got no delivery future".into()))
 }
 
 /// What a record of `size` encoded bytes reserves of a buffer of `buffer_bytes`.
@@ -832,7 +929,7 @@ mod tests_support {
                     fetched: Instant::now(),
                 },
                 partitioner: PartitionerState::default(),
-                open: HashMap::new(),
+                open: OpenBatches::default(),
             },
         );
         inner
@@ -851,7 +948,9 @@ mod tests_support {
         budget.add(cost);
         let mut future = None;
         inner
-            .append(&[record], &[size], budget, |f| future = Some(f))
+            .append(&[record], &[size], budget, |outcome, i| {
+                future = Some(DeliveryFuture::new(outcome.clone(), i));
+            })
             .expect("appended");
         future.expect("one future")
     }
@@ -885,8 +984,8 @@ mod tests {
         let closed: u32 = state.ready.iter().map(|b| b.records.get()).sum();
         let open: u32 = state.topics["t"]
             .open
-            .values()
-            .map(|o| o.builder.len())
+            .iter()
+            .map(|(_, o)| o.builder.len())
             .sum();
         assert_eq!(closed + open, 100, "every record is in exactly one batch");
     }
@@ -908,7 +1007,11 @@ mod tests {
         for pair in state.ready.windows(2) {
             assert_ne!(pair[0].partition, pair[1].partition, "sticky moves on");
         }
-        assert_eq!(state.topics["t"].open.len(), 1, "one open batch at a time");
+        assert_eq!(
+            state.topics["t"].open.iter().count(),
+            1,
+            "one open batch at a time"
+        );
     }
 
     #[tokio::test]

@@ -230,7 +230,7 @@ impl Sender {
                     })
                 };
                 let mut due = Vec::new();
-                for (&p, open) in &topic.open {
+                for (p, open) in topic.open.iter() {
                     let d = open.created + linger;
                     if all || (d <= now && !blocked(p)) {
                         due.push(p);
@@ -239,7 +239,7 @@ impl Sender {
                     }
                 }
                 for p in due {
-                    if let Some(open) = topic.open.remove(&p) {
+                    if let Some(open) = topic.open.remove(p) {
                         topic.partitioner.batch_closed(p);
                         batches.extend(Batch::close(topic.name.clone(), p, open));
                     }
@@ -963,7 +963,14 @@ mod tests {
         assert!(sender.part0().queue.is_empty(), "the batch stayed open");
         let more = push(&inner, record());
         sender.collect();
-        let open = |s: &Sender| lock(&s.inner.state).topics["t"].open[&0].builder.len();
+        let open = |s: &Sender| {
+            lock(&s.inner.state).topics["t"]
+                .open
+                .get(0)
+                .expect("open")
+                .builder
+                .len()
+        };
         assert_eq!(open(&sender), 4, "the open batch took the next record too");
 
         // The answer makes room: the four records go out as one batch.

@@ -715,7 +715,7 @@ impl Default for ServerSettings {
             http2_keepalive_timeout_ms: 20_000,
             http2_stream_window_bytes: 4 << 20,
             http2_connection_window_bytes: 8 << 20,
-            http2_max_frame_bytes: 256 << 10,
+            http2_max_frame_bytes: 1 << 20,
         }
     }
 }

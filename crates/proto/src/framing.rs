@@ -196,28 +196,48 @@ where
 
 /// The gRPC messages of type `T` in an HTTP/2 body, decoded from the data frames as they
 /// arrived: a `bytes` field that lies within one frame (the framing above sends each large
-/// value as a chunk of its own) is a slice of that frame, not a copy. The stream ends after
-/// an `OK` status in the trailers and yields the status of any other as its last item, as
-/// tonic's `Streaming` does.
+/// value as a chunk of its own) is a slice of that frame, not a copy. Errors are tonic's
+/// `Streaming`'s, with its statuses and messages. A response stream ends after an `OK` status
+/// in the trailers and yields the status of any other as its last item; a request stream
+/// ends with the body.
 #[derive(Debug)]
 pub struct Unframed<B, T> {
     body: B,
     received: Received,
     max_message_bytes: usize,
+    /// The body of a request (it ends without trailers), not of a response.
+    request: bool,
     done: bool,
     message: PhantomData<fn() -> T>,
 }
 
 impl<B, T> Unframed<B, T> {
-    /// Reads `body`, refusing messages over `max_message_bytes` (`OUT_OF_RANGE`, as tonic).
+    /// Reads the body of a response, refusing messages over `max_message_bytes`.
     pub fn new(body: B, max_message_bytes: usize) -> Self {
         Unframed {
             body,
             received: Received::default(),
             max_message_bytes,
+            request: false,
             done: false,
             message: PhantomData,
         }
+    }
+
+    /// Reads the body of a request (a client's stream), refusing messages over
+    /// `max_message_bytes`.
+    pub fn request(body: B, max_message_bytes: usize) -> Self {
+        Unframed {
+            request: true,
+            ..Self::new(body, max_message_bytes)
+        }
+    }
+
+    /// The last item of a request stream, whose body ended: an error if it ended inside a
+    /// message.
+    fn request_end(&self) -> Option<Result<T, Status>> {
+        (self.received.remaining() > 0)
+            .then(|| Err(Status::internal("Unexpected EOF decoding stream.")))
     }
 
     /// The next whole message in what was received, if there is one.
@@ -229,16 +249,23 @@ impl<B, T> Unframed<B, T> {
         if !self.received.peek(&mut prefix) {
             return Ok(None);
         }
-        if prefix[0] != 0 {
-            return Err(Status::internal(format!(
-                "protocol error: message compression flag {} (no grpc-encoding is used)",
-                prefix[0]
-            )));
+        match prefix[0] {
+            0 => {}
+            1 => {
+                return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ));
+            }
+            f => {
+                return Err(Status::internal(format!(
+                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1)"
+                )));
+            }
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.max_message_bytes {
             return Err(Status::out_of_range(format!(
-                "message of {len} bytes is over the limit of {} bytes",
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
                 self.max_message_bytes
             )));
         }
@@ -247,8 +274,8 @@ impl<B, T> Unframed<B, T> {
         }
         self.received.advance(PREFIX_LEN);
         let after = self.received.remaining() - len;
-        let message = T::decode((&mut self.received).take(len))
-            .map_err(|e| Status::internal(format!("decoding a message: {e}")));
+        let message =
+            T::decode((&mut self.received).take(len)).map_err(|e| Status::internal(e.to_string()));
         // A message that failed to decode leaves nothing of itself behind.
         let unread = self.received.remaining() - after;
         self.received.advance(unread);
@@ -282,7 +309,16 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     this.done = true;
-                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                    let status = Status::from_error(e.into());
+                    // A client that cancels its call ends its stream.
+                    if this.request && status.code() == Code::Cancelled {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None if this.request => {
+                    this.done = true;
+                    return Poll::Ready(this.request_end());
                 }
                 None => {
                     // gRPC ends every call with a status in the trailers; tonic calls its
@@ -304,6 +340,9 @@ where
                 },
             };
             this.done = true;
+            if this.request {
+                return Poll::Ready(this.request_end());
+            }
             let status = Status::from_header_map(&trailers)
                 .unwrap_or_else(|| Status::unknown("the trailers carry no grpc-status"));
             if status.code() != Code::Ok {
@@ -447,13 +486,70 @@ mod tests {
         frames: impl IntoIterator<Item = Frame<Bytes>>,
         max: usize,
     ) -> Vec<Result<pb::SubscribeResponse, Status>> {
-        let mut s = Unframed::new(Frames(frames.into_iter().collect()), max);
+        drain(Unframed::new(Frames(frames.into_iter().collect()), max))
+    }
+
+    fn drain<T: Message + Default>(mut s: Unframed<Frames, T>) -> Vec<Result<T, Status>> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(item)) = Pin::new(&mut s).poll_next(&mut cx) {
             out.push(item);
         }
         out
+    }
+
+    #[test]
+    fn a_request_stream_ends_with_its_body_and_fails_as_tonic_does() {
+        let request = pb::ProduceRequest {
+            request_id: 7,
+            ..Default::default()
+        };
+        let unframe = |frames: Vec<Frame<Bytes>>, max| {
+            drain(Unframed::<_, pb::ProduceRequest>::request(
+                Frames(frames.into_iter().collect()),
+                max,
+            ))
+        };
+        let message = || framed(&request).into_iter().map(Frame::data);
+        // Two messages, then the end of the body: two requests and the end of the stream.
+        let got = unframe(message().chain(message()).collect(), 64);
+        assert_eq!(got.len(), 2);
+        assert!(
+            got.iter()
+                .all(|r| r.as_ref().is_ok_and(|r| r.request_id == 7))
+        );
+        // The body ends inside a message: tonic's INTERNAL.
+        let got = unframe(
+            vec![Frame::data(Bytes::from_static(&[0, 0, 0, 0, 9, 1]))],
+            64,
+        );
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::Internal, "Unexpected EOF decoding stream.")
+        );
+        // Not protobuf: prost's message, which the broker maps to a malformed request.
+        let got = unframe(
+            vec![Frame::data(Bytes::from_static(&[
+                0, 0, 0, 0, 2, 0xff, 0xff,
+            ]))],
+            64,
+        );
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+        assert!(
+            e.message().starts_with("failed to decode Protobuf message"),
+            "{e}"
+        );
+        // A compressed message: tonic's INTERNAL.
+        let got = unframe(vec![Frame::data(Bytes::from_static(&[1, 0, 0, 0, 0]))], 64);
+        assert!(
+            got[0]
+                .as_ref()
+                .unwrap_err()
+                .message()
+                .contains("compressed-flag")
+        );
     }
 
     fn response(batches: Vec<Bytes>, next: u64) -> (pb::SubscribeResponse, Framed) {
@@ -540,7 +636,11 @@ mod tests {
         let got = unframe(chunks.into_iter().map(Frame::data), 50);
         let e = got[0].as_ref().unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange);
-        assert!(e.message().contains("over the limit of 50 bytes"), "{e}");
+        assert_eq!(
+            e.message(),
+            "Error, decoded message length too large: found 104 bytes, the limit is: 50 bytes",
+            "tonic's message"
+        );
         // A compression flag: INTERNAL.
         let got = unframe([Frame::data(Bytes::from_static(&[1, 0, 0, 0, 0]))], 50);
         assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Internal);

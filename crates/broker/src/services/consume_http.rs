@@ -33,7 +33,7 @@ use tonic::{Request, Status};
 use super::access::{Access, Protected, Recheck, Rechecked, access, authorized};
 use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
-use super::{finish, rpc_done};
+use super::{finish, grpc_response, rpc_done};
 use crate::broker::Broker;
 use crate::broker::consume::{Delivery, LargeResponse, Pushed, SubscribeItem};
 use crate::error::RpcError;
@@ -157,16 +157,6 @@ async fn read_authorized<M: Message + Default + Protected>(
     let request = Request::from_parts(MetadataMap::new(), parts.extensions, message);
     let (access, message) = authorized(request).map_err(|e| e.status())?;
     Ok((access, message, seen))
-}
-
-/// A `200` gRPC response with `body`.
-fn grpc_response(body: ResponseBody) -> http::Response<Body> {
-    let mut response = http::Response::new(Body::new(body));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    response
 }
 
 /// Reads the one request message of the call, as tonic's decoder would, except that a

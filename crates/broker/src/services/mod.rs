@@ -11,6 +11,7 @@ pub mod consume_http;
 mod gate;
 pub mod groups;
 pub mod produce;
+pub mod produce_http;
 pub mod router;
 pub mod security;
 pub mod share;
@@ -18,10 +19,27 @@ pub mod status;
 
 use std::time::Instant;
 
+use runnel_proto::framing::FramedBody;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::{Code, Response, Status};
 
 use crate::error::RpcError;
 use crate::metrics;
+
+/// A `200` gRPC response with `body`, for the calls answered without tonic's encoder
+/// (`consume_http`, `produce_http`).
+pub(crate) fn grpc_response<S>(body: FramedBody<S>) -> http::Response<Body>
+where
+    FramedBody<S>: http_body::Body<Data = bytes::Bytes, Error = Status> + Send + 'static,
+{
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
 
 /// Ends a unary RPC: counts it and turns an error into its status.
 pub(crate) fn finish<T>(

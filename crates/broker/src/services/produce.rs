@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use runnel_proto::pb::{self, produce_service_server::ProduceService};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::access::{Protected as _, access, authorized};
@@ -90,136 +90,8 @@ impl ProduceService for Produce {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let started = Instant::now();
-        let broker = self.broker.clone();
-        if let Err(e) = broker.check_running() {
-            return finish("ProduceStream", started, Err(e));
-        }
-        let limits = &broker.config.limits;
-        let max_in_flight = limits.produce_stream_max_in_flight as usize;
-        let max_kib = kib(limits.produce_stream_max_in_flight_bytes);
-        let count = Arc::new(Semaphore::new(max_in_flight));
-        // validate() keeps the byte limit below 2^40, so KiB fit a semaphore.
-        let bytes = Arc::new(Semaphore::new(max_kib as usize));
-        let (steps_tx, mut steps_rx) = mpsc::channel::<Step>(max_in_flight);
-        let (out_tx, out_rx) = mpsc::channel(max_in_flight);
-        let caller = caller(request.extensions(), &broker.quotas);
-        let access = match access(request.extensions()) {
-            Ok(access) => access,
-            Err(e) => return finish("ProduceStream", started, Err(e)),
-        };
-        let mut seen = access.revision();
-        let mut inbound = request.into_inner();
-
-        // Reader: reads a request only while fewer than the limits are unanswered, and runs
-        // the write stage in stream order.
-        let reader_broker = broker.clone();
-        tokio::spawn(async move {
-            let b = reader_broker;
-            let shutdown = b.shutdown.clone();
-            loop {
-                let count_permit = tokio::select! {
-                    biased;
-                    () = shutdown.wait() => break,
-                    p = count.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                let message = tokio::select! {
-                    biased;
-                    () = shutdown.wait() => break,
-                    m = inbound.message() => m,
-                };
-                let req = match message {
-                    Ok(Some(req)) => req,
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = steps_tx.send(Step::End(status::inbound(status))).await;
-                        return;
-                    }
-                };
-                let size = batch_bytes(&req);
-                let want = kib(size).min(max_kib) as u32;
-                let bytes_permit = tokio::select! {
-                    biased;
-                    () = shutdown.wait() => break,
-                    p = bytes.clone().acquire_many_owned(want) => p.ok(),
-                };
-                let id = req.request_id;
-                // Credentials revoked or expired end the stream; each request is authorized
-                // on its own, and a denied one is answered inline.
-                if let Err(e) = access.revalidate(&mut seen) {
-                    let _ = steps_tx.send(Step::End(e.status())).await;
-                    return;
-                }
-                let written = match req.authorize(&access) {
-                    Ok(()) => b.produce_write(req).await.map_err(|e| (id, e)),
-                    Err(e) => Err((id, e)),
-                };
-                let permits = StreamPermits {
-                    _count: count_permit,
-                    _bytes: bytes_permit,
-                };
-                if steps_tx
-                    .send(Step::Request(written, permits))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                // Over a quota, the next request is read later (answers go on meanwhile).
-                let delay = b
-                    .quotas
-                    .charge(&caller, Quota::Requests, 1)
-                    .max(b.quotas.charge(&caller, Quota::ProduceBytes, size));
-                if !delay.is_zero() {
-                    tokio::select! {
-                        biased;
-                        () = shutdown.wait() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-            // Shutdown: stop reading; the requests already read are answered first.
-            let _ = steps_tx
-                .send(Step::End(RpcError::shutting_down().status()))
-                .await;
-        });
-
-        // Responder: finishes requests in stream order and sends their responses.
-        tokio::spawn(async move {
-            let b = broker;
-            let mut code = Code::Ok;
-            while let Some(step) = steps_rx.recv().await {
-                match step {
-                    Step::Request(written, permits) => {
-                        let response = match written {
-                            Ok(w) => b.produce_finish(w).await,
-                            Err((request_id, e)) => pb::ProduceResponse {
-                                request_id,
-                                results: Vec::new(),
-                                error: Some(e.to_pb()),
-                            },
-                        };
-                        if out_tx.send(Ok(response)).await.is_err() {
-                            code = Code::Cancelled;
-                            break;
-                        }
-                        drop(permits);
-                    }
-                    Step::End(status) => {
-                        code = status.code();
-                        let _ = out_tx.send(Err(status)).await;
-                        break;
-                    }
-                }
-            }
-            rpc_done("ProduceStream", code, started);
-        });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(out_rx)) as ResponseStream
-        ))
+        let (_, extensions, inbound) = request.into_parts();
+        produce_stream(self.broker.clone(), &extensions, inbound).map(Response::new)
     }
 
     async fn init_producer(
@@ -240,4 +112,144 @@ impl ProduceService for Produce {
         });
         finish("InitProducer", started, result)
     }
+}
+
+/// Serves a `ProduceStream` call of the caller in `extensions` (authenticated by the
+/// [`CallerLayer`](super::caller::CallerLayer)): reads the requests of `inbound` and returns
+/// the stream of their answers. The generated service's route and the one that reads the
+/// requests from their HTTP/2 frames (`produce_http`) both come here.
+pub(crate) fn produce_stream<S>(
+    broker: Arc<Broker>,
+    extensions: &tonic::Extensions,
+    mut inbound: S,
+) -> Result<ResponseStream, Status>
+where
+    S: Stream<Item = Result<pb::ProduceRequest, Status>> + Send + Unpin + 'static,
+{
+    let started = Instant::now();
+    if let Err(e) = broker.check_running() {
+        return finish("ProduceStream", started, Err(e)).map(Response::into_inner);
+    }
+    let limits = &broker.config.limits;
+    let max_in_flight = limits.produce_stream_max_in_flight as usize;
+    let max_kib = kib(limits.produce_stream_max_in_flight_bytes);
+    let count = Arc::new(Semaphore::new(max_in_flight));
+    // validate() keeps the byte limit below 2^40, so KiB fit a semaphore.
+    let bytes = Arc::new(Semaphore::new(max_kib as usize));
+    let (steps_tx, mut steps_rx) = mpsc::channel::<Step>(max_in_flight);
+    let (out_tx, out_rx) = mpsc::channel(max_in_flight);
+    let caller = caller(extensions, &broker.quotas);
+    let access = match access(extensions) {
+        Ok(access) => access,
+        Err(e) => return finish("ProduceStream", started, Err(e)).map(Response::into_inner),
+    };
+    let mut seen = access.revision();
+
+    // Reader: reads a request only while fewer than the limits are unanswered, and runs
+    // the write stage in stream order.
+    let reader_broker = broker.clone();
+    tokio::spawn(async move {
+        let b = reader_broker;
+        let shutdown = b.shutdown.clone();
+        loop {
+            let count_permit = tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                p = count.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let message = tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                m = inbound.next() => m,
+            };
+            let req = match message {
+                Some(Ok(req)) => req,
+                None => return,
+                Some(Err(status)) => {
+                    let _ = steps_tx.send(Step::End(status::inbound(status))).await;
+                    return;
+                }
+            };
+            let size = batch_bytes(&req);
+            let want = kib(size).min(max_kib) as u32;
+            let bytes_permit = tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                p = bytes.clone().acquire_many_owned(want) => p.ok(),
+            };
+            let id = req.request_id;
+            // Credentials revoked or expired end the stream; each request is authorized
+            // on its own, and a denied one is answered inline.
+            if let Err(e) = access.revalidate(&mut seen) {
+                let _ = steps_tx.send(Step::End(e.status())).await;
+                return;
+            }
+            let written = match req.authorize(&access) {
+                Ok(()) => b.produce_write(req).await.map_err(|e| (id, e)),
+                Err(e) => Err((id, e)),
+            };
+            let permits = StreamPermits {
+                _count: count_permit,
+                _bytes: bytes_permit,
+            };
+            if steps_tx
+                .send(Step::Request(written, permits))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Over a quota, the next request is read later (answers go on meanwhile).
+            let delay = b
+                .quotas
+                .charge(&caller, Quota::Requests, 1)
+                .max(b.quotas.charge(&caller, Quota::ProduceBytes, size));
+            if !delay.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = shutdown.wait() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        // Shutdown: stop reading; the requests already read are answered first.
+        let _ = steps_tx
+            .send(Step::End(RpcError::shutting_down().status()))
+            .await;
+    });
+
+    // Responder: finishes requests in stream order and sends their responses.
+    tokio::spawn(async move {
+        let b = broker;
+        let mut code = Code::Ok;
+        while let Some(step) = steps_rx.recv().await {
+            match step {
+                Step::Request(written, permits) => {
+                    let response = match written {
+                        Ok(w) => b.produce_finish(w).await,
+                        Err((request_id, e)) => pb::ProduceResponse {
+                            request_id,
+                            results: Vec::new(),
+                            error: Some(e.to_pb()),
+                        },
+                    };
+                    if out_tx.send(Ok(response)).await.is_err() {
+                        code = Code::Cancelled;
+                        break;
+                    }
+                    drop(permits);
+                }
+                Step::End(status) => {
+                    code = status.code();
+                    let _ = out_tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+        rpc_done("ProduceStream", code, started);
+    });
+    Ok(Box::pin(ReceiverStream::new(out_rx)) as ResponseStream)
 }

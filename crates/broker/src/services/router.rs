@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use runnel_proto::pb::{
     admin_service_server::AdminServiceServer, group_service_server::GroupServiceServer,
-    produce_service_server::ProduceServiceServer, security_service_server::SecurityServiceServer,
-    share_service_server::ShareServiceServer,
+    security_service_server::SecurityServiceServer, share_service_server::ShareServiceServer,
 };
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -25,7 +24,7 @@ use super::caller::CallerLayer;
 use super::consume_http::ConsumeRoutes;
 use super::gate::Gated;
 use super::groups::Groups;
-use super::produce::Produce;
+use super::produce_http::ProduceRoutes;
 use super::security::Security;
 use super::share::Share;
 use super::status;
@@ -95,7 +94,7 @@ impl Health {
 /// [`Services::open`] puts the broker behind them.
 pub(crate) struct Services {
     admin: Gated<AdminServiceServer<Admin>>,
-    produce: Gated<ProduceServiceServer<Produce>>,
+    produce: Gated<ProduceRoutes>,
     consume: Gated<ConsumeRoutes>,
     groups: Gated<GroupServiceServer<Groups>>,
     share: Gated<ShareServiceServer<Share>>,
@@ -110,11 +109,10 @@ impl Services {
             AdminServiceServer::new(Admin::new(broker.clone()))
                 .max_decoding_message_size(max_request),
         );
-        self.produce.open(
-            ProduceServiceServer::new(Produce::new(broker.clone()))
-                .max_decoding_message_size(max_request),
-        );
-        // The generated service, but `Subscribe` and `Fetch` skip tonic's encoder (one copy less).
+        // The generated services, but `ProduceStream` skips tonic's decoder, and `Subscribe`
+        // and `Fetch` its encoder (one copy less each).
+        self.produce
+            .open(ProduceRoutes::new(broker.clone(), max_request));
         self.consume
             .open(ConsumeRoutes::new(broker.clone(), max_request));
         self.groups.open(

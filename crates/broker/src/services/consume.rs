@@ -56,7 +56,7 @@ type SubscribeStream = Map<
 
 #[tonic::async_trait]
 impl ConsumeService for Consume {
-    // Served by `ConsumeRoutes` (consume_http.rs) in the running broker; kept for the trait.
+    // Served by `consume_http` in the running broker; kept for the trait.
     async fn fetch(
         &self,
         request: Request<pb::FetchRequest>,
@@ -72,7 +72,7 @@ impl ConsumeService for Consume {
 
     type SubscribeStream = SubscribeStream;
 
-    // Served by `ConsumeRoutes` (consume_http.rs) in the running broker; kept for the trait.
+    // Served by `consume_http` in the running broker; kept for the trait.
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,

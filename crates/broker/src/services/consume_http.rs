@@ -10,7 +10,6 @@
 //! send, fields in the same order; the request checks mirror tonic's decoder, and the RPCs
 //! themselves and every error are the same code as the generated service's.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,12 +24,12 @@ use runnel_proto::pb::{self, ErrorCode, consume_service_server::ConsumeServiceSe
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
-use tonic::codegen::{Service, http};
+use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Request, Status};
 
 use super::access::{Access, Protected, Recheck, Rechecked, access, authorized};
+use super::by_hand::{Answer, ByHand, Method};
 use super::caller::caller;
 use super::consume::{Consume, subscribe_done};
 use super::{finish, grpc_response, rpc_done};
@@ -46,44 +45,21 @@ pub(crate) const FETCH_PATH: &str = "/runnel.v1.ConsumeService/Fetch";
 
 /// `runnel.v1.ConsumeService`: the generated service, with `Subscribe` and `Fetch` answered
 /// here.
-#[derive(Clone)]
-pub struct ConsumeRoutes {
-    generated: ConsumeServiceServer<Consume>,
-    broker: Arc<Broker>,
-    max_request_bytes: usize,
+pub type ConsumeRoutes = ByHand<ConsumeServiceServer<Consume>>;
+
+/// The consume service for `broker`.
+pub(crate) fn routes(broker: Arc<Broker>, max_request_bytes: usize) -> ConsumeRoutes {
+    let generated = ConsumeServiceServer::new(Consume::new(broker.clone()))
+        .max_decoding_message_size(max_request_bytes);
+    ByHand::new(generated, by_hand, broker, max_request_bytes)
 }
 
-impl ConsumeRoutes {
-    pub(crate) fn new(broker: Arc<Broker>, max_request_bytes: usize) -> Self {
-        ConsumeRoutes {
-            generated: ConsumeServiceServer::new(Consume::new(broker.clone()))
-                .max_decoding_message_size(max_request_bytes),
-            broker,
-            max_request_bytes,
-        }
-    }
-}
-
-impl NamedService for ConsumeRoutes {
-    const NAME: &'static str = <ConsumeServiceServer<Consume> as NamedService>::NAME;
-}
-
-impl Service<http::Request<Body>> for ConsumeRoutes {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<http::Request<Body>>::poll_ready(&mut self.generated, cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let (broker, max) = (self.broker.clone(), self.max_request_bytes);
-        match req.uri().path() {
-            SUBSCRIBE_PATH => Box::pin(async move { Ok(subscribe(broker, req, max).await) }),
-            FETCH_PATH => Box::pin(async move { Ok(fetch(broker, req, max).await) }),
-            _ => Box::pin(self.generated.call(req)),
-        }
+/// The methods answered here.
+fn by_hand(path: &str) -> Option<Method> {
+    match path {
+        SUBSCRIBE_PATH => Some(|broker, req, max| Box::pin(subscribe(broker, req, max)) as Answer),
+        FETCH_PATH => Some(|broker, req, max| Box::pin(fetch(broker, req, max)) as Answer),
+        _ => None,
     }
 }
 
@@ -430,7 +406,7 @@ mod tests {
 
     #[test]
     fn the_intercepted_paths_are_the_generated_service_s() {
-        let name = <ConsumeServiceServer<Consume> as NamedService>::NAME;
+        let name = <ConsumeServiceServer<Consume> as tonic::server::NamedService>::NAME;
         assert_eq!(SUBSCRIBE_PATH, format!("/{name}/Subscribe"));
         assert_eq!(FETCH_PATH, format!("/{name}/Fetch"));
     }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod admin;
+mod by_hand;
 pub mod caller;
 pub mod consume;
 pub mod consume_http;

@@ -6,19 +6,15 @@
 //! go out framed as tonic would frame them, and the call is the generated service's code
 //! ([`produce_stream`]).
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use runnel_proto::framing::{Framed, FramedBody, Unframed, framed};
 use runnel_proto::pb::{self, produce_service_server::ProduceServiceServer};
 use tokio_stream::StreamExt as _;
 use tonic::body::Body;
-use tonic::codegen::{Service, http};
-use tonic::server::NamedService;
+use tonic::codegen::http;
 
+use super::by_hand::{Answer, ByHand, Method};
 use super::grpc_response;
 use super::produce::{Produce, produce_stream};
 use crate::broker::Broker;
@@ -27,44 +23,20 @@ use crate::broker::Broker;
 pub(crate) const PRODUCE_STREAM_PATH: &str = "/runnel.v1.ProduceService/ProduceStream";
 
 /// `runnel.v1.ProduceService`: the generated service, with `ProduceStream` answered here.
-#[derive(Clone)]
-pub struct ProduceRoutes {
-    generated: ProduceServiceServer<Produce>,
-    broker: Arc<Broker>,
-    max_request_bytes: usize,
+pub type ProduceRoutes = ByHand<ProduceServiceServer<Produce>>;
+
+/// The produce service for `broker`.
+pub(crate) fn routes(broker: Arc<Broker>, max_request_bytes: usize) -> ProduceRoutes {
+    let generated = ProduceServiceServer::new(Produce::new(broker.clone()))
+        .max_decoding_message_size(max_request_bytes);
+    ByHand::new(generated, by_hand, broker, max_request_bytes)
 }
 
-impl ProduceRoutes {
-    pub(crate) fn new(broker: Arc<Broker>, max_request_bytes: usize) -> Self {
-        ProduceRoutes {
-            generated: ProduceServiceServer::new(Produce::new(broker.clone()))
-                .max_decoding_message_size(max_request_bytes),
-            broker,
-            max_request_bytes,
-        }
-    }
-}
-
-impl NamedService for ProduceRoutes {
-    const NAME: &'static str = <ProduceServiceServer<Produce> as NamedService>::NAME;
-}
-
-impl Service<http::Request<Body>> for ProduceRoutes {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<http::Request<Body>>::poll_ready(&mut self.generated, cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != PRODUCE_STREAM_PATH {
-            return Box::pin(self.generated.call(req));
-        }
-        let response = serve_stream(self.broker.clone(), req, self.max_request_bytes);
-        Box::pin(std::future::ready(Ok(response)))
-    }
+/// The methods answered here.
+fn by_hand(path: &str) -> Option<Method> {
+    (path == PRODUCE_STREAM_PATH).then_some(|broker, req, max| {
+        Box::pin(std::future::ready(serve_stream(broker, req, max))) as Answer
+    })
 }
 
 /// Serves one `ProduceStream` call.
@@ -81,5 +53,16 @@ fn serve_stream(
             Some(answers.map(|answer| answer.map(|a| framed(&a)))),
         )),
         Err(status) => status.into_http(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_intercepted_path_is_the_generated_service_s() {
+        let name = <ProduceServiceServer<Produce> as tonic::server::NamedService>::NAME;
+        assert_eq!(PRODUCE_STREAM_PATH, format!("/{name}/ProduceStream"));
     }
 }

@@ -21,10 +21,10 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use super::admin::Admin;
 use super::caller::CallerLayer;
-use super::consume_http::ConsumeRoutes;
+use super::consume_http::{self, ConsumeRoutes};
 use super::gate::Gated;
 use super::groups::Groups;
-use super::produce_http::ProduceRoutes;
+use super::produce_http::{self, ProduceRoutes};
 use super::security::Security;
 use super::share::Share;
 use super::status;
@@ -112,9 +112,9 @@ impl Services {
         // The generated services, but `ProduceStream` skips tonic's decoder, and `Subscribe`
         // and `Fetch` its encoder (one copy less each).
         self.produce
-            .open(ProduceRoutes::new(broker.clone(), max_request));
+            .open(produce_http::routes(broker.clone(), max_request));
         self.consume
-            .open(ConsumeRoutes::new(broker.clone(), max_request));
+            .open(consume_http::routes(broker.clone(), max_request));
         self.groups.open(
             GroupServiceServer::new(Groups::new(broker.clone()))
                 .max_decoding_message_size(max_request),

@@ -86,6 +86,7 @@ impl ProduceService for Produce {
 
     type ProduceStreamStream = ResponseStream;
 
+    // Served by `produce_http` in the running broker; kept for the trait.
     async fn produce_stream(
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
